@@ -1,0 +1,339 @@
+"""Dask execution: task graphs for statistics, solves, writes and prediction.
+
+Graphs are built from plans (:mod:`dmask.planning`) and run on the current
+distributed client when there is one, else on dask's threaded scheduler. Task
+names read as the pipeline on the dashboard: ``statistics``, ``combine``,
+``solve``, ``write_tile``, ``apply``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from dmask import kernels
+from dmask.errors import InputError
+from dmask.planning import FitPlan, Tile
+from dmask.storage import write_model_tile
+
+__all__ = [
+    "as_dask_array",
+    "compute",
+    "fit_tiles",
+    "minmax_bounds",
+    "predict_tiles",
+    "show_progress",
+]
+
+logger = logging.getLogger(__name__)
+
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "dmask_progress", default=False
+)
+
+
+@contextlib.contextmanager
+def show_progress(enabled: bool = True) -> Iterator[None]:
+    """Show a console progress bar for computations run inside the block."""
+    token = _PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def current_client() -> Any | None:
+    """The distributed client in use, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def compute(*collections: Any) -> tuple[Any, ...]:
+    """Compute dask collections on the current client or the threaded scheduler."""
+    client = current_client()
+    if client is None:
+        if _PROGRESS.get():
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar():
+                return dask.compute(*collections, scheduler="threads")
+        return dask.compute(*collections, scheduler="threads")
+    futures = client.compute(list(collections))
+    if _PROGRESS.get():
+        from distributed import progress
+
+        progress(futures)
+    return tuple(client.gather(futures))
+
+
+def as_dask_array(array: Any, name: str) -> da.Array:
+    """A 4-D ``(sample, y, x, channel)`` dask array from numpy, dask or xarray.
+
+    Raises
+    ------
+    InputError
+        Not 4-D, empty, or not real numbers.
+    """
+    if isinstance(array, xr.DataArray):
+        array = array.data
+    if not isinstance(array, da.Array):
+        array = np.asarray(array)
+        if array.ndim == 4 and array.size:
+            chunk = max(1, int(64 * 2**20 // max(1, array[0].nbytes)))
+            array = da.from_array(array, chunks=(chunk, -1, -1, -1))
+        else:
+            array = da.from_array(array)
+    if array.ndim != 4:
+        raise InputError(
+            f"{name} must be 4-D (sample, y, x, channel), got shape {array.shape}"
+        )
+    if any(size == 0 for size in array.shape):
+        raise InputError(f"{name} is empty: shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array)):
+        raise InputError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return array
+
+
+def minmax_bounds(array: da.Array) -> tuple[da.Array, da.Array]:
+    """Lazy per-sample minimum and maximum over all pixels and channels."""
+    return array.min(axis=(1, 2, 3)), array.max(axis=(1, 2, 3))
+
+
+def _scale(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    span = np.asarray(high, dtype=np.float64) - np.asarray(low, dtype=np.float64)
+    return np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
+
+
+def _read_halo(
+    block: np.ndarray,
+    low: np.ndarray | None,
+    high: np.ndarray | None,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+) -> np.ndarray:
+    data = kernels.normalize_block(
+        block, low, None if low is None else _scale(low, high)
+    )
+    (top, bottom), (left, right) = padding
+    if top or bottom or left or right:
+        data = np.pad(data, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    return data
+
+
+def statistics(
+    source: np.ndarray,
+    targets: Sequence[np.ndarray],
+    source_bounds: tuple[np.ndarray, np.ndarray] | None,
+    target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    field: int,
+) -> kernels.TileStatistics:
+    """Task: statistics of one tile over one block of samples."""
+    low, high = source_bounds if source_bounds is not None else (None, None)
+    halo = _read_halo(source, low, high, padding)
+    stacked = np.stack(
+        [
+            kernels.normalize_block(
+                t,
+                None if target_bounds is None else target_bounds[i][0],
+                None if target_bounds is None else _scale(*target_bounds[i]),
+            )
+            for i, t in enumerate(targets)
+        ]
+    )
+    return kernels.tile_statistics(halo, stacked, field)
+
+
+def combine(*parts: kernels.TileStatistics) -> kernels.TileStatistics:
+    """Task: sum statistics of several sample blocks."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+def solve(
+    stats: kernels.TileStatistics,
+    tile: Tile,
+    image_shape: tuple[int, int],
+    field: int,
+    lam: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Task: solve every pixel of a tile."""
+    validity = kernels.window_validity(
+        tile.y0, tile.x0, *tile.shape, image_shape, field
+    )
+    return kernels.solve_tile(stats, field, lam, validity)
+
+
+def write_tile(
+    path: str, tile: Tile, solution: tuple[np.ndarray, np.ndarray]
+) -> tuple[int, int]:
+    """Task: write one solved tile to the model store."""
+    weight, bias = solution
+    return write_model_tile(path, tile, weight, bias)
+
+
+def _tree_sum(parts: list[Any], split_every: int = 8) -> Any:
+    combine_task = dask.delayed(combine, pure=True)
+    while len(parts) > 1:
+        parts = [
+            combine_task(*parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]
+
+
+def fit_tiles(
+    sources: da.Array,
+    targets: Sequence[da.Array],
+    source_bounds: tuple[np.ndarray, np.ndarray] | None,
+    target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
+    plan: FitPlan,
+    field: int,
+    lam: float,
+    store: str | os.PathLike | None = None,
+) -> list[Any]:
+    """Delayed per-tile results of training.
+
+    Parameters
+    ----------
+    sources, targets : dask.array.Array
+        ``(N, H, W, C)`` raw images.
+    source_bounds, target_bounds : numpy.ndarray pairs or None
+        Per-sample ``(min, max)`` for min-max normalisation; None for none.
+    plan : FitPlan
+        Tiles and sample blocks.
+    field : int
+        Receptive field size.
+    lam : float
+        Ridge penalty.
+    store : str or path, optional
+        Model store to write each tile to (then each result is the tile index);
+        otherwise each result is ``(weight, bias)``.
+
+    Returns
+    -------
+    list of dask.delayed.Delayed
+        One per tile, in plan order.
+    """
+    halo_width = field // 2
+    statistics_task = dask.delayed(statistics, pure=True)
+    solve_task = dask.delayed(solve, pure=True)
+    write_task = dask.delayed(write_tile, pure=True)
+    results = []
+    for tile in plan.tiles:
+        rows, cols, padding = tile.halo(halo_width, plan.image_shape)
+        parts = []
+        for s0, s1 in plan.blocks:
+            src = sources[s0:s1, rows, cols, :]
+            tgt = [t[s0:s1, tile.y0 : tile.y1, tile.x0 : tile.x1, :] for t in targets]
+            sb = None if source_bounds is None else tuple(b[s0:s1] for b in source_bounds)
+            tb = (
+                None
+                if target_bounds is None
+                else [tuple(b[s0:s1] for b in pair) for pair in target_bounds]
+            )
+            parts.append(statistics_task(src, tgt, sb, tb, padding, field))
+        solution = solve_task(_tree_sum(parts), tile, plan.image_shape, field, lam)
+        if store is not None:
+            results.append(write_task(str(store), tile, solution))
+        else:
+            results.append(solution)
+    return results
+
+
+def apply(
+    source: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    weight: np.ndarray,
+    bias: np.ndarray,
+    field: int,
+    start: int,
+) -> np.ndarray:
+    """Task: predict one tile of one sample block for every target."""
+    if not np.all(np.isfinite(source)):
+        raise InputError(
+            f"non-finite pixels in the images to predict (samples from {start})"
+        )
+    low, high = bounds if bounds is not None else (None, None)
+    halo = _read_halo(source, low, high, padding)
+    return kernels.apply_tile(halo, weight, bias, field)
+
+
+def predict_tiles(
+    sources: da.Array,
+    weight: da.Array,
+    bias: da.Array,
+    tiles: Sequence[Sequence[Tile]],
+    sample_block: int,
+    field: int,
+    normalize: bool,
+) -> da.Array:
+    """Lazy prediction ``(T, N, H, W, C)`` float64, one task per block and tile.
+
+    Parameters
+    ----------
+    sources : dask.array.Array
+        ``(N, H, W, C)`` raw images.
+    weight, bias : dask.array.Array
+        ``(T, H, W, C, k)`` and ``(T, H, W, C)``.
+    tiles : sequence of sequence of Tile
+        The tile grid, row by row.
+    sample_block : int
+        Samples per task.
+    field : int
+        Receptive field size.
+    normalize : bool
+        Apply per-image min-max normalisation to the sources.
+    """
+    n, height, width, _ = sources.shape
+    n_targets = weight.shape[0]
+    channels = weight.shape[3]
+    low, high = minmax_bounds(sources) if normalize else (None, None)
+    apply_task = dask.delayed(apply, pure=True)
+    halo_width = field // 2
+    grid = []
+    for s0 in range(0, n, sample_block):
+        s1 = min(n, s0 + sample_block)
+        bounds = None if low is None else (low[s0:s1], high[s0:s1])
+        rows_out = []
+        for row in tiles:
+            cols_out = []
+            for tile in row:
+                rows, cols, padding = tile.halo(halo_width, (height, width))
+                part = apply_task(
+                    sources[s0:s1, rows, cols, :],
+                    bounds,
+                    padding,
+                    weight[:, tile.y0 : tile.y1, tile.x0 : tile.x1],
+                    bias[:, tile.y0 : tile.y1, tile.x0 : tile.x1],
+                    field,
+                    s0,
+                )
+                h, w = tile.shape
+                cols_out.append(
+                    [
+                        da.from_delayed(
+                            part, shape=(n_targets, s1 - s0, h, w, channels), dtype="f8"
+                        )
+                    ]
+                )
+            rows_out.append(cols_out)
+        grid.append(rows_out)
+    return da.block([grid])

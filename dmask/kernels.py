@@ -1,0 +1,341 @@
+"""Numerical kernels of masked ridge regression on numpy arrays.
+
+Nothing here knows about Dask, Zarr or xarray. Arrays are float64 and laid out
+as ``(sample, y, x, channel)`` unless said otherwise. A *halo block* is a tile
+of the zero-padded, normalised source images: the tile's pixels plus ``b = r //
+2`` pixels on every side.
+
+The per-pixel Gram matrices are assembled from sums of products per
+*displacement*: ``P_d(q) = sum_n x_n(q) x_n(q + d)`` for the ``(2r - 1)^2 / 2``
+displacements of one half-plane, which every pair of window offsets maps onto.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+__all__ = [
+    "TileStatistics",
+    "apply_tile",
+    "displacements",
+    "minmax_parameters",
+    "normalize_block",
+    "solve_tile",
+    "tile_statistics",
+    "window_offsets",
+    "window_validity",
+]
+
+
+def window_offsets(field: int) -> np.ndarray:
+    """Offsets ``(dy, dx)`` of an ``r x r`` window in row-major order.
+
+    Parameters
+    ----------
+    field : int
+        Odd receptive field size ``r``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer array ``(r * r, 2)``; feature ``a`` reads pixel ``p + offsets[a]``.
+    """
+    b = field // 2
+    dy, dx = np.meshgrid(np.arange(-b, b + 1), np.arange(-b, b + 1), indexing="ij")
+    return np.stack([dy.ravel(), dx.ravel()], axis=1)
+
+
+@cache
+def displacements(field: int) -> tuple[tuple[int, int], ...]:
+    """Half-plane of displacements between two window offsets.
+
+    Parameters
+    ----------
+    field : int
+        Odd receptive field size ``r``.
+
+    Returns
+    -------
+    tuple of (int, int)
+        ``(dy, dx)`` with ``dy > 0``, or ``dy == 0`` and ``dx >= 0``.
+    """
+    span = field - 1
+    out = []
+    for dy in range(0, span + 1):
+        for dx in range(-span, span + 1):
+            if dy > 0 or dx >= 0:
+                out.append((dy, dx))
+    return tuple(out)
+
+
+def minmax_parameters(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image offset and scale of min-max normalisation.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(sample, y, x, channel)``.
+
+    Returns
+    -------
+    low, scale : numpy.ndarray
+        ``(sample,)`` float64 each, so that ``(image - low) * scale`` lies in
+        ``[0, 1]``. A constant image gets scale 0 (it normalises to zeros).
+    """
+    flat = images.reshape(images.shape[0], -1)
+    low = flat.min(axis=1).astype(np.float64)
+    high = flat.max(axis=1).astype(np.float64)
+    span = high - low
+    scale = np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
+    return low, scale
+
+
+def normalize_block(
+    images: np.ndarray, low: np.ndarray | None, scale: np.ndarray | None
+) -> np.ndarray:
+    """Normalise a block of images with per-image parameters, as float64.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(sample, y, x, channel)`` of any real dtype.
+    low, scale : numpy.ndarray or None
+        ``(sample,)`` parameters from :func:`minmax_parameters`; None leaves the
+        values as they are.
+
+    Returns
+    -------
+    numpy.ndarray
+        Float64 copy.
+    """
+    out = np.array(images, dtype=np.float64, copy=True)
+    if low is not None and scale is not None:
+        shape = (-1,) + (1,) * (out.ndim - 1)
+        out -= np.asarray(low, dtype=np.float64).reshape(shape)
+        out *= np.asarray(scale, dtype=np.float64).reshape(shape)
+    return out
+
+
+def window_validity(
+    y0: int, x0: int, height: int, width: int, image_shape: tuple[int, int], field: int
+) -> np.ndarray:
+    """Which window offsets of each tile pixel fall inside the image.
+
+    Parameters
+    ----------
+    y0, x0 : int
+        Global position of the tile's first pixel.
+    height, width : int
+        Tile shape.
+    image_shape : tuple of int
+        ``(H, W)`` of the whole image.
+    field : int
+        Receptive field size.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean ``(height, width, r * r)``.
+    """
+    offsets = window_offsets(field)
+    ys = np.arange(y0, y0 + height)[:, None, None] + offsets[None, None, :, 0]
+    xs = np.arange(x0, x0 + width)[None, :, None] + offsets[None, None, :, 1]
+    return (ys >= 0) & (ys < image_shape[0]) & (xs >= 0) & (xs < image_shape[1])
+
+
+@dataclass
+class TileStatistics:
+    """Sufficient statistics of one tile, summed over training pairs.
+
+    Attributes
+    ----------
+    pair_sums : numpy.ndarray
+        ``(n_displacements, Hh, Ww, C)``: ``sum_n x(q) x(q + d)`` over the halo.
+    sums : numpy.ndarray
+        ``(Hh, Ww, C)``: ``sum_n x(q)`` over the halo.
+    cross_sums : numpy.ndarray
+        ``(T, r * r, h, w, C)``: ``sum_n x(p + u) t(p)`` for every target.
+    target_sums : numpy.ndarray
+        ``(T, h, w, C)``: ``sum_n t(p)``.
+    count : int
+        Number of training pairs.
+    """
+
+    pair_sums: np.ndarray
+    sums: np.ndarray
+    cross_sums: np.ndarray
+    target_sums: np.ndarray
+    count: int
+
+    def __add__(self, other: TileStatistics) -> TileStatistics:
+        return TileStatistics(
+            self.pair_sums + other.pair_sums,
+            self.sums + other.sums,
+            self.cross_sums + other.cross_sums,
+            self.target_sums + other.target_sums,
+            self.count + other.count,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays."""
+        return sum(
+            a.nbytes
+            for a in (self.pair_sums, self.sums, self.cross_sums, self.target_sums)
+        )
+
+
+def tile_statistics(halo: np.ndarray, targets: np.ndarray, field: int) -> TileStatistics:
+    """Accumulate the statistics of one tile over a block of training pairs.
+
+    Parameters
+    ----------
+    halo : numpy.ndarray
+        ``(n, h + 2b, w + 2b, C)`` normalised, zero-padded source halo block.
+    targets : numpy.ndarray
+        ``(T, n, h, w, C)`` normalised target pixels of the tile.
+    field : int
+        Odd receptive field size ``r``.
+
+    Returns
+    -------
+    TileStatistics
+    """
+    n, hh, ww, nc = halo.shape
+    n_targets, _, h, w, _ = targets.shape
+    # Sample axis last and contiguous: every sum below is a dot product over it.
+    x = np.ascontiguousarray(np.moveaxis(np.asarray(halo, dtype=np.float64), 0, -1))
+    t = np.ascontiguousarray(np.moveaxis(np.asarray(targets, dtype=np.float64), 1, -1))
+    deltas = displacements(field)
+    pair_sums = np.zeros((len(deltas), hh, ww, nc))
+    for d, (dy, dx) in enumerate(deltas):
+        a_cols = slice(max(0, -dx), ww - max(0, dx))
+        b_cols = slice(max(0, dx), ww - max(0, -dx))
+        np.einsum(
+            "ijcn,ijcn->ijc",
+            x[: hh - dy, a_cols],
+            x[dy:, b_cols],
+            out=pair_sums[d, : hh - dy, a_cols],
+        )
+    sums = x.sum(axis=-1)
+    offsets = window_offsets(field) + field // 2
+    cross_sums = np.empty((n_targets, len(offsets), h, w, nc))
+    for a, (oy, ox) in enumerate(offsets):
+        np.einsum(
+            "ijcn,tijcn->tijc", x[oy : oy + h, ox : ox + w], t, out=cross_sums[:, a]
+        )
+    target_sums = t.sum(axis=-1)
+    return TileStatistics(pair_sums, sums, cross_sums, target_sums, n)
+
+
+def _gram_rows(stats: TileStatistics, field: int, rows: slice, lam: float) -> np.ndarray:
+    """Regularised Gram matrices ``(rows, w, C, k + 1, k + 1)`` of some tile rows."""
+    offsets = window_offsets(field) + field // 2
+    k = len(offsets)
+    deltas = {delta: d for d, delta in enumerate(displacements(field))}
+    _, w, nc = stats.target_sums.shape[1:]
+    i0, i1 = rows.start, rows.stop
+    gram = np.empty((i1 - i0, w, nc, k + 1, k + 1))
+    for a in range(k):
+        ya, xa = offsets[a]
+        for b in range(a, k):
+            yb, xb = offsets[b]
+            d = deltas.get((yb - ya, xb - xa))
+            if d is not None:
+                oy, ox = ya, xa
+            else:
+                d = deltas[(ya - yb, xa - xb)]
+                oy, ox = yb, xb
+            block = stats.pair_sums[d, i0 + oy : i1 + oy, ox : ox + w]
+            gram[..., a, b] = block
+            gram[..., b, a] = block
+        block = stats.sums[i0 + ya : i1 + ya, xa : xa + w]
+        gram[..., a, k] = block
+        gram[..., k, a] = block
+    gram[..., k, k] = stats.count
+    diag = np.arange(k + 1)
+    gram[..., diag, diag] += lam
+    return gram
+
+
+def solve_tile(
+    stats: TileStatistics,
+    field: int,
+    lam: float,
+    validity: np.ndarray,
+    rows_per_batch: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Solve the ridge problems of every pixel and channel of a tile.
+
+    Parameters
+    ----------
+    stats : TileStatistics
+        Statistics summed over all training pairs.
+    field : int
+        Odd receptive field size ``r``.
+    lam : float
+        Ridge penalty, applied to the weights and the bias alike.
+    validity : numpy.ndarray
+        ``(h, w, r * r)`` from :func:`window_validity`; weights of offsets outside
+        the image are set to exactly zero.
+    rows_per_batch : int
+        Tile rows whose Gram matrices are built and solved at once.
+
+    Returns
+    -------
+    weights : numpy.ndarray
+        ``(T, h, w, C, r * r)`` float64.
+    bias : numpy.ndarray
+        ``(T, h, w, C)`` float64.
+    """
+    n_targets, k, h, w, nc = stats.cross_sums.shape
+    weights = np.empty((n_targets, h, w, nc, k))
+    bias = np.empty((n_targets, h, w, nc))
+    rhs_all = np.concatenate(
+        [stats.cross_sums, stats.target_sums[:, None]], axis=1
+    )  # (T, k + 1, h, w, C)
+    rhs_all = np.moveaxis(rhs_all, (0, 1), (-1, -2))  # (h, w, C, k + 1, T)
+    for i0 in range(0, h, rows_per_batch):
+        rows = slice(i0, min(h, i0 + rows_per_batch))
+        gram = _gram_rows(stats, field, rows, lam)
+        solution = np.linalg.solve(gram, rhs_all[rows])  # (rows, w, C, k + 1, T)
+        solution = np.moveaxis(solution, -1, 0)
+        weights[:, rows] = solution[..., :k]
+        bias[:, rows] = solution[..., k]
+    weights *= validity[None, :, :, None, :]
+    return weights, bias
+
+
+def apply_tile(
+    halo: np.ndarray, weights: np.ndarray, bias: np.ndarray, field: int
+) -> np.ndarray:
+    """Predict one tile of every target from a halo block.
+
+    Parameters
+    ----------
+    halo : numpy.ndarray
+        ``(n, h + 2b, w + 2b, C)`` normalised, zero-padded source halo block.
+    weights : numpy.ndarray
+        ``(T, h, w, C, r * r)``.
+    bias : numpy.ndarray
+        ``(T, h, w, C)``.
+    field : int
+        Odd receptive field size ``r``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(T, n, h, w, C)`` float64.
+    """
+    n_targets, h, w, nc, _ = weights.shape
+    n = halo.shape[0]
+    out = np.empty((n_targets, n, h, w, nc))
+    out[:] = np.asarray(bias, dtype=np.float64)[:, None]
+    offsets = window_offsets(field) + field // 2
+    for a, (oy, ox) in enumerate(offsets):
+        window = halo[:, oy : oy + h, ox : ox + w]
+        out += weights[:, None, :, :, :, a] * window[None]
+    return out

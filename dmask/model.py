@@ -1,0 +1,358 @@
+"""The public model API: :func:`fit`, :class:`Model` and :func:`open_model`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from dmask import execution, storage
+from dmask.errors import InputError
+from dmask.planning import DEFAULT_TASK_MEMORY, plan_fit, plan_tiles
+
+__all__ = ["Model", "fit", "open_model"]
+
+logger = logging.getLogger(__name__)
+
+NORMALIZATIONS = ("minmax", "none")
+SINGLE_TARGET = "target"
+
+
+def check_settings(field: Any, lam: Any, normalize: Any) -> None:
+    """Validate the model settings, raising :class:`InputError`."""
+    if isinstance(field, bool) or not isinstance(field, (int, np.integer)):
+        raise InputError(f"field must be an odd integer >= 1, got {field!r}")
+    if field < 1 or field % 2 == 0:
+        raise InputError(f"field must be an odd integer >= 1, got {field}")
+    try:
+        lam_value = float(lam)
+    except (TypeError, ValueError):
+        raise InputError(f"lam must be a positive number, got {lam!r}") from None
+    if not (math.isfinite(lam_value) and lam_value > 0):
+        raise InputError(f"lam must be a positive finite number, got {lam!r}")
+    if normalize not in NORMALIZATIONS:
+        raise InputError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+
+
+def _fingerprint(
+    shape: tuple[int, ...], names: list[str], bounds: list[np.ndarray]
+) -> str:
+    digest = hashlib.sha256(repr((shape, names)).encode())
+    for values in bounds:
+        digest.update(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_bounds(name: str, low: np.ndarray, high: np.ndarray) -> None:
+    bad = ~(np.isfinite(low) & np.isfinite(high))
+    if bad.any():
+        raise InputError(
+            f"{name} has NaN or infinite pixels (sample {int(np.flatnonzero(bad)[0])})"
+        )
+
+
+def fit(
+    sources: Any,
+    targets: Any,
+    field: int = 3,
+    lam: float = 0.4,
+    normalize: str = "minmax",
+    *,
+    store: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    tile_shape: tuple[int, int] | None = None,
+    sample_block: int | None = None,
+    memory_limit: int = DEFAULT_TASK_MEMORY,
+) -> Model:
+    """Train masked ridge regression.
+
+    Parameters
+    ----------
+    sources : array-like
+        ``(sample, y, x, channel)`` source faces (numpy, dask or xarray).
+    targets : array-like or mapping of str to array-like
+        Target faces of the same shape, or one such array per target name.
+    field : int
+        Odd receptive field size ``r``.
+    lam : float
+        Ridge penalty on the weights and the bias.
+    normalize : {"minmax", "none"}
+        Per-image min-max scaling to [0, 1] of sources and targets, or none.
+    store : str or path, optional
+        Write the model tile by tile to this Zarr store and return it opened
+        lazily; otherwise the model is held in memory.
+    overwrite : bool
+        Replace an existing ``store``.
+    tile_shape : tuple of int, optional
+        Spatial tile shape; chosen from ``memory_limit`` when omitted.
+    sample_block : int, optional
+        Samples per statistics task; chosen from ``memory_limit`` when omitted.
+    memory_limit : int
+        Bytes one task may use.
+
+    Returns
+    -------
+    Model
+    """
+    check_settings(field, lam, normalize)
+    lam = float(lam)
+    field = int(field)
+    single = not isinstance(targets, Mapping)
+    named = {SINGLE_TARGET: targets} if single else dict(targets)
+    if not named:
+        raise InputError("targets is an empty mapping")
+    src = execution.as_dask_array(sources, "sources")
+    tgts = {}
+    for name, value in named.items():
+        label = "targets" if single else f"targets[{name!r}]"
+        array = execution.as_dask_array(value, label)
+        if array.shape != src.shape:
+            raise InputError(
+                f"{label} has shape {array.shape} but sources has shape {src.shape}"
+            )
+        tgts[name] = array
+    n, height, width, channels = src.shape
+    names = list(tgts)
+
+    bounds = execution.compute(
+        *[execution.minmax_bounds(a) for a in (src, *tgts.values())]
+    )
+    for label, (low, high) in zip(["sources", *names], bounds, strict=True):
+        _check_bounds(label if label == "sources" else f"targets[{label!r}]", low, high)
+    fingerprint = _fingerprint(
+        src.shape, names, [v for pair in bounds for v in pair]
+    )
+    use_minmax = normalize == "minmax"
+    source_bounds = bounds[0] if use_minmax else None
+    target_bounds = list(bounds[1:]) if use_minmax else None
+
+    plan = plan_fit(
+        n,
+        (height, width),
+        channels,
+        field,
+        len(names),
+        tile_shape=tile_shape,
+        sample_block=sample_block,
+        memory_limit=memory_limit,
+    )
+    logger.info(
+        "training %d target(s) on %d pairs of %dx%dx%d: %d tiles of %s, "
+        "sample blocks of %d, about %.0f MB per task",
+        len(names), n, height, width, channels, len(plan.tiles),
+        plan.tile_shape, plan.sample_block, plan.task_bytes / 2**20,
+    )  # fmt: skip
+    attrs = {
+        "field": field,
+        "lam": lam,
+        "normalize": normalize,
+        "channel_mode": "independent",
+        "field_layout": "row-major window offsets (offset_y, offset_x); "
+        "weights of offsets outside the image are 0",
+        "height": height,
+        "width": width,
+        "channels": channels,
+        "n_samples": n,
+        "single_target": single,
+        "training_fingerprint": fingerprint,
+        "tile_shape": list(plan.tile_shape),
+    }
+    if store is not None:
+        storage.create_model_template(
+            store, names, (height, width), channels, field, plan.tile_shape, attrs,
+            overwrite=overwrite,
+        )  # fmt: skip
+        tasks = execution.fit_tiles(
+            src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
+            store=store,
+        )  # fmt: skip
+        execution.compute(*tasks)
+        storage.finalize_store(store)
+        logger.info("model written to %s", store)
+        return open_model(store)
+
+    tasks = execution.fit_tiles(
+        src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam
+    )
+    solutions = execution.compute(*tasks)
+    k = field * field
+    weight = np.empty((len(names), height, width, channels, k))
+    bias = np.empty((len(names), height, width, channels))
+    for tile, (w, b) in zip(plan.tiles, solutions, strict=True):
+        weight[:, tile.y0 : tile.y1, tile.x0 : tile.x1] = w
+        bias[:, tile.y0 : tile.y1, tile.x0 : tile.x1] = b
+    grid = (plan.tiles[-1].index[0] + 1, plan.tiles[-1].index[1] + 1)
+    dataset = storage.model_dataset(
+        weight, bias, names, field, np.ones(grid, dtype="u1"), {**attrs, "complete": True}
+    )
+    return Model(dataset)
+
+
+class Model:
+    """A trained masked ridge regression model.
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        Model in the layout of :mod:`dmask.storage` (numpy or dask backed).
+    """
+
+    def __init__(self, dataset: xr.Dataset) -> None:
+        self.dataset = dataset
+
+    def __repr__(self) -> str:
+        return (
+            f"<dmask.Model targets={self.targets} field={self.field} lam={self.lam} "
+            f"normalize={self.normalize!r} image={self.image_shape} "
+            f"channels={self.channels}>"
+        )
+
+    @property
+    def targets(self) -> list[str]:
+        """Target names, in store order."""
+        return [str(t) for t in self.dataset["target"].values]
+
+    @property
+    def field(self) -> int:
+        """Receptive field size ``r``."""
+        return int(self.dataset.attrs["field"])
+
+    @property
+    def lam(self) -> float:
+        """Ridge penalty."""
+        return float(self.dataset.attrs["lam"])
+
+    @property
+    def normalize(self) -> str:
+        """Input normalisation."""
+        return str(self.dataset.attrs["normalize"])
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """``(H, W)`` the model applies to."""
+        return int(self.dataset.sizes["y"]), int(self.dataset.sizes["x"])
+
+    @property
+    def channels(self) -> int:
+        """Channels the model applies to."""
+        return int(self.dataset.sizes["channel"])
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        """Spatial tile (and chunk) shape of the weights."""
+        th, tw = self.dataset.attrs["tile_shape"]
+        return int(th), int(tw)
+
+    def weights(self, target: str | None = None) -> xr.DataArray:
+        """Weights ``(y, x, channel, k)`` of one target (lazy if stored)."""
+        return self.dataset["weight"].sel(target=self._target(target))
+
+    def bias(self, target: str | None = None) -> xr.DataArray:
+        """Bias ``(y, x, channel)`` of one target (lazy if stored)."""
+        return self.dataset["bias"].sel(target=self._target(target))
+
+    def _target(self, target: str | None) -> str:
+        names = self.targets
+        if target is None:
+            if len(names) != 1:
+                raise InputError(f"model has several targets {names}: name one")
+            return names[0]
+        if target not in names:
+            raise InputError(f"target {target!r} is not in the model (has {names})")
+        return target
+
+    def predict_lazy(
+        self, sources: Any, sample_block: int | None = None, name: str = "new_sources"
+    ) -> dict[str, da.Array]:
+        """Lazy predictions, one dask array ``(N, H, W, C)`` per target."""
+        src = execution.as_dask_array(sources, name)
+        n, height, width, channels = src.shape
+        if (height, width, channels) != (*self.image_shape, self.channels):
+            h, w = self.image_shape
+            raise InputError(
+                f"{name} has images of {height}x{width}x{channels} but the model "
+                f"applies to {h}x{w}x{self.channels}"
+            )
+        th, tw = self.tile_shape
+        tiles = plan_tiles(self.image_shape, self.tile_shape)
+        grid = [[t for t in tiles if t.index[0] == row] for row in range(-(-height // th))]
+        if sample_block is None:
+            per_sample = 8 * (len(self.targets) + 2) * (th + self.field) * (
+                tw + self.field
+            ) * channels
+            sample_block = int(max(1, min(n, 256 * 2**20 // per_sample)))
+        weight = self.dataset["weight"].data
+        bias = self.dataset["bias"].data
+        if not isinstance(weight, da.Array):
+            weight = da.from_array(weight, chunks=(1, th, tw, channels, weight.shape[-1]))
+            bias = da.from_array(bias, chunks=(1, th, tw, channels))
+        full = execution.predict_tiles(
+            src, weight, bias, grid, sample_block, self.field, self.normalize == "minmax"
+        )
+        return {name_: full[i] for i, name_ in enumerate(self.targets)}
+
+    def predict(self, new_sources: Any, sample_block: int | None = None) -> Any:
+        """Synthesise target faces from new source faces.
+
+        Parameters
+        ----------
+        new_sources : array-like
+            ``(sample, y, x, channel)`` numpy, dask or xarray.
+        sample_block : int, optional
+            Samples per task.
+
+        Returns
+        -------
+        array or dict of str to array
+            Float64 predictions of the input's shape and kind (numpy computed,
+            dask and xarray lazy): one array for a model fitted on one target
+            array, else a mapping from target name to array.
+        """
+        lazy = self.predict_lazy(new_sources, sample_block)
+        if isinstance(new_sources, xr.DataArray):
+            out: dict[str, Any] = {
+                name: new_sources.copy(data=array) for name, array in lazy.items()
+            }
+        elif isinstance(new_sources, da.Array):
+            out = lazy
+        else:
+            names = list(lazy)
+            values = execution.compute(*lazy.values())
+            out = dict(zip(names, values, strict=True))
+        if self.dataset.attrs.get("single_target", False) and len(out) == 1:
+            return next(iter(out.values()))
+        return out
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the model to a new Zarr store.
+
+        Parameters
+        ----------
+        path : str or path
+            Store location.
+        overwrite : bool
+            Replace an existing store.
+        """
+        storage.write_model_store(self.dataset, path, overwrite)
+
+
+def open_model(path: str | os.PathLike) -> Model:
+    """Open a model store lazily.
+
+    Parameters
+    ----------
+    path : str or path
+        A store written by :func:`fit` or :meth:`Model.save`.
+
+    Returns
+    -------
+    Model
+    """
+    return Model(storage.open_model_store(path))

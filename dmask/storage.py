@@ -1,0 +1,387 @@
+"""Zarr/xarray stores of image datasets and models: schemas, writes, validation.
+
+Dataset store (``format = "dmask-dataset"``)
+    ``images (sample, y, x, channel)``, uint8 or float32, chunked in sample
+    blocks and spatial tiles; coordinates ``subject``, ``expression`` and
+    ``split`` along ``sample`` and ``channel`` names.
+
+Model store (``format = "dmask-model"``)
+    ``weight (target, y, x, channel, k)`` and ``bias (target, y, x, channel)``,
+    float64, one chunk per target and spatial tile; ``tile_complete (tile_y,
+    tile_x)`` records tiles durably written; coordinates ``target`` and the
+    window layout ``offset_y``/``offset_x`` along ``k``. Attributes hold the
+    settings (field, lam, normalize, channel mode, ...).
+
+Both carry ``complete = False`` until the last write finished, so a store left
+by a failed run never opens as a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from dmask.errors import StoreError
+from dmask.planning import Tile
+
+__all__ = [
+    "DATASET_FORMAT",
+    "FORMAT_VERSION",
+    "MODEL_FORMAT",
+    "create_dataset_template",
+    "create_model_template",
+    "finalize_store",
+    "model_dataset",
+    "open_dataset",
+    "open_model_store",
+    "prepare_output",
+    "select_pairs",
+    "write_dataset_block",
+    "write_model_tile",
+    "write_model_store",
+]
+
+logger = logging.getLogger(__name__)
+
+DATASET_FORMAT = "dmask-dataset"
+MODEL_FORMAT = "dmask-model"
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def quiet_zarr() -> Iterator[None]:
+    """Silence zarr's notes on string dtypes and consolidated metadata in v3."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Zarr V3 specification.*")
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        yield
+
+
+def _is_local(path: str | os.PathLike) -> bool:
+    return "://" not in str(path)
+
+
+def prepare_output(path: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an existing output store, or remove it when ``overwrite``.
+
+    Raises
+    ------
+    StoreError
+        The path exists and ``overwrite`` is false.
+    """
+    if not _is_local(path):
+        return
+    if os.path.lexists(path):
+        if not overwrite:
+            raise StoreError(f"output store {path} already exists (pass --overwrite)")
+        logger.info("removing existing store %s", path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def _open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.Dataset:
+    if _is_local(path) and not os.path.exists(path):
+        raise StoreError(f"{kind} store {path} does not exist")
+    try:
+        with quiet_zarr():
+            ds = xr.open_zarr(str(path), consolidated=None, zarr_format=3)
+    except Exception as exc:  # zarr and xarray raise many kinds here
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"cannot read {kind} store {path}: {reason}") from exc
+    found = ds.attrs.get("format")
+    if found != expected_format:
+        raise StoreError(
+            f"{path} is not a {kind} store (format {found!r}, expected "
+            f"{expected_format!r})"
+        )
+    version = ds.attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreError(f"{kind} store {path} has unsupported version {version!r}")
+    if not ds.attrs.get("complete", False):
+        raise StoreError(
+            f"{kind} store {path} is incomplete (the run that wrote it did not finish)"
+        )
+    return ds
+
+
+def finalize_store(path: str | os.PathLike, **attrs: Any) -> None:
+    """Set attributes, mark the store complete and consolidate its metadata."""
+    with quiet_zarr():
+        group = zarr.open_group(str(path), mode="r+")
+        group.attrs.update({**attrs, "complete": True})
+        zarr.consolidate_metadata(str(path))
+
+
+# --------------------------------------------------------------------- datasets
+
+
+def create_dataset_template(
+    path: str | os.PathLike,
+    shape: tuple[int, int, int, int],
+    chunks: tuple[int, int, int, int],
+    coords: Mapping[str, Sequence[str]],
+    attrs: Mapping[str, Any],
+    dtype: str = "uint8",
+    overwrite: bool = False,
+) -> None:
+    """Write the metadata and coordinates of a dataset store, no pixels yet.
+
+    Parameters
+    ----------
+    path : str or path
+        Store location.
+    shape, chunks : tuple of int
+        ``(sample, y, x, channel)`` shape and chunk shape of ``images``.
+    coords : mapping
+        ``subject``, ``expression``, ``split`` labels, one per sample.
+    attrs : mapping
+        Extra attributes (origin, generator settings).
+    dtype : str
+        Pixel dtype.
+    overwrite : bool
+        Replace an existing store.
+    """
+    import dask.array as da
+
+    prepare_output(path, overwrite)
+    n, height, width, channels = shape
+    sample_coords = {
+        name: ("sample", np.asarray(values, dtype=str)) for name, values in coords.items()
+    }
+    for name, (_, values) in sample_coords.items():
+        if len(values) != n:
+            raise StoreError(f"coordinate {name} has {len(values)} labels for {n} samples")
+    channel_names = ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
+    ds = xr.Dataset(
+        {
+            "images": (
+                ("sample", "y", "x", "channel"),
+                da.zeros(shape, chunks=chunks, dtype=dtype),
+            )
+        },
+        coords={**sample_coords, "channel": channel_names},
+        attrs={
+            "format": DATASET_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "complete": False,
+            **dict(attrs),
+        },
+    )
+    with quiet_zarr():
+        ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
+
+
+def write_dataset_block(
+    path: str | os.PathLike, start: int, images: np.ndarray
+) -> tuple[int, int]:
+    """Write whole sample-block chunks of ``images`` starting at ``start``.
+
+    The caller owns every chunk the block covers (``start`` and the block's end
+    lie on chunk boundaries, or the end is the end of the array).
+    """
+    with quiet_zarr():
+        array = zarr.open_array(str(path), path="images", mode="r+")
+        array[start : start + images.shape[0]] = images
+    return start, start + images.shape[0]
+
+
+def open_dataset(path: str | os.PathLike) -> xr.Dataset:
+    """Open a dataset store lazily and check its layout.
+
+    Raises
+    ------
+    StoreError
+        Missing, unreadable, incomplete or not a dataset store.
+    """
+    ds = _open_store(path, "dataset", DATASET_FORMAT)
+    if "images" not in ds or ds["images"].dims != ("sample", "y", "x", "channel"):
+        raise StoreError(f"dataset store {path} has no images (sample, y, x, channel)")
+    for name in ("subject", "expression"):
+        if name not in ds.coords:
+            raise StoreError(f"dataset store {path} has no {name} coordinate")
+    if ds.sizes["sample"] == 0:
+        raise StoreError(f"dataset store {path} is empty (no samples)")
+    return ds
+
+
+def select_pairs(
+    ds: xr.Dataset, source: str, targets: Sequence[str], split: str | None = "train"
+) -> tuple[xr.DataArray, dict[str, xr.DataArray]]:
+    """Source and target images of the same subjects, aligned by subject.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An opened dataset store.
+    source : str
+        Source expression (e.g. ``"neutral"``).
+    targets : sequence of str
+        Target expressions.
+    split : str or None
+        Keep only samples of this split (``"train"``, ``"test"``); None keeps all.
+
+    Returns
+    -------
+    sources : xarray.DataArray
+        ``(sample, y, x, channel)``, one per subject that has every expression.
+    targets : dict of str to xarray.DataArray
+        Same subjects, same order.
+    """
+    subjects = np.asarray(ds["subject"].values).astype(str)
+    expressions = np.asarray(ds["expression"].values).astype(str)
+    keep = np.ones(len(subjects), dtype=bool)
+    if split is not None:
+        if "split" not in ds.coords:
+            raise StoreError("dataset has no split coordinate")
+        keep &= np.asarray(ds["split"].values).astype(str) == split
+    known = set(expressions.tolist())
+    for name in [source, *targets]:
+        if name not in known:
+            raise StoreError(
+                f"expression {name!r} is not in the dataset (has {sorted(known)})"
+            )
+    index: dict[str, dict[str, int]] = {}
+    for i in np.flatnonzero(keep):
+        index.setdefault(expressions[i], {}).setdefault(subjects[i], int(i))
+    common = set(index.get(source, {}))
+    for name in targets:
+        common &= set(index.get(name, {}))
+    order = sorted(common)
+    if not order:
+        where = f" in split {split!r}" if split else ""
+        raise StoreError(f"no subject has both {source!r} and the targets{where}")
+    images = ds["images"]
+    src = images.isel(sample=[index[source][s] for s in order])
+    tgt = {name: images.isel(sample=[index[name][s] for s in order]) for name in targets}
+    return src, tgt
+
+
+# ----------------------------------------------------------------------- models
+
+
+def _model_coords(targets: Sequence[str], field: int, channels: int) -> dict[str, Any]:
+    b = field // 2
+    dy, dx = np.meshgrid(np.arange(-b, b + 1), np.arange(-b, b + 1), indexing="ij")
+    channel_names = ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
+    return {
+        "target": np.asarray(list(targets), dtype=str),
+        "offset_y": ("k", dy.ravel().astype(np.int32)),
+        "offset_x": ("k", dx.ravel().astype(np.int32)),
+        "channel": channel_names,
+    }
+
+
+def model_dataset(
+    weight: Any,
+    bias: Any,
+    targets: Sequence[str],
+    field: int,
+    tile_complete: Any,
+    attrs: Mapping[str, Any],
+) -> xr.Dataset:
+    """Assemble the xarray form of a model from (numpy or dask) arrays."""
+    channels = weight.shape[3]
+    return xr.Dataset(
+        {
+            "weight": (("target", "y", "x", "channel", "k"), weight),
+            "bias": (("target", "y", "x", "channel"), bias),
+            "tile_complete": (("tile_y", "tile_x"), tile_complete),
+        },
+        coords=_model_coords(targets, field, channels),
+        attrs={"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **dict(attrs)},
+    )
+
+
+def create_model_template(
+    path: str | os.PathLike,
+    targets: Sequence[str],
+    image_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    tile_shape: tuple[int, int],
+    attrs: Mapping[str, Any],
+    overwrite: bool = False,
+) -> None:
+    """Write the metadata of a model store whose tiles workers fill in later."""
+    import dask.array as da
+
+    prepare_output(path, overwrite)
+    n_targets = len(targets)
+    height, width = image_shape
+    th, tw = tile_shape
+    k = field * field
+    grid = (-(-height // th), -(-width // tw))
+    ds = model_dataset(
+        da.zeros(
+            (n_targets, height, width, channels, k),
+            chunks=(1, th, tw, channels, k),
+            dtype="f8",
+        ),
+        da.zeros(
+            (n_targets, height, width, channels), chunks=(1, th, tw, channels), dtype="f8"
+        ),
+        targets,
+        field,
+        da.zeros(grid, chunks=(1, 1), dtype="u1"),
+        {**dict(attrs), "complete": False, "tile_shape": [th, tw]},
+    )
+    with quiet_zarr():
+        ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
+
+
+def write_model_tile(
+    path: str | os.PathLike, tile: Tile, weight: np.ndarray, bias: np.ndarray
+) -> tuple[int, int]:
+    """Write one tile's weights and bias (chunks it alone owns), then mark it done.
+
+    Parameters
+    ----------
+    path : str or path
+        Model store made by :func:`create_model_template`.
+    tile : Tile
+        Tile aligned with the store's chunks.
+    weight, bias : numpy.ndarray
+        ``(T, h, w, C, k)`` and ``(T, h, w, C)``.
+    """
+    with quiet_zarr():
+        group = zarr.open_group(str(path), mode="r+")
+        group["weight"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = weight
+        group["bias"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = bias
+        group["tile_complete"][tile.index] = 1
+    return tile.index
+
+
+def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) -> None:
+    """Write a whole model dataset (numpy or dask backed) to a new store."""
+    prepare_output(path, overwrite)
+    th, tw = ds.attrs["tile_shape"]
+    channels, k = ds.sizes["channel"], ds.sizes["k"]
+    ds = ds.copy()
+    ds.attrs["complete"] = False
+    ds = ds.chunk({"target": 1, "y": th, "x": tw, "channel": channels, "k": k})
+    ds = ds.chunk({"tile_y": 1, "tile_x": 1})
+    for name in ds.variables:
+        ds[name].encoding = {}
+    with quiet_zarr():
+        ds.to_zarr(str(path), mode="w", zarr_format=3, consolidated=True)
+    finalize_store(path)
+
+
+def open_model_store(path: str | os.PathLike) -> xr.Dataset:
+    """Open a finished model store lazily and check its layout."""
+    ds = _open_store(path, "model", MODEL_FORMAT)
+    for name in ("weight", "bias"):
+        if name not in ds:
+            raise StoreError(f"model store {path} has no {name} array")
+    return ds
