@@ -242,7 +242,11 @@ def fit_tiles(
         for s0, s1 in plan.blocks:
             src = sources[s0:s1, rows, cols, :]
             tgt = [t[s0:s1, tile.y0 : tile.y1, tile.x0 : tile.x1, :] for t in targets]
-            sb = None if source_bounds is None else tuple(b[s0:s1] for b in source_bounds)
+            sb = (
+                None
+                if source_bounds is None
+                else tuple(b[s0:s1] for b in source_bounds)
+            )
             tb = (
                 None
                 if target_bounds is None

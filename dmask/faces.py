@@ -33,10 +33,10 @@ _DELTAS: dict[str, dict[str, float]] = {
         "eye_open": -0.3,
     },
     "sad": {
-        "smile": -0.04,
+        "smile": -0.05,
         "mouth_width": -0.05,
-        "brow_tilt": -0.04,
-        "lid_droop": 0.3,
+        "brow_tilt": -0.045,
+        "lid_droop": 0.35,
     },
     "surprised": {
         "brow_raise": 0.07,
@@ -137,7 +137,9 @@ def subject_params(seed: int, subject: int) -> SubjectParams:
     cu, cv = u(-0.04, 0.04), u(0.0, 0.08)
     a, b = u(0.48, 0.6), u(0.64, 0.76)
     tone = u()
-    skin = (1 - tone) * np.array([0.96, 0.80, 0.68]) + tone * np.array([0.42, 0.28, 0.2])
+    skin = (1 - tone) * np.array([0.96, 0.80, 0.68]) + tone * np.array(
+        [0.42, 0.28, 0.2]
+    )
     skin = skin + rng.normal(0.0, 0.02, 3)
     hair = np.array(_HAIR[rng.integers(len(_HAIR))]) + rng.normal(0.0, 0.03, 3)
     iris = np.array(_IRIS[rng.integers(len(_IRIS))]) + rng.normal(0.0, 0.03, 3)
@@ -266,7 +268,7 @@ def _draw_head(c: _Canvas, p: SubjectParams) -> None:
 
 
 def _draw_cheeks_nose(c: _Canvas, p: SubjectParams, e: dict[str, float]) -> None:
-    (cu, cv), (a, b) = p.face_center, p.face_radii
+    cu, (a, b) = p.face_center[0], p.face_radii
     skin = np.array(p.skin)
     blush = skin * np.array([1.0, 0.68, 0.68])
     for sgn in (-1, 1):
@@ -278,10 +280,16 @@ def _draw_cheeks_nose(c: _Canvas, p: SubjectParams, e: dict[str, float]) -> None
             c.paint(win, (0.15 + e["cheek_blush"]) * blob, blush)
             c.paint(win, 0.5 * e["cheek_blush"] * blob**2, np.minimum(skin * 1.2, 1))
     nb, nw, nl = p.eye_y + p.nose_length, p.nose_width, p.nose_length
-    if (w := c.window(cu - 2.2 * nw, cu + 2.2 * nw, p.eye_y - 0.1, nb + nw)) is not None:
+    if (
+        w := c.window(cu - 2.2 * nw, cu + 2.2 * nw, p.eye_y - 0.1, nb + nw)
+    ) is not None:
         win, U, V = w
-        c.paint(win, 0.14 * _bump(U, V, cu, nb - 0.35 * nl, 1.1 * nw, 0.55 * nl), skin * 0.7)
-        c.paint(win, 0.2 * _bump(U, V, cu, nb - 0.45 * nw, 0.5 * nw, 0.4 * nw), skin * 1.2)
+        c.paint(
+            win, 0.14 * _bump(U, V, cu, nb - 0.35 * nl, 1.1 * nw, 0.55 * nl), skin * 0.7
+        )
+        c.paint(
+            win, 0.2 * _bump(U, V, cu, nb - 0.45 * nw, 0.5 * nw, 0.4 * nw), skin * 1.2
+        )
         dark = skin * 0.4
         for sgn in (-1, 1):
             nostril = c.ellipse(U, V, cu + sgn * 0.5 * nw, nb, 0.26 * nw, 0.13 * nw)
@@ -293,7 +301,9 @@ def _draw_cheeks_nose(c: _Canvas, p: SubjectParams, e: dict[str, float]) -> None
                     wv = nb - 0.5 * nl + 0.05 * k
                     s = (U - wu) / (0.45 * nw)
                     yc = wv + sgn * 0.4 * nw * s
-                    line = c.band(U, V, s, yc, 0.006 * np.sqrt(np.clip(1 - s**2, 0, 1)), 0.45 * nw)
+                    line = c.band(
+                        U, V, s, yc, 0.006 * np.sqrt(np.clip(1 - s**2, 0, 1)), 0.45 * nw
+                    )
                     c.paint(win, 0.6 * wr * line, skin * 0.5)
         if e["nose_wrinkle"] > 0.5:
             for k in range(2):
@@ -316,7 +326,11 @@ def _draw_eyes(c: _Canvas, p: SubjectParams, e: dict[str, float]) -> None:
         h = max(ry, ri) * 1.4 + 0.01
         if (w := c.window(eu - 1.3 * rx, eu + 1.3 * rx, ev - h, ev + h)) is not None:
             win, U, V = w
-            c.paint(win, 0.9 * c.ellipse(U, V, eu, ev, 1.12 * rx, 1.18 * ry + 0.006), skin * 0.35)
+            c.paint(
+                win,
+                0.9 * c.ellipse(U, V, eu, ev, 1.12 * rx, 1.18 * ry + 0.006),
+                skin * 0.35,
+            )
             sclera = c.ellipse(U, V, eu, ev, rx, ry)
             lid = c.below(V, ev - ry + 2 * ry * droop)
             sc = sclera * lid
@@ -325,7 +339,9 @@ def _draw_eyes(c: _Canvas, p: SubjectParams, e: dict[str, float]) -> None:
                 c.paint(win, sclera * (1 - lid), skin * 0.8)
             iu = eu + p.gaze * rx
             c.paint(win, c.ellipse(U, V, iu, ev, ri, ri) * sc, p.iris_color)
-            c.paint(win, c.ellipse(U, V, iu, ev, 0.45 * ri, 0.45 * ri) * sc, (0.03,) * 3)
+            c.paint(
+                win, c.ellipse(U, V, iu, ev, 0.45 * ri, 0.45 * ri) * sc, (0.03,) * 3
+            )
             hl = c.ellipse(U, V, iu - 0.35 * ri, ev - 0.35 * ri, 0.22 * ri, 0.22 * ri)
             c.paint(win, 0.9 * hl * sc, (1.0, 1.0, 1.0))
 
@@ -382,7 +398,9 @@ def _draw_mouth(c: _Canvas, p: SubjectParams, e: dict[str, float]) -> None:
     inside = np.clip(0.5 - d, 0, 1)
     c.paint(win, inside, (0.22, 0.05, 0.07))
     teeth_h = np.minimum(0.3 * (ou + ol), 0.03)
-    teeth = inside * (1 - c.below(V, yu + teeth_h)) * np.clip(teeth_h * c.py - 0.5, 0, 1)
+    teeth = (
+        inside * (1 - c.below(V, yu + teeth_h)) * np.clip(teeth_h * c.py - 0.5, 0, 1)
+    )
     c.paint(win, teeth, (0.93, 0.92, 0.86))
 
 
@@ -406,7 +424,9 @@ def render_face(
         Float32 array of shape ``(height, width, 3)`` with values in [0, 1].
     """
     if expression not in _DELTAS:
-        raise ValueError(f"unknown expression {expression!r}; expected one of {EXPRESSIONS}")
+        raise ValueError(
+            f"unknown expression {expression!r}; expected one of {EXPRESSIONS}"
+        )
     if int(height) < 1 or int(width) < 1:
         raise ValueError(f"image size must be positive, got {height} x {width}")
     keys = {k for d in _DELTAS.values() for k in d}
@@ -418,6 +438,8 @@ def render_face(
     _draw_brows(c, params, e)
     _draw_mouth(c, params, e)
     angle, strength = params.light
-    shade = 1 + strength * (np.cos(angle) * c.xs[None, :] + np.sin(angle) * c.ys[:, None])
+    shade = 1 + strength * (
+        np.cos(angle) * c.xs[None, :] + np.sin(angle) * c.ys[:, None]
+    )
     c.img *= shade.astype(np.float32)[..., None]
     return np.clip(c.img, 0, 1, out=c.img)

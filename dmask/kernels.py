@@ -188,7 +188,9 @@ class TileStatistics:
         )
 
 
-def tile_statistics(halo: np.ndarray, targets: np.ndarray, field: int) -> TileStatistics:
+def tile_statistics(
+    halo: np.ndarray, targets: np.ndarray, field: int
+) -> TileStatistics:
     """Accumulate the statistics of one tile over a block of training pairs.
 
     Parameters
@@ -231,7 +233,9 @@ def tile_statistics(halo: np.ndarray, targets: np.ndarray, field: int) -> TileSt
     return TileStatistics(pair_sums, sums, cross_sums, target_sums, n)
 
 
-def _gram_rows(stats: TileStatistics, field: int, rows: slice, lam: float) -> np.ndarray:
+def _gram_rows(
+    stats: TileStatistics, field: int, rows: slice, lam: float
+) -> np.ndarray:
     """Regularised Gram matrices ``(rows, w, C, k + 1, k + 1)`` of some tile rows."""
     offsets = window_offsets(field) + field // 2
     k = len(offsets)

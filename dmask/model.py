@@ -38,7 +38,9 @@ def check_settings(field: Any, lam: Any, normalize: Any) -> None:
     if not (math.isfinite(lam_value) and lam_value > 0):
         raise InputError(f"lam must be a positive finite number, got {lam!r}")
     if normalize not in NORMALIZATIONS:
-        raise InputError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        raise InputError(
+            f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}"
+        )
 
 
 def _fingerprint(
@@ -126,9 +128,7 @@ def fit(
     )
     for label, (low, high) in zip(["sources", *names], bounds, strict=True):
         _check_bounds(label if label == "sources" else f"targets[{label!r}]", low, high)
-    fingerprint = _fingerprint(
-        src.shape, names, [v for pair in bounds for v in pair]
-    )
+    fingerprint = _fingerprint(src.shape, names, [v for pair in bounds for v in pair])
     use_minmax = normalize == "minmax"
     source_bounds = bounds[0] if use_minmax else None
     target_bounds = list(bounds[1:]) if use_minmax else None
@@ -190,7 +190,12 @@ def fit(
         bias[:, tile.y0 : tile.y1, tile.x0 : tile.x1] = b
     grid = (plan.tiles[-1].index[0] + 1, plan.tiles[-1].index[1] + 1)
     dataset = storage.model_dataset(
-        weight, bias, names, field, np.ones(grid, dtype="u1"), {**attrs, "complete": True}
+        weight,
+        bias,
+        names,
+        field,
+        np.ones(grid, dtype="u1"),
+        {**attrs, "complete": True},
     )
     return Model(dataset)
 
@@ -282,19 +287,33 @@ class Model:
             )
         th, tw = self.tile_shape
         tiles = plan_tiles(self.image_shape, self.tile_shape)
-        grid = [[t for t in tiles if t.index[0] == row] for row in range(-(-height // th))]
+        grid = [
+            [t for t in tiles if t.index[0] == row] for row in range(-(-height // th))
+        ]
         if sample_block is None:
-            per_sample = 8 * (len(self.targets) + 2) * (th + self.field) * (
-                tw + self.field
-            ) * channels
+            per_sample = (
+                8
+                * (len(self.targets) + 2)
+                * (th + self.field)
+                * (tw + self.field)
+                * channels
+            )
             sample_block = int(max(1, min(n, 256 * 2**20 // per_sample)))
         weight = self.dataset["weight"].data
         bias = self.dataset["bias"].data
         if not isinstance(weight, da.Array):
-            weight = da.from_array(weight, chunks=(1, th, tw, channels, weight.shape[-1]))
+            weight = da.from_array(
+                weight, chunks=(1, th, tw, channels, weight.shape[-1])
+            )
             bias = da.from_array(bias, chunks=(1, th, tw, channels))
         full = execution.predict_tiles(
-            src, weight, bias, grid, sample_block, self.field, self.normalize == "minmax"
+            src,
+            weight,
+            bias,
+            grid,
+            sample_block,
+            self.field,
+            self.normalize == "minmax",
         )
         return {name_: full[i] for i, name_ in enumerate(self.targets)}
 

@@ -157,12 +157,17 @@ def create_dataset_template(
     prepare_output(path, overwrite)
     n, height, width, channels = shape
     sample_coords = {
-        name: ("sample", np.asarray(values, dtype=str)) for name, values in coords.items()
+        name: ("sample", np.asarray(values, dtype=str))
+        for name, values in coords.items()
     }
     for name, (_, values) in sample_coords.items():
         if len(values) != n:
-            raise StoreError(f"coordinate {name} has {len(values)} labels for {n} samples")
-    channel_names = ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
+            raise StoreError(
+                f"coordinate {name} has {len(values)} labels for {n} samples"
+            )
+    channel_names = (
+        ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
+    )
     ds = xr.Dataset(
         {
             "images": (
@@ -263,7 +268,9 @@ def select_pairs(
         raise StoreError(f"no subject has both {source!r} and the targets{where}")
     images = ds["images"]
     src = images.isel(sample=[index[source][s] for s in order])
-    tgt = {name: images.isel(sample=[index[name][s] for s in order]) for name in targets}
+    tgt = {
+        name: images.isel(sample=[index[name][s] for s in order]) for name in targets
+    }
     return src, tgt
 
 
@@ -273,7 +280,9 @@ def select_pairs(
 def _model_coords(targets: Sequence[str], field: int, channels: int) -> dict[str, Any]:
     b = field // 2
     dy, dx = np.meshgrid(np.arange(-b, b + 1), np.arange(-b, b + 1), indexing="ij")
-    channel_names = ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
+    channel_names = (
+        ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
+    )
     return {
         "target": np.asarray(list(targets), dtype=str),
         "offset_y": ("k", dy.ravel().astype(np.int32)),
@@ -329,7 +338,9 @@ def create_model_template(
             dtype="f8",
         ),
         da.zeros(
-            (n_targets, height, width, channels), chunks=(1, th, tw, channels), dtype="f8"
+            (n_targets, height, width, channels),
+            chunks=(1, th, tw, channels),
+            dtype="f8",
         ),
         targets,
         field,

@@ -1,0 +1,156 @@
+"""Batch synthesis: apply a stored model to a dataset store, into a new store."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from dmask import execution, storage
+from dmask.errors import InputError
+from dmask.model import Model
+
+__all__ = ["apply_to_store", "write_pngs"]
+
+logger = logging.getLogger(__name__)
+
+
+def _source_samples(
+    ds: xr.Dataset, source: str | None, split: str | None
+) -> np.ndarray:
+    keep = np.ones(ds.sizes["sample"], dtype=bool)
+    if source is not None:
+        expressions = np.asarray(ds["expression"].values).astype(str)
+        if source not in set(expressions.tolist()):
+            raise InputError(f"expression {source!r} is not in the dataset")
+        keep &= expressions == source
+    if split is not None:
+        if "split" not in ds.coords:
+            raise InputError("dataset has no split coordinate")
+        keep &= np.asarray(ds["split"].values).astype(str) == split
+    index = np.flatnonzero(keep)
+    if index.size == 0:
+        raise InputError(f"no sample has expression {source!r} in split {split!r}")
+    return index
+
+
+def apply_to_store(
+    model: Model,
+    dataset: xr.Dataset,
+    out: str | os.PathLike,
+    source: str | None = "neutral",
+    split: str | None = None,
+    targets: Sequence[str] | None = None,
+    overwrite: bool = False,
+    sample_block: int | None = None,
+) -> xr.Dataset:
+    """Synthesise every target from the source faces of a dataset store.
+
+    Parameters
+    ----------
+    model : Model
+        Model to apply (lazily opened or in memory).
+    dataset : xarray.Dataset
+        An opened dataset store.
+    out : str or path
+        New dataset store of float32 predictions: one sample per source face
+        and target, target-major, with ``expression`` naming the target.
+    source : str or None
+        Expression of the faces to transform; None takes every sample.
+    split : str or None
+        Only this split; None takes all.
+    targets : sequence of str, optional
+        Subset of the model's targets.
+    overwrite : bool
+        Replace an existing ``out``.
+    sample_block : int, optional
+        Samples per task.
+
+    Returns
+    -------
+    xarray.Dataset
+        The output store, opened lazily.
+    """
+    index = _source_samples(dataset, source, split)
+    names = list(targets) if targets else model.targets
+    for name in names:
+        model._target(name)
+    sources = dataset["images"].isel(sample=index)
+    lazy = model.predict_lazy(sources, sample_block, name="images")
+    height, width = model.image_shape
+    channels = model.channels
+    th, tw = model.tile_shape
+    block = lazy[names[0]].chunks[0][0]
+    images = da.concatenate([lazy[n].astype(np.float32) for n in names], axis=0)
+    images = images.rechunk((block, th, tw, channels))
+    subjects = np.asarray(dataset["subject"].values).astype(str)[index]
+    splits = (
+        np.asarray(dataset["split"].values).astype(str)[index]
+        if "split" in dataset.coords
+        else np.full(index.size, "all")
+    )
+    coords = {
+        "subject": np.tile(subjects, len(names)),
+        "expression": np.repeat(np.asarray(names, dtype=str), index.size),
+        "split": np.tile(splits, len(names)),
+        "source_sample": ("sample", np.tile(index, len(names))),
+    }
+    storage.create_dataset_template(
+        out,
+        images.shape,
+        (block, th, tw, channels),
+        {k: v for k, v in coords.items() if k != "source_sample"},
+        {
+            "origin": "dmask apply",
+            "model_fingerprint": str(model.dataset.attrs.get("training_fingerprint")),
+            "value_range": [0, 1],
+            "normalize": model.normalize,
+        },
+        dtype="float32",
+        overwrite=overwrite,
+    )
+    region = xr.Dataset({"images": (("sample", "y", "x", "channel"), images)})
+    with storage.quiet_zarr():
+        delayed = region.to_zarr(
+            str(out), mode="r+", compute=False, zarr_format=3, consolidated=False
+        )
+    execution.compute(delayed)
+    storage.finalize_store(out)
+    logger.info("wrote %d synthesised faces to %s", images.shape[0], out)
+    return storage.open_dataset(out)
+
+
+def _write_png_block(images: np.ndarray, names: Sequence[str], folder: str) -> int:
+    from PIL import Image
+
+    for image, name in zip(images, names, strict=True):
+        pixels = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+        if pixels.shape[-1] == 1:
+            pixels = pixels[..., 0]
+        Image.fromarray(pixels).save(os.path.join(folder, name))
+    return len(names)
+
+
+def write_pngs(dataset: xr.Dataset, folder: str | os.PathLike) -> int:
+    """Write every image of a prediction store as ``{subject}_{expression}.png``.
+
+    Values are clipped to [0, 1] and scaled to 8 bits. Returns the count.
+    """
+    os.makedirs(folder, exist_ok=True)
+    images = dataset["images"].data
+    subjects = np.asarray(dataset["subject"].values).astype(str)
+    expressions = np.asarray(dataset["expression"].values).astype(str)
+    names = [f"{s}_{e}.png" for s, e in zip(subjects, expressions, strict=True)]
+    task = dask.delayed(_write_png_block, pure=True)
+    tasks = []
+    start = 0
+    for size in images.chunks[0]:
+        block = images[start : start + size]
+        tasks.append(task(block, names[start : start + size], str(folder)))
+        start += size
+    return int(sum(execution.compute(*tasks)))
