@@ -82,7 +82,7 @@ def apply_to_store(
         model._target(name)
     sources = dataset["images"].isel(sample=index)
     lazy = model.predict_lazy(sources, sample_block, name="images")
-    height, width = model.image_shape
+
     channels = model.channels
     th, tw = model.tile_shape
     block = lazy[names[0]].chunks[0][0]

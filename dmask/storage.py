@@ -155,7 +155,7 @@ def create_dataset_template(
     import dask.array as da
 
     prepare_output(path, overwrite)
-    n, height, width, channels = shape
+    n, _, _, channels = shape
     sample_coords = {
         name: ("sample", np.asarray(values, dtype=str))
         for name, values in coords.items()
