@@ -1,0 +1,107 @@
+"""Connecting to a Dask cluster: a LocalCluster dmask starts, or an existing one."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dmask.errors import DmaskError
+
+__all__ = ["ClusterOptions", "connect", "peak_worker_memory"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How to reach or start a cluster.
+
+    Attributes
+    ----------
+    scheduler : str, optional
+        Address of an existing scheduler (``tcp://host:port``).
+    scheduler_file : str, optional
+        Scheduler file of an existing cluster.
+    n_workers, threads_per_worker : int, optional
+        Size of the LocalCluster started when no scheduler is given.
+    memory_limit : str, optional
+        Memory limit per local worker (``"4GB"``, ``"auto"``).
+    processes : bool
+        Local workers as processes (True) or threads in this process.
+    dashboard_address : str
+        Where the local dashboard listens; loopback unless asked otherwise.
+    """
+
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+    n_workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str | None = None
+    processes: bool = True
+    dashboard_address: str = "127.0.0.1:8787"
+    quiet: bool = True
+
+
+@contextlib.contextmanager
+def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
+    """Yield a distributed Client, starting a LocalCluster if none is named.
+
+    The client is the default for dask computations inside the block; a cluster
+    started here is closed on exit.
+    """
+    from distributed import Client, LocalCluster
+
+    options = options or ClusterOptions()
+    if options.quiet:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+    if options.scheduler and options.scheduler_file:
+        raise DmaskError("give --scheduler or --scheduler-file, not both")
+    if options.scheduler_file and not os.path.exists(options.scheduler_file):
+        raise DmaskError(f"scheduler file {options.scheduler_file} does not exist")
+    if options.scheduler or options.scheduler_file:
+        try:
+            client = Client(
+                address=options.scheduler,
+                scheduler_file=options.scheduler_file,
+                timeout="20s",
+            )
+        except OSError as exc:
+            where = options.scheduler or options.scheduler_file
+            raise DmaskError(f"cannot reach the scheduler at {where}: {exc}") from exc
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    kwargs: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "dashboard_address": options.dashboard_address,
+        "processes": options.processes,
+        "silence_logs": logging.ERROR if options.quiet else logging.INFO,
+    }
+    if options.n_workers is not None:
+        kwargs["n_workers"] = options.n_workers
+    if options.threads_per_worker is not None:
+        kwargs["threads_per_worker"] = options.threads_per_worker
+    if options.memory_limit is not None:
+        kwargs["memory_limit"] = options.memory_limit
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        yield client
+
+
+def peak_worker_memory(client: Any) -> int:
+    """Largest peak resident memory, in bytes, of any worker process so far."""
+
+    def rss() -> int:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+    try:
+        return max(client.run(rss).values(), default=0)
+    except Exception:  # a worker may be gone; memory is only a report
+        return 0
