@@ -63,7 +63,9 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output dataset store")
     synth.add_argument("--subjects", type=_positive_int, default=160)
     synth.add_argument("--size", type=_positive_int, default=128, help="image height")
-    synth.add_argument("--width", type=_positive_int, help="image width (default: size)")
+    synth.add_argument(
+        "--width", type=_positive_int, help="image width (default: size)"
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--test-fraction", type=float, default=0.25)
     synth.add_argument("--overwrite", action="store_true")
@@ -163,16 +165,22 @@ def _run_synth(args: argparse.Namespace) -> None:
     with _cluster(args) as client:
         started = time.perf_counter()
         ds = synthesize(
-            args.out, args.subjects, shape, args.seed, args.test_fraction, args.overwrite
+            args.out,
+            args.subjects,
+            shape,
+            args.seed,
+            args.test_fraction,
+            args.overwrite,
         )
         _summary(client, started, images=ds.sizes["sample"], store=args.out)
 
 
 def _run_train(args: argparse.Namespace) -> None:
     from dmask.faces import EXPRESSIONS
-    from dmask.model import fit
+    from dmask.model import check_settings, fit
     from dmask.storage import open_dataset, prepare_output, select_pairs
 
+    check_settings(args.field, args.lam, args.normalize)
     prepare_output(args.out, args.overwrite)
     ds = open_dataset(args.dataset)
     targets = _split_names(args.targets)

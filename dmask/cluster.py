@@ -78,11 +78,13 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
             client.close()
         return
     kwargs: dict[str, Any] = {
-        "host": "127.0.0.1",
         "dashboard_address": options.dashboard_address,
         "processes": options.processes,
         "silence_logs": logging.ERROR if options.quiet else logging.INFO,
     }
+    if options.processes:
+        # Threaded workers talk in-process; worker processes listen on loopback.
+        kwargs["host"] = "127.0.0.1"
     if options.n_workers is not None:
         kwargs["n_workers"] = options.n_workers
     if options.threads_per_worker is not None:

@@ -112,8 +112,10 @@ def fit(
         raise InputError("targets is an empty mapping")
     src = execution.as_dask_array(sources, "sources")
     tgts = {}
+    labels = ["sources"]
     for name, value in named.items():
         label = "targets" if single else f"targets[{name!r}]"
+        labels.append(label)
         array = execution.as_dask_array(value, label)
         if array.shape != src.shape:
             raise InputError(
@@ -126,8 +128,8 @@ def fit(
     bounds = execution.compute(
         *[execution.minmax_bounds(a) for a in (src, *tgts.values())]
     )
-    for label, (low, high) in zip(["sources", *names], bounds, strict=True):
-        _check_bounds(label if label == "sources" else f"targets[{label!r}]", low, high)
+    for label, (low, high) in zip(labels, bounds, strict=True):
+        _check_bounds(label, low, high)
     fingerprint = _fingerprint(src.shape, names, [v for pair in bounds for v in pair])
     use_minmax = normalize == "minmax"
     source_bounds = bounds[0] if use_minmax else None
