@@ -43,7 +43,7 @@ def reference_fit(
                         if 0 <= y < height and 0 <= x < width:
                             columns.append(sources[:, y, x, c])
                             slots.append((dy + b) * field + (dx + b))
-                design = np.column_stack(columns + [np.ones(n)])
+                design = np.column_stack([*columns, np.ones(n)])
                 gram = design.T @ design + lam * np.eye(design.shape[1])
                 solution = np.linalg.solve(gram, design.T @ targets[:, i, j, c])
                 weights[i, j, c, slots] = solution[:-1]

@@ -1,4 +1,4 @@
-"""Bad input: one-line errors, non-zero exits, nothing half-written that looks complete."""
+"""Bad input: one-line errors, non-zero exits, nothing half-written as complete."""
 
 from __future__ import annotations
 
