@@ -1,0 +1,78 @@
+"""Synthetic faces, the dataset store layout and planning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmask import planning, storage
+from dmask.faces import EXPRESSIONS, render_face, subject_params
+from dmask.synth import render_samples, synthesize
+
+
+def test_synthetic_faces_are_deterministic_and_local():
+    params = subject_params(0, 3)
+    neutral = render_face(params, "neutral", 96, 80)
+    assert neutral.shape == (96, 80, 3) and neutral.dtype == np.float32
+    assert 0 <= neutral.min() and neutral.max() <= 1
+    np.testing.assert_array_equal(
+        neutral, render_face(subject_params(0, 3), "neutral", 96, 80)
+    )
+    for expression in EXPRESSIONS[1:]:
+        changed = (
+            np.abs(render_face(params, expression, 96, 80) - neutral).max(-1) > 0.02
+        )
+        assert 0.005 < changed.mean() < 0.25, expression
+    other = render_face(subject_params(0, 4), "neutral", 96, 80)
+    assert np.abs(other - neutral).mean() > 0.02
+    with pytest.raises(ValueError, match="bored"):
+        render_face(params, "bored", 32, 32)
+
+
+def test_dataset_store_layout_and_split(tmp_path):
+    ds = synthesize(tmp_path / "f.zarr", 8, (40, 24), seed=1, test_fraction=0.25)
+    assert ds["images"].dims == ("sample", "y", "x", "channel")
+    assert ds["images"].shape == (8 * 7, 40, 24, 3)
+    assert ds["images"].dtype == np.uint8
+    assert ds.attrs["format"] == "dmask-dataset" and ds.attrs["complete"]
+    subjects = ds["subject"].values.astype(str)
+    splits = ds["split"].values.astype(str)
+    train = set(subjects[splits == "train"])
+    test = set(subjects[splits == "test"])
+    assert len(test) == 2 and len(train) == 6 and not train & test
+    assert list(ds["expression"].values[:7]) == list(EXPRESSIONS)
+    np.testing.assert_array_equal(
+        ds["images"].values[7:14], render_samples(1, 7, 14, 40, 24)
+    )
+    src, tgt = storage.select_pairs(ds, "neutral", ["happy", "sad"], "test")
+    assert list(src["subject"].values) == list(tgt["sad"]["subject"].values)
+    assert set(src["expression"].values) == {"neutral"}
+    assert set(tgt["happy"]["expression"].values) == {"happy"}
+
+
+def test_existing_dataset_store_is_refused(tmp_path):
+    synthesize(tmp_path / "f.zarr", 2, (16, 16))
+    with pytest.raises(storage.StoreError, match="already exists"):
+        synthesize(tmp_path / "f.zarr", 2, (16, 16))
+    synthesize(tmp_path / "f.zarr", 3, (16, 16), overwrite=True)
+    assert storage.open_dataset(tmp_path / "f.zarr").sizes["sample"] == 21
+
+
+def test_tiles_cover_the_image_once():
+    tiles = planning.plan_tiles((10, 7), (4, 3))
+    covered = np.zeros((10, 7), dtype=int)
+    for tile in tiles:
+        covered[tile.y0 : tile.y1, tile.x0 : tile.x1] += 1
+    assert (covered == 1).all()
+    rows, cols, pad = tiles[0].halo(2, (10, 7))
+    assert (rows, cols, pad) == (slice(0, 6), slice(0, 5), ((2, 0), (2, 0)))
+
+
+def test_task_memory_does_not_grow_with_image_or_samples():
+    small = planning.plan_fit(100, (128, 128), 3, 7, 6)
+    large = planning.plan_fit(100_000, (2048, 4096), 3, 7, 6)
+    assert small.tile_shape == large.tile_shape
+    assert large.task_bytes <= planning.DEFAULT_TASK_MEMORY
+    assert large.sample_block < 100_000
+    tight = planning.plan_fit(10_000, (512, 512), 3, 9, 6, memory_limit=64 * 2**20)
+    assert tight.task_bytes <= 64 * 2**20
