@@ -14,6 +14,7 @@ a table and as JSON (``--json``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(row)
         if case["size"] <= 128:
             base_times, base_peak = timed(
-                lambda: baseline_fit(sources, targets, case["field"], 0.4),
+                functools.partial(baseline_fit, sources, targets, case["field"], 0.4),
                 args.repeats,
             )
             results.append(
@@ -180,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in results:
         label = f"{row['size']}x{row['size']} N={row['n']} r={row['field']}"
         speedup = row.get("speedup_vs_baseline")
+        ratio = "" if speedup is None else f"{speedup:.1f}x"
         print(
             f"{label:>22} {row['method']:>24} {row['median_s']:9.2f} "
-            f"{row['peak_rise_mib']:9.0f} {'' if speedup is None else f'{speedup:.1f}x':>8}"
+            f"{row['peak_rise_mib']:9.0f} {ratio:>8}"
         )
     if args.json:
         with open(args.json, "w") as handle:
