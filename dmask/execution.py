@@ -114,11 +114,6 @@ def minmax_bounds(array: da.Array) -> tuple[da.Array, da.Array]:
     return array.min(axis=(1, 2, 3)), array.max(axis=(1, 2, 3))
 
 
-def _scale(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    span = np.asarray(high, dtype=np.float64) - np.asarray(low, dtype=np.float64)
-    return np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
-
-
 def _read_halo(
     block: np.ndarray,
     low: np.ndarray | None,
@@ -126,7 +121,7 @@ def _read_halo(
     padding: tuple[tuple[int, int], tuple[int, int]],
 ) -> np.ndarray:
     data = kernels.normalize_block(
-        block, low, None if low is None else _scale(low, high)
+        block, low, None if low is None else kernels.minmax_scale(low, high)
     )
     (top, bottom), (left, right) = padding
     if top or bottom or left or right:
@@ -150,7 +145,9 @@ def statistics(
             kernels.normalize_block(
                 t,
                 None if target_bounds is None else target_bounds[i][0],
-                None if target_bounds is None else _scale(*target_bounds[i]),
+                None
+                if target_bounds is None
+                else kernels.minmax_scale(*target_bounds[i]),
             )
             for i, t in enumerate(targets)
         ]

@@ -22,6 +22,7 @@ __all__ = [
     "apply_tile",
     "displacements",
     "minmax_parameters",
+    "minmax_scale",
     "normalize_block",
     "solve_tile",
     "tile_statistics",
@@ -87,10 +88,13 @@ def minmax_parameters(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     flat = images.reshape(images.shape[0], -1)
     low = flat.min(axis=1).astype(np.float64)
-    high = flat.max(axis=1).astype(np.float64)
-    span = high - low
-    scale = np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
-    return low, scale
+    return low, minmax_scale(low, flat.max(axis=1))
+
+
+def minmax_scale(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``1 / (high - low)`` per image, 0 where the image is constant."""
+    span = np.asarray(high, dtype=np.float64) - np.asarray(low, dtype=np.float64)
+    return np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
 
 
 def normalize_block(

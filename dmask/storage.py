@@ -66,6 +66,11 @@ def quiet_zarr() -> Iterator[None]:
         yield
 
 
+def channel_names(channels: int) -> list[str]:
+    """``R, G, B`` for three channels, else ``c0, c1, ...``."""
+    return ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
+
+
 def _is_local(path: str | os.PathLike) -> bool:
     return "://" not in str(path)
 
@@ -165,9 +170,6 @@ def create_dataset_template(
             raise StoreError(
                 f"coordinate {name} has {len(values)} labels for {n} samples"
             )
-    channel_names = (
-        ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
-    )
     ds = xr.Dataset(
         {
             "images": (
@@ -175,7 +177,7 @@ def create_dataset_template(
                 da.zeros(shape, chunks=chunks, dtype=dtype),
             )
         },
-        coords={**sample_coords, "channel": channel_names},
+        coords={**sample_coords, "channel": channel_names(channels)},
         attrs={
             "format": DATASET_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -280,14 +282,11 @@ def select_pairs(
 def _model_coords(targets: Sequence[str], field: int, channels: int) -> dict[str, Any]:
     b = field // 2
     dy, dx = np.meshgrid(np.arange(-b, b + 1), np.arange(-b, b + 1), indexing="ij")
-    channel_names = (
-        ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
-    )
     return {
         "target": np.asarray(list(targets), dtype=str),
         "offset_y": ("k", dy.ravel().astype(np.int32)),
         "offset_x": ("k", dx.ravel().astype(np.int32)),
-        "channel": channel_names,
+        "channel": channel_names(channels),
     }
 
 
