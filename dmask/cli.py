@@ -178,7 +178,7 @@ def _run_synth(args: argparse.Namespace) -> None:
 def _run_train(args: argparse.Namespace) -> None:
     from dmask.faces import EXPRESSIONS
     from dmask.model import check_settings, fit
-    from dmask.storage import open_dataset, prepare_output, select_pairs
+    from dmask.storage import open_dataset, prepare_output, stored_pairs
 
     check_settings(args.field, args.lam, args.normalize)
     prepare_output(args.out, args.overwrite)
@@ -190,7 +190,7 @@ def _run_train(args: argparse.Namespace) -> None:
             e for e in present if e not in EXPRESSIONS
         ]
         targets = [e for e in order if e != args.source]
-    sources, target_arrays = select_pairs(ds, args.source, targets, args.split or None)
+    sources, target_arrays = stored_pairs(ds, args.source, targets, args.split or None)
     with _cluster(args) as client:
         started = time.perf_counter()
         model = fit(
@@ -211,7 +211,7 @@ def _run_train(args: argparse.Namespace) -> None:
             client,
             started,
             targets=len(model.targets),
-            training_pairs=sources.sizes["sample"],
+            training_pairs=sources.shape[0],
             tiles=int(model.dataset.sizes["tile_y"] * model.dataset.sizes["tile_x"]),
             problems_solved=pixels,
             throughput=f"{pixels / max(wall, 1e-9):.0f} problems/s",

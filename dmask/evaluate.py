@@ -77,7 +77,14 @@ def evaluate(
             _normalized(tgt_train[name].data, minmax)
             - _normalized(src_train.data, minmax)
         ).mean(axis=0)
-        predicted = model.predict_lazy(src_test.data, name="images")[name]
+        test_source = (
+            storage.stored_images(
+                dataset, storage.pair_indices(dataset, source, [name], split)[0]
+            )
+            if "dmask_path" in dataset.encoding
+            else src_test.data
+        )
+        predicted = model.predict_lazy(test_source, name="images")[name]
         pending.append(
             (
                 name,

@@ -23,14 +23,16 @@ import xarray as xr
 from dmask import kernels
 from dmask.errors import InputError
 from dmask.planning import FitPlan, Tile
-from dmask.storage import write_model_tile
+from dmask.storage import StoredImages, read_images, write_model_tile
 
 __all__ = [
     "as_dask_array",
+    "as_image_source",
     "compute",
     "fit_tiles",
     "minmax_bounds",
     "predict_tiles",
+    "sample_bounds",
     "show_progress",
 ]
 
@@ -109,9 +111,63 @@ def as_dask_array(array: Any, name: str) -> da.Array:
     return array
 
 
+def as_image_source(images: Any, name: str) -> da.Array | StoredImages:
+    """Images to read inside tasks: a stored reference as is, else a dask array."""
+    if isinstance(images, StoredImages):
+        if any(size == 0 for size in images.shape):
+            raise InputError(f"{name} is empty: shape {images.shape}")
+        return images
+    return as_dask_array(images, name)
+
+
 def minmax_bounds(array: da.Array) -> tuple[da.Array, da.Array]:
     """Lazy per-sample minimum and maximum over all pixels and channels."""
     return array.min(axis=(1, 2, 3)), array.max(axis=(1, 2, 3))
+
+
+def read_bounds(path: str, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Task: per-sample minimum and maximum of stored images."""
+    block = read_images(path, index)
+    flat = block.reshape(block.shape[0], -1)
+    return flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+
+
+def _concat_bounds(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+    )
+
+
+def _bounds_block(images: StoredImages) -> int:
+    per_sample = int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize
+    return int(max(1, 64 * 2**20 // max(1, per_sample)))
+
+
+def sample_bounds(images: da.Array | StoredImages) -> Any:
+    """Lazy ``(low, high)`` per-sample bounds of a dask array or stored images."""
+    if not isinstance(images, StoredImages):
+        return minmax_bounds(images)
+    block = _bounds_block(images)
+    task = dask.delayed(read_bounds, pure=True)
+    parts = [
+        task(images.path, images.index[s0 : s0 + block])
+        for s0 in range(0, images.shape[0], block)
+    ]
+    return dask.delayed(_concat_bounds, pure=True)(parts)
+
+
+def _region(
+    images: da.Array | StoredImages, s0: int, s1: int, rows: slice, cols: slice
+) -> Any:
+    """What a task reads: samples ``s0:s1`` and a window, lazily."""
+    if isinstance(images, StoredImages):
+        return dask.delayed(read_images, pure=True)(
+            images.path, images.index[s0:s1], rows, cols, images.variable
+        )
+    return images[s0:s1, rows, cols, :]
 
 
 def _read_halo(
@@ -196,8 +252,8 @@ def _tree_sum(parts: list[Any], split_every: int = 8) -> Any:
 
 
 def fit_tiles(
-    sources: da.Array,
-    targets: Sequence[da.Array],
+    sources: da.Array | StoredImages,
+    targets: Sequence[da.Array | StoredImages],
     source_bounds: tuple[np.ndarray, np.ndarray] | None,
     target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
     plan: FitPlan,
@@ -237,8 +293,9 @@ def fit_tiles(
         rows, cols, padding = tile.halo(halo_width, plan.image_shape)
         parts = []
         for s0, s1 in plan.blocks:
-            src = sources[s0:s1, rows, cols, :]
-            tgt = [t[s0:s1, tile.y0 : tile.y1, tile.x0 : tile.x1, :] for t in targets]
+            src = _region(sources, s0, s1, rows, cols)
+            inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
+            tgt = [_region(t, s0, s1, *inner) for t in targets]
             sb = (
                 None
                 if source_bounds is None
@@ -278,7 +335,7 @@ def apply(
 
 
 def predict_tiles(
-    sources: da.Array,
+    sources: da.Array | StoredImages,
     weight: da.Array,
     bias: da.Array,
     tiles: Sequence[Sequence[Tile]],
@@ -306,20 +363,27 @@ def predict_tiles(
     n, height, width, _ = sources.shape
     n_targets = weight.shape[0]
     channels = weight.shape[3]
-    low, high = minmax_bounds(sources) if normalize else (None, None)
+    stored = isinstance(sources, StoredImages)
+    low, high = minmax_bounds(sources) if normalize and not stored else (None, None)
     apply_task = dask.delayed(apply, pure=True)
+    bounds_task = dask.delayed(read_bounds, pure=True)
     halo_width = field // 2
     grid = []
     for s0 in range(0, n, sample_block):
         s1 = min(n, s0 + sample_block)
-        bounds = None if low is None else (low[s0:s1], high[s0:s1])
+        if not normalize:
+            bounds = None
+        elif stored:
+            bounds = bounds_task(sources.path, sources.index[s0:s1])
+        else:
+            bounds = (low[s0:s1], high[s0:s1])
         rows_out = []
         for row in tiles:
             cols_out = []
             for tile in row:
                 rows, cols, padding = tile.halo(halo_width, (height, width))
                 part = apply_task(
-                    sources[s0:s1, rows, cols, :],
+                    _region(sources, s0, s1, rows, cols),
                     bounds,
                     padding,
                     weight[:, tile.y0 : tile.y1, tile.x0 : tile.x1],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import dask
 import dask.array as da
@@ -80,7 +81,10 @@ def apply_to_store(
     names = list(targets) if targets else model.targets
     for name in names:
         model._target(name)
-    sources = dataset["images"].isel(sample=index)
+    if "dmask_path" in dataset.encoding:
+        sources: Any = storage.stored_images(dataset, index)
+    else:
+        sources = dataset["images"].isel(sample=index)
     lazy = model.predict_lazy(sources, sample_block, name="images")
 
     channels = model.channels

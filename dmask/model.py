@@ -110,13 +110,13 @@ def fit(
     named = {SINGLE_TARGET: targets} if single else dict(targets)
     if not named:
         raise InputError("targets is an empty mapping")
-    src = execution.as_dask_array(sources, "sources")
+    src = execution.as_image_source(sources, "sources")
     tgts = {}
     labels = ["sources"]
     for name, value in named.items():
         label = "targets" if single else f"targets[{name!r}]"
         labels.append(label)
-        array = execution.as_dask_array(value, label)
+        array = execution.as_image_source(value, label)
         if array.shape != src.shape:
             raise InputError(
                 f"{label} has shape {array.shape} but sources has shape {src.shape}"
@@ -126,7 +126,7 @@ def fit(
     names = list(tgts)
 
     bounds = execution.compute(
-        *[execution.minmax_bounds(a) for a in (src, *tgts.values())]
+        *[execution.sample_bounds(a) for a in (src, *tgts.values())]
     )
     for label, (low, high) in zip(labels, bounds, strict=True):
         _check_bounds(label, low, high)
@@ -279,7 +279,7 @@ class Model:
         self, sources: Any, sample_block: int | None = None, name: str = "new_sources"
     ) -> dict[str, da.Array]:
         """Lazy predictions, one dask array ``(N, H, W, C)`` per target."""
-        src = execution.as_dask_array(sources, name)
+        src = execution.as_image_source(sources, name)
         n, height, width, channels = src.shape
         if (height, width, channels) != (*self.image_shape, self.channels):
             h, w = self.image_shape
@@ -332,16 +332,16 @@ class Model:
         Returns
         -------
         array or dict of str to array
-            Float64 predictions of the input's shape and kind (numpy computed,
-            dask and xarray lazy): one array for a model fitted on one target
-            array, else a mapping from target name to array.
+            Float64 predictions of the input's shape and kind (numpy computed;
+            dask, xarray and stored images lazy): one array for a model fitted
+            on one target array, else a mapping from target name to array.
         """
         lazy = self.predict_lazy(new_sources, sample_block)
         if isinstance(new_sources, xr.DataArray):
             out: dict[str, Any] = {
                 name: new_sources.copy(data=array) for name, array in lazy.items()
             }
-        elif isinstance(new_sources, da.Array):
+        elif isinstance(new_sources, (da.Array, storage.StoredImages)):
             out = lazy
         else:
             names = list(lazy)

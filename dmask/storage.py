@@ -24,6 +24,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,13 @@ __all__ = [
     "model_dataset",
     "open_dataset",
     "open_model_store",
+    "pair_indices",
     "prepare_output",
+    "read_images",
     "select_pairs",
+    "stored_images",
+    "stored_pairs",
+    "StoredImages",
     "write_dataset_block",
     "write_model_tile",
     "write_model_store",
@@ -219,13 +225,14 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
             raise StoreError(f"dataset store {path} has no {name} coordinate")
     if ds.sizes["sample"] == 0:
         raise StoreError(f"dataset store {path} is empty (no samples)")
+    ds.encoding["dmask_path"] = str(path)
     return ds
 
 
-def select_pairs(
+def pair_indices(
     ds: xr.Dataset, source: str, targets: Sequence[str], split: str | None = "train"
-) -> tuple[xr.DataArray, dict[str, xr.DataArray]]:
-    """Source and target images of the same subjects, aligned by subject.
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Sample indices of source and target faces of the same subjects.
 
     Parameters
     ----------
@@ -240,10 +247,10 @@ def select_pairs(
 
     Returns
     -------
-    sources : xarray.DataArray
-        ``(sample, y, x, channel)``, one per subject that has every expression.
-    targets : dict of str to xarray.DataArray
-        Same subjects, same order.
+    sources : numpy.ndarray
+        One sample index per subject that has every expression, by subject.
+    targets : dict of str to numpy.ndarray
+        The same subjects' target samples, same order.
     """
     subjects = np.asarray(ds["subject"].values).astype(str)
     expressions = np.asarray(ds["expression"].values).astype(str)
@@ -268,12 +275,106 @@ def select_pairs(
     if not order:
         where = f" in split {split!r}" if split else ""
         raise StoreError(f"no subject has both {source!r} and the targets{where}")
-    images = ds["images"]
-    src = images.isel(sample=[index[source][s] for s in order])
+    src = np.array([index[source][s] for s in order], dtype=np.int64)
     tgt = {
-        name: images.isel(sample=[index[name][s] for s in order]) for name in targets
+        name: np.array([index[name][s] for s in order], dtype=np.int64)
+        for name in targets
     }
     return src, tgt
+
+
+def select_pairs(
+    ds: xr.Dataset, source: str, targets: Sequence[str], split: str | None = "train"
+) -> tuple[xr.DataArray, dict[str, xr.DataArray]]:
+    """Lazy source and target images of the same subjects (see :func:`pair_indices`).
+
+    Returns
+    -------
+    sources : xarray.DataArray
+        ``(sample, y, x, channel)``.
+    targets : dict of str to xarray.DataArray
+        Same subjects, same order.
+    """
+    src, tgt = pair_indices(ds, source, targets, split)
+    images = ds["images"]
+    return images.isel(sample=src), {
+        name: images.isel(sample=idx) for name, idx in tgt.items()
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class StoredImages:
+    """Some samples of a dataset store, read straight from Zarr inside tasks.
+
+    Tasks read only the chunks their region touches, so no process ever holds
+    more than its block of samples and its tile.
+
+    Attributes
+    ----------
+    path : str
+        Dataset store.
+    index : numpy.ndarray
+        Sample indices, in order.
+    shape : tuple of int
+        ``(len(index), H, W, C)``.
+    dtype : numpy.dtype
+        Pixel dtype.
+    """
+
+    path: str
+    index: np.ndarray
+    shape: tuple[int, int, int, int]
+    dtype: np.dtype
+    variable: str = "images"
+
+    @property
+    def ndim(self) -> int:
+        """Always 4."""
+        return 4
+
+    def __repr__(self) -> str:
+        return f"StoredImages({self.path!r}, samples={len(self.index)})"
+
+
+def stored_images(ds: xr.Dataset, index: np.ndarray | None = None) -> StoredImages:
+    """Reference samples (default all) of a dataset from :func:`open_dataset`."""
+    path = ds.encoding.get("dmask_path")
+    if path is None:
+        raise StoreError("dataset was not opened from a store by dmask.open_dataset")
+    n, height, width, channels = ds["images"].shape
+    index = np.arange(n, dtype=np.int64) if index is None else np.asarray(index)
+    return StoredImages(
+        path, index, (len(index), height, width, channels), ds["images"].dtype
+    )
+
+
+def stored_pairs(
+    ds: xr.Dataset, source: str, targets: Sequence[str], split: str | None = "train"
+) -> tuple[StoredImages, dict[str, StoredImages]]:
+    """Like :func:`select_pairs`, as :class:`StoredImages` references."""
+    src, tgt = pair_indices(ds, source, targets, split)
+    return stored_images(ds, src), {n: stored_images(ds, i) for n, i in tgt.items()}
+
+
+def _sample_selection(index: np.ndarray) -> slice | np.ndarray:
+    if len(index) and np.all(np.diff(index) == 1):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
+def read_images(
+    path: str,
+    index: np.ndarray,
+    rows: slice = slice(None),
+    cols: slice = slice(None),
+    variable: str = "images",
+) -> np.ndarray:
+    """Read samples ``index`` and a spatial window of a dataset store's images."""
+    with quiet_zarr():
+        array = zarr.open_array(str(path), path=variable, mode="r")
+        return array.get_orthogonal_selection(
+            (_sample_selection(np.asarray(index)), rows, cols, slice(None))
+        )
 
 
 # ----------------------------------------------------------------------- models

@@ -19,14 +19,18 @@ logger = logging.getLogger(__name__)
 
 #: Bytes of one chunk of images aimed at.
 CHUNK_BYTES = 8 * 2**20
-#: Largest spatial chunk side.
-CHUNK_SIDE = 512
+#: Largest spatial chunk side: tiles read their window without decoding whole
+#: large images.
+CHUNK_SIDE = 128
 
 
 def render_samples(
-    seed: int, start: int, stop: int, height: int, width: int
+    seed: int, n_subjects: int, start: int, stop: int, height: int, width: int
 ) -> np.ndarray:
-    """Render samples ``start:stop`` (subject-major, expressions in order) as uint8.
+    """Render samples ``start:stop`` of a dataset of ``n_subjects``, as uint8.
+
+    Samples are expression-major: sample ``e * n_subjects + s`` is subject ``s``
+    with expression ``EXPRESSIONS[e]``, so each expression is one contiguous run.
 
     Returns
     -------
@@ -34,9 +38,8 @@ def render_samples(
         ``(stop - start, height, width, 3)`` uint8.
     """
     out = np.empty((stop - start, height, width, 3), dtype=np.uint8)
-    per_subject = len(EXPRESSIONS)
     for i, sample in enumerate(range(start, stop)):
-        subject, expression = divmod(sample, per_subject)
+        expression, subject = divmod(sample, n_subjects)
         params = subject_params(seed, subject)
         face = render_face(params, EXPRESSIONS[expression], height, width)
         out[i] = np.rint(np.clip(face, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -44,11 +47,17 @@ def render_samples(
 
 
 def render_and_write(
-    path: str, seed: int, start: int, stop: int, height: int, width: int
+    path: str,
+    seed: int,
+    n_subjects: int,
+    start: int,
+    stop: int,
+    height: int,
+    width: int,
 ) -> tuple[int, int]:
     """Task: render one sample block and write the chunks it owns."""
     return storage.write_dataset_block(
-        path, start, render_samples(seed, start, stop, height, width)
+        path, start, render_samples(seed, n_subjects, start, stop, height, width)
     )
 
 
@@ -63,8 +72,9 @@ def synthesize(
     """Generate a synthetic paired-face dataset store.
 
     Every subject has a neutral face and the six expressions of
-    :data:`EXPRESSIONS`; the last ``test_fraction`` of subjects form the test
-    split, so no identity is in both splits.
+    :data:`EXPRESSIONS`, stored expression-major (all neutral faces, then all
+    happy ones, ...) so that training reads contiguous runs. The last
+    ``test_fraction`` of subjects form the test split, so no identity is in both.
 
     Parameters
     ----------
@@ -98,12 +108,12 @@ def synthesize(
         n_test = min(max(1, n_test), n_subjects - 1)
     per_subject = len(EXPRESSIONS)
     n = n_subjects * per_subject
-    subjects = [f"s{i:05d}" for i in range(n_subjects) for _ in EXPRESSIONS]
-    expressions = [e for _ in range(n_subjects) for e in EXPRESSIONS]
+    subjects = [f"s{i:05d}" for _ in EXPRESSIONS for i in range(n_subjects)]
+    expressions = [e for e in EXPRESSIONS for _ in range(n_subjects)]
     split = [
         "test" if i >= n_subjects - n_test else "train"
-        for i in range(n_subjects)
         for _ in EXPRESSIONS
+        for i in range(n_subjects)
     ]
     tile = (min(height, CHUNK_SIDE), min(width, CHUNK_SIDE))
     block = int(max(1, min(n, CHUNK_BYTES // (tile[0] * tile[1] * 3))))
@@ -122,7 +132,7 @@ def synthesize(
     )
     task = dask.delayed(render_and_write, pure=True)
     tasks = [
-        task(str(path), int(seed), s0, min(n, s0 + block), height, width)
+        task(str(path), int(seed), n_subjects, s0, min(n, s0 + block), height, width)
         for s0 in range(0, n, block)
     ]
     logger.info(

@@ -29,7 +29,13 @@ import psutil
 
 import dmask
 import dmask.kernels
-from dmask.synth import render_samples
+from dmask.faces import render_face, subject_params
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] image to 8 bits."""
+    return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
 
 CASES = {
     "128": {"size": 128, "n": 200, "field": 3},
@@ -74,8 +80,9 @@ def faces(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     neutral = np.empty((n, size, size, 3), dtype=np.uint8)
     happy = np.empty_like(neutral)
     for subject in range(n):
-        pair = render_samples(0, 7 * subject, 7 * subject + 2, size, size)
-        neutral[subject], happy[subject] = pair
+        params = subject_params(0, subject)
+        neutral[subject] = to_uint8(render_face(params, "neutral", size, size))
+        happy[subject] = to_uint8(render_face(params, "happy", size, size))
     return neutral, happy
 
 

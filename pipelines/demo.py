@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"      {ds.sizes['sample']} images in {time.perf_counter() - t0:.1f} s")
 
-        sources, target_arrays = storage.select_pairs(ds, "neutral", targets, "train")
-        n_train = sources.sizes["sample"]
+        sources, target_arrays = storage.stored_pairs(ds, "neutral", targets, "train")
+        n_train = sources.shape[0]
         print(f"[2/5] training r={args.field} lambda={args.lam} on {n_train} subjects")
         t0 = time.perf_counter()
         model = fit(

@@ -40,9 +40,10 @@ def test_dataset_store_layout_and_split(tmp_path):
     train = set(subjects[splits == "train"])
     test = set(subjects[splits == "test"])
     assert len(test) == 2 and len(train) == 6 and not train & test
-    assert list(ds["expression"].values[:7]) == list(EXPRESSIONS)
+    assert list(ds["expression"].values[::8]) == list(EXPRESSIONS)
+    assert list(ds["subject"].values[8:16]) == [f"s{i:05d}" for i in range(8)]
     np.testing.assert_array_equal(
-        ds["images"].values[7:14], render_samples(1, 7, 14, 40, 24)
+        ds["images"].values[7:14], render_samples(1, 8, 7, 14, 40, 24)
     )
     src, tgt = storage.select_pairs(ds, "neutral", ["happy", "sad"], "test")
     assert list(src["subject"].values) == list(tgt["sad"]["subject"].values)
@@ -76,3 +77,29 @@ def test_task_memory_does_not_grow_with_image_or_samples():
     assert large.sample_block < 100_000
     tight = planning.plan_fit(10_000, (512, 512), 3, 9, 6, memory_limit=64 * 2**20)
     assert tight.task_bytes <= 64 * 2**20
+
+
+def test_stored_images_give_the_same_model_as_arrays(tmp_path):
+    ds = synthesize(tmp_path / "f.zarr", 9, (20, 18), seed=2, test_fraction=0.34)
+    src_ref, tgt_ref = storage.stored_pairs(ds, "neutral", ["sad", "afraid"], "train")
+    src_arr, tgt_arr = storage.select_pairs(ds, "neutral", ["sad", "afraid"], "train")
+    assert src_ref.shape == src_arr.shape == (6, 20, 18, 3)
+    np.testing.assert_array_equal(
+        storage.read_images(src_ref.path, src_ref.index), src_arr.values
+    )
+    import dmask
+
+    from_refs = dmask.fit(src_ref, tgt_ref, field=3, tile_shape=(8, 8), sample_block=4)
+    from_arrays = dmask.fit(src_arr.values, {k: v.values for k, v in tgt_arr.items()})
+    np.testing.assert_allclose(
+        from_refs.weights("afraid").values,
+        from_arrays.weights("afraid").values,
+        atol=1e-11,
+        rtol=0,
+    )
+    test_ref, _ = storage.stored_pairs(ds, "neutral", ["sad"], "test")
+    lazy = from_refs.predict(test_ref, sample_block=2)
+    expected = from_arrays.predict(
+        storage.read_images(ds.encoding["dmask_path"], test_ref.index)
+    )
+    np.testing.assert_allclose(lazy["sad"].compute(), expected["sad"], atol=1e-11)
