@@ -91,7 +91,16 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
         kwargs["threads_per_worker"] = options.threads_per_worker
     if options.memory_limit is not None:
         kwargs["memory_limit"] = options.memory_limit
-    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+    from threadpoolctl import threadpool_limits
+
+    # Threaded workers share this process: keep BLAS to one thread per task, as
+    # worker processes do.
+    limits = (
+        contextlib.nullcontext()
+        if options.processes
+        else threadpool_limits(limits=1, user_api="blas")
+    )
+    with limits, LocalCluster(**kwargs) as cluster, Client(cluster) as client:
         yield client
 
 

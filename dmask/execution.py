@@ -22,7 +22,7 @@ import xarray as xr
 
 from dmask import kernels
 from dmask.errors import InputError
-from dmask.planning import FitPlan, Tile
+from dmask.planning import COMBINE_FAN_IN, COVARIANCE_SIDE, FitPlan, Tile
 from dmask.storage import StoredImages, read_images, write_model_tile
 
 __all__ = [
@@ -66,15 +66,23 @@ def current_client() -> Any | None:
 
 
 def compute(*collections: Any) -> tuple[Any, ...]:
-    """Compute dask collections on the current client or the threaded scheduler."""
+    """Compute dask collections on the current client or the threaded scheduler.
+
+    On the threaded scheduler BLAS runs single-threaded, as in distributed's
+    worker processes: the threads already fill the cores, and the same BLAS
+    thread count gives the same floating-point sums everywhere.
+    """
     client = current_client()
     if client is None:
-        if _PROGRESS.get():
-            from dask.diagnostics import ProgressBar
+        from threadpoolctl import threadpool_limits
 
-            with ProgressBar():
-                return dask.compute(*collections, scheduler="threads")
-        return dask.compute(*collections, scheduler="threads")
+        with threadpool_limits(limits=1, user_api="blas"):
+            if _PROGRESS.get():
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar():
+                    return dask.compute(*collections, scheduler="threads")
+            return dask.compute(*collections, scheduler="threads")
     futures = client.compute(list(collections))
     if _PROGRESS.get():
         from distributed import progress
@@ -192,7 +200,8 @@ def statistics(
     target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
     padding: tuple[tuple[int, int], tuple[int, int]],
     field: int,
-) -> kernels.TileStatistics:
+    method: str = "covariance",
+) -> kernels.TileStatistics | kernels.CovarianceStatistics:
     """Task: statistics of one tile over one block of samples."""
     low, high = source_bounds if source_bounds is not None else (None, None)
     halo = _read_halo(source, low, high, padding)
@@ -208,10 +217,12 @@ def statistics(
             for i, t in enumerate(targets)
         ]
     )
-    return kernels.tile_statistics(halo, stacked, field)
+    return kernels.tile_statistics(
+        halo, stacked, field, method=method, side=COVARIANCE_SIDE
+    )
 
 
-def combine(*parts: kernels.TileStatistics) -> kernels.TileStatistics:
+def combine(*parts: Any) -> Any:
     """Task: sum statistics of several sample blocks."""
     total = parts[0]
     for part in parts[1:]:
@@ -220,7 +231,7 @@ def combine(*parts: kernels.TileStatistics) -> kernels.TileStatistics:
 
 
 def solve(
-    stats: kernels.TileStatistics,
+    stats: kernels.TileStatistics | kernels.CovarianceStatistics,
     tile: Tile,
     image_shape: tuple[int, int],
     field: int,
@@ -241,7 +252,7 @@ def write_tile(
     return write_model_tile(path, tile, weight, bias)
 
 
-def _tree_sum(parts: list[Any], split_every: int = 8) -> Any:
+def _tree_sum(parts: list[Any], split_every: int = COMBINE_FAN_IN) -> Any:
     combine_task = dask.delayed(combine, pure=True)
     while len(parts) > 1:
         parts = [
@@ -306,7 +317,7 @@ def fit_tiles(
                 if target_bounds is None
                 else [tuple(b[s0:s1] for b in pair) for pair in target_bounds]
             )
-            parts.append(statistics_task(src, tgt, sb, tb, padding, field))
+            parts.append(statistics_task(src, tgt, sb, tb, padding, field, plan.method))
         solution = solve_task(_tree_sum(parts), tile, plan.image_shape, field, lam)
         if store is not None:
             results.append(write_task(str(store), tile, solution))

@@ -72,6 +72,7 @@ def fit(
     tile_shape: tuple[int, int] | None = None,
     sample_block: int | None = None,
     memory_limit: int = DEFAULT_TASK_MEMORY,
+    method: str = "covariance",
 ) -> Model:
     """Train masked ridge regression.
 
@@ -98,12 +99,20 @@ def fit(
         Samples per statistics task; chosen from ``memory_limit`` when omitted.
     memory_limit : int
         Bytes one task may use.
+    method : {"covariance", "displacement"}
+        How the statistics are accumulated: one GEMM per 16 x 16 block of
+        pixels (default, fastest measured for every r) or sums per displacement.
+        Both give the same model.
 
     Returns
     -------
     Model
     """
     check_settings(field, lam, normalize)
+    if method not in ("covariance", "displacement"):
+        raise InputError(
+            f"method must be 'covariance' or 'displacement', got {method!r}"
+        )
     lam = float(lam)
     field = int(field)
     single = not isinstance(targets, Mapping)
@@ -144,6 +153,7 @@ def fit(
         tile_shape=tile_shape,
         sample_block=sample_block,
         memory_limit=memory_limit,
+        method=method,
     )
     logger.info(
         "training %d target(s) on %d pairs of %dx%dx%d: %d tiles of %s, "

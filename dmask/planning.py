@@ -15,6 +15,7 @@ __all__ = [
     "FitPlan",
     "Tile",
     "estimate_fit_task_bytes",
+    "estimate_statistics_bytes",
     "plan_fit",
     "plan_tiles",
     "sample_blocks",
@@ -113,27 +114,62 @@ def sample_blocks(n_samples: int, block: int) -> list[tuple[int, int]]:
     return [(s, min(n_samples, s + block)) for s in range(0, n_samples, block)]
 
 
+#: Statistics of this many sample blocks are added in one ``combine`` task.
+COMBINE_FAN_IN = 4
+#: Block side of the covariance (tile GEMM) statistics.
+COVARIANCE_SIDE = 16
+
+
+def estimate_statistics_bytes(
+    tile_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    n_targets: int,
+    method: str = "covariance",
+) -> int:
+    """Bytes of one tile's statistics (independent of the number of samples)."""
+    h, w = tile_shape
+    b2 = 2 * (field // 2)
+    k = field * field
+    if method == "displacement":
+        halo_pixels = (h + b2) * (w + b2) * channels
+        return 8 * (
+            len(displacements(field)) * halo_pixels
+            + n_targets * (k + 1) * h * w * channels
+        )
+    side = COVARIANCE_SIDE
+    total = 0
+    for y0 in range(0, h, side):
+        for x0 in range(0, w, side):
+            hb, wb = min(side, h - y0), min(side, w - x0)
+            m1 = (hb + b2) * (wb + b2) + 1
+            total += 8 * channels * m1 * (m1 + n_targets * hb * wb)
+    return total
+
+
 def estimate_fit_task_bytes(
     tile_shape: tuple[int, int],
     channels: int,
     field: int,
     n_targets: int,
     block: int,
+    method: str = "covariance",
 ) -> int:
-    """Peak bytes of one statistics task and of the solve that follows.
+    """Peak bytes of the largest task of a tile: statistics, combine or solve.
 
-    Counts the float64 halo block and targets (twice: read and transposed), the
-    statistics, and one batch of Gram matrices.
+    Counts the float64 halo block and targets (twice: read and rearranged), the
+    statistics (``COMBINE_FAN_IN + 1`` of them in a combine task), and the Gram
+    matrices of one solve batch.
     """
     h, w = tile_shape
-    b = field // 2
+    b2 = 2 * (field // 2)
     k = field * field
-    halo_pixels = (h + 2 * b) * (w + 2 * b) * channels
-    pixels = h * w * channels
-    data = 2 * 8 * block * (halo_pixels + n_targets * pixels)
-    stats = 8 * (len(displacements(field)) * halo_pixels + n_targets * (k + 1) * pixels)
-    gram = 8 * 8 * w * channels * ((k + 1) ** 2 + 2 * (k + 1) * n_targets)
-    return data + 2 * stats + gram
+    halo_pixels = (h + b2) * (w + b2) * channels
+    data = 2 * 8 * block * (halo_pixels + n_targets * h * w * channels)
+    stats = estimate_statistics_bytes(tile_shape, channels, field, n_targets, method)
+    batch = COVARIANCE_SIDE**2 if method == "covariance" else 8 * w * channels
+    gram = 2 * 8 * batch * ((k + 1) ** 2 + 2 * (k + 1) * n_targets)
+    return max(data + stats, (COMBINE_FAN_IN + 1) * stats, stats + gram)
 
 
 @dataclass(frozen=True)
@@ -146,6 +182,7 @@ class FitPlan:
     tiles: tuple[Tile, ...]
     blocks: tuple[tuple[int, int], ...]
     task_bytes: int
+    method: str = "covariance"
 
 
 def plan_fit(
@@ -157,6 +194,7 @@ def plan_fit(
     tile_shape: tuple[int, int] | None = None,
     sample_block: int | None = None,
     memory_limit: int = DEFAULT_TASK_MEMORY,
+    method: str = "covariance",
 ) -> FitPlan:
     """Choose tiles and sample blocks that fit a task memory budget.
 
@@ -174,30 +212,39 @@ def plan_fit(
         Fixed samples per statistics task; chosen from the budget when omitted.
     memory_limit : int
         Bytes one task may use.
+    method : {"covariance", "displacement"}
+        How statistics are accumulated (see :func:`dmask.kernels.tile_statistics`).
 
     Returns
     -------
     FitPlan
     """
+    if method not in ("covariance", "displacement"):
+        raise ValueError(f"unknown statistics method {method!r}")
     height, width = image_shape
+
+    def fixed_bytes(shape: tuple[int, int]) -> int:
+        return estimate_fit_task_bytes(shape, channels, field, n_targets, 0, method)
+
     if tile_shape is None:
         side = int(math.sqrt(DEFAULT_TILE_PIXELS))
-        while side > 8 and (
-            estimate_fit_task_bytes((side, side), channels, field, n_targets, 1)
-            > memory_limit // 4
-        ):
+        while side > 8 and fixed_bytes((side, side)) > memory_limit // 2:
             side //= 2
         tile_shape = (min(height, side), min(width, side))
     if sample_block is None:
-        fixed = estimate_fit_task_bytes(tile_shape, channels, field, n_targets, 0)
-        per_sample = (
-            estimate_fit_task_bytes(tile_shape, channels, field, n_targets, 1) - fixed
+        h, w = tile_shape
+        b2 = 2 * (field // 2)
+        per_sample = 16 * channels * ((h + b2) * (w + b2) + n_targets * h * w)
+        stats = estimate_statistics_bytes(
+            tile_shape, channels, field, n_targets, method
         )
-        room = max(1, (memory_limit - fixed) // max(1, per_sample))
+        room = max(1, (memory_limit - stats) // per_sample)
         sample_block = int(max(1, min(n_samples, room, 1024)))
     tiles = tuple(plan_tiles(image_shape, tile_shape))
     blocks = tuple(sample_blocks(n_samples, sample_block))
     task_bytes = estimate_fit_task_bytes(
-        tile_shape, channels, field, n_targets, sample_block
+        tile_shape, channels, field, n_targets, sample_block, method
     )
-    return FitPlan(image_shape, tile_shape, sample_block, tiles, blocks, task_bytes)
+    return FitPlan(
+        image_shape, tile_shape, sample_block, tiles, blocks, task_bytes, method
+    )

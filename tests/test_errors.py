@@ -59,6 +59,8 @@ def test_api_rejects_bad_settings(rng):
             dmask.fit(sources, targets, lam=lam)
     with pytest.raises(dmask.InputError, match="normalize"):
         dmask.fit(sources, targets, normalize="zscore")
+    with pytest.raises(dmask.InputError, match="method"):
+        dmask.fit(sources, targets, method="magic")
 
 
 def test_api_rejects_bad_arrays(rng):

@@ -12,13 +12,16 @@ from reference import minmax, reference_fit, reference_predict
 import dmask
 
 
+@pytest.mark.parametrize("method", ["covariance", "displacement"])
 @pytest.mark.parametrize("field", [1, 3, 5])
 @pytest.mark.parametrize("shape", [(7, 10, 1), (9, 6, 3)])
 @pytest.mark.parametrize("lam", [0.4, 5.0])
-def test_fit_predict_match_reference(rng, field, shape, lam):
+def test_fit_predict_match_reference(rng, field, shape, lam, method):
     sources, targets = random_pairs(rng, 14, *shape)
     new = rng.random((3, *shape)) * 100
-    model = dmask.fit(sources, targets, field=field, lam=lam, tile_shape=(4, 4))
+    model = dmask.fit(
+        sources, targets, field=field, lam=lam, tile_shape=(4, 4), method=method
+    )
     ref_w, ref_b = reference_fit(minmax(sources), minmax(targets), field, lam)
     np.testing.assert_allclose(model.weights().values, ref_w, rtol=0, atol=1e-8)
     np.testing.assert_allclose(model.bias().values, ref_b, rtol=0, atol=1e-8)
@@ -40,16 +43,21 @@ def test_normalize_none_matches_reference(rng):
     )
 
 
+@pytest.mark.parametrize("method", ["covariance", "displacement"])
 @pytest.mark.parametrize(
     ("tile_shape", "sample_block"),
     [((1, 1), 1), ((2, 3), 4), ((5, 7), 3), ((64, 64), 100), ((3, 16), 2)],
 )
-def test_tiled_equals_untiled(rng, tile_shape, sample_block):
+def test_tiled_equals_untiled(rng, tile_shape, sample_block, method):
     sources, targets = random_pairs(rng, 11, 8, 13, 3)
-    whole = dmask.fit(sources, targets, field=5, tile_shape=(8, 13), sample_block=11)
+    whole = dmask.fit(
+        sources, targets, field=5, tile_shape=(8, 13), sample_block=11,
+        method="displacement",
+    )  # fmt: skip
     tiled = dmask.fit(
-        sources, targets, field=5, tile_shape=tile_shape, sample_block=sample_block
-    )
+        sources, targets, field=5, tile_shape=tile_shape, sample_block=sample_block,
+        method=method,
+    )  # fmt: skip
     np.testing.assert_allclose(
         tiled.weights().values, whole.weights().values, rtol=0, atol=1e-11
     )
@@ -140,3 +148,14 @@ def test_predict_is_lazy_until_computed(rng, tmp_path):
     assert isinstance(out, da.Array)
     assert out.shape == sources.shape
     assert np.isfinite(out.compute(scheduler="sync")).all()
+
+
+def test_covariance_blocks_across_a_large_tile(rng):
+    """Tiles larger than the 16-pixel GEMM blocks, with partial blocks at edges."""
+    sources, targets = random_pairs(rng, 9, 37, 21, 2)
+    reference = dmask.fit(sources, targets, field=7, method="displacement")
+    for tile_shape in ((37, 21), (20, 13), (33, 17)):
+        model = dmask.fit(sources, targets, field=7, tile_shape=tile_shape)
+        np.testing.assert_allclose(
+            model.weights().values, reference.weights().values, atol=1e-10, rtol=0
+        )

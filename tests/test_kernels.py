@@ -10,21 +10,24 @@ from reference import reference_fit, reference_predict
 from dmask import kernels
 
 
-def _fit_whole(sources, targets, field, lam):
+def _fit_whole(sources, targets, field, lam, method="displacement", side=16):
     b = field // 2
     height, width = sources.shape[1:3]
     halo = np.pad(sources, ((0, 0), (b, b), (b, b), (0, 0)))
-    stats = kernels.tile_statistics(halo, targets[None], field)
+    stats = kernels.tile_statistics(halo, targets[None], field, method, side)
     validity = kernels.window_validity(0, 0, height, width, (height, width), field)
     weights, bias = kernels.solve_tile(stats, field, lam, validity)
     return halo, weights[0], bias[0]
 
 
+@pytest.mark.parametrize(
+    ("method", "side"), [("displacement", 16), ("covariance", 16), ("covariance", 4)]
+)
 @pytest.mark.parametrize("field", [1, 3, 5, 7])
 @pytest.mark.parametrize("shape", [(6, 9, 1), (9, 5, 3), (4, 4, 2)])
-def test_solve_matches_reference(rng, field, shape):
+def test_solve_matches_reference(rng, field, shape, method, side):
     sources, targets = random_pairs(rng, 12, *shape)
-    halo, weights, bias = _fit_whole(sources, targets, field, 0.4)
+    halo, weights, bias = _fit_whole(sources, targets, field, 0.4, method, side)
     ref_w, ref_b = reference_fit(sources, targets, field, 0.4)
     scale = np.abs(ref_w).max() + np.abs(ref_b).max()
     np.testing.assert_allclose(weights, ref_w, rtol=0, atol=1e-8 * scale)
@@ -71,3 +74,18 @@ def test_minmax_parameters_constant_image():
     assert scale[0] == 0 and low[1] == 0 and scale[1] == pytest.approx(1 / 8)
     normalized = kernels.normalize_block(images, low, scale)
     assert normalized.min() == 0 and normalized.max() == 1
+
+
+def test_large_systems_use_cholesky_and_match_lu(rng):
+    size = kernels.CHOLESKY_FROM + 5
+    a = rng.random((6, size, 3 * size))
+    gram = a @ np.swapaxes(a, 1, 2) + 0.4 * np.eye(size)
+    rhs = rng.random((6, size, 2))
+    expected = np.linalg.solve(gram, rhs)
+    np.testing.assert_allclose(kernels.solve_spd(gram.copy(), rhs), expected, rtol=1e-9)
+
+
+def test_unknown_method_is_refused(rng):
+    sources, targets = random_pairs(rng, 3, 4, 4, 1)
+    with pytest.raises(ValueError, match="unknown statistics method"):
+        kernels.tile_statistics(sources, targets[None, :, 1:3, 1:3], 3, "magic")
