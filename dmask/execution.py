@@ -105,9 +105,10 @@ def as_dask_array(array: Any, name: str) -> da.Array:
         array = np.asarray(array)
         if array.ndim == 4 and array.size:
             chunk = max(1, int(64 * 2**20 // max(1, array[0].nbytes)))
-            array = da.from_array(array, chunks=(chunk, -1, -1, -1))
+            # name=False: no hashing of the whole array (seconds for large ones).
+            array = da.from_array(array, chunks=(chunk, -1, -1, -1), name=False)
         else:
-            array = da.from_array(array)
+            array = da.from_array(array, name=False)
     if array.ndim != 4:
         raise InputError(
             f"{name} must be 4-D (sample, y, x, channel), got shape {array.shape}"

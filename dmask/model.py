@@ -315,9 +315,9 @@ class Model:
         bias = self.dataset["bias"].data
         if not isinstance(weight, da.Array):
             weight = da.from_array(
-                weight, chunks=(1, th, tw, channels, weight.shape[-1])
+                weight, chunks=(1, th, tw, channels, weight.shape[-1]), name=False
             )
-            bias = da.from_array(bias, chunks=(1, th, tw, channels))
+            bias = da.from_array(bias, chunks=(1, th, tw, channels), name=False)
         full = execution.predict_tiles(
             src,
             weight,

@@ -1,20 +1,29 @@
-"""Training benchmark: wall time and peak memory of dmask.fit, with a baseline.
+"""Training benchmark: dmask.fit against a straightforward baseline, in one process.
 
-Cases (synthetic faces, neutral -> happy, RGB, lambda 0.4):
-  128 x 128, N = 200, r = 3   (dmask and a per-pixel batched numpy baseline)
-  512 x 512, N = 200, r = 7   (dmask; the baseline would need ~60 GB)
+The baseline is written for this benchmark the way the reference code works,
+without its dense masks: for every pixel and channel, the window values of all
+training images are extracted and one ``numpy.linalg.solve`` is called. Both
+run here on synthetic faces (neutral -> happy, and five more targets when
+``targets`` is 6); dmask runs on dask's threaded scheduler with one thread per
+core. Figures are medians of ``--repeats`` runs.
 
-Each case runs ``--repeats`` times on dask's threaded scheduler in this process
-(two threads unless ``--threads``); the median is printed with the machine, as
-a table and as JSON (``--json``).
+For each dmask run the task time is broken down by phase (statistics, combine,
+solve, reading input) with a dask callback; what is left of ``threads x wall``
+is scheduling and idle time. The FLOP rate counts the FLOPs of the
+straightforward method (``2N(k+1)^2`` for the Gram matrix, ``2N(k+1)T`` for the
+right-hand sides, ``(2/3)(k+1)^3 + 2(k+1)^2 T`` for the solve, per pixel and
+channel) divided by dmask's wall time, as a fraction of this machine's measured
+GEMM rate on all cores.
 
-    python pipelines/bench_train.py [--repeats 3] [--cases 128 512]
+    python pipelines/bench_train.py                     # the issue's target cases
+    python pipelines/bench_train.py --suite grid --sizes 64 128 256 --fields 1 3 7
+    python pipelines/bench_train.py --json results.json
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import itertools
 import json
 import os
 import platform
@@ -22,39 +31,60 @@ import statistics
 import sys
 import threading
 import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
 
 import dask
 import numpy as np
 import psutil
+from dask.callbacks import Callback
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import dmask
-import dmask.kernels
-from dmask.faces import render_face, subject_params
+from dmask import kernels
+from dmask.faces import EXPRESSIONS, render_face, subject_params
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Float [0, 1] image to 8 bits."""
-    return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+@dataclass(frozen=True)
+class Case:
+    """One training job."""
+
+    size: int
+    n: int
+    field: int
+    channels: int = 1
+    targets: int = 1
+
+    @property
+    def label(self) -> str:
+        """Short description."""
+        return (
+            f"{self.size}x{self.size} N={self.n} r={self.field} "
+            f"C={self.channels} T={self.targets}"
+        )
 
 
-CASES = {
-    "128": {"size": 128, "n": 200, "field": 3},
-    "512": {"size": 512, "n": 200, "field": 7},
-}
+TARGET_CASES = [
+    Case(128, 200, 3, 1, 1),
+    Case(128, 200, 11, 1, 1),
+    Case(128, 200, 3, 3, 1),
+    Case(256, 200, 7, 3, 1),
+    Case(256, 200, 7, 3, 6),
+    Case(512, 200, 7, 3, 1),
+    Case(128, 2000, 3, 1, 1),
+]
 
 
 class PeakMemory:
     """Sample this process's resident memory in a thread; report the peak rise."""
 
-    def __init__(self, interval: float = 0.02) -> None:
+    def __init__(self, interval: float = 0.01) -> None:
         self.interval = interval
         self.process = psutil.Process()
-        self.peak = 0
         self._stop = threading.Event()
 
     def __enter__(self) -> PeakMemory:
-        self.start = self.process.memory_info().rss
-        self.peak = self.start
+        self.start = self.peak = self.process.memory_info().rss
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -75,65 +105,122 @@ class PeakMemory:
         return self.peak - self.start
 
 
-def faces(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` neutral and happy synthetic faces of ``size`` x ``size``."""
-    neutral = np.empty((n, size, size, 3), dtype=np.uint8)
-    happy = np.empty_like(neutral)
-    for subject in range(n):
+class TaskTimer(Callback):
+    """Seconds spent in tasks, by the task name's prefix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._started: dict[object, float] = {}
+        self._lock = threading.Lock()
+
+    def _pretask(self, key, dsk, state) -> None:
+        with self._lock:
+            self._started[key] = time.perf_counter()
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        with self._lock:
+            elapsed = time.perf_counter() - self._started.pop(key)
+        name = key[0] if isinstance(key, tuple) else key
+        prefix = str(name).split("-")[0]
+        phase = {
+            "statistics": "statistics",
+            "combine": "combine",
+            "solve": "solve",
+        }.get(prefix, "read")
+        with self._lock:
+            self.seconds[phase] += elapsed
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] image to 8 bits."""
+    return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def faces(case: Case) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Synthetic sources and targets of a case (subjects cycle past 500)."""
+    names = list(EXPRESSIONS[1 : 1 + case.targets])
+    shape = (case.n, case.size, case.size, case.channels)
+    sources = np.empty(shape, dtype=np.uint8)
+    targets = {name: np.empty(shape, dtype=np.uint8) for name in names}
+    cache: dict[tuple[int, str], np.ndarray] = {}
+    for i in range(case.n):
+        subject = i % 500
         params = subject_params(0, subject)
-        neutral[subject] = to_uint8(render_face(params, "neutral", size, size))
-        happy[subject] = to_uint8(render_face(params, "happy", size, size))
-    return neutral, happy
+        for name, out in [("neutral", sources), *targets.items()]:
+            key = (subject, name)
+            if key not in cache:
+                cache[key] = to_uint8(render_face(params, name, case.size, case.size))
+            out[i] = cache[key][..., : case.channels]
+    return sources, targets
 
 
-def baseline_fit(
-    sources: np.ndarray, targets: np.ndarray, field: int, lam: float
+def straightforward_fit(
+    sources: np.ndarray, targets: dict[str, np.ndarray], field: int, lam: float
 ) -> np.ndarray:
-    """Per-pixel batched normal equations: im2col patches, one Gram per pixel."""
-    x = dmask.kernels.normalize_block(
-        sources, *dmask.kernels.minmax_parameters(sources)
-    )
-    t = dmask.kernels.normalize_block(
-        targets, *dmask.kernels.minmax_parameters(targets)
+    """One window extraction and one numpy.linalg.solve per pixel and channel."""
+    x = kernels.normalize_block(sources, *kernels.minmax_parameters(sources))
+    t = np.stack(
+        [
+            kernels.normalize_block(v, *kernels.minmax_parameters(v))
+            for v in targets.values()
+        ],
+        axis=-1,
     )
     b = field // 2
     n, height, width, channels = x.shape
     padded = np.pad(x, ((0, 0), (b, b), (b, b), (0, 0)))
-    out = np.empty((height, width, channels, field * field + 1))
+    ones = np.ones((n, 1))
+    ridge = lam * np.eye(field * field + 1)
+    out = np.empty((height, width, channels, field * field + 1, t.shape[-1]))
     for i in range(height):
-        patches = np.stack(
-            [
-                padded[:, i + dy, dx : dx + width]
-                for dy in range(field)
-                for dx in range(field)
-            ]
-            + [np.ones((n, width, channels))],
-            axis=-1,
-        )  # (n, W, C, k + 1)
-        gram = np.einsum("nwca,nwcb->wcab", patches, patches)
-        gram += lam * np.eye(field * field + 1)
-        rhs = np.einsum("nwca,nwc->wca", patches, t[:, i])
-        out[i] = np.linalg.solve(gram, rhs[..., None])[..., 0]
+        for j in range(width):
+            for c in range(channels):
+                window = padded[:, i : i + field, j : j + field, c].reshape(n, -1)
+                design = np.concatenate([window, ones], axis=1)
+                out[i, j, c] = np.linalg.solve(
+                    design.T @ design + ridge, design.T @ t[:, i, j, c]
+                )
     return out
 
 
-def timed(fn, repeats: int) -> tuple[list[float], int]:
-    times, peaks = [], []
-    for _ in range(repeats):
-        with PeakMemory() as memory:
+def straightforward_flops(case: Case) -> float:
+    """FLOPs of the straightforward method for a case."""
+    k1 = case.field**2 + 1
+    per_pixel = (
+        2 * case.n * k1**2
+        + 2 * case.n * k1 * case.targets
+        + (2 / 3) * k1**3
+        + 2 * k1**2 * case.targets
+    )
+    return per_pixel * case.size**2 * case.channels
+
+
+def gemm_rate(threads: int | None = None, size: int = 2000) -> float:
+    """Measured float64 GEMM FLOP/s (best of 3) with ``threads`` BLAS threads."""
+    a = np.random.default_rng(0).random((size, size))
+    best = float("inf")
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for _ in range(3):
             started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-        peaks.append(memory.rise)
-    return times, max(peaks)
+            a @ a
+            best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
 
 
 def machine() -> dict[str, object]:
     """What this ran on."""
+    blas = [
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+        f" ({i.get('num_threads')} threads)"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    ]
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "blas": "; ".join(blas),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "dask": dask.__version__,
@@ -141,58 +228,126 @@ def machine() -> dict[str, object]:
     }
 
 
+def run_dmask(case: Case, sources, targets, repeats: int, threads: int) -> dict:
+    """Time dmask.fit on a case: wall times, peak memory, phase breakdown."""
+    walls, peaks, timers = [], [], []
+    for _ in range(repeats):
+        timer = TaskTimer()
+        with (
+            dask.config.set(num_workers=threads),
+            timer,
+            PeakMemory() as memory,
+        ):
+            started = time.perf_counter()
+            dmask.fit(sources, targets, field=case.field, lam=0.4)
+            walls.append(time.perf_counter() - started)
+        peaks.append(memory.rise)
+        timers.append(timer.seconds)
+    wall = statistics.median(walls)
+    phases = {
+        phase: statistics.median(t.get(phase, 0.0) for t in timers)
+        for phase in ("statistics", "combine", "solve", "read")
+    }
+    busy = sum(phases.values())
+    phases["scheduling_and_idle"] = max(0.0, threads * wall - busy)
+    return {
+        "wall_s": wall,
+        "walls_s": walls,
+        "peak_rise_mib": max(peaks) / 2**20,
+        "task_seconds": phases,
+        "scheduling_fraction": phases["scheduling_and_idle"] / (threads * wall),
+    }
+
+
+def run_baseline(case: Case, sources, targets, repeats: int, max_s: float) -> dict:
+    """Time the straightforward method, or skip it when it would take too long."""
+    probe = Case(16, case.n, case.field, case.channels, case.targets)
+    crop = (slice(None), slice(0, 16), slice(0, 16))
+    started = time.perf_counter()
+    straightforward_fit(
+        sources[crop], {k: v[crop] for k, v in targets.items()}, case.field, 0.4
+    )
+    estimate = (time.perf_counter() - started) * (case.size / probe.size) ** 2
+    if estimate > max_s:
+        return {"skipped": f"estimated {estimate:.0f} s > --baseline-max-s {max_s:g}"}
+    walls = []
+    for _ in range(repeats if estimate * repeats <= max_s else 1):
+        started = time.perf_counter()
+        straightforward_fit(sources, targets, case.field, 0.4)
+        walls.append(time.perf_counter() - started)
+    return {"wall_s": statistics.median(walls), "walls_s": walls}
+
+
+def cases_from(args: argparse.Namespace) -> list[Case]:
+    """The cases asked for on the command line."""
+    if args.suite == "targets":
+        return TARGET_CASES
+    return [
+        Case(size, n, field, channels, targets)
+        for size, n, field, channels, targets in itertools.product(
+            args.sizes, args.n, args.fields, args.channels, args.targets
+        )
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=["targets", "grid"], default="targets")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--n", type=int, nargs="+", default=[200])
+    parser.add_argument("--fields", type=int, nargs="+", default=[1, 3, 7, 11, 15])
+    parser.add_argument("--channels", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--targets", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--baseline-max-s", type=float, default=60.0)
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     info = machine()
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    peak = gemm_rate(None)
+    info["gemm_gflops_all_cores"] = round(peak / 1e9, 1)
+    info["gemm_gflops_one_core"] = round(gemm_rate(1) / 1e9, 1)
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    header = (
+        f"{'case':>34} {'dmask s':>8} {'base s':>8} {'speedup':>8} {'peak MiB':>8} "
+        f"{'GFLOP/s':>8} {'of GEMM':>7} {'stats':>6} {'solve':>6} {'read':>6} "
+        f"{'sched':>6}"
+    )
+    print(header, flush=True)
     results = []
-    for name in args.cases:
-        case = CASES[name]
-        sources, targets = faces(case["size"], case["n"])
-        with dask.config.set(scheduler="threads", num_workers=args.threads):
-
-            def run_dmask(case=case, sources=sources, targets=targets) -> None:
-                dmask.fit(sources, targets, field=case["field"], lam=0.4)
-
-            times, peak = timed(run_dmask, args.repeats)
-        row = {
-            **case,
-            "method": "dmask",
-            "median_s": statistics.median(times),
-            "times_s": times,
-            "peak_rise_mib": peak / 2**20,
-        }
-        results.append(row)
-        if case["size"] <= 128:
-            base_times, base_peak = timed(
-                functools.partial(baseline_fit, sources, targets, case["field"], 0.4),
-                args.repeats,
-            )
-            results.append(
-                {
-                    **case,
-                    "method": "per-pixel batched numpy",
-                    "median_s": statistics.median(base_times),
-                    "times_s": base_times,
-                    "peak_rise_mib": base_peak / 2**20,
-                }
-            )
-            row["speedup_vs_baseline"] = statistics.median(base_times) / row["median_s"]
-    print(f"{'case':>22} {'method':>24} {'median s':>9} {'peak MiB':>9} {'speedup':>8}")
-    for row in results:
-        label = f"{row['size']}x{row['size']} N={row['n']} r={row['field']}"
-        speedup = row.get("speedup_vs_baseline")
-        ratio = "" if speedup is None else f"{speedup:.1f}x"
-        print(
-            f"{label:>22} {row['method']:>24} {row['median_s']:9.2f} "
-            f"{row['peak_rise_mib']:9.0f} {ratio:>8}"
+    for case in cases_from(args):
+        sources, targets = faces(case)
+        result = {**asdict(case), "label": case.label}
+        result["dmask"] = run_dmask(case, sources, targets, args.repeats, args.threads)
+        result["baseline"] = run_baseline(
+            case, sources, targets, args.repeats, args.baseline_max_s
         )
+        wall = result["dmask"]["wall_s"]
+        rate = straightforward_flops(case) / wall
+        result["straightforward_gflop_per_s"] = rate / 1e9
+        result["fraction_of_gemm"] = rate / peak
+        base = result["baseline"].get("wall_s")
+        result["speedup"] = None if base is None else base / wall
+        results.append(result)
+        phases = result["dmask"]["task_seconds"]
+        busy = args.threads * wall
+        print(
+            f"{case.label:>34} {wall:8.3f} "
+            f"{'-' if base is None else f'{base:.3f}':>8} "
+            f"{'-' if base is None else f'{base / wall:.1f}x':>8} "
+            f"{result['dmask']['peak_rise_mib']:8.0f} {rate / 1e9:8.1f} "
+            f"{rate / peak:7.1%} "
+            + " ".join(
+                f"{phases[p] / busy:6.0%}"
+                for p in ("statistics", "solve", "read", "scheduling_and_idle")
+            ),
+            flush=True,
+        )
+    print(
+        "speedup: baseline / dmask wall time; GFLOP/s: FLOPs of the straightforward"
+        " method / dmask wall; stats, solve, read, sched: share of threads x wall"
+    )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"machine": info, "results": results}, handle, indent=2)
