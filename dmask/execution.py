@@ -34,6 +34,7 @@ __all__ = [
     "predict_tiles",
     "sample_bounds",
     "show_progress",
+    "task_memory_budget",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,34 @@ def compute(*collections: Any) -> tuple[Any, ...]:
 
         progress(futures)
     return tuple(client.gather(futures))
+
+
+def task_memory_budget() -> int:
+    """Bytes one task may use: a share of a worker's memory per thread.
+
+    On a distributed cluster, 40% of the smallest worker memory limit divided by
+    its threads (leaving room below distributed's spill and pause thresholds);
+    locally, a quarter of the available memory divided by the cores. Clamped to
+    128 MiB .. 2 GiB.
+    """
+    client = current_client()
+    budget = 0
+    if client is not None:
+        try:
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+            shares = [
+                0.4 * w["memory_limit"] / max(1, w["nthreads"])
+                for w in workers
+                if w.get("memory_limit")
+            ]
+            budget = int(min(shares)) if shares else 0
+        except Exception:  # an old or odd scheduler: fall back to local figures
+            budget = 0
+    if not budget:
+        import psutil
+
+        budget = int(psutil.virtual_memory().available / 4 / (os.cpu_count() or 1))
+    return int(min(2 * 2**30, max(128 * 2**20, budget)))
 
 
 def as_dask_array(array: Any, name: str) -> da.Array:

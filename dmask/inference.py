@@ -88,8 +88,9 @@ def apply_to_store(
     lazy = model.predict_lazy(sources, sample_block, name="images")
 
     channels = model.channels
-    th, tw = model.tile_shape
-    block = lazy[names[0]].chunks[0][0]
+    first = lazy[names[0]]
+    th, tw = first.chunks[1][0], first.chunks[2][0]
+    block = first.chunks[0][0]
     images = da.concatenate([lazy[n].astype(np.float32) for n in names], axis=0)
     images = images.rechunk((block, th, tw, channels))
     subjects = np.asarray(dataset["subject"].values).astype(str)[index]

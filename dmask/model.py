@@ -15,7 +15,7 @@ import xarray as xr
 
 from dmask import execution, storage
 from dmask.errors import InputError
-from dmask.planning import DEFAULT_TASK_MEMORY, plan_fit, plan_tiles
+from dmask.planning import plan_fit, plan_tiles, prediction_tile_shape
 
 __all__ = ["Model", "fit", "open_model"]
 
@@ -71,7 +71,7 @@ def fit(
     overwrite: bool = False,
     tile_shape: tuple[int, int] | None = None,
     sample_block: int | None = None,
-    memory_limit: int = DEFAULT_TASK_MEMORY,
+    memory_limit: int | None = None,
     method: str = "covariance",
 ) -> Model:
     """Train masked ridge regression.
@@ -97,8 +97,9 @@ def fit(
         Spatial tile shape; chosen from ``memory_limit`` when omitted.
     sample_block : int, optional
         Samples per statistics task; chosen from ``memory_limit`` when omitted.
-    memory_limit : int
-        Bytes one task may use.
+    memory_limit : int, optional
+        Bytes one task may use; by default a share of the workers' memory limit
+        (:func:`dmask.execution.task_memory_budget`).
     method : {"covariance", "displacement"}
         How the statistics are accumulated: one GEMM per 16 x 16 block of
         pixels (default, fastest measured for every r) or sums per displacement.
@@ -144,6 +145,8 @@ def fit(
     source_bounds = bounds[0] if use_minmax else None
     target_bounds = list(bounds[1:]) if use_minmax else None
 
+    if memory_limit is None:
+        memory_limit = execution.task_memory_budget()
     plan = plan_fit(
         n,
         (height, width),
@@ -297,8 +300,8 @@ class Model:
                 f"{name} has images of {height}x{width}x{channels} but the model "
                 f"applies to {h}x{w}x{self.channels}"
             )
-        th, tw = self.tile_shape
-        tiles = plan_tiles(self.image_shape, self.tile_shape)
+        th, tw = prediction_tile_shape(self.image_shape, self.tile_shape)
+        tiles = plan_tiles(self.image_shape, (th, tw))
         grid = [
             [t for t in tiles if t.index[0] == row] for row in range(-(-height // th))
         ]

@@ -13,6 +13,7 @@ from dmask.kernels import displacements
 
 __all__ = [
     "FitPlan",
+    "prediction_tile_shape",
     "Tile",
     "estimate_fit_task_bytes",
     "estimate_statistics_bytes",
@@ -22,7 +23,7 @@ __all__ = [
 ]
 
 #: Bytes one task may hold when nothing else is said.
-DEFAULT_TASK_MEMORY = 512 * 2**20
+DEFAULT_TASK_MEMORY = 1024 * 2**20
 #: Pixels per tile aimed at: a few thousand, so a task does tenths of a second.
 DEFAULT_TILE_PIXELS = 64 * 64
 
@@ -115,7 +116,7 @@ def sample_blocks(n_samples: int, block: int) -> list[tuple[int, int]]:
 
 
 #: Statistics of this many sample blocks are added in one ``combine`` task.
-COMBINE_FAN_IN = 4
+COMBINE_FAN_IN = 2
 #: Block side of the covariance (tile GEMM) statistics.
 COVARIANCE_SIDE = 16
 
@@ -154,12 +155,13 @@ def estimate_fit_task_bytes(
     n_targets: int,
     block: int,
     method: str = "covariance",
+    combined: bool = True,
 ) -> int:
     """Peak bytes of the largest task of a tile: statistics, combine or solve.
 
     Counts the float64 halo block and targets (twice: read and rearranged), the
-    statistics (``COMBINE_FAN_IN + 1`` of them in a combine task), and the Gram
-    matrices of one solve batch.
+    statistics (``COMBINE_FAN_IN + 1`` of them in a combine task, when there are
+    several sample blocks to combine), and the Gram matrices of one solve batch.
     """
     h, w = tile_shape
     b2 = 2 * (field // 2)
@@ -169,7 +171,8 @@ def estimate_fit_task_bytes(
     stats = estimate_statistics_bytes(tile_shape, channels, field, n_targets, method)
     batch = COVARIANCE_SIDE**2 if method == "covariance" else 8 * w * channels
     gram = 2 * 8 * batch * ((k + 1) ** 2 + 2 * (k + 1) * n_targets)
-    return max(data + stats, (COMBINE_FAN_IN + 1) * stats, stats + gram)
+    combine = (COMBINE_FAN_IN + 1) * stats if combined else 0
+    return max(data + stats, combine, stats + gram)
 
 
 @dataclass(frozen=True)
@@ -243,8 +246,26 @@ def plan_fit(
     tiles = tuple(plan_tiles(image_shape, tile_shape))
     blocks = tuple(sample_blocks(n_samples, sample_block))
     task_bytes = estimate_fit_task_bytes(
-        tile_shape, channels, field, n_targets, sample_block, method
+        tile_shape, channels, field, n_targets, sample_block, method, len(blocks) > 1
     )
     return FitPlan(
         image_shape, tile_shape, sample_block, tiles, blocks, task_bytes, method
+    )
+
+
+#: Smallest tile side aimed at in prediction: its tasks do enough work.
+PREDICT_TILE_SIDE = 128
+
+
+def prediction_tile_shape(
+    image_shape: tuple[int, int], model_tile: tuple[int, int]
+) -> tuple[int, int]:
+    """Prediction tiles: whole multiples of the model's tiles, about 128 pixels.
+
+    Each prediction tile then reads whole weight chunks and does enough work to
+    outweigh the scheduling of its task.
+    """
+    return tuple(  # type: ignore[return-value]
+        min(size, tile * max(1, -(-PREDICT_TILE_SIDE // tile)))
+        for size, tile in zip(image_shape, model_tile, strict=True)
     )

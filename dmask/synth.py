@@ -18,7 +18,7 @@ __all__ = ["EXPRESSIONS", "render_samples", "synthesize"]
 logger = logging.getLogger(__name__)
 
 #: Bytes of one chunk of images aimed at.
-CHUNK_BYTES = 8 * 2**20
+CHUNK_BYTES = 2 * 2**20
 #: Largest spatial chunk side: tiles read their window without decoding whole
 #: large images.
 CHUNK_SIDE = 128

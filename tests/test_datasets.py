@@ -103,3 +103,25 @@ def test_stored_images_give_the_same_model_as_arrays(tmp_path):
         storage.read_images(ds.encoding["dmask_path"], test_ref.index)
     )
     np.testing.assert_allclose(lazy["sad"].compute(), expected["sad"], atol=1e-11)
+
+
+def test_prediction_tiles_are_whole_multiples_of_model_tiles():
+    assert planning.prediction_tile_shape((512, 512), (32, 32)) == (128, 128)
+    assert planning.prediction_tile_shape((512, 300), (64, 48)) == (128, 144)
+    assert planning.prediction_tile_shape((40, 24), (16, 16)) == (40, 24)
+
+
+def test_task_memory_budget_is_bounded():
+    from dmask.execution import task_memory_budget
+
+    budget = task_memory_budget()
+    assert 128 * 2**20 <= budget <= 2 * 2**30
+
+
+def test_a_single_sample_block_needs_no_combine_memory():
+    one = planning.plan_fit(200, (512, 512), 3, 7, 1, tile_shape=(64, 64))
+    many = planning.plan_fit(
+        200, (512, 512), 3, 7, 1, tile_shape=(64, 64), sample_block=50
+    )
+    assert len(one.blocks) == 1 and len(many.blocks) == 4
+    assert one.task_bytes < many.task_bytes
