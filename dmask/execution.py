@@ -234,6 +234,22 @@ def statistics(
 ) -> kernels.TileStatistics | kernels.CovarianceStatistics:
     """Task: statistics of one tile over one block of samples."""
     low, high = source_bounds if source_bounds is not None else (None, None)
+    if method == "displacement":
+        scale = None if low is None else kernels.minmax_scale(low, high)
+        halo = kernels.samples_last(source, low, scale, padding)
+        stacked = np.stack(
+            [
+                kernels.samples_last(
+                    t,
+                    None if target_bounds is None else target_bounds[i][0],
+                    None
+                    if target_bounds is None
+                    else kernels.minmax_scale(*target_bounds[i]),
+                )
+                for i, t in enumerate(targets)
+            ]
+        )
+        return kernels.displacement_statistics(halo, stacked, field, sample_last=True)
     halo = _read_halo(source, low, high, padding)
     stacked = np.stack(
         [

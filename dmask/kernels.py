@@ -29,6 +29,7 @@ __all__ = [
     "displacements",
     "minmax_parameters",
     "minmax_scale",
+    "samples_last",
     "solve_spd",
     "subtiles",
     "normalize_block",
@@ -222,29 +223,71 @@ class TileStatistics:
         )
 
 
+def samples_last(
+    block: np.ndarray,
+    low: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)),
+) -> np.ndarray:
+    """Normalise, zero-pad and move the sample axis last, in one float64 copy.
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        ``(n, y, x, C)`` raw images.
+    low, scale : numpy.ndarray or None
+        ``(n,)`` min-max parameters; None leaves values as they are.
+    padding : tuple
+        ``((top, bottom), (left, right))`` zeros around the window.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(y + top + bottom, x + left + right, C, n)`` float64.
+    """
+    n, h, w, channels = block.shape
+    (top, bottom), (left, right) = padding
+    out = np.zeros((h + top + bottom, w + left + right, channels, n))
+    inner = out[top : top + h, left : left + w]
+    np.copyto(inner, np.moveaxis(block, 0, -1), casting="unsafe")
+    if low is not None and scale is not None:
+        inner -= np.asarray(low, dtype=np.float64)
+        inner *= np.asarray(scale, dtype=np.float64)
+    return out
+
+
 def displacement_statistics(
-    halo: np.ndarray, targets: np.ndarray, field: int
+    halo: np.ndarray, targets: np.ndarray, field: int, sample_last: bool = False
 ) -> TileStatistics:
     """Accumulate the statistics of one tile over a block of training pairs.
 
     Parameters
     ----------
     halo : numpy.ndarray
-        ``(n, h + 2b, w + 2b, C)`` normalised, zero-padded source halo block.
+        ``(n, h + 2b, w + 2b, C)`` normalised, zero-padded source halo block, or
+        ``(h + 2b, w + 2b, C, n)`` when ``sample_last``.
     targets : numpy.ndarray
-        ``(T, n, h, w, C)`` normalised target pixels of the tile.
+        ``(T, n, h, w, C)`` normalised target pixels of the tile, or
+        ``(T, h, w, C, n)`` when ``sample_last``.
     field : int
         Odd receptive field size ``r``.
+    sample_last : bool
+        Whether the arrays already have the sample axis last (see
+        :func:`samples_last`), which saves a copy.
 
     Returns
     -------
     TileStatistics
     """
-    n, hh, ww, nc = halo.shape
-    n_targets, _, h, w, _ = targets.shape
     # Sample axis last and contiguous: every sum below is a dot product over it.
-    x = np.ascontiguousarray(np.moveaxis(np.asarray(halo, dtype=np.float64), 0, -1))
-    t = np.ascontiguousarray(np.moveaxis(np.asarray(targets, dtype=np.float64), 1, -1))
+    if sample_last:
+        x = np.ascontiguousarray(halo, dtype=np.float64)
+        t = np.ascontiguousarray(targets, dtype=np.float64)
+    else:
+        x = np.ascontiguousarray(np.moveaxis(np.asarray(halo, np.float64), 0, -1))
+        t = np.ascontiguousarray(np.moveaxis(np.asarray(targets, np.float64), 1, -1))
+    hh, ww, nc, n = x.shape
+    n_targets, h, w, _, _ = t.shape
     deltas = displacements(field)
     pair_sums = np.zeros((len(deltas), hh, ww, nc))
     for d, (dy, dx) in enumerate(deltas):
