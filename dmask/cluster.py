@@ -33,7 +33,8 @@ class ClusterOptions:
     processes : bool
         Local workers as processes (True) or threads in this process.
     dashboard_address : str
-        Where the local dashboard listens; loopback unless asked otherwise.
+        Where the local dashboard listens (None: no dashboard); loopback unless
+        asked otherwise.
     """
 
     scheduler: str | None = None
@@ -42,7 +43,7 @@ class ClusterOptions:
     threads_per_worker: int | None = None
     memory_limit: str | None = None
     processes: bool = True
-    dashboard_address: str = "127.0.0.1:8787"
+    dashboard_address: str | None = "127.0.0.1:8787"
     quiet: bool = True
 
 
