@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,9 +44,8 @@ from dataclasses import dataclass
 
 import dask
 import numpy as np
-import psutil
-import threadpoolctl
 import xarray as xr
+from benchlib import machine
 
 import dmask
 import dmask.inference
@@ -76,26 +74,6 @@ class Faces:
     store: xr.Dataset
     raw: np.ndarray  # (N, H, W, 3) uint8 neutral faces, store order
     normalised: np.ndarray  # the same, min-max normalised, float64
-
-
-def machine() -> dict[str, object]:
-    """What this ran on."""
-    blas = [
-        f"{lib.get('internal_api')} {lib.get('version')} "
-        f"({lib.get('num_threads')} threads)"
-        for lib in threadpoolctl.threadpool_info()
-        if lib.get("user_api") == "blas"
-    ]
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "blas": "; ".join(blas) or "unknown",
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "dask": dask.__version__,
-        "dmask": dmask.__version__,
-    }
 
 
 def make_faces(folder: str, size: int, n_images: int) -> Faces:

@@ -27,7 +27,6 @@ import contextlib
 import importlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,11 +34,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import dask
 import distributed
-import numpy as np
-import psutil
-import threadpoolctl
+from benchlib import machine
 
 import dmask
 import dmask.synth
@@ -50,27 +46,6 @@ WORKER_COUNTS = (1, 2)
 #: Stored source faces and target faces by name.
 Pairs = tuple[storage.StoredImages, dict[str, storage.StoredImages]]
 LAM = 0.4
-
-
-def machine() -> dict[str, object]:
-    """What this ran on."""
-    blas = [
-        f"{lib.get('internal_api')} {lib.get('version')} "
-        f"({lib.get('num_threads')} threads)"
-        for lib in threadpoolctl.threadpool_info()
-        if lib.get("user_api") == "blas"
-    ]
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "blas": "; ".join(blas) or "unknown",
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "dask": dask.__version__,
-        "distributed": distributed.__version__,
-        "dmask": dmask.__version__,
-    }
 
 
 @contextlib.contextmanager

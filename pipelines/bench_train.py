@@ -26,7 +26,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -37,8 +36,9 @@ from dataclasses import asdict, dataclass
 import dask
 import numpy as np
 import psutil
+from benchlib import machine
 from dask.callbacks import Callback
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 import dmask
 from dmask import kernels
@@ -206,26 +206,6 @@ def gemm_rate(threads: int | None = None, size: int = 2000) -> float:
             a @ a
             best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best
-
-
-def machine() -> dict[str, object]:
-    """What this ran on."""
-    blas = [
-        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-        f" ({i.get('num_threads')} threads)"
-        for i in threadpool_info()
-        if i.get("user_api") == "blas"
-    ]
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "blas": "; ".join(blas),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "dask": dask.__version__,
-        "dmask": dmask.__version__,
-    }
 
 
 def run_dmask(case: Case, sources, targets, repeats: int, threads: int) -> dict:
