@@ -519,32 +519,78 @@ def covariance_statistics(
     return CovarianceStatistics(side, (h, w), covariances, cross, n)
 
 
-@cache
-def _block_indices(
-    hb: int, wb: int, field: int, n_targets: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flat gather indices of a block's Gram matrices and right-hand sides.
+def _gather_block(
+    cov: np.ndarray,
+    cross: np.ndarray,
+    hb: int,
+    wb: int,
+    field: int,
+    gram: np.ndarray,
+    rhs: np.ndarray,
+) -> None:
+    """Copy a block's Gram matrices and right-hand sides out of its statistics.
 
-    Returns ``(P, k + 1, k + 1)`` indices into the flattened ``(m + 1, m + 1)``
-    covariance and ``(P, k + 1, T)`` indices into the flattened ``(m + 1, T, P)``
-    cross products, ``P = hb * wb``; index ``m`` is the column of ones.
+    Pixel ``(py, px)`` reads covariance row/column ``(py + ya) * W + px + xa`` for
+    window offset ``(ya, xa)`` (``W`` the block-plus-halo width), which is linear
+    in every index: each piece is one strided view of the statistics, copied in
+    C without index arrays.
+
+    Parameters
+    ----------
+    cov : numpy.ndarray
+        ``(m + 1, m + 1)`` covariance of one channel (last row/column: ones).
+    cross : numpy.ndarray
+        ``(m + 1, T, P)`` cross products of one channel.
+    hb, wb : int
+        Block shape; ``P = hb * wb``.
+    field : int
+        Receptive field size ``r``.
+    gram, rhs : numpy.ndarray
+        Outputs ``(P, k + 1, k + 1)`` and ``(P, k + 1, T)``.
     """
-    b2 = 2 * (field // 2)
-    m = (hb + b2) * (wb + b2)
-    offsets = window_offsets(field) + field // 2
-    pixels = hb * wb
-    py, px = np.divmod(np.arange(pixels), wb)
-    window = (py[:, None] + offsets[None, :, 0]) * (wb + b2) + (
-        px[:, None] + offsets[None, :, 1]
+    from numpy.lib.stride_tricks import as_strided
+
+    r = field
+    k = r * r
+    width = wb + 2 * (r // 2)
+    size = cov.shape[0]
+    last = size - 1
+    n_targets, pixels = cross.shape[1], cross.shape[2]
+    cov = np.ascontiguousarray(cov)
+    cross = np.ascontiguousarray(cross)
+    e = cov.itemsize
+    g = gram.reshape(hb, wb, k + 1, k + 1)
+    window = as_strided(
+        cov,
+        shape=(hb, wb, r, r, r, r),
+        strides=tuple(
+            e * v
+            for v in (width * size + width, size + 1, width * size, size, width, 1)
+        ),
     )
-    window = np.concatenate([window, np.full((pixels, 1), m)], axis=1)
-    gram = window[:, :, None] * (m + 1) + window[:, None, :]
-    t = np.arange(n_targets)
-    p = np.arange(pixels)
-    rhs = (window[:, :, None] * n_targets + t[None, None, :]) * pixels + p[
-        :, None, None
-    ]
-    return gram, rhs
+    g[:, :, :k, :k] = window.reshape(hb, wb, k, k)
+    column = as_strided(
+        cov[:, last:],
+        shape=(hb, wb, r, r),
+        strides=tuple(e * v for v in (width * size, size, width * size, size)),
+    )
+    g[:, :, :k, k] = column.reshape(hb, wb, k)
+    row = as_strided(
+        cov[last:],
+        shape=(hb, wb, r, r),
+        strides=tuple(e * v for v in (width, 1, width, 1)),
+    )
+    g[:, :, k, :k] = row.reshape(hb, wb, k)
+    g[:, :, k, k] = cov[last, last]
+    tp = n_targets * pixels
+    q = rhs.reshape(hb, wb, k + 1, n_targets)
+    windows = as_strided(
+        cross,
+        shape=(hb, wb, r, r, n_targets),
+        strides=tuple(e * v for v in (width * tp + wb, tp + 1, width * tp, tp, pixels)),
+    )
+    q[:, :, :k] = windows.reshape(hb, wb, k, n_targets)
+    q[:, :, k] = np.moveaxis(cross[last].reshape(n_targets, hb, wb), 0, -1)
 
 
 def solve_covariance(
@@ -566,13 +612,16 @@ def solve_covariance(
     rhs_buffer = np.empty(side * (k + 1) * n_targets)
     for j, (y0, y1, x0, x1) in enumerate(subtiles(h, w, stats.side)):
         hb, wb = y1 - y0, x1 - x0
-        gram_idx, rhs_idx = _block_indices(hb, wb, field, n_targets)
-        gram = gram_buffer[: gram_idx.size].reshape(gram_idx.shape)
-        rhs = rhs_buffer[: rhs_idx.size].reshape(rhs_idx.shape)
+        pixels = hb * wb
+        gram = gram_buffer[: pixels * (k + 1) ** 2].reshape(pixels, k + 1, k + 1)
+        rhs = rhs_buffer[: pixels * (k + 1) * n_targets].reshape(
+            pixels, k + 1, n_targets
+        )
         for c in range(channels):
-            np.take(stats.covariances[j][c].ravel(), gram_idx, out=gram)
+            _gather_block(
+                stats.covariances[j][c], stats.cross[j][c], hb, wb, field, gram, rhs
+            )
             gram.reshape(hb * wb, -1)[:, :: k + 2] += lam
-            np.take(stats.cross[j][c].ravel(), rhs_idx, out=rhs)
             solution = solve_spd(gram, rhs).reshape(hb, wb, k + 1, n_targets)
             weights[:, y0:y1, x0:x1, c] = np.moveaxis(solution[:, :, :k], -1, 0)
             bias[:, y0:y1, x0:x1, c] = np.moveaxis(solution[:, :, k], -1, 0)
