@@ -52,6 +52,12 @@ def _fingerprint(
     return digest.hexdigest()[:16]
 
 
+def _numpy_bounds(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample minimum and maximum of an in-memory array, without Dask."""
+    flat = images.reshape(images.shape[0], -1)
+    return flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+
+
 def _check_bounds(name: str, low: np.ndarray, high: np.ndarray) -> None:
     bad = ~(np.isfinite(low) & np.isfinite(high))
     if bad.any():
@@ -138,9 +144,18 @@ def fit(
     n, height, width, channels = src.shape
     names = list(tgts)
 
-    bounds = execution.compute(
-        *[execution.sample_bounds(a) for a in (src, *tgts.values())]
-    )
+    originals = [sources, *named.values()]
+    arrays = [src, *tgts.values()]
+    lazy = [
+        execution.sample_bounds(a)
+        for a, o in zip(arrays, originals, strict=True)
+        if not isinstance(o, np.ndarray)
+    ]
+    computed = iter(execution.compute(*lazy) if lazy else ())
+    bounds = [
+        _numpy_bounds(o) if isinstance(o, np.ndarray) else next(computed)
+        for o in originals
+    ]
     for label, (low, high) in zip(labels, bounds, strict=True):
         _check_bounds(label, low, high)
     fingerprint = _fingerprint(src.shape, names, [v for pair in bounds for v in pair])
