@@ -23,7 +23,7 @@ import xarray as xr
 from dmask import kernels
 from dmask.errors import InputError
 from dmask.planning import COMBINE_FAN_IN, COVARIANCE_SIDE, FitPlan, Tile
-from dmask.storage import StoredImages, read_images, write_model_tile
+from dmask.storage import StoredImages, compact_index, read_images, write_model_tile
 
 __all__ = [
     "as_dask_array",
@@ -163,7 +163,7 @@ def minmax_bounds(array: da.Array) -> tuple[da.Array, da.Array]:
     return array.min(axis=(1, 2, 3)), array.max(axis=(1, 2, 3))
 
 
-def read_bounds(path: str, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def read_bounds(path: str, index: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
     """Task: per-sample minimum and maximum of stored images."""
     block = read_images(path, index)
     flat = block.reshape(block.shape[0], -1)
@@ -191,7 +191,7 @@ def sample_bounds(images: da.Array | StoredImages) -> Any:
     block = _bounds_block(images)
     task = dask.delayed(read_bounds, pure=True)
     parts = [
-        task(images.path, images.index[s0 : s0 + block])
+        task(images.path, compact_index(images.index[s0 : s0 + block]))
         for s0 in range(0, images.shape[0], block)
     ]
     return dask.delayed(_concat_bounds, pure=True)(parts)
@@ -203,7 +203,7 @@ def _region(
     """What a task reads: samples ``s0:s1`` and a window, lazily."""
     if isinstance(images, StoredImages):
         return dask.delayed(read_images, pure=True)(
-            images.path, images.index[s0:s1], rows, cols, images.variable
+            images.path, compact_index(images.index[s0:s1]), rows, cols, images.variable
         )
     return images[s0:s1, rows, cols, :]
 
@@ -431,7 +431,7 @@ def predict_tiles(
         if not normalize:
             bounds = None
         elif stored:
-            bounds = bounds_task(sources.path, sources.index[s0:s1])
+            bounds = bounds_task(sources.path, compact_index(sources.index[s0:s1]))
         else:
             bounds = (low[s0:s1], high[s0:s1])
         rows_out = []

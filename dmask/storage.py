@@ -38,6 +38,7 @@ __all__ = [
     "DATASET_FORMAT",
     "FORMAT_VERSION",
     "MODEL_FORMAT",
+    "compact_index",
     "create_dataset_template",
     "create_model_template",
     "finalize_store",
@@ -356,7 +357,11 @@ def stored_pairs(
     return stored_images(ds, src), {n: stored_images(ds, i) for n, i in tgt.items()}
 
 
-def _sample_selection(index: np.ndarray) -> slice | np.ndarray:
+def compact_index(index: np.ndarray | slice) -> slice | np.ndarray:
+    """A run of consecutive sample indices as a slice (small in task graphs)."""
+    if isinstance(index, slice):
+        return index
+    index = np.asarray(index)
     if len(index) and np.all(np.diff(index) == 1):
         return slice(int(index[0]), int(index[-1]) + 1)
     return index
@@ -364,7 +369,7 @@ def _sample_selection(index: np.ndarray) -> slice | np.ndarray:
 
 def read_images(
     path: str,
-    index: np.ndarray,
+    index: np.ndarray | slice,
     rows: slice = slice(None),
     cols: slice = slice(None),
     variable: str = "images",
@@ -373,7 +378,7 @@ def read_images(
     with quiet_zarr():
         array = zarr.open_array(str(path), path=variable, mode="r")
         return array.get_orthogonal_selection(
-            (_sample_selection(np.asarray(index)), rows, cols, slice(None))
+            (compact_index(index), rows, cols, slice(None))
         )
 
 
