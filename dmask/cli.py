@@ -86,6 +86,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--tile", type=_positive_int, nargs=2, metavar=("H", "W"), help="tile shape"
     )
     train.add_argument("--sample-block", type=_positive_int, help="samples per task")
+    train.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "covariance", "displacement"],
+        help="how statistics are accumulated (same model either way)",
+    )
     train.add_argument("--overwrite", action="store_true")
     _add_cluster_options(train)
 
@@ -203,6 +209,7 @@ def _run_train(args: argparse.Namespace) -> None:
             overwrite=True,
             tile_shape=tuple(args.tile) if args.tile else None,
             sample_block=args.sample_block,
+            method=args.method,
         )
         height, width = model.image_shape
         pixels = height * width * model.channels * len(model.targets)

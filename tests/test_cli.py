@@ -22,9 +22,12 @@ def test_cli_end_to_end(tmp_path, capsys, cluster_client):
     printed = capsys.readouterr().out
     assert "dashboard: http" in printed and "summary: images 56" in printed
 
+    report = tmp_path / "report.html"
     assert main(["train", str(faces), "--out", str(model), "--field", "5",
                  "--targets", "happy,surprised", "--tile", "16", "16",
+                 "--method", "displacement", "--report", str(report),
                  "--scheduler", cluster_client.scheduler.address]) == 0  # fmt: skip
+    assert report.stat().st_size > 0
     printed = capsys.readouterr().out
     assert "tiles 4" in printed and f"model: {model}" in printed
     trained = dmask.open_model(model)
@@ -32,7 +35,7 @@ def test_cli_end_to_end(tmp_path, capsys, cluster_client):
 
     ds = storage.open_dataset(faces)
     src, tgt = storage.select_pairs(ds, "neutral", ["happy", "surprised"], "train")
-    local = dmask.fit(src, tgt, field=5, tile_shape=(16, 16))
+    local = dmask.fit(src, tgt, field=5, tile_shape=(16, 16), method="displacement")
     np.testing.assert_array_equal(
         trained.weights("surprised").values, local.weights("surprised").values
     )
@@ -45,9 +48,12 @@ def test_cli_end_to_end(tmp_path, capsys, cluster_client):
     assert sorted(p.name for p in pngs.iterdir())[0] == "s00006_happy.png"
 
     csv_path, json_path = tmp_path / "e.csv", tmp_path / "e.json"
+    scheduler_file = tmp_path / "scheduler.json"
+    cluster_client.write_scheduler_file(str(scheduler_file))
     capsys.readouterr()
     assert main(["evaluate", str(model), str(faces), "--csv", str(csv_path),
-                 "--json", str(json_path), *THREADS]) == 0  # fmt: skip
+                 "--json", str(json_path), "--scheduler-file",
+                 str(scheduler_file)]) == 0  # fmt: skip
     table = capsys.readouterr().out
     assert "PSNR mr" in table and "surprised" in table
     rows = json.loads(json_path.read_text())
