@@ -297,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DmaskError as exc:
         print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as exc:  # unwritable output, full disk, unreachable scheduler
+        print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"dmask {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -224,3 +224,12 @@ def test_cli_unknown_expression(capsys, faces, tmp_path):
         capsys, "train", faces, "--out", tmp_path / "m", "--targets", "bored", *LOCAL
     )
     assert_one_line_error(code, err, "bored")
+
+
+def test_cli_unwritable_output(capsys, faces, tmp_path):
+    not_a_folder = tmp_path / "plain-file"
+    not_a_folder.write_text("x")
+    code, _, err = run_cli(
+        capsys, "train", faces, "--out", not_a_folder / "m.zarr", *LOCAL
+    )
+    assert_one_line_error(code, err, "plain-file")
