@@ -187,7 +187,7 @@ def _run_train(args: argparse.Namespace) -> None:
     from dmask.storage import open_dataset, prepare_output, stored_pairs
 
     check_settings(args.field, args.lam, args.normalize)
-    prepare_output(args.out, args.overwrite)
+    prepare_output(args.out, args.overwrite, inputs=[args.dataset])
     ds = open_dataset(args.dataset)
     targets = _split_names(args.targets)
     if targets is None:
@@ -231,7 +231,7 @@ def _run_apply(args: argparse.Namespace) -> None:
     from dmask.model import open_model
     from dmask.storage import open_dataset, prepare_output
 
-    prepare_output(args.out, args.overwrite)
+    prepare_output(args.out, args.overwrite, inputs=[args.model, args.dataset])
     model = open_model(args.model)
     ds = open_dataset(args.dataset)
     with _cluster(args) as client:

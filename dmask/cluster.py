@@ -70,7 +70,7 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
                 scheduler_file=options.scheduler_file,
                 timeout="20s",
             )
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:
             where = options.scheduler or options.scheduler_file
             raise DmaskError(f"cannot reach the scheduler at {where}: {exc}") from exc
         try:
@@ -94,14 +94,18 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
         kwargs["memory_limit"] = options.memory_limit
     from threadpoolctl import threadpool_limits
 
+    try:
+        cluster = LocalCluster(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise DmaskError(f"cannot start a local cluster: {exc}") from exc
     # Threaded workers share this process: keep BLAS to one thread per task, as
-    # worker processes do.
+    # worker processes do (threadpool_limits applies on creation).
     limits = (
         contextlib.nullcontext()
         if options.processes
         else threadpool_limits(limits=1, user_api="blas")
     )
-    with limits, LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+    with limits, cluster, Client(cluster) as client:
         yield client
 
 

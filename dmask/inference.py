@@ -77,6 +77,13 @@ def apply_to_store(
     xarray.Dataset
         The output store, opened lazily.
     """
+    out = storage.store_path(out)
+    for name, source_path in (
+        ("dataset", dataset.encoding.get("dmask_path")),
+        ("model", model.dataset.encoding.get("dmask_path")),
+    ):
+        if storage.same_store(out, source_path):
+            raise InputError(f"output store {out} is the {name} store; choose another")
     index = _source_samples(dataset, source, split)
     names = list(targets) if targets else model.targets
     for name in names:
@@ -113,7 +120,7 @@ def apply_to_store(
         {
             "origin": "dmask apply",
             "model_fingerprint": str(model.dataset.attrs.get("training_fingerprint")),
-            "value_range": [0, 1],
+            "value_range": [0, _peak(model, dataset)],
             "normalize": model.normalize,
         },
         dtype="float32",
@@ -130,11 +137,23 @@ def apply_to_store(
     return storage.open_dataset(out)
 
 
-def _write_png_block(images: np.ndarray, names: Sequence[str], folder: str) -> int:
+def _peak(model: Model, dataset: xr.Dataset) -> float:
+    """Value of white in the predictions: 1 after min-max, else the data's own."""
+    if model.normalize == "minmax":
+        return 1.0
+    value_range = dataset.attrs.get("value_range")
+    if value_range:
+        return float(value_range[1])
+    return 255.0 if np.dtype(dataset["images"].dtype) == np.uint8 else 1.0
+
+
+def _write_png_block(
+    images: np.ndarray, names: Sequence[str], folder: str, peak: float = 1.0
+) -> int:
     from PIL import Image
 
     for image, name in zip(images, names, strict=True):
-        pixels = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+        pixels = np.rint(np.clip(image / peak, 0.0, 1.0) * 255.0).astype(np.uint8)
         if pixels.shape[-1] == 1:
             pixels = pixels[..., 0]
         Image.fromarray(pixels).save(os.path.join(folder, name))
@@ -151,11 +170,12 @@ def write_pngs(dataset: xr.Dataset, folder: str | os.PathLike) -> int:
     subjects = np.asarray(dataset["subject"].values).astype(str)
     expressions = np.asarray(dataset["expression"].values).astype(str)
     names = [f"{s}_{e}.png" for s, e in zip(subjects, expressions, strict=True)]
+    peak = float(dataset.attrs.get("value_range", [0, 1])[1])
     task = dask.delayed(_write_png_block, pure=True)
     tasks = []
     start = 0
     for size in images.chunks[0]:
         block = images[start : start + size]
-        tasks.append(task(block, names[start : start + size], str(folder)))
+        tasks.append(task(block, names[start : start + size], str(folder), peak))
         start += size
     return int(sum(execution.compute(*tasks)))

@@ -52,6 +52,18 @@ def _fingerprint(
     return digest.hexdigest()[:16]
 
 
+def _check_positive(name: str, value: Any) -> None:
+    """Raise InputError unless ``value`` is None or positive integer(s)."""
+    if value is None:
+        return
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if not values or any(
+        isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+        for v in values
+    ):
+        raise InputError(f"{name} must be positive integers, got {value!r}")
+
+
 def _numpy_bounds(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample minimum and maximum of an in-memory array, without Dask."""
     flat = images.reshape(images.shape[0], -1)
@@ -163,6 +175,8 @@ def fit(
     source_bounds = bounds[0] if use_minmax else None
     target_bounds = list(bounds[1:]) if use_minmax else None
 
+    _check_positive("tile_shape", tile_shape)
+    _check_positive("sample_block", sample_block)
     if memory_limit is None:
         memory_limit = execution.task_memory_budget()
     plan = plan_fit(
@@ -198,6 +212,7 @@ def fit(
         "tile_shape": list(plan.tile_shape),
     }
     if store is not None:
+        store = storage.store_path(store)
         storage.create_model_template(
             store, names, (height, width), channels, field, plan.tile_shape, attrs,
             overwrite=overwrite,
@@ -310,6 +325,7 @@ class Model:
         self, sources: Any, sample_block: int | None = None, name: str = "new_sources"
     ) -> dict[str, da.Array]:
         """Lazy predictions, one dask array ``(N, H, W, C)`` per target."""
+        _check_positive("sample_block", sample_block)
         src = execution.as_image_source(sources, name)
         n, height, width, channels = src.shape
         if (height, width, channels) != (*self.image_shape, self.channels):

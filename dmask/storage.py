@@ -48,7 +48,9 @@ __all__ = [
     "pair_indices",
     "prepare_output",
     "read_images",
+    "same_store",
     "select_pairs",
+    "store_path",
     "stored_images",
     "stored_pairs",
     "StoredImages",
@@ -82,15 +84,56 @@ def _is_local(path: str | os.PathLike) -> bool:
     return "://" not in str(path)
 
 
-def prepare_output(path: str | os.PathLike, overwrite: bool) -> None:
+def store_path(path: str | os.PathLike) -> str:
+    """The path workers use: absolute for local stores, as given for URLs."""
+    return os.path.abspath(path) if _is_local(path) else str(path)
+
+
+def same_store(a: str | os.PathLike, b: str | os.PathLike | None) -> bool:
+    """Whether two store paths name the same store."""
+    if b is None:
+        return False
+    if _is_local(a) and _is_local(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def prepare_output(
+    path: str | os.PathLike,
+    overwrite: bool,
+    inputs: Sequence[str | os.PathLike | None] = (),
+) -> None:
     """Refuse an existing output store, or remove it when ``overwrite``.
+
+    Parameters
+    ----------
+    path : str or path
+        Output store.
+    overwrite : bool
+        Replace an existing store.
+    inputs : sequence of str or path
+        Stores the run reads: the output may never be one of them.
 
     Raises
     ------
     StoreError
-        The path exists and ``overwrite`` is false.
+        The path exists and ``overwrite`` is false, or it is one of the inputs.
     """
+    for source in inputs:
+        if same_store(path, source):
+            raise StoreError(
+                f"output store {path} is also an input of this run; choose another"
+            )
     if not _is_local(path):
+        import fsspec
+
+        fs, location = fsspec.core.url_to_fs(str(path))
+        if fs.exists(location):
+            if not overwrite:
+                raise StoreError(
+                    f"output store {path} already exists (pass --overwrite)"
+                )
+            fs.rm(location, recursive=True)
         return
     if os.path.lexists(path):
         if not overwrite:
@@ -226,7 +269,7 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
             raise StoreError(f"dataset store {path} has no {name} coordinate")
     if ds.sizes["sample"] == 0:
         raise StoreError(f"dataset store {path} is empty (no samples)")
-    ds.encoding["dmask_path"] = str(path)
+    ds.encoding["dmask_path"] = store_path(path)
     return ds
 
 
@@ -480,7 +523,7 @@ def write_model_tile(
 
 def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) -> None:
     """Write a whole model dataset (numpy or dask backed) to a new store."""
-    prepare_output(path, overwrite)
+    prepare_output(path, overwrite, inputs=[ds.encoding.get("dmask_path")])
     th, tw = ds.attrs["tile_shape"]
     channels, k = ds.sizes["channel"], ds.sizes["k"]
     ds = ds.copy()
@@ -500,4 +543,5 @@ def open_model_store(path: str | os.PathLike) -> xr.Dataset:
     for name in ("weight", "bias"):
         if name not in ds:
             raise StoreError(f"model store {path} has no {name} array")
+    ds.encoding["dmask_path"] = store_path(path)
     return ds

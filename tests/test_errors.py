@@ -233,3 +233,35 @@ def test_cli_unwritable_output(capsys, faces, tmp_path):
         capsys, "train", faces, "--out", not_a_folder / "m.zarr", *LOCAL
     )
     assert_one_line_error(code, err, "plain-file")
+
+
+def test_a_store_is_never_overwritten_by_its_own_output(rng, tmp_path, capsys, faces):
+    sources, targets = random_pairs(rng, 5, 8, 8, 3)
+    model = dmask.fit(sources, targets, store=tmp_path / "m.zarr")
+    with pytest.raises(dmask.StoreError, match="also an input"):
+        model.save(tmp_path / "m.zarr", overwrite=True)
+    assert np.isfinite(dmask.open_model(tmp_path / "m.zarr").weights().values).all()
+    code, _, err = run_cli(
+        capsys, "train", faces, "--out", faces, "--overwrite", *LOCAL
+    )
+    assert_one_line_error(code, err, "also an input")
+    assert storage.open_dataset(faces).sizes["sample"] == 42
+
+
+def test_api_rejects_bad_tiles_and_blocks(rng):
+    sources, targets = random_pairs(rng, 4, 6, 5, 1)
+    with pytest.raises(dmask.InputError, match="tile_shape"):
+        dmask.fit(sources, targets, tile_shape=(0, 4))
+    with pytest.raises(dmask.InputError, match="sample_block"):
+        dmask.fit(sources, targets, sample_block=0)
+    model = dmask.fit(sources, targets)
+    with pytest.raises(dmask.InputError, match="sample_block"):
+        model.predict(sources, sample_block=0)
+
+
+def test_cli_bad_memory_limit(capsys, faces, tmp_path):
+    code, _, err = run_cli(
+        capsys, "train", faces, "--out", tmp_path / "m.zarr", "--memory-limit",
+        "bogus", "--workers", "1", "--dashboard-address", ":0",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "cluster")
