@@ -62,27 +62,24 @@ def evaluate(
     """
     minmax = model.normalize == "minmax"
     names = list(targets) if targets else model.targets
-    peak = 1.0
-    if not minmax and np.dtype(dataset["images"].dtype) == np.uint8:
-        peak = 255.0
+    peak = 1.0 if minmax else storage.value_peak(dataset)
+    images = dataset["images"].data
     pending = []
     for name in names:
-        src_test, tgt_test = storage.select_pairs(dataset, source, [name], split)
-        src_train, tgt_train = storage.select_pairs(
+        src_idx, tgt_idx = storage.pair_indices(dataset, source, [name], split)
+        train_src, train_tgt = storage.pair_indices(
             dataset, source, [name], train_split
         )
-        src = _normalized(src_test.data, minmax)
-        truth = _normalized(tgt_test[name].data, minmax)
+        src = _normalized(images[src_idx], minmax)
+        truth = _normalized(images[tgt_idx[name]], minmax)
         mean_diff = (
-            _normalized(tgt_train[name].data, minmax)
-            - _normalized(src_train.data, minmax)
+            _normalized(images[train_tgt[name]], minmax)
+            - _normalized(images[train_src], minmax)
         ).mean(axis=0)
         test_source = (
-            storage.stored_images(
-                dataset, storage.pair_indices(dataset, source, [name], split)[0]
-            )
+            storage.stored_images(dataset, src_idx)
             if "dmask_path" in dataset.encoding
-            else src_test.data
+            else images[src_idx]
         )
         predicted = model.predict_lazy(test_source, name="images")[name]
         pending.append(

@@ -165,9 +165,7 @@ def minmax_bounds(array: da.Array) -> tuple[da.Array, da.Array]:
 
 def read_bounds(path: str, index: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
     """Task: per-sample minimum and maximum of stored images."""
-    block = read_images(path, index)
-    flat = block.reshape(block.shape[0], -1)
-    return flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+    return kernels.sample_bounds(read_images(path, index))
 
 
 def _concat_bounds(
@@ -234,33 +232,25 @@ def statistics(
 ) -> kernels.TileStatistics | kernels.CovarianceStatistics:
     """Task: statistics of one tile over one block of samples."""
     low, high = source_bounds if source_bounds is not None else (None, None)
+    if target_bounds is None:
+        target_params = [(None, None)] * len(targets)
+    else:
+        target_params = [(lo, kernels.minmax_scale(lo, hi)) for lo, hi in target_bounds]
     if method == "displacement":
         scale = None if low is None else kernels.minmax_scale(low, high)
         halo = kernels.samples_last(source, low, scale, padding)
         stacked = np.stack(
             [
-                kernels.samples_last(
-                    t,
-                    None if target_bounds is None else target_bounds[i][0],
-                    None
-                    if target_bounds is None
-                    else kernels.minmax_scale(*target_bounds[i]),
-                )
-                for i, t in enumerate(targets)
+                kernels.samples_last(t, *p)
+                for t, p in zip(targets, target_params, strict=True)
             ]
         )
         return kernels.displacement_statistics(halo, stacked, field, sample_last=True)
     halo = _read_halo(source, low, high, padding)
     stacked = np.stack(
         [
-            kernels.normalize_block(
-                t,
-                None if target_bounds is None else target_bounds[i][0],
-                None
-                if target_bounds is None
-                else kernels.minmax_scale(*target_bounds[i]),
-            )
-            for i, t in enumerate(targets)
+            kernels.normalize_block(t, *p)
+            for t, p in zip(targets, target_params, strict=True)
         ]
     )
     return kernels.tile_statistics(

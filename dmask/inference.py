@@ -110,13 +110,12 @@ def apply_to_store(
         "subject": np.tile(subjects, len(names)),
         "expression": np.repeat(np.asarray(names, dtype=str), index.size),
         "split": np.tile(splits, len(names)),
-        "source_sample": ("sample", np.tile(index, len(names))),
     }
     storage.create_dataset_template(
         out,
         images.shape,
         (block, th, tw, channels),
-        {k: v for k, v in coords.items() if k != "source_sample"},
+        coords,
         {
             "origin": "dmask apply",
             "model_fingerprint": str(model.dataset.attrs.get("training_fingerprint")),
@@ -141,10 +140,7 @@ def _peak(model: Model, dataset: xr.Dataset) -> float:
     """Value of white in the predictions: 1 after min-max, else the data's own."""
     if model.normalize == "minmax":
         return 1.0
-    value_range = dataset.attrs.get("value_range")
-    if value_range:
-        return float(value_range[1])
-    return 255.0 if np.dtype(dataset["images"].dtype) == np.uint8 else 1.0
+    return storage.value_peak(dataset)
 
 
 def _write_png_block(

@@ -29,6 +29,7 @@ __all__ = [
     "displacements",
     "minmax_parameters",
     "minmax_scale",
+    "sample_bounds",
     "samples_last",
     "solve_spd",
     "subtiles",
@@ -95,9 +96,14 @@ def minmax_parameters(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``(sample,)`` float64 each, so that ``(image - low) * scale`` lies in
         ``[0, 1]``. A constant image gets scale 0 (it normalises to zeros).
     """
+    low, high = sample_bounds(images)
+    return low, minmax_scale(low, high)
+
+
+def sample_bounds(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image minimum and maximum over all pixels and channels, as float64."""
     flat = images.reshape(images.shape[0], -1)
-    low = flat.min(axis=1).astype(np.float64)
-    return low, minmax_scale(low, flat.max(axis=1))
+    return flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
 
 
 def minmax_scale(low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -212,14 +218,6 @@ class TileStatistics:
             self.cross_sums + other.cross_sums,
             self.target_sums + other.target_sums,
             self.count + other.count,
-        )
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the arrays."""
-        return sum(
-            a.nbytes
-            for a in (self.pair_sums, self.sums, self.cross_sums, self.target_sums)
         )
 
 
@@ -470,11 +468,6 @@ class CovarianceStatistics:
             [a + b for a, b in zip(self.cross, other.cross, strict=True)],
             self.count + other.count,
         )
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the arrays."""
-        return sum(a.nbytes for a in (*self.covariances, *self.cross))
 
 
 def covariance_statistics(

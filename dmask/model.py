@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dmask import execution, storage
+from dmask import execution, kernels, storage
 from dmask.errors import InputError
 from dmask.planning import plan_fit, plan_tiles, prediction_tile_shape
 
@@ -62,12 +62,6 @@ def _check_positive(name: str, value: Any) -> None:
         for v in values
     ):
         raise InputError(f"{name} must be positive integers, got {value!r}")
-
-
-def _numpy_bounds(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample minimum and maximum of an in-memory array, without Dask."""
-    flat = images.reshape(images.shape[0], -1)
-    return flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
 
 
 def _check_bounds(name: str, low: np.ndarray, high: np.ndarray) -> None:
@@ -133,8 +127,8 @@ def fit(
         raise InputError(
             f"method must be 'auto', 'covariance' or 'displacement', got {method!r}"
         )
-    if method == "auto":
-        method = "displacement" if field <= 3 else "covariance"
+    _check_positive("tile_shape", tile_shape)
+    _check_positive("sample_block", sample_block)
     lam = float(lam)
     field = int(field)
     single = not isinstance(targets, Mapping)
@@ -165,7 +159,7 @@ def fit(
     ]
     computed = iter(execution.compute(*lazy) if lazy else ())
     bounds = [
-        _numpy_bounds(o) if isinstance(o, np.ndarray) else next(computed)
+        kernels.sample_bounds(o) if isinstance(o, np.ndarray) else next(computed)
         for o in originals
     ]
     for label, (low, high) in zip(labels, bounds, strict=True):
@@ -175,8 +169,6 @@ def fit(
     source_bounds = bounds[0] if use_minmax else None
     target_bounds = list(bounds[1:]) if use_minmax else None
 
-    _check_positive("tile_shape", tile_shape)
-    _check_positive("sample_block", sample_block)
     if memory_limit is None:
         memory_limit = execution.task_memory_budget()
     plan = plan_fit(

@@ -14,6 +14,7 @@ from dmask.kernels import displacements
 __all__ = [
     "FitPlan",
     "prediction_tile_shape",
+    "resolve_method",
     "Tile",
     "estimate_fit_task_bytes",
     "estimate_statistics_bytes",
@@ -188,6 +189,19 @@ class FitPlan:
     method: str = "covariance"
 
 
+def resolve_method(field: int, method: str = "auto") -> str:
+    """The statistics method to use: ``auto`` picks by receptive field size.
+
+    Displacement sums for ``r <= 3`` and covariance blocks above, as measured on
+    2 cores (see ``pipelines/bench_train.py``).
+    """
+    if method == "auto":
+        return "displacement" if field <= 3 else "covariance"
+    if method not in ("covariance", "displacement"):
+        raise ValueError(f"unknown statistics method {method!r}")
+    return method
+
+
 def plan_fit(
     n_samples: int,
     image_shape: tuple[int, int],
@@ -197,7 +211,7 @@ def plan_fit(
     tile_shape: tuple[int, int] | None = None,
     sample_block: int | None = None,
     memory_limit: int = DEFAULT_TASK_MEMORY,
-    method: str = "covariance",
+    method: str = "auto",
 ) -> FitPlan:
     """Choose tiles and sample blocks that fit a task memory budget.
 
@@ -215,15 +229,15 @@ def plan_fit(
         Fixed samples per statistics task; chosen from the budget when omitted.
     memory_limit : int
         Bytes one task may use.
-    method : {"covariance", "displacement"}
-        How statistics are accumulated (see :func:`dmask.kernels.tile_statistics`).
+    method : {"auto", "covariance", "displacement"}
+        How statistics are accumulated (see :func:`resolve_method` and
+        :func:`dmask.kernels.tile_statistics`).
 
     Returns
     -------
     FitPlan
     """
-    if method not in ("covariance", "displacement"):
-        raise ValueError(f"unknown statistics method {method!r}")
+    method = resolve_method(field, method)
     height, width = image_shape
 
     def fixed_bytes(shape: tuple[int, int]) -> int:

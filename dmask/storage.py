@@ -53,6 +53,7 @@ __all__ = [
     "store_path",
     "stored_images",
     "stored_pairs",
+    "value_peak",
     "StoredImages",
     "write_dataset_block",
     "write_model_tile",
@@ -325,6 +326,14 @@ def pair_indices(
         for name in targets
     }
     return src, tgt
+
+
+def value_peak(ds: xr.Dataset) -> float:
+    """White in a dataset's own values: its ``value_range``, else 255 for 8 bits."""
+    value_range = ds.attrs.get("value_range")
+    if value_range:
+        return float(value_range[1])
+    return 255.0 if np.dtype(ds["images"].dtype) == np.uint8 else 1.0
 
 
 def select_pairs(

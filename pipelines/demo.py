@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from dmask import fit, storage
+from dmask import fit, kernels, storage
 from dmask.cluster import ClusterOptions, connect, peak_worker_memory
 from dmask.evaluate import evaluate, format_table, write_results
 from dmask.execution import compute, show_progress
@@ -43,10 +43,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _normalized(images: np.ndarray) -> np.ndarray:
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    low = flat.min(axis=1)[:, None, None, None]
-    high = flat.max(axis=1)[:, None, None, None]
-    return (images - low) / np.where(high > low, high - low, 1.0)
+    return kernels.normalize_block(images, *kernels.minmax_parameters(images))
 
 
 def main(argv: list[str] | None = None) -> int:
