@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -66,6 +67,14 @@ def current_client() -> Any | None:
         return None
 
 
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, found once (~2 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def compute(*collections: Any) -> tuple[Any, ...]:
     """Compute dask collections on the current client or the threaded scheduler.
 
@@ -75,9 +84,7 @@ def compute(*collections: Any) -> tuple[Any, ...]:
     """
     client = current_client()
     if client is None:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             if _PROGRESS.get():
                 from dask.diagnostics import ProgressBar
 
@@ -120,6 +127,20 @@ def task_memory_budget() -> int:
     return int(min(2 * 2**30, max(128 * 2**20, budget)))
 
 
+def _check_images(shape: tuple[int, ...], dtype: Any, name: str) -> None:
+    """Raise InputError unless ``shape`` and ``dtype`` are those of images."""
+    if len(shape) != 4:
+        raise InputError(
+            f"{name} must be 4-D (sample, y, x, channel), got shape {shape}"
+        )
+    if any(size == 0 for size in shape):
+        raise InputError(f"{name} is empty: shape {shape}")
+    complex_ = np.issubdtype(dtype, np.complexfloating)
+    real = np.issubdtype(dtype, np.number) and not complex_
+    if not real:
+        raise InputError(f"{name} must hold real numbers, got dtype {dtype}")
+
+
 def as_dask_array(array: Any, name: str) -> da.Array:
     """A 4-D ``(sample, y, x, channel)`` dask array from numpy, dask or xarray.
 
@@ -132,29 +153,32 @@ def as_dask_array(array: Any, name: str) -> da.Array:
         array = array.data
     if not isinstance(array, da.Array):
         array = np.asarray(array)
-        if array.ndim == 4 and array.size:
-            chunk = max(1, int(64 * 2**20 // max(1, array[0].nbytes)))
-            # name=False: no hashing of the whole array (seconds for large ones).
-            array = da.from_array(array, chunks=(chunk, -1, -1, -1), name=False)
-        else:
-            array = da.from_array(array, name=False)
-    if array.ndim != 4:
-        raise InputError(
-            f"{name} must be 4-D (sample, y, x, channel), got shape {array.shape}"
-        )
-    if any(size == 0 for size in array.shape):
-        raise InputError(f"{name} is empty: shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array)):
-        raise InputError(f"{name} must hold real numbers, got dtype {array.dtype}")
+        _check_images(array.shape, array.dtype, name)
+        chunk = max(1, int(64 * 2**20 // max(1, array[0].nbytes)))
+        # name=False: no hashing of the whole array (seconds for large ones).
+        array = da.from_array(array, chunks=(chunk, -1, -1, -1), name=False)
+    _check_images(array.shape, array.dtype, name)
     return array
 
 
-def as_image_source(images: Any, name: str) -> da.Array | StoredImages:
-    """Images to read inside tasks: a stored reference as is, else a dask array."""
+def as_image_source(
+    images: Any, name: str, keep_numpy: bool = False
+) -> da.Array | StoredImages | np.ndarray:
+    """Images to read inside tasks.
+
+    A stored reference stays as it is. With ``keep_numpy``, in-memory numpy
+    images stay numpy when no distributed client is active (for graphs computed
+    at once on the threaded scheduler: their tasks take views, with no graph of
+    array chunks to build). Anything else becomes a dask array.
+    """
     if isinstance(images, StoredImages):
         if any(size == 0 for size in images.shape):
             raise InputError(f"{name} is empty: shape {images.shape}")
         return images
+    data = images.data if isinstance(images, xr.DataArray) else images
+    if keep_numpy and isinstance(data, np.ndarray) and current_client() is None:
+        _check_images(data.shape, data.dtype, name)
+        return data
     return as_dask_array(images, name)
 
 
@@ -196,9 +220,13 @@ def sample_bounds(images: da.Array | StoredImages) -> Any:
 
 
 def _region(
-    images: da.Array | StoredImages, s0: int, s1: int, rows: slice, cols: slice
+    images: da.Array | StoredImages | np.ndarray,
+    s0: int,
+    s1: int,
+    rows: slice,
+    cols: slice,
 ) -> Any:
-    """What a task reads: samples ``s0:s1`` and a window, lazily."""
+    """What a task reads: samples ``s0:s1`` and a window, lazily (or a view)."""
     if isinstance(images, StoredImages):
         return dask.delayed(read_images, pure=True)(
             images.path, compact_index(images.index[s0:s1]), rows, cols, images.variable
@@ -312,8 +340,8 @@ def fit_tiles(
 
     Parameters
     ----------
-    sources, targets : dask.array.Array
-        ``(N, H, W, C)`` raw images.
+    sources, targets : dask.array.Array, StoredImages or numpy.ndarray
+        ``(N, H, W, C)`` raw images (numpy only for the threaded scheduler).
     source_bounds, target_bounds : numpy.ndarray pairs or None
         Per-sample ``(min, max)`` for min-max normalisation; None for none.
     plan : FitPlan
@@ -332,9 +360,11 @@ def fit_tiles(
         One per tile, in plan order.
     """
     halo_width = field // 2
-    statistics_task = dask.delayed(statistics, pure=True)
-    solve_task = dask.delayed(solve, pure=True)
-    write_task = dask.delayed(write_tile, pure=True)
+    # Not pure: hashing every argument (image views among them) costs more than
+    # the smaller tasks take; each call gets a unique key instead.
+    statistics_task = dask.delayed(statistics, pure=False)
+    solve_task = dask.delayed(solve, pure=False)
+    write_task = dask.delayed(write_tile, pure=False)
     results = []
     for tile in plan.tiles:
         rows, cols, padding = tile.halo(halo_width, plan.image_shape)

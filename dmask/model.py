@@ -115,8 +115,8 @@ def fit(
     method : {"auto", "covariance", "displacement"}
         How the statistics are accumulated: sums per displacement (fewest
         FLOPs, memory bound) or one GEMM per 16 x 16 block of pixels (more
-        FLOPs at BLAS speed). ``auto`` takes displacement for ``r <= 3`` and
-        covariance above, as measured on 2 cores. All give the same model.
+        FLOPs at BLAS speed). ``auto`` takes the faster as measured on 2
+        cores (:func:`dmask.planning.resolve_method`). All give the same model.
 
     Returns
     -------
@@ -135,13 +135,13 @@ def fit(
     named = {SINGLE_TARGET: targets} if single else dict(targets)
     if not named:
         raise InputError("targets is an empty mapping")
-    src = execution.as_image_source(sources, "sources")
+    src = execution.as_image_source(sources, "sources", keep_numpy=True)
     tgts = {}
     labels = ["sources"]
     for name, value in named.items():
         label = "targets" if single else f"targets[{name!r}]"
         labels.append(label)
-        array = execution.as_image_source(value, label)
+        array = execution.as_image_source(value, label, keep_numpy=True)
         if array.shape != src.shape:
             raise InputError(
                 f"{label} has shape {array.shape} but sources has shape {src.shape}"

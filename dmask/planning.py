@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from dmask import compiled
 from dmask.kernels import displacements
 
 __all__ = [
@@ -190,13 +191,15 @@ class FitPlan:
 
 
 def resolve_method(field: int, method: str = "auto") -> str:
-    """The statistics method to use: ``auto`` picks by receptive field size.
+    """The statistics method to use: ``auto`` picks the faster, as measured.
 
-    Displacement sums for ``r <= 3`` and covariance blocks above, as measured on
-    2 cores (see ``pipelines/bench_train.py``).
+    With the compiled kernels, displacement sums at every receptive field size
+    (r = 3 to 15, N = 200 and 2000 on 2 cores); with numpy's alone, displacement
+    sums for ``r <= 3`` and covariance blocks above (see
+    ``pipelines/bench_train.py --method``).
     """
     if method == "auto":
-        return "displacement" if field <= 3 else "covariance"
+        return "displacement" if field <= 3 or compiled.enabled() else "covariance"
     if method not in ("covariance", "displacement"):
         raise ValueError(f"unknown statistics method {method!r}")
     return method

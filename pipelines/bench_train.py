@@ -208,7 +208,9 @@ def gemm_rate(threads: int | None = None, size: int = 2000) -> float:
     return 2 * size**3 / best
 
 
-def run_dmask(case: Case, sources, targets, repeats: int, threads: int) -> dict:
+def run_dmask(
+    case: Case, sources, targets, repeats: int, threads: int, method: str = "auto"
+) -> dict:
     """Time dmask.fit on a case: wall times, peak memory, phase breakdown."""
     walls, peaks, timers = [], [], []
     for _ in range(repeats):
@@ -219,7 +221,7 @@ def run_dmask(case: Case, sources, targets, repeats: int, threads: int) -> dict:
             PeakMemory() as memory,
         ):
             started = time.perf_counter()
-            dmask.fit(sources, targets, field=case.field, lam=0.4)
+            dmask.fit(sources, targets, field=case.field, lam=0.4, method=method)
             walls.append(time.perf_counter() - started)
         peaks.append(memory.rise)
         timers.append(timer.seconds)
@@ -282,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--baseline-max-s", type=float, default=60.0)
+    parser.add_argument(
+        "--method", choices=["auto", "displacement", "covariance"], default="auto"
+    )
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     info = machine()
@@ -299,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases_from(args):
         sources, targets = faces(case)
         result = {**asdict(case), "label": case.label}
-        result["dmask"] = run_dmask(case, sources, targets, args.repeats, args.threads)
+        result["dmask"] = run_dmask(
+            case, sources, targets, args.repeats, args.threads, args.method
+        )
         result["baseline"] = run_baseline(
             case, sources, targets, args.repeats, args.baseline_max_s
         )

@@ -22,6 +22,17 @@ def random_pairs(
     return sources, targets
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def backend(request, monkeypatch) -> str:
+    """Run a test with the compiled kernels and again with numpy's alone."""
+    from dmask import compiled
+
+    if request.param == "numba" and not compiled.AVAILABLE:
+        pytest.skip("numba is not installed: compiled kernels unavailable")
+    monkeypatch.setenv("DMASK_KERNELS", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def cluster_client():
     """A real LocalCluster of two worker processes on 127.0.0.1."""

@@ -119,9 +119,12 @@ def test_task_memory_budget_is_bounded():
 
 
 def test_a_single_sample_block_needs_no_combine_memory():
-    one = planning.plan_fit(200, (512, 512), 3, 7, 1, tile_shape=(64, 64))
-    many = planning.plan_fit(
-        200, (512, 512), 3, 7, 1, tile_shape=(64, 64), sample_block=50
+    one = planning.plan_fit(
+        200, (512, 512), 3, 7, 1, tile_shape=(64, 64), method="covariance"
     )
+    many = planning.plan_fit(
+        200, (512, 512), 3, 7, 1, tile_shape=(64, 64), sample_block=50,
+        method="covariance",
+    )  # fmt: skip
     assert len(one.blocks) == 1 and len(many.blocks) == 4
     assert one.task_bytes < many.task_bytes

@@ -13,10 +13,10 @@ import dmask
 
 
 @pytest.mark.parametrize("method", ["covariance", "displacement"])
-@pytest.mark.parametrize("field", [1, 3, 5])
+@pytest.mark.parametrize("field", [1, 3, 5, 7])
 @pytest.mark.parametrize("shape", [(7, 10, 1), (9, 6, 3)])
 @pytest.mark.parametrize("lam", [0.4, 5.0])
-def test_fit_predict_match_reference(rng, field, shape, lam, method):
+def test_fit_predict_match_reference(rng, field, shape, lam, method, backend):
     sources, targets = random_pairs(rng, 14, *shape)
     new = rng.random((3, *shape)) * 100
     model = dmask.fit(

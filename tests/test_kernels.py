@@ -7,7 +7,7 @@ import pytest
 from conftest import random_pairs
 from reference import reference_fit, reference_predict
 
-from dmask import kernels
+from dmask import compiled, kernels
 
 
 def _fit_whole(sources, targets, field, lam, method="displacement", side=16):
@@ -25,7 +25,7 @@ def _fit_whole(sources, targets, field, lam, method="displacement", side=16):
 )
 @pytest.mark.parametrize("field", [1, 3, 5, 7])
 @pytest.mark.parametrize("shape", [(6, 9, 1), (9, 5, 3), (4, 4, 2)])
-def test_solve_matches_reference(rng, field, shape, method, side):
+def test_solve_matches_reference(rng, field, shape, method, side, backend):
     sources, targets = random_pairs(rng, 12, *shape)
     halo, weights, bias = _fit_whole(sources, targets, field, 0.4, method, side)
     ref_w, ref_b = reference_fit(sources, targets, field, 0.4)
@@ -80,3 +80,41 @@ def test_unknown_method_is_refused(rng):
     sources, targets = random_pairs(rng, 3, 4, 4, 1)
     with pytest.raises(ValueError, match="unknown statistics method"):
         kernels.tile_statistics(sources, targets[None, :, 1:3, 1:3], 3, "magic")
+
+
+@pytest.mark.parametrize("field", [3, 5])
+def test_indefinite_systems_fall_back_to_lu(rng, field, backend):
+    # Fewer samples than unknowns and a negative penalty: indefinite Gram
+    # matrices, which Cholesky refuses and LU still solves.
+    sources, targets = random_pairs(rng, 4, 5, 6, 2)
+    _, weights, bias = _fit_whole(sources, targets, field, -0.3)
+    ref_w, ref_b = reference_fit(sources, targets, field, -0.3)
+    scale = np.abs(ref_w).max() + np.abs(ref_b).max()
+    np.testing.assert_allclose(weights, ref_w, rtol=0, atol=1e-8 * scale)
+    np.testing.assert_allclose(bias, ref_b, rtol=0, atol=1e-8 * scale)
+
+
+@pytest.mark.parametrize("size", [2, 9, 17, 40])
+def test_solve_spd_mixed_batch(rng, size, backend):
+    factors = rng.random((5, size, size + 3))
+    gram = factors @ factors.transpose(0, 2, 1) + 0.1 * np.eye(size)
+    gram[2] -= 50 * np.eye(size)  # indefinite, not singular
+    rhs = rng.random((5, size, 3))
+    before = gram.copy(), rhs.copy()
+    solution = kernels.solve_spd(gram, rhs)
+    np.testing.assert_allclose(solution, np.linalg.solve(gram, rhs), rtol=1e-9)
+    np.testing.assert_array_equal(gram, before[0])
+    np.testing.assert_array_equal(rhs, before[1])
+
+
+@pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_compiled_samples_last_matches_numpy(rng, dtype, monkeypatch):
+    raw = (rng.random((11, 6, 7, 3)) * 200).astype(dtype)[:, 1:, 2:]
+    low, high = kernels.sample_bounds(raw)
+    scale = kernels.minmax_scale(low, high)
+    padding = ((1, 2), (0, 3))
+    fast = compiled.to_samples_last(raw, low, scale, padding)
+    monkeypatch.setenv("DMASK_KERNELS", "numpy")
+    slow = kernels.samples_last(raw, low, scale, padding)
+    np.testing.assert_array_equal(fast, slow)
