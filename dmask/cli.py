@@ -1,4 +1,4 @@
-"""Command line: ``dmask synth | train | apply | evaluate``."""
+"""Command line: ``dmask synth | ingest | train | apply | export | import | ...``."""
 
 from __future__ import annotations
 
@@ -95,17 +95,97 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true")
     _add_cluster_options(train)
 
+    ingest = sub.add_parser(
+        "ingest", help="turn a folder of face photographs into a dataset store"
+    )
+    ingest.add_argument("folder", help="folder of images (KDEF, RaFD, trainA/trainB)")
+    ingest.add_argument("--out", required=True, help="output dataset store")
+    ingest.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "kdef", "rafd", "pairs", "manifest"],
+        help="file naming scheme (default: detected)",
+    )
+    ingest.add_argument("--manifest", help="CSV: path,subject,expression[,split]")
+    ingest.add_argument(
+        "--size", type=_positive_int, nargs="+", metavar="N", help="H [W] (default 128)"
+    )
+    ingest.add_argument(
+        "--crop", default="detect", choices=["detect", "center", "none"]
+    )
+    ingest.add_argument("--margin", type=float, default=0.25, help="around a face")
+    ingest.add_argument("--channels", type=int, choices=[1, 3], help="force 1 or 3")
+    ingest.add_argument(
+        "--target-expression",
+        default="happy",
+        help="expression of trainB/ in the pairs layout",
+    )
+    ingest.add_argument("--seed", type=int, default=0, help="train/test split seed")
+    ingest.add_argument("--test-fraction", type=float, default=0.25)
+    ingest.add_argument("--overwrite", action="store_true")
+    _add_cluster_options(ingest)
+
     apply = sub.add_parser("apply", help="synthesise faces with a stored model")
     apply.add_argument("model", help="model store")
-    apply.add_argument("dataset", help="dataset store of source faces")
-    apply.add_argument("--out", required=True, help="output store of synthesised faces")
+    apply.add_argument(
+        "dataset", help="dataset store of source faces, or a folder of photographs"
+    )
+    apply.add_argument(
+        "--out",
+        required=True,
+        help="output store (from a store) or output folder of PNGs (from a folder)",
+    )
     apply.add_argument("--source", default="neutral", help="('' for every sample)")
     apply.add_argument("--split", default="", help="only this split ('' for all)")
     apply.add_argument("--targets", help="comma-separated subset of model targets")
     apply.add_argument("--png", help="also write PNG files to this folder")
     apply.add_argument("--sample-block", type=_positive_int, help="samples per task")
-    apply.add_argument("--overwrite", action="store_true")
+    apply.add_argument(
+        "--crop",
+        default="auto",
+        choices=["auto", "detect", "center", "none"],
+        help="folders: face crop (auto: detect, else the centre)",
+    )
+    apply.add_argument("--margin", type=float, default=0.25, help="around a face")
+    apply.add_argument(
+        "--files-per-task", type=_positive_int, default=16, help="folders: files/task"
+    )
+    apply.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output store; for folders, redo files already done",
+    )
     _add_cluster_options(apply)
+
+    export = sub.add_parser(
+        "export", help="write a model in the reference implementation's format"
+    )
+    export.add_argument("model", help="model store")
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--format", default="reference", choices=["reference"])
+    export.add_argument("--target", help="one target (default: all)")
+    export.add_argument("--overwrite", action="store_true")
+
+    import_ = sub.add_parser(
+        "import", help="read a reference-format model into a model store"
+    )
+    import_.add_argument(
+        "source", nargs="+", help="export folder, or one .npz file per channel"
+    )
+    import_.add_argument("--out", required=True, help="output model store")
+    import_.add_argument("--format", default="reference", choices=["reference"])
+    import_.add_argument(
+        "--size", type=_positive_int, nargs="+", metavar="N", help="H [W] of images"
+    )
+    import_.add_argument("--field", type=int, help="receptive field r (default: found)")
+    import_.add_argument("--target", default="target", help="target name (.npz files)")
+    import_.add_argument("--lam", type=float, help="ridge penalty, for the record")
+    import_.add_argument(
+        "--normalize",
+        choices=["minmax", "none"],
+        help="input normalisation (default: the export's, else minmax)",
+    )
+    import_.add_argument("--overwrite", action="store_true")
 
     evaluate = sub.add_parser("evaluate", help="MSE and PSNR against baselines")
     evaluate.add_argument("model", help="model store")
@@ -226,11 +306,99 @@ def _run_train(args: argparse.Namespace) -> None:
     print(f"model: {args.out}")
 
 
+def _image_size(values: list[int] | None, default: int | None) -> Any:
+    from dmask.errors import InputError
+
+    if not values:
+        return None if default is None else (default, default)
+    if len(values) > 2:
+        raise InputError(f"--size takes H or H W, got {len(values)} numbers")
+    return (values[0], values[-1])
+
+
+def _run_ingest(args: argparse.Namespace) -> None:
+    from dmask.ingest import ingest
+
+    with _cluster(args) as client:
+        started = time.perf_counter()
+        report = ingest(
+            args.folder,
+            args.out,
+            layout=args.layout,
+            manifest=args.manifest,
+            size=_image_size(args.size, 128),
+            crop=args.crop,
+            margin=args.margin,
+            channels=args.channels,
+            target_expression=args.target_expression,
+            seed=args.seed,
+            test_fraction=args.test_fraction,
+            overwrite=args.overwrite,
+        )
+        problems = report.lines[:-1]
+        for line in problems[:20]:
+            print(f"  {line}")
+        if len(problems) > 20:
+            print(f"  ... {len(problems) - 20} more in {report.report_path}")
+        print(report.summary())
+        wall = time.perf_counter() - started
+        _summary(
+            client,
+            started,
+            images=report.taken,
+            throughput=f"{report.files / max(wall, 1e-9):.1f} files/s",
+        )
+    print(f"dataset: {args.out}")
+
+
+def _is_store(path: str) -> bool:
+    import os
+
+    return os.path.isfile(os.path.join(path, "zarr.json"))
+
+
+def _run_apply_folder(args: argparse.Namespace) -> None:
+    from dmask.batch import apply_to_folder
+    from dmask.model import open_model
+
+    model = open_model(args.model)
+    with _cluster(args) as client:
+        started = time.perf_counter()
+        report = apply_to_folder(
+            model,
+            args.dataset,
+            args.out,
+            targets=_split_names(args.targets),
+            crop=args.crop,
+            margin=args.margin,
+            block=args.files_per_task,
+            resume=not args.overwrite,
+        )
+        for line in report.problems[:20]:
+            print(f"  skipped {line}")
+        wall = time.perf_counter() - started
+        _summary(
+            client,
+            started,
+            image_files=report.scanned,
+            already_done=report.already_done,
+            images_synthesised=report.written,
+            skipped=len(report.problems),
+            throughput=f"{report.written / max(wall, 1e-9):.1f} images/s",
+        )
+    print(f"synthesised faces: {args.out} (report: {args.out}/report.txt)")
+
+
 def _run_apply(args: argparse.Namespace) -> None:
+    import os
+
     from dmask.inference import apply_to_store, write_pngs
     from dmask.model import open_model
     from dmask.storage import open_dataset, prepare_output
 
+    if os.path.isdir(args.dataset) and not _is_store(args.dataset):
+        _run_apply_folder(args)
+        return
     prepare_output(args.out, args.overwrite, inputs=[args.model, args.dataset])
     model = open_model(args.model)
     ds = open_dataset(args.dataset)
@@ -260,6 +428,41 @@ def _run_apply(args: argparse.Namespace) -> None:
     print(f"synthesised faces: {args.out}")
 
 
+def _run_export(args: argparse.Namespace) -> None:
+    from dmask.interop import export_reference
+    from dmask.model import open_model
+
+    written = export_reference(
+        open_model(args.model), args.out, target=args.target, overwrite=args.overwrite
+    )
+    print(f"reference-format model: {args.out} ({len(written)} files)")
+
+
+def _run_import(args: argparse.Namespace) -> None:
+    import os
+
+    from dmask.interop import import_reference
+    from dmask.storage import prepare_output
+
+    prepare_output(args.out, args.overwrite, inputs=args.source)
+    if len(args.source) == 1 and os.path.isdir(args.source[0]):
+        source: Any = args.source[0]
+        targets = None
+    else:
+        source = list(args.source)
+        targets = [args.target]
+    model = import_reference(
+        source,
+        image_shape=_image_size(args.size, None),
+        field=args.field,
+        targets=targets,
+        lam=args.lam,
+        normalize=args.normalize,
+    )
+    model.save(args.out, overwrite=True)
+    print(f"model: {args.out} ({model})")
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
     from dmask.evaluate import evaluate, format_table, write_results
     from dmask.model import open_model
@@ -278,8 +481,11 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "synth": _run_synth,
+    "ingest": _run_ingest,
     "train": _run_train,
     "apply": _run_apply,
+    "export": _run_export,
+    "import": _run_import,
     "evaluate": _run_evaluate,
 }
 

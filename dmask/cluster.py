@@ -105,8 +105,20 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
         if options.processes
         else threadpool_limits(limits=1, user_api="blas")
     )
-    with limits, cluster, Client(cluster) as client:
-        yield client
+    try:
+        with limits, Client(cluster) as client:
+            yield client
+    finally:
+        # Closing an in-process cluster cancels the scheduler's periodic feeds,
+        # which distributed logs as errors although nothing failed.
+        scheduler_log = logging.getLogger("distributed.scheduler")
+        level = scheduler_log.level
+        if options.quiet:
+            scheduler_log.setLevel(logging.CRITICAL)
+        try:
+            cluster.close()
+        finally:
+            scheduler_log.setLevel(level)
 
 
 def peak_worker_memory(client: Any) -> int:

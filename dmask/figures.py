@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["comparison_grid"]
+__all__ = ["comparison_grid", "synthesis_grid"]
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -70,4 +70,51 @@ def comparison_grid(
             ):
                 cell = Image.fromarray(_to_uint8(image))
                 canvas.paste(cell, (x0 + c * (width + gap), y0))
+    canvas.save(path)
+
+
+def synthesis_grid(
+    inputs: Mapping[str, np.ndarray],
+    outputs: Mapping[str, Mapping[str, np.ndarray]],
+    path: str | os.PathLike,
+    gap: int = 4,
+) -> None:
+    """Write a PNG: one row per input image, ``input | each synthesised target``.
+
+    Parameters
+    ----------
+    inputs : mapping of str to numpy.ndarray
+        Per label, the ``(H, W, C)`` input face in [0, 1].
+    outputs : mapping of str to mapping of str to numpy.ndarray
+        Per label, per target, the ``(H, W, C)`` synthesised face in [0, 1].
+    path : str or path
+        Output PNG.
+    gap : int
+        Pixels between cells.
+    """
+    from PIL import Image, ImageDraw
+
+    labels = list(inputs)
+    targets = list(next(iter(outputs.values()))) if outputs else []
+    height, width = next(iter(inputs.values())).shape[:2]
+    label_w, label_h = 110, 16
+    canvas = Image.new(
+        "RGB",
+        (
+            label_w + (1 + len(targets)) * (width + gap),
+            label_h + len(labels) * (height + gap),
+        ),
+        "white",
+    )
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(["input", *targets]):
+        draw.text((label_w + c * (width + gap), 2), title, fill="black")
+    for row, label in enumerate(labels):
+        y0 = label_h + row * (height + gap)
+        draw.text((4, y0 + height // 2 - 6), label, fill="black")
+        cells = [inputs[label], *(outputs[label][t] for t in targets)]
+        for c, image in enumerate(cells):
+            canvas.paste(
+                Image.fromarray(_to_uint8(image)), (label_w + c * (width + gap), y0)
+            )
     canvas.save(path)

@@ -3,7 +3,9 @@
 Generates a synthetic paired-face dataset, trains masked ridge regression for
 every expression on the training subjects, synthesises the held-out subjects'
 expressions into a Zarr store, evaluates them against two baselines and writes
-a comparison grid.
+a comparison grid; then synthesises real photographs that installed packages
+ship (two portraits and a cat) and pencil sketches of them, as a batch over a
+folder, into ``out_of_dataset.png``.
 
     python pipelines/demo.py [--out data/demo] [--subjects 160] [--size 128]
 """
@@ -17,11 +19,12 @@ import time
 
 import numpy as np
 
-from dmask import fit, kernels, storage
+from dmask import fit, imaging, kernels, storage
+from dmask.batch import apply_to_folder, scan_images
 from dmask.cluster import ClusterOptions, connect, peak_worker_memory
 from dmask.evaluate import evaluate, format_table, write_results
 from dmask.execution import compute, show_progress
-from dmask.figures import comparison_grid
+from dmask.figures import comparison_grid, synthesis_grid
 from dmask.inference import apply_to_store
 from dmask.synth import EXPRESSIONS, synthesize
 
@@ -46,6 +49,41 @@ def _normalized(images: np.ndarray) -> np.ndarray:
     return kernels.normalize_block(images, *kernels.minmax_parameters(images))
 
 
+def _out_of_dataset(model, out: str):
+    """Synthesise the shipped photographs and sketches of them; draw a grid."""
+    from PIL import Image
+
+    folder = os.path.join(out, "photographs")
+    synthesised = os.path.join(out, "photographs_synthesised")
+    os.makedirs(folder, exist_ok=True)
+    for name, photo in imaging.sample_photographs().items():
+        for label, image in ((name, photo), (f"{name}_sketch", imaging.sketch(photo))):
+            pixels = image[..., 0] if image.shape[-1] == 1 else image
+            Image.fromarray(pixels).save(os.path.join(folder, f"{label}.png"))
+    report = apply_to_folder(model, folder, synthesised, crop="auto", resume=False)
+    inputs, outputs = {}, {}
+    for relative in scan_images(folder):
+        label = os.path.splitext(relative)[0]
+        image = imaging.read_image(os.path.join(folder, relative))
+        face = imaging.prepare_face(
+            image, model.image_shape, crop="detect", channels=model.channels
+        )
+        if face is None:
+            face = imaging.prepare_face(
+                image, model.image_shape, crop="center", channels=model.channels
+            )
+        inputs[label] = _normalized(face[None].astype(np.float64))[0]
+        outputs[label] = {
+            target: imaging.read_image(
+                os.path.join(synthesised, target, f"{label}.png")
+            )
+            / 255.0
+            for target in model.targets
+        }
+    synthesis_grid(inputs, outputs, os.path.join(out, "out_of_dataset.png"))
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the exit code."""
     args = _parse(argv)
@@ -64,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     with connect(options) as client, show_progress(True):
         print(f"dashboard: {client.dashboard_link}", flush=True)
         shape = (args.size, args.width or args.size)
-        print(f"[1/5] synthesising {args.subjects} subjects x 7 faces at {shape}")
+        print(f"[1/6] synthesising {args.subjects} subjects x 7 faces at {shape}")
         t0 = time.perf_counter()
         ds = synthesize(
             paths["faces.zarr"], args.subjects, shape, args.seed, overwrite=True
@@ -73,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sources, target_arrays = storage.stored_pairs(ds, "neutral", targets, "train")
         n_train = sources.shape[0]
-        print(f"[2/5] training r={args.field} lambda={args.lam} on {n_train} subjects")
+        print(f"[2/6] training r={args.field} lambda={args.lam} on {n_train} subjects")
         t0 = time.perf_counter()
         model = fit(
             sources,
@@ -86,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         train_s = time.perf_counter() - t0
         print(f"      {model} in {train_s:.1f} s")
 
-        print("[3/5] synthesising the held-out subjects' expressions")
+        print("[3/6] synthesising the held-out subjects' expressions")
         t0 = time.perf_counter()
         out = apply_to_store(
             model, ds, paths["synthesised.zarr"], split="test", overwrite=True
         )
         print(f"      {out.sizes['sample']} faces in {time.perf_counter() - t0:.1f} s")
 
-        print("[4/5] evaluating on held-out subjects")
+        print("[4/6] evaluating on held-out subjects")
         rows = evaluate(model, ds, split="test")
         print(format_table(rows))
         write_results(
@@ -102,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             os.path.join(args.out, "evaluation.json"),
         )
 
-        print("[5/5] drawing the comparison grid")
+        print("[5/6] drawing the comparison grid")
         src_test, tgt_test = storage.select_pairs(ds, "neutral", targets, "test")
         count = min(args.grid_subjects, src_test.sizes["sample"])
         src_test = src_test.isel(sample=slice(0, count))
@@ -117,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             grid_path,
             subjects=[str(s) for s in src_test["subject"].values],
         )
+        print("[6/6] out-of-dataset faces: photographs, pencil sketches, a cat")
+        t0 = time.perf_counter()
+        photo_report = _out_of_dataset(model, args.out)
+        print(
+            f"      {photo_report.written} images synthesised in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
         peak = peak_worker_memory(client)
     mean = rows[-1]
     print(
@@ -127,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"outputs in {args.out}: faces.zarr model.zarr synthesised.zarr")
     print("  evaluation.csv evaluation.json comparison.png")
+    print("  photographs/ photographs_synthesised/ out_of_dataset.png")
     return 0
 
 

@@ -1,0 +1,303 @@
+"""Batch synthesis over folders of photographs: any size, any count, resumable.
+
+Every image file under a folder is read, cropped to the face as at ingest,
+resized to the model's image size, synthesised into each target expression and
+written as a PNG under ``out/<target>/`` with the input's relative path. Files
+are processed in blocks, one Dask task per block and a bounded number of blocks
+in flight, so memory stays bounded by the block whatever the folder's size. An
+output file appears only once complete (written under a temporary name, then
+renamed); a re-run skips every file whose outputs all exist. Unreadable files
+and photographs without a detectable face are skipped, one report line each.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+
+from dmask import execution, imaging, kernels, storage
+from dmask.errors import InputError
+from dmask.model import Model
+
+__all__ = ["BatchReport", "apply_to_folder", "scan_images"]
+
+logger = logging.getLogger(__name__)
+
+#: Blocks computed at once: bounds the graph for folders of millions of files.
+BLOCKS_IN_FLIGHT = 64
+#: Name of the run report written in the output folder.
+REPORT_NAME = "report.txt"
+
+
+@dataclass
+class BatchReport:
+    """What one batch run did.
+
+    Attributes
+    ----------
+    scanned : int
+        Image files found under the input folder.
+    already_done : int
+        Files whose outputs existed before this run (skipped).
+    written : int
+        Files synthesised by this run (one PNG per target each).
+    problems : list of str
+        One line per file skipped: unreadable, or no face found.
+    notes : list of str
+        One line per file written with a remark (centre crop, no face found).
+    seconds : float
+        Wall time of the run.
+    """
+
+    folder: str
+    out: str
+    targets: list[str]
+    scanned: int = 0
+    already_done: int = 0
+    written: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line of counts."""
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.scanned} image files, {self.already_done} already done, "
+            f"{self.written} synthesised ({len(self.targets)} target(s) each), "
+            f"{len(self.problems)} skipped, {self.seconds:.1f} s "
+            f"({rate:.1f} images/s)"
+        )
+
+
+def scan_images(folder: str | os.PathLike) -> list[str]:
+    """Relative paths (POSIX separators) of the image files under a folder, sorted."""
+    root = Path(folder)
+    return [p.relative_to(root).as_posix() for p in imaging.image_files(root)]
+
+
+def _output_path(out: str, target: str, relative: str) -> str:
+    return os.path.join(out, target, str(Path(relative).with_suffix(".png")))
+
+
+@functools.lru_cache(maxsize=2)
+def _stored_arrays(
+    path: str, names: tuple[str, ...], version: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and bias of a model store, loaded once per worker process.
+
+    ``version`` (the store's metadata modification time) keys the cache, so a
+    store rewritten at the same path is read again.
+    """
+    ds = storage.open_model_store(path).sel(target=list(names))
+    return ds["weight"].values, ds["bias"].values
+
+
+def _store_version(path: str) -> int:
+    return os.stat(os.path.join(path, "zarr.json")).st_mtime_ns
+
+
+def synthesize_files(
+    relatives: Sequence[str],
+    folder: str,
+    out: str,
+    names: Sequence[str],
+    arrays: str | tuple[np.ndarray, np.ndarray],
+    field_size: int,
+    normalize: bool,
+    crop: str,
+    margin: float,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Task: synthesise a block of files.
+
+    Returns ``(file, reason)`` pairs: the files skipped, and the files written
+    with a remark (a centre crop where no face was found).
+
+    ``arrays`` is a model store path (loaded once per process) or the
+    ``(weight, bias)`` arrays themselves.
+    """
+    if isinstance(arrays, str):
+        weight, bias = _stored_arrays(arrays, tuple(names), _store_version(arrays))
+    else:
+        weight, bias = arrays
+    _, height, width, channels, _ = weight.shape
+    b = field_size // 2
+    problems: list[tuple[str, str]] = []
+    notes: list[tuple[str, str]] = []
+    for relative in relatives:
+        try:
+            image = imaging.read_image(os.path.join(folder, relative))
+        except imaging.ImageReadError as exc:
+            problems.append((relative, f"unreadable: {exc}"))
+            continue
+        face = imaging.prepare_face(
+            image,
+            (height, width),
+            crop="detect" if crop == "auto" else crop,
+            margin=margin,
+            channels=channels,
+        )
+        if face is None and crop == "auto":
+            face = imaging.prepare_face(
+                image, (height, width), crop="center", channels=channels
+            )
+            notes.append((relative, "no face found: centre crop"))
+        if face is None:
+            problems.append((relative, "no face found"))
+            continue
+        peak = float(np.iinfo(face.dtype).max) if face.dtype.kind in "ui" else 1.0
+        x = face[None].astype(np.float64)
+        if normalize:
+            x = kernels.normalize_block(x, *kernels.minmax_parameters(x))
+            peak = 1.0
+        halo = np.pad(x, ((0, 0), (b, b), (b, b), (0, 0)))
+        predicted = kernels.apply_tile(halo, weight, bias, field_size)[:, 0]
+        for name, values in zip(names, predicted, strict=True):
+            _write_png(_output_path(out, name, relative), values, peak)
+    return problems, notes
+
+
+def _write_png(path: str, values: np.ndarray, peak: float) -> None:
+    """Write 8-bit PNG atomically: a temporary name, then a rename."""
+    from PIL import Image
+
+    pixels = np.rint(np.clip(values / peak, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = path + ".partial"
+    try:
+        Image.fromarray(pixels).save(partial, format="PNG")
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def apply_to_folder(
+    model: Model,
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    targets: Sequence[str] | None = None,
+    crop: str = "auto",
+    margin: float = 0.25,
+    block: int = 16,
+    resume: bool = True,
+) -> BatchReport:
+    """Synthesise every face photograph under a folder into PNG files.
+
+    Parameters
+    ----------
+    model : Model
+        Model to apply, in memory or opened from a store.
+    folder : str or path
+        Input folder, searched recursively for image files.
+    out : str or path
+        Output folder: ``out/<target>/<relative path>.png``, plus ``report.txt``.
+    targets : sequence of str, optional
+        Subset of the model's targets.
+    crop : {"auto", "detect", "center", "none"}
+        How faces are cropped before resizing to the model's size; ``auto``
+        detects, and takes the centre where no face is found.
+    margin : float
+        Margin around a detected face, as a fraction of its side.
+    block : int
+        Files per task.
+    resume : bool
+        Skip files whose outputs all exist (False redoes everything).
+
+    Returns
+    -------
+    BatchReport
+    """
+    started = time.perf_counter()
+    source = Path(folder).resolve()
+    destination = Path(out).resolve()
+    if not source.is_dir():
+        raise InputError(f"input folder {folder} does not exist or is not a folder")
+    if _inside(destination, source):
+        raise InputError(f"output folder {out} is inside the input folder {folder}")
+    if crop not in ("auto", "detect", "center", "none"):
+        raise InputError(
+            f"crop must be 'auto', 'detect', 'center' or 'none', got {crop!r}"
+        )
+    if block < 1:
+        raise InputError(f"block must be a positive number of files, got {block}")
+    names = list(targets) if targets else model.targets
+    for name in names:
+        model._target(name)
+    files = scan_images(source)
+    if not files:
+        raise InputError(f"no image files under {folder}")
+    report = BatchReport(str(source), str(destination), names, scanned=len(files))
+    todo = [
+        f
+        for f in files
+        if not (
+            resume
+            and all(os.path.exists(_output_path(str(destination), n, f)) for n in names)
+        )
+    ]
+    report.already_done = len(files) - len(todo)
+    destination.mkdir(parents=True, exist_ok=True)
+    stored = model.dataset.encoding.get("dmask_path")
+    if stored:
+        arrays: Any = str(stored)
+    else:
+        ds = model.dataset.sel(target=names)
+        pair = (np.asarray(ds["weight"].values), np.asarray(ds["bias"].values))
+        client = execution.current_client()
+        if client is not None:  # sent to every worker once, not with each wave
+            arrays = client.scatter(pair, broadcast=True)
+        else:
+            arrays = dask.delayed(pair, traverse=False)
+    task = dask.delayed(synthesize_files, pure=False)
+    blocks = [todo[i : i + block] for i in range(0, len(todo), block)]
+    logger.info(
+        "%d files, %d already done, %d blocks of %d to synthesise into %s",
+        len(files), report.already_done, len(blocks), block, destination,
+    )  # fmt: skip
+    run_block = functools.partial(
+        task,
+        folder=str(source),
+        out=str(destination),
+        names=names,
+        arrays=arrays,
+        field_size=model.field,
+        normalize=model.normalize == "minmax",
+        crop=crop,
+        margin=margin,
+    )
+    for wave in range(0, len(blocks), BLOCKS_IN_FLIGHT):
+        parts = blocks[wave : wave + BLOCKS_IN_FLIGHT]
+        results = execution.compute(*[run_block(part) for part in parts])
+        for part, (problems, notes) in zip(parts, results, strict=True):
+            report.written += len(part) - len(problems)
+            report.problems.extend(f"{f}: {why}" for f, why in problems)
+            report.notes.extend(f"{f}: {why}" for f, why in notes)
+    report.seconds = time.perf_counter() - started
+    with open(destination / REPORT_NAME, "w") as handle:
+        lines = [f"skipped {p}" for p in report.problems]
+        lines += [f"note {n}" for n in report.notes]
+        handle.write("\n".join([*lines, report.summary()]) + "\n")
+    logger.info("batch synthesis: %s", report.summary())
+    return report

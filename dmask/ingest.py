@@ -1,0 +1,906 @@
+"""Folders of face photographs -> dataset store (``dmask ingest``).
+
+Layouts understood: KDEF and RaFD file names, the reference implementation's
+``trainA/``/``trainB/`` folders, and a CSV manifest. Two passes run as Dask
+tasks over blocks of files: the first reads every file and keeps only small
+metadata (status, size, crop box), the second crops, resizes and writes the
+kept samples chunk by chunk. The store is marked complete only at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import numpy as np
+
+from dmask import execution, storage
+from dmask.errors import InputError
+from dmask.imaging import (
+    CROP_MODES,
+    ImageReadError,
+    crop_resize,
+    find_crop,
+    image_files,
+    read_image,
+)
+
+__all__ = [
+    "KDEF_EXPRESSIONS",
+    "LAYOUTS",
+    "FileInfo",
+    "ImageRecord",
+    "IngestReport",
+    "Scan",
+    "detect_layout",
+    "ingest",
+    "inspect_files",
+    "scan",
+    "scan_kdef",
+    "scan_manifest",
+    "scan_pairs",
+    "scan_rafd",
+    "write_samples",
+]
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS: tuple[str, ...] = ("auto", "kdef", "rafd", "pairs", "manifest")
+#: KDEF expression codes.
+KDEF_EXPRESSIONS = {
+    "AF": "afraid",
+    "AN": "angry",
+    "DI": "disgusted",
+    "HA": "happy",
+    "NE": "neutral",
+    "SA": "sad",
+    "SU": "surprised",
+}
+#: Other spellings of expression names, mapped to dmask's vocabulary.
+SYNONYMS = {
+    "fearful": "afraid",
+    "fear": "afraid",
+    "anger": "angry",
+    "disgust": "disgusted",
+    "happiness": "happy",
+    "sadness": "sad",
+    "surprise": "surprised",
+    "contempt": "contemptuous",
+}
+RAFD_EXPRESSIONS = frozenset(
+    "angry contemptuous disgusted fearful happy neutral sad surprised".split()
+)
+SPLITS = ("train", "test")
+MANIFEST_COLUMNS = ["path", "subject", "expression", "split"]
+#: Bytes of one chunk of images aimed at (as :mod:`dmask.synth`).
+CHUNK_BYTES = 2 * 2**20
+#: Largest spatial chunk side.
+CHUNK_SIDE = 128
+#: Files per pass-1 task by default.
+SCAN_BLOCK = 16
+
+_KDEF = re.compile(r"([AB])([FM])(\d{2})(AF|AN|DI|HA|NE|SA|SU)(S|HL|HR|FL|FR)", re.I)
+_RAFD = re.compile(
+    r"rafd(\d{3})_(\d+)_([^_]+)_(female|male)_([a-z]+)_(frontal|left|right)", re.I
+)
+_PAIR_INDEX = re.compile(r"(?:^|_)(\d+)$")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One photograph of a layout.
+
+    Attributes
+    ----------
+    path : str
+        Absolute file path.
+    subject : str
+        Identity whose faces form pairs (a KDEF session of one person).
+    person : str
+        The unit kept on one side of the train/test split.
+    expression : str
+        Expression name in dmask's vocabulary.
+    split : str or None
+        ``"train"`` or ``"test"`` when the layout says, else None.
+    """
+
+    path: str
+    subject: str
+    person: str
+    expression: str
+    split: str | None = None
+
+
+@dataclass
+class Scan:
+    """Records found by a layout scan and the problems met.
+
+    Attributes
+    ----------
+    layout : str
+        The layout scanned.
+    records : list of ImageRecord
+        Files taken, by path.
+    lines : list of str
+        One report line per problem.
+    files : int
+        Image files (or manifest rows) looked at.
+    skipped_views : int
+        Files of other camera views or gaze directions, left out silently.
+    unmatched : int
+        Files whose name does not follow the layout (or bad manifest rows).
+    """
+
+    layout: str
+    records: list[ImageRecord] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    files: int = 0
+    skipped_views: int = 0
+    unmatched: int = 0
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What pass 1 learned about one file.
+
+    Attributes
+    ----------
+    status : str
+        ``"ok"``, ``"unreadable"`` or ``"no_face"``.
+    shape : tuple of int or None
+        ``(H, W)`` as read.
+    dtype : str or None
+        ``"uint8"`` or ``"uint16"``.
+    channels : int or None
+        1 or 3.
+    box : tuple of int or None
+        Crop box ``(y0, y1, x0, x1)``.
+    message : str
+        Why the file is unreadable.
+    """
+
+    status: str
+    shape: tuple[int, int] | None = None
+    dtype: str | None = None
+    channels: int | None = None
+    box: tuple[int, int, int, int] | None = None
+    message: str = ""
+
+
+@dataclass
+class IngestReport:
+    """Outcome of :func:`ingest`.
+
+    Attributes
+    ----------
+    store, report_path : str
+        The dataset store and its report file.
+    layout : str
+        The layout used.
+    files : int
+        Image files (or manifest rows) scanned.
+    taken : int
+        Samples written to the store.
+    skipped_views, unmatched, unreadable, no_face, duplicates : int
+        Files left out, by reason.
+    subjects_kept, subjects_left_out : int
+        Subjects in the store, and those without a usable pair.
+    train, test : int
+        Samples of each split.
+    lines : list of str
+        One line per problem, then the summary.
+    """
+
+    store: str
+    report_path: str
+    layout: str
+    files: int = 0
+    taken: int = 0
+    skipped_views: int = 0
+    unmatched: int = 0
+    unreadable: int = 0
+    no_face: int = 0
+    duplicates: int = 0
+    subjects_kept: int = 0
+    subjects_left_out: int = 0
+    train: int = 0
+    test: int = 0
+    lines: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The one-line summary that ends the report."""
+        return (
+            f"summary: layout {self.layout}, files scanned {self.files}, "
+            f"taken {self.taken} (train {self.train}, test {self.test}), "
+            f"skipped views {self.skipped_views}, unmatched names {self.unmatched}, "
+            f"unreadable {self.unreadable}, no face {self.no_face}, "
+            f"duplicates {self.duplicates}, subjects kept {self.subjects_kept}, "
+            f"subjects left out {self.subjects_left_out}"
+        )
+
+
+# ------------------------------------------------------------------ scanning
+
+
+def _display(path: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """A path relative to ``folder`` when inside it, else absolute (POSIX form)."""
+    path = Path(os.path.abspath(path))
+    try:
+        return path.relative_to(os.path.abspath(folder)).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _expression(name: str) -> str:
+    name = name.strip().lower()
+    return SYNONYMS.get(name, name)
+
+
+def scan_kdef(folder: str | os.PathLike) -> Scan:
+    """KDEF file names (``AF01NES.JPG``): straight views only.
+
+    ``subject`` is session, sex and identity (``AF01``: pairs within one
+    session), ``person`` sex and identity (``F01``).
+    """
+    result = Scan("kdef")
+    for path in image_files(folder):
+        result.files += 1
+        match = _KDEF.fullmatch(path.stem)
+        if match is None:
+            result.unmatched += 1
+            result.lines.append(f"not a KDEF file name: {_display(path, folder)}")
+            continue
+        session, sex, ident, code, view = (g.upper() for g in match.groups())
+        if view != "S":
+            result.skipped_views += 1
+            continue
+        result.records.append(
+            ImageRecord(
+                os.path.abspath(path),
+                f"{session}{sex}{ident}",
+                f"{sex}{ident}",
+                KDEF_EXPRESSIONS[code],
+            )
+        )
+    return result
+
+
+def scan_rafd(folder: str | os.PathLike) -> Scan:
+    """RaFD file names (``Rafd090_01_Caucasian_female_happy_frontal.jpg``).
+
+    Only camera angle 090 and frontal gaze are taken; ``subject`` and
+    ``person`` are ``rafd`` and the identity number.
+    """
+    result = Scan("rafd")
+    for path in image_files(folder):
+        result.files += 1
+        match = _RAFD.fullmatch(path.stem)
+        if match is None:
+            result.unmatched += 1
+            result.lines.append(f"not a RaFD file name: {_display(path, folder)}")
+            continue
+        angle, ident, _, _, expression, gaze = match.groups()
+        if angle != "090" or gaze.lower() != "frontal":
+            result.skipped_views += 1
+            continue
+        expression = expression.lower()
+        if expression not in RAFD_EXPRESSIONS:
+            result.unmatched += 1
+            result.lines.append(
+                f"unknown RaFD expression {expression!r}: {_display(path, folder)}"
+            )
+            continue
+        subject = f"rafd{ident}"
+        result.records.append(
+            ImageRecord(
+                os.path.abspath(path), subject, subject, _expression(expression)
+            )
+        )
+    return result
+
+
+def scan_pairs(
+    folder: str | os.PathLike, source: str = "neutral", target: str = "happy"
+) -> Scan:
+    """The reference layout: ``trainA/`` sources and ``trainB/`` targets.
+
+    Files pair by the number after the last underscore (``face_12.png``);
+    ``testA/`` and ``testB/`` form the test split.
+    """
+    if source == target:
+        raise InputError(f"source and target expressions are both {source!r}")
+    root = Path(folder)
+    if not any((root / a).is_dir() for a in ("trainA", "trainB", "testA", "testB")):
+        raise InputError(f"{folder} has no trainA/, trainB/, testA/ or testB/ folder")
+    result = Scan("pairs")
+    for split in SPLITS:
+        for side, expression in (("A", source), ("B", target)):
+            sub = root / f"{split}{side}"
+            if not sub.is_dir():
+                continue
+            for path in image_files(sub):
+                result.files += 1
+                match = _PAIR_INDEX.search(path.stem)
+                if match is None:
+                    result.unmatched += 1
+                    result.lines.append(
+                        f"no pair number in file name: {_display(path, folder)}"
+                    )
+                    continue
+                subject = f"{split}{int(match.group(1)):05d}"
+                result.records.append(
+                    ImageRecord(
+                        os.path.abspath(path), subject, subject, expression, split
+                    )
+                )
+    return result
+
+
+def scan_manifest(manifest: str | os.PathLike) -> Scan:
+    """A CSV manifest with header ``path,subject,expression[,split]``.
+
+    Paths are relative to the manifest's folder or absolute. Bad rows (wrong
+    field count, an empty field, a split other than train/test, a missing
+    file) become report lines; an empty ``split`` leaves the split to the seed.
+
+    Raises
+    ------
+    InputError
+        The manifest cannot be read, has another header, or has no usable row.
+    """
+    name = os.fspath(manifest)
+    base = Path(os.path.abspath(name)).parent
+    try:
+        with open(name, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise InputError(f"cannot read manifest {name}: {reason}") from exc
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    if header not in (MANIFEST_COLUMNS[:3], MANIFEST_COLUMNS):
+        raise InputError(
+            f"manifest {name} must start with the header "
+            "path,subject,expression[,split]"
+        )
+    result = Scan("manifest")
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        result.files += 1
+        problem = _manifest_problem(row, header)
+        values = [cell.strip() for cell in row]
+        if problem is None:
+            path = Path(os.path.expanduser(values[0]))
+            path = path if path.is_absolute() else base / path
+            if not path.is_file():
+                problem = f"file not found: {values[0]}"
+        if problem is not None:
+            result.unmatched += 1
+            result.lines.append(f"manifest {name} line {number}: {problem}")
+            continue
+        split = values[3].lower() if len(values) > 3 and values[3] else None
+        result.records.append(
+            ImageRecord(
+                os.path.abspath(path),
+                values[1],
+                values[1],
+                _expression(values[2]),
+                split,
+            )
+        )
+    if not result.records:
+        raise InputError(
+            f"manifest {name} has no usable row ({len(result.lines)} bad rows)"
+        )
+    return result
+
+
+def _manifest_problem(row: list[str], header: list[str]) -> str | None:
+    if len(row) != len(header):
+        return f"expected {len(header)} fields, got {len(row)}"
+    for label, cell in zip(header[:3], row, strict=False):
+        if not cell.strip():
+            return f"empty {label}"
+    if len(header) == 4 and row[3].strip() and row[3].strip().lower() not in SPLITS:
+        return f"unknown split {row[3].strip()!r} (train or test)"
+    return None
+
+
+def detect_layout(folder: str | os.PathLike, manifest: str | None = None) -> str:
+    """The layout of a folder: manifest, pairs, or kdef/rafd by file names.
+
+    Raises
+    ------
+    InputError
+        Nothing in the folder matches a layout.
+    """
+    if manifest is not None:
+        return "manifest"
+    root = Path(folder)
+    if (root / "trainA").is_dir() and (root / "trainB").is_dir():
+        return "pairs"
+    stems = [p.stem for p in image_files(folder)]
+    kdef = sum(_KDEF.fullmatch(s) is not None for s in stems)
+    rafd = sum(_RAFD.fullmatch(s) is not None for s in stems)
+    if kdef == rafd == 0:
+        raise InputError(
+            f"cannot tell the layout of {folder}: no KDEF or RaFD file names and no "
+            "trainA/ and trainB/ folders (give a manifest)"
+        )
+    return "kdef" if kdef >= rafd else "rafd"
+
+
+def scan(
+    folder: str | os.PathLike,
+    layout: str = "auto",
+    manifest: str | os.PathLike | None = None,
+    source: str = "neutral",
+    target_expression: str = "happy",
+) -> Scan:
+    """Records of a folder in one of :data:`LAYOUTS`."""
+    if layout not in LAYOUTS:
+        raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if manifest is not None and layout not in ("auto", "manifest"):
+        raise InputError(
+            f"a manifest is read only with layout 'manifest', not {layout!r}"
+        )
+    if layout == "auto":
+        layout = detect_layout(
+            folder, None if manifest is None else os.fspath(manifest)
+        )
+    if layout == "manifest":
+        if manifest is None:
+            raise InputError("layout 'manifest' needs a manifest file")
+        return scan_manifest(manifest)
+    if layout == "pairs":
+        return scan_pairs(folder, source, target_expression)
+    return scan_kdef(folder) if layout == "kdef" else scan_rafd(folder)
+
+
+# --------------------------------------------------------------------- tasks
+
+
+def inspect_files(paths: Sequence[str], crop: str, margin: float) -> list[FileInfo]:
+    """Task (pass 1): read files one by one and keep their metadata and crop box."""
+    infos = []
+    for path in paths:
+        try:
+            image = read_image(path)
+        except ImageReadError as exc:
+            infos.append(FileInfo("unreadable", message=exc.reason or str(exc)))
+            continue
+        box = find_crop(image, crop, margin)
+        infos.append(
+            FileInfo(
+                "ok" if box is not None else "no_face",
+                (int(image.shape[0]), int(image.shape[1])),
+                image.dtype.name,
+                int(image.shape[2]),
+                None if box is None else tuple(int(v) for v in box),
+            )
+        )
+    return infos
+
+
+def write_samples(
+    path: str,
+    start: int,
+    files: Sequence[str],
+    boxes: Sequence[tuple[int, int, int, int]],
+    size: tuple[int, int],
+    channels: int,
+    dtype: str,
+) -> tuple[int, int]:
+    """Task (pass 2): crop, resize and write samples ``start:start+len(files)``."""
+    height, width = size
+    out = np.empty((len(files), height, width, channels), dtype=dtype)
+    for i, (name, box) in enumerate(zip(files, boxes, strict=True)):
+        face = crop_resize(read_image(name), box, size, channels)
+        if out.dtype == np.uint16 and face.dtype == np.uint8:
+            face = face.astype(np.uint16) * 257
+        out[i] = face
+    return storage.write_dataset_block(path, start, out)
+
+
+# ----------------------------------------------------------------- selection
+
+
+@dataclass
+class _Selection:
+    samples: list[ImageRecord]
+    lines: list[str]
+    duplicates: int
+    kept: list[str]
+    left_out: int
+
+
+def _select(
+    records: Sequence[ImageRecord], source: str, folder: str | os.PathLike
+) -> _Selection:
+    """Drop duplicates and subjects without a pair; order expression-major."""
+    lines: list[str] = []
+    chosen: dict[tuple[str, str], ImageRecord] = {}
+    duplicates = 0
+    for record in sorted(records, key=lambda r: r.path):
+        key = (record.subject, record.expression)
+        if key in chosen:
+            duplicates += 1
+            lines.append(
+                f"duplicate: {_display(record.path, folder)} (subject {key[0]}, "
+                f"{key[1]}; keeping {_display(chosen[key].path, folder)})"
+            )
+        else:
+            chosen[key] = record
+    by_subject: dict[str, set[str]] = {}
+    for subject, expression in chosen:
+        by_subject.setdefault(subject, set()).add(expression)
+    everything = {e for expressions in by_subject.values() for e in expressions}
+    kept, left_out = [], 0
+    for subject in sorted(by_subject):
+        have = by_subject[subject]
+        if source not in have:
+            left_out += 1
+            lines.append(f"subject {subject} left out: no {source} image")
+        elif len(have) == 1:
+            left_out += 1
+            lines.append(f"subject {subject} left out: only a {source} image")
+        else:
+            kept.append(subject)
+            missing = sorted(everything - have)
+            if missing:
+                lines.append(f"subject {subject} lacks {', '.join(missing)}")
+    others = sorted({e for s in kept for e in by_subject[s]} - {source})
+    samples = [
+        chosen[(subject, expression)]
+        for expression in [source, *others]
+        for subject in kept
+        if (subject, expression) in chosen
+    ]
+    return _Selection(samples, lines, duplicates, kept, left_out)
+
+
+def _assign_splits(
+    samples: Sequence[ImageRecord], seed: int, test_fraction: float
+) -> tuple[dict[str, str], list[str]]:
+    """Split per person: explicit splits win, the rest shuffled by ``seed``."""
+    lines: list[str] = []
+    explicit: dict[str, str] = {}
+    for record in sorted(samples, key=lambda r: r.path):
+        if record.split is None:
+            continue
+        known = explicit.setdefault(record.person, record.split)
+        if known != record.split:
+            lines.append(
+                f"person {record.person} is given both splits; keeping {known} "
+                f"({os.path.basename(record.path)} says {record.split})"
+            )
+    persons = sorted({r.person for r in samples})
+    free = [p for p in persons if p not in explicit]
+    n_test = round(test_fraction * len(free))
+    if test_fraction > 0 and len(free) >= 2:
+        n_test = min(max(1, n_test), len(free) - 1)
+    order = np.random.default_rng(seed).permutation(len(free))
+    test = {free[i] for i in order[:n_test]}
+    splits = {p: ("test" if p in test else "train") for p in free}
+    splits.update(explicit)
+    return splits, lines
+
+
+# --------------------------------------------------------------------- ingest
+
+
+def _check_arguments(
+    layout: str,
+    size: Sequence[int] | None,
+    crop: str,
+    margin: float,
+    channels: int | None,
+    test_fraction: float,
+    source: str,
+    target_expression: str,
+) -> tuple[int, int] | None:
+    if layout not in LAYOUTS:
+        raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if crop not in CROP_MODES:
+        raise InputError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+    if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
+        raise InputError(f"margin must be a non-negative number, got {margin!r}")
+    if channels not in (None, 1, 3):
+        raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
+    if not (isinstance(test_fraction, int | float) and 0 <= test_fraction < 1):
+        raise InputError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    if not source or not target_expression:
+        raise InputError("source and target_expression must be non-empty")
+    if size is None:
+        return None
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise InputError(f"size must be (height, width), got {size!r}") from None
+    if height < 8 or width < 8:
+        raise InputError(f"size must be at least 8x8, got {height}x{width}")
+    return height, width
+
+
+def _check_paths(folder: str | os.PathLike, out: str | os.PathLike) -> None:
+    if not os.path.isdir(folder):
+        raise InputError(f"input folder {folder} does not exist or is not a folder")
+    if "://" in str(out):
+        return
+    inside = os.path.realpath(out)
+    root = os.path.realpath(folder)
+    if inside == root or inside.startswith(root.rstrip(os.sep) + os.sep):
+        raise InputError(
+            f"output store {out} is inside the input folder {folder}; choose another"
+        )
+
+
+def _report_path(out: str | os.PathLike) -> str:
+    return str(out).rstrip("/").rstrip(os.sep) + ".report.txt"
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a file so that it appears whole or not at all."""
+    if "://" in path:
+        import fsspec
+
+        with fsspec.open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def _remove_report(path: str) -> None:
+    if "://" not in path and os.path.lexists(path):
+        os.remove(path)
+
+
+def _resolve_size(
+    size: tuple[int, int] | None,
+    crop: str,
+    samples: Sequence[ImageRecord],
+    infos: dict[str, FileInfo],
+    folder: str | os.PathLike,
+) -> tuple[int, int]:
+    if size is not None:
+        return size
+    if crop == "none":
+        first = samples[0]
+        shape = infos[first.path].shape
+        for record in samples[1:]:
+            other = infos[record.path].shape
+            if other != shape:
+                raise InputError(
+                    f"images differ in size: {_display(first.path, folder)} is "
+                    f"{shape[0]}x{shape[1]}, {_display(record.path, folder)} is "
+                    f"{other[0]}x{other[1]} (give a size or crop 'center')"
+                )
+        return shape
+    side = min(infos[r.path].box[1] - infos[r.path].box[0] for r in samples)
+    return side, side
+
+
+def _chunks(n: int, size: tuple[int, int], channels: int, itemsize: int) -> tuple:
+    tile = (min(size[0], CHUNK_SIDE), min(size[1], CHUNK_SIDE))
+    per_sample = tile[0] * tile[1] * channels * itemsize
+    block = int(max(1, min(n, CHUNK_BYTES // per_sample)))
+    return (block, *tile, channels)
+
+
+def ingest(
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    manifest: str | os.PathLike | None = None,
+    size: tuple[int, int] | None = (128, 128),
+    crop: str = "detect",
+    margin: float = 0.25,
+    channels: int | None = None,
+    source: str = "neutral",
+    target_expression: str = "happy",
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    overwrite: bool = False,
+    block: int | None = None,
+) -> IngestReport:
+    """Build a dataset store from a folder of face photographs.
+
+    Parameters
+    ----------
+    folder : str or path
+        Input folder.
+    out : str or path
+        Output dataset store; the report goes to ``<out>.report.txt``.
+    layout : {"auto", "kdef", "rafd", "pairs", "manifest"}
+        How file names map to subjects and expressions.
+    manifest : str or path, optional
+        CSV ``path,subject,expression[,split]`` (implies layout "manifest").
+    size : tuple of int or None
+        Stored ``(H, W)``. None: the common size with crop "none", else the
+        smallest crop.
+    crop : {"detect", "center", "none"}
+        Face crop (see :func:`dmask.imaging.prepare_face`).
+    margin : float
+        Margin around detected faces, a fraction of the face side.
+    channels : {1, 3, None}
+        Stored channels; None: the most any file has.
+    source : str
+        Source expression; subjects without it are left out.
+    target_expression : str
+        Expression of ``trainB/`` and ``testB/`` in the pairs layout.
+    seed : int
+        Seed of the subject-level train/test split.
+    test_fraction : float
+        Fraction of persons held out for testing, in [0, 1).
+    overwrite : bool
+        Replace an existing store.
+    block : int, optional
+        Files per task (default 16 in pass 1, one chunk of samples in pass 2).
+
+    Returns
+    -------
+    IngestReport
+        Counts, report lines and the store's path.
+
+    Raises
+    ------
+    InputError
+        Bad arguments, a missing or empty folder, no pair of faces, an output
+        inside the input folder, or mixed sizes with crop "none" and no size.
+    StoreError
+        The output exists and ``overwrite`` is false.
+    """
+    size = _check_arguments(
+        layout, size, crop, margin, channels, test_fraction, source, target_expression
+    )
+    if block is not None and int(block) < 1:
+        raise InputError(f"block must be a positive integer, got {block!r}")
+    _check_paths(folder, out)
+    if not overwrite:
+        storage.prepare_output(out, overwrite=False)
+    if manifest is None and not image_files(folder):
+        raise InputError(f"input folder {folder} has no image files")
+
+    found = scan(folder, layout, manifest, source, target_expression)
+    if not found.records:
+        raise InputError(
+            f"no usable image in {folder} for layout {found.layout} "
+            f"({found.files} files scanned)"
+        )
+    logger.info(
+        "ingest: %d files of layout %s in %s", len(found.records), found.layout, folder
+    )
+    report = IngestReport(
+        store=storage.store_path(out),
+        report_path=_report_path(out),
+        layout=found.layout,
+        files=found.files,
+        skipped_views=found.skipped_views,
+        unmatched=found.unmatched,
+    )
+    lines = list(found.lines)
+
+    # Pass 1: metadata and crop boxes.
+    paths = [r.path for r in found.records]
+    step = int(block) if block else SCAN_BLOCK
+    task = dask.delayed(inspect_files, pure=True)
+    parts = execution.compute(
+        *[
+            task(paths[i : i + step], crop, float(margin))
+            for i in range(0, len(paths), step)
+        ]
+    )
+    infos = dict(zip(paths, [info for part in parts for info in part], strict=True))
+    usable = []
+    for record in found.records:
+        info = infos[record.path]
+        if info.status == "unreadable":
+            report.unreadable += 1
+            lines.append(f"unreadable: {_display(record.path, folder)}: {info.message}")
+        elif info.status == "no_face":
+            report.no_face += 1
+            lines.append(f"no face found: {_display(record.path, folder)}")
+        else:
+            usable.append(record)
+
+    # Selection and split.
+    chosen = _select(usable, source, folder)
+    lines += chosen.lines
+    report.duplicates = chosen.duplicates
+    report.subjects_kept = len(chosen.kept)
+    report.subjects_left_out = chosen.left_out
+    if not chosen.samples:
+        raise InputError(
+            f"no subject in {folder} has a {source} image and another expression "
+            f"({len(usable)} usable images)"
+        )
+    splits, split_lines = _assign_splits(chosen.samples, seed, test_fraction)
+    lines += split_lines
+    samples = chosen.samples
+    size = _resolve_size(size, crop, samples, infos, folder)
+    n_channels = channels or max(infos[r.path].channels for r in samples)
+    dtype = (
+        "uint16" if any(infos[r.path].dtype == "uint16" for r in samples) else "uint8"
+    )
+    peak = 65535 if dtype == "uint16" else 255
+
+    # Pass 2: pixels, chunk by chunk.
+    n = len(samples)
+    chunks = _chunks(n, size, n_channels, np.dtype(dtype).itemsize)
+    span = chunks[0] * max(1, round(int(block) / chunks[0])) if block else chunks[0]
+    sample_split = [splits[r.person] for r in samples]
+    report.train = sample_split.count("train")
+    report.test = sample_split.count("test")
+    report.taken = n
+    report_path = report.report_path
+    storage.create_dataset_template(
+        out,
+        (n, *size, n_channels),
+        chunks,
+        {
+            "subject": [r.subject for r in samples],
+            "expression": [r.expression for r in samples],
+            "split": sample_split,
+            "person": [r.person for r in samples],
+            "file": [_display(r.path, folder) for r in samples],
+        },
+        {
+            "origin": "dmask ingest",
+            "layout": found.layout,
+            "folder": os.path.abspath(folder),
+            "manifest": None if manifest is None else os.path.abspath(manifest),
+            "crop": crop,
+            "margin": float(margin),
+            "size": [int(size[0]), int(size[1])],
+            "source": source,
+            "seed": int(seed),
+            "test_fraction": float(test_fraction),
+            "n_subjects": len(chosen.kept),
+            "value_range": [0, peak],
+        },
+        dtype=dtype,
+        overwrite=overwrite,
+    )
+    _remove_report(report_path)
+    path = storage.store_path(out)
+    write = dask.delayed(write_samples, pure=True)
+    tasks = [
+        write(
+            path,
+            s0,
+            [r.path for r in samples[s0 : s0 + span]],
+            [infos[r.path].box for r in samples[s0 : s0 + span]],
+            tuple(size),
+            n_channels,
+            dtype,
+        )
+        for s0 in range(0, n, span)
+    ]
+    logger.info(
+        "ingest: writing %d faces of %dx%dx%d %s in %d tasks to %s",
+        n,
+        size[0],
+        size[1],
+        n_channels,
+        dtype,
+        len(tasks),
+        out,
+    )
+    execution.compute(*tasks)
+
+    report.lines = [*lines, report.summary()]
+    _write_text(report_path, "\n".join(report.lines) + "\n")
+    storage.finalize_store(out)
+    logger.info("ingest: %s", report.summary())
+    return report
