@@ -76,3 +76,55 @@ def test_module_and_console_script():
     assert result.stderr.strip() == (
         "dmask train: error: field must be an odd integer >= 1, got 2"
     )
+
+
+def _kdef_folder(root) -> None:
+    """A KDEF-shaped folder: one subfolder per subject, straight and side views."""
+    from PIL import Image
+
+    from dmask.faces import render_face, subject_params
+
+    codes = {"neutral": "NE", "happy": "HA", "sad": "SA"}
+    for subject in range(1, 9):
+        folder = root / f"AF{subject:02d}"
+        folder.mkdir(parents=True)
+        for expression, code in codes.items():
+            face = render_face(subject_params(5, subject), expression, 40, 34)
+            pixels = np.rint(np.clip(face, 0, 1) * 255).astype(np.uint8)
+            for view in ("S", "HL"):
+                name = f"AF{subject:02d}{code}{view}.JPG"
+                Image.fromarray(pixels).save(folder / name, quality=95)
+    (root / "AF01" / "AF01SUS.JPG").write_bytes(b"not a jpeg at all")
+
+
+def test_cli_folder_to_model_to_synthesised_folder(tmp_path, capsys):
+    kdef, faces = tmp_path / "KDEF", tmp_path / "kdef.zarr"
+    _kdef_folder(kdef)
+    assert main(["ingest", str(kdef), "--out", str(faces), "--size", "32", "28",
+                 "--crop", "center", *THREADS]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "AF01SUS.JPG" in printed and "summary: layout kdef" in printed
+    ds = storage.open_dataset(faces)
+    assert ds.sizes["sample"] == 8 * 3 and ds["images"].shape[1:3] == (32, 28)
+
+    model = tmp_path / "model.zarr"
+    assert main(["train", str(faces), "--out", str(model), *THREADS]) == 0
+    assert dmask.open_model(model).targets == ["happy", "sad"]
+
+    out = tmp_path / "synthesised"
+    args = ["apply", str(model), str(kdef), "--out", str(out), "--crop", "center"]
+    assert main([*args, *THREADS]) == 0
+    printed = capsys.readouterr().out
+    assert "images synthesised 48" in printed and "skipped 1" in printed
+    assert (out / "happy" / "AF03" / "AF03NES.png").is_file()
+    assert main([*args, *THREADS]) == 0
+    assert "already done 48, images synthesised 0" in capsys.readouterr().out
+
+    exported, imported = tmp_path / "reference", tmp_path / "imported.zarr"
+    assert main(["export", str(model), "--out", str(exported)]) == 0
+    assert main(["import", str(exported), "--out", str(imported)]) == 0
+    back, trained = dmask.open_model(imported), dmask.open_model(model)
+    np.testing.assert_array_equal(back.weights("sad").values, trained.weights("sad"))
+    bad = ["import", str(exported), "--out", str(tmp_path / "x.zarr"), "--field", "1"]
+    assert main(bad) == 2
+    assert "outside the 1x1 field" in capsys.readouterr().err
