@@ -192,6 +192,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
+@storage.locks_output("out")
 def apply_to_folder(
     model: Model,
     folder: str | os.PathLike,

@@ -44,10 +44,18 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--dashboard-address",
-        default="127.0.0.1:8787",
         help="local dashboard address (default 127.0.0.1:8787)",
     )
     group.add_argument("--report", help="write a Dask performance report (HTML) here")
+    group.add_argument(
+        "--tls-ca", help="TLS: CA certificate (with --tls-cert/--tls-key)"
+    )
+    group.add_argument("--tls-cert", help="TLS: this client's certificate")
+    group.add_argument("--tls-key", help="TLS: this client's private key")
+    group.add_argument(
+        "--config",
+        help="YAML file of dask/dmask settings (the dmask: section; see cluster/)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -93,6 +101,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="how statistics are accumulated (same model either way)",
     )
     train.add_argument("--overwrite", action="store_true")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run: solve only the tiles not yet written",
+    )
     _add_cluster_options(train)
 
     ingest = sub.add_parser(
@@ -187,6 +200,28 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     import_.add_argument("--overwrite", action="store_true")
 
+    cluster = sub.add_parser(
+        "cluster", help="start a Dask cluster for the other commands to use"
+    )
+    kinds = cluster.add_subparsers(dest="kind", required=True)
+    ssh = kinds.add_parser(
+        "ssh", help="over SSH: the scheduler on the first host, workers on the rest"
+    )
+    ssh.add_argument("hosts", nargs="+", metavar="HOST")
+    ssh.add_argument("--workers-per-host", type=_positive_int, default=1)
+    ssh.add_argument("--threads", type=_positive_int, default=1, help="per worker")
+    ssh.add_argument("--memory-limit", default="auto", help="per worker, e.g. 4GB")
+    ssh.add_argument("--port", type=int, default=8786, help="scheduler port")
+    ssh.add_argument("--dashboard-address", default=":8787")
+    ssh.add_argument(
+        "--remote-python", help="Python with dmask on the hosts (default: this one)"
+    )
+    ssh.add_argument("--ssh-port", type=int)
+    ssh.add_argument("--ssh-user")
+    ssh.add_argument("--ssh-key", action="append", help="private key (repeatable)")
+    ssh.add_argument("--known-hosts", help="known_hosts file ('none': no checks)")
+    ssh.add_argument("--scheduler-file", help="write the scheduler's address here")
+
     evaluate = sub.add_parser("evaluate", help="MSE and PSNR against baselines")
     evaluate.add_argument("model", help="model store")
     evaluate.add_argument("dataset", help="dataset store")
@@ -203,14 +238,19 @@ def _cluster(args: argparse.Namespace) -> Iterator[Any]:
     from dmask.cluster import ClusterOptions, connect
     from dmask.execution import show_progress
 
-    options = ClusterOptions(
+    if args.config:
+        _load_config(args.config)
+    options = ClusterOptions.from_config(
         scheduler=args.scheduler,
         scheduler_file=args.scheduler_file,
         n_workers=args.workers,
         threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit,
-        processes=not args.threads,
+        processes=False if args.threads else None,
         dashboard_address=args.dashboard_address,
+        tls_ca_file=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         quiet=not args.verbose,
     )
     with connect(options) as client:
@@ -224,6 +264,23 @@ def _cluster(args: argparse.Namespace) -> Iterator[Any]:
             yield client
         if args.report:
             print(f"performance report: {args.report}")
+
+
+def _load_config(path: str) -> None:
+    """Merge a YAML settings file into dask.config (it wins over other files)."""
+    import dask.config
+    import yaml
+
+    try:
+        with open(path) as handle:
+            settings = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as exc:
+        raise DmaskError(
+            f"configuration file {path} is not valid YAML: {exc}"
+        ) from None
+    if not isinstance(settings, dict):
+        raise DmaskError(f"configuration file {path} must hold a mapping")
+    dask.config.update(dask.config.config, settings, priority="new")
 
 
 def _split_names(text: str | None) -> list[str] | None:
@@ -264,10 +321,15 @@ def _run_synth(args: argparse.Namespace) -> None:
 def _run_train(args: argparse.Namespace) -> None:
     from dmask.faces import EXPRESSIONS
     from dmask.model import check_settings, fit
-    from dmask.storage import open_dataset, prepare_output, stored_pairs
+    from dmask.storage import open_dataset, prepare_output, same_store, stored_pairs
 
     check_settings(args.field, args.lam, args.normalize)
-    prepare_output(args.out, args.overwrite, inputs=[args.dataset])
+    if args.resume and args.overwrite:
+        raise DmaskError("give --resume or --overwrite, not both")
+    if not args.resume:
+        prepare_output(args.out, args.overwrite, inputs=[args.dataset])
+    elif same_store(args.out, args.dataset):
+        raise DmaskError(f"output store {args.out} is the dataset; choose another")
     ds = open_dataset(args.dataset)
     targets = _split_names(args.targets)
     if targets is None:
@@ -290,6 +352,7 @@ def _run_train(args: argparse.Namespace) -> None:
             tile_shape=tuple(args.tile) if args.tile else None,
             sample_block=args.sample_block,
             method=args.method,
+            resume=args.resume,
         )
         height, width = model.image_shape
         pixels = height * width * model.channels * len(model.targets)
@@ -463,6 +526,56 @@ def _run_import(args: argparse.Namespace) -> None:
     print(f"model: {args.out} ({model})")
 
 
+def _run_cluster(args: argparse.Namespace) -> None:
+    import json
+    import os
+    import signal
+    import threading
+
+    from dmask.launch import ssh_cluster
+
+    if not args.verbose:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+    options: dict[str, Any] = {}
+    if args.ssh_port:
+        options["port"] = args.ssh_port
+    if args.ssh_user:
+        options["username"] = args.ssh_user
+    if args.ssh_key:
+        options["client_keys"] = args.ssh_key
+    if args.known_hosts:
+        options["known_hosts"] = (
+            None if args.known_hosts == "none" else args.known_hosts
+        )
+    cluster = ssh_cluster(
+        args.hosts,
+        workers_per_host=args.workers_per_host,
+        threads=args.threads,
+        memory_limit=args.memory_limit,
+        scheduler_port=args.port,
+        dashboard_address=args.dashboard_address,
+        remote_python=args.remote_python,
+        connect_options=options or None,
+    )
+    try:
+        address = cluster.scheduler_address
+        if args.scheduler_file:
+            with open(args.scheduler_file, "w") as handle:
+                json.dump({"address": address}, handle)
+        print(f"scheduler: {address}")
+        print(f"dashboard: {cluster.dashboard_link}")
+        print(f"use it: dmask train DATASET --out MODEL --scheduler {address}")
+        print("Ctrl-C stops the cluster", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        while not stop.wait(1):
+            pass
+    finally:
+        cluster.close()
+        if args.scheduler_file and os.path.exists(args.scheduler_file):
+            os.remove(args.scheduler_file)
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
     from dmask.evaluate import evaluate, format_table, write_results
     from dmask.model import open_model
@@ -486,6 +599,7 @@ COMMANDS = {
     "apply": _run_apply,
     "export": _run_export,
     "import": _run_import,
+    "cluster": _run_cluster,
     "evaluate": _run_evaluate,
 }
 

@@ -16,6 +16,21 @@ __all__ = ["ClusterOptions", "connect", "peak_worker_memory"]
 logger = logging.getLogger(__name__)
 
 
+_DEFAULTS = os.path.join(os.path.dirname(__file__), "dmask.yaml")
+
+
+def _register_defaults() -> None:
+    """Add dmask's defaults to dask.config (once; user settings still win)."""
+    import dask.config
+    import yaml
+
+    with open(_DEFAULTS) as handle:
+        dask.config.update_defaults(yaml.safe_load(handle))
+
+
+_register_defaults()
+
+
 @dataclass(frozen=True)
 class ClusterOptions:
     """How to reach or start a cluster.
@@ -23,7 +38,7 @@ class ClusterOptions:
     Attributes
     ----------
     scheduler : str, optional
-        Address of an existing scheduler (``tcp://host:port``).
+        Address of an existing scheduler (``tcp://host:port``, ``tls://...``).
     scheduler_file : str, optional
         Scheduler file of an existing cluster.
     n_workers, threads_per_worker : int, optional
@@ -35,6 +50,11 @@ class ClusterOptions:
     dashboard_address : str
         Where the local dashboard listens (None: no dashboard); loopback unless
         asked otherwise.
+    tls_ca_file, tls_cert, tls_key : str, optional
+        TLS for every connection: the CA that signed all certificates, and this
+        client's certificate and key (a local cluster uses them too).
+    quiet : bool
+        Keep distributed's logs to errors.
     """
 
     scheduler: str | None = None
@@ -44,7 +64,89 @@ class ClusterOptions:
     memory_limit: str | None = None
     processes: bool = True
     dashboard_address: str | None = "127.0.0.1:8787"
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     quiet: bool = True
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> ClusterOptions:
+        """Options from dask.config's ``dmask`` section; non-None overrides win.
+
+        Parameters
+        ----------
+        **overrides
+            Field values (for example from the command line); None means
+            "not given" and leaves the configured value.
+        """
+        import dask.config
+
+        def get(key: str) -> Any:
+            return dask.config.get(f"dmask.{key}", default=None)
+
+        values = {
+            "scheduler": get("cluster.scheduler"),
+            "scheduler_file": get("cluster.scheduler-file"),
+            "n_workers": get("cluster.workers"),
+            "threads_per_worker": get("cluster.threads-per-worker"),
+            "memory_limit": get("cluster.memory-limit"),
+            "processes": get("cluster.processes"),
+            "dashboard_address": get("cluster.dashboard-address"),
+            "tls_ca_file": get("tls.ca-file"),
+            "tls_cert": get("tls.cert"),
+            "tls_key": get("tls.key"),
+        }
+        values = {k: v for k, v in values.items() if v is not None}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ("n_workers", "threads_per_worker"):
+            if name in values:
+                try:
+                    values[name] = int(values[name])
+                except (TypeError, ValueError):
+                    raise DmaskError(
+                        f"configuration dmask.cluster: {name} must be an integer, "
+                        f"got {values[name]!r}"
+                    ) from None
+        if isinstance(values.get("processes"), str):
+            values["processes"] = values["processes"].lower() in ("1", "true", "yes")
+        return cls(**values)
+
+    def security(self) -> Any:
+        """distributed's Security for these options (None without TLS).
+
+        Raises
+        ------
+        DmaskError
+            Only some of the three TLS files given, or one of them missing.
+        """
+        files = {
+            "CA file": self.tls_ca_file,
+            "certificate": self.tls_cert,
+            "key": self.tls_key,
+        }
+        given = [name for name, path in files.items() if path]
+        if not given:
+            return None
+        if len(given) != 3:
+            missing = ", ".join(n for n, p in files.items() if not p)
+            raise DmaskError(
+                f"TLS needs a CA file, a certificate and a key; missing {missing}"
+            )
+        for name, path in files.items():
+            if not os.path.isfile(str(path)):
+                raise DmaskError(f"TLS {name} {path} does not exist")
+        from distributed.security import Security
+
+        return Security(
+            tls_ca_file=self.tls_ca_file,
+            tls_client_cert=self.tls_cert,
+            tls_client_key=self.tls_key,
+            tls_scheduler_cert=self.tls_cert,
+            tls_scheduler_key=self.tls_key,
+            tls_worker_cert=self.tls_cert,
+            tls_worker_key=self.tls_key,
+            require_encryption=True,
+        )
 
 
 @contextlib.contextmanager
@@ -63,12 +165,14 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
         raise DmaskError("give --scheduler or --scheduler-file, not both")
     if options.scheduler_file and not os.path.exists(options.scheduler_file):
         raise DmaskError(f"scheduler file {options.scheduler_file} does not exist")
+    security = options.security()
     if options.scheduler or options.scheduler_file:
         try:
             client = Client(
                 address=options.scheduler,
                 scheduler_file=options.scheduler_file,
                 timeout="20s",
+                security=security,
             )
         except (OSError, ValueError, TypeError) as exc:
             where = options.scheduler or options.scheduler_file
@@ -85,6 +189,10 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
     }
     if options.processes:
         # Threaded workers talk in-process; worker processes listen on loopback.
+        kwargs["host"] = "127.0.0.1"
+    if security is not None:
+        kwargs["security"] = security
+        kwargs["protocol"] = "tls://"
         kwargs["host"] = "127.0.0.1"
     if options.n_workers is not None:
         kwargs["n_workers"] = options.n_workers
@@ -106,7 +214,7 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
         else threadpool_limits(limits=1, user_api="blas")
     )
     try:
-        with limits, Client(cluster) as client:
+        with limits, Client(cluster, security=security) as client:
             yield client
     finally:
         # Closing an in-process cluster cancels the scheduler's periodic feeds,

@@ -40,6 +40,7 @@ def _source_samples(
     return index
 
 
+@storage.locks_output("out")
 def apply_to_store(
     model: Model,
     dataset: xr.Dataset,

@@ -697,6 +697,7 @@ def _chunks(n: int, size: tuple[int, int], channels: int, itemsize: int) -> tupl
     return (block, *tile, channels)
 
 
+@storage.locks_output("out")
 def ingest(
     folder: str | os.PathLike,
     out: str | os.PathLike,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -13,7 +14,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dmask import execution, kernels, storage
+from dmask import compiled, execution, kernels, storage
 from dmask.errors import InputError
 from dmask.planning import plan_fit, plan_tiles, prediction_tile_shape
 
@@ -85,6 +86,7 @@ def fit(
     sample_block: int | None = None,
     memory_limit: int | None = None,
     method: str = "auto",
+    resume: bool = False,
 ) -> Model:
     """Train masked ridge regression.
 
@@ -117,6 +119,11 @@ def fit(
         FLOPs, memory bound) or one GEMM per 16 x 16 block of pixels (more
         FLOPs at BLAS speed). ``auto`` takes the faster as measured on 2
         cores (:func:`dmask.planning.resolve_method`). All give the same model.
+    resume : bool
+        With ``store``: if the store holds an unfinished run of the same
+        training (same data fingerprint and settings), solve only the tiles it
+        does not record as complete, with that run's tiles, sample blocks and
+        method, so the result equals an uninterrupted run bit for bit.
 
     Returns
     -------
@@ -169,6 +176,56 @@ def fit(
     source_bounds = bounds[0] if use_minmax else None
     target_bounds = list(bounds[1:]) if use_minmax else None
 
+    settings = {
+        "src": src, "tgts": tgts, "names": names, "n": n, "height": height,
+        "width": width, "channels": channels, "field": field, "lam": lam,
+        "normalize": normalize, "single": single, "fingerprint": fingerprint,
+        "source_bounds": source_bounds, "target_bounds": target_bounds,
+        "memory_limit": memory_limit, "overwrite": overwrite,
+    }  # fmt: skip
+    if store is None:
+        return _fit_planned(
+            **settings, store=None, tile_shape=tile_shape, sample_block=sample_block,
+            method=method, previous=None,
+        )  # fmt: skip
+    store = storage.store_path(store)
+    with storage.output_lock(store):
+        previous = storage.read_model_progress(store) if resume else None
+        if previous is not None:  # the unfinished run's plan, for the same sums
+            tile_shape = tuple(previous.attrs["tile_shape"])  # type: ignore[assignment]
+            sample_block = int(previous.attrs["sample_block"])
+            method = str(previous.attrs["statistics_method"])
+        return _fit_planned(
+            **settings, store=store, tile_shape=tile_shape, sample_block=sample_block,
+            method=method, previous=previous,
+        )  # fmt: skip
+
+
+def _fit_planned(
+    *,
+    src: Any,
+    tgts: dict[str, Any],
+    names: list[str],
+    n: int,
+    height: int,
+    width: int,
+    channels: int,
+    field: int,
+    lam: float,
+    normalize: str,
+    single: bool,
+    fingerprint: str,
+    source_bounds: Any,
+    target_bounds: Any,
+    store: str | None,
+    overwrite: bool,
+    tile_shape: tuple[int, int] | None,
+    sample_block: int | None,
+    memory_limit: int | None,
+    method: str,
+    previous: storage.ModelProgress | None,
+) -> Model:
+    """The part of :func:`fit` after inputs and bounds are known."""
     if memory_limit is None:
         memory_limit = execution.task_memory_budget()
     plan = plan_fit(
@@ -202,13 +259,28 @@ def fit(
         "single_target": single,
         "training_fingerprint": fingerprint,
         "tile_shape": list(plan.tile_shape),
+        "sample_block": plan.sample_block,
+        "statistics_method": plan.method,
+        "kernels": "numba" if compiled.enabled() else "numpy",
     }
     if store is not None:
-        store = storage.store_path(store)
-        storage.create_model_template(
-            store, names, (height, width), channels, field, plan.tile_shape, attrs,
-            overwrite=overwrite,
-        )  # fmt: skip
+        if previous is not None:
+            _check_resumable(store, previous, attrs, names)
+            if previous.complete:
+                logger.info("model store %s is already complete", store)
+                return open_model(store)
+            done = previous.tile_complete
+            plan = dataclasses.replace(
+                plan, tiles=tuple(t for t in plan.tiles if not done[t.index])
+            )
+            logger.info(
+                "resuming %s: %d of %d tiles left", store, len(plan.tiles), done.size
+            )
+        else:
+            storage.create_model_template(
+                store, names, (height, width), channels, field, plan.tile_shape,
+                attrs, overwrite=overwrite,
+            )  # fmt: skip
         tasks = execution.fit_tiles(
             src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
             store=store,
@@ -238,6 +310,38 @@ def fit(
         {**attrs, "complete": True},
     )
     return Model(dataset)
+
+
+#: Attributes that must match for a run to resume another's store.
+RESUME_KEYS = (
+    "field", "lam", "normalize", "height", "width", "channels", "n_samples",
+    "training_fingerprint", "tile_shape", "sample_block", "statistics_method",
+    "kernels",
+)  # fmt: skip
+
+
+def _check_resumable(
+    store: str,
+    previous: storage.ModelProgress,
+    attrs: dict[str, Any],
+    names: list[str],
+) -> None:
+    """Refuse to resume a store written by a different training."""
+    if list(previous.targets) != list(names):
+        raise InputError(
+            f"cannot resume {store}: it holds targets {list(previous.targets)}, "
+            f"this run trains {names}"
+        )
+    for key in RESUME_KEYS:
+        before = previous.attrs.get(key)
+        now = attrs[key]
+        if isinstance(before, (list, tuple)):
+            before = list(before)
+        if before != now:
+            raise InputError(
+                f"cannot resume {store}: it was started with {key}={before!r}, "
+                f"this run has {key}={now!r}"
+            )
 
 
 class Model:

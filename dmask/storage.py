@@ -19,13 +19,18 @@ by a failed run never opens as a finished one.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import json
 import logging
 import os
 import shutil
+import socket
+import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import xarray as xr
@@ -33,6 +38,8 @@ import zarr
 
 from dmask.errors import StoreError
 from dmask.planning import Tile
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "DATASET_FORMAT",
@@ -46,6 +53,10 @@ __all__ = [
     "open_dataset",
     "open_model_store",
     "pair_indices",
+    "ModelProgress",
+    "locks_output",
+    "output_lock",
+    "read_model_progress",
     "prepare_output",
     "read_images",
     "same_store",
@@ -99,6 +110,120 @@ def same_store(a: str | os.PathLike, b: str | os.PathLike | None) -> bool:
     return str(a).rstrip("/") == str(b).rstrip("/")
 
 
+def _lock_path(path: str | os.PathLike) -> str:
+    return store_path(path).rstrip("/" + os.sep) + ".lock"
+
+
+def _read_lock(lock: str) -> dict[str, Any] | None:
+    """The holder recorded in a lock file; None when there is no file."""
+    try:
+        with open(lock) as handle:
+            return dict(json.load(handle))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):  # being written right now, or garbled
+        return {"pid": -1, "host": "?", "started": "?"}
+
+
+def _is_self(holder: dict[str, Any]) -> bool:
+    return (
+        holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
+    )
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the holder may still run (always, for another host's or unreadable)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
+def _refuse_locked(path: str | os.PathLike, holder: dict[str, Any]) -> None:
+    raise StoreError(
+        f"{path} is being written by another run (pid {holder.get('pid')} on "
+        f"{holder.get('host')} since {holder.get('started')}); wait for it, or "
+        f"remove {_lock_path(path)} if that run is gone"
+    )
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``<path>.lock`` while a run writes ``path``; refuse a second run.
+
+    The lock file names the process, host and start time. A lock left by a run
+    that died on this host is taken over; one from another host must be removed
+    by hand. Remote (URL) outputs are not locked.
+
+    Raises
+    ------
+    StoreError
+        Another live run holds the lock.
+    """
+    if not _is_local(path):
+        yield
+        return
+    lock = _lock_path(path)
+    os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    owned = False
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            if holder is None:
+                continue  # released meanwhile: try again
+            if _is_self(holder):
+                break  # nested in this process: the outer block holds it
+            if _alive(holder):
+                _refuse_locked(path, holder)
+            logger.warning("taking over the stale lock %s (%s)", lock, holder)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            json.dump(me, handle)
+        owned = True
+        break
+    else:
+        raise StoreError(f"cannot take the lock {lock}")
+    try:
+        yield
+    finally:
+        if owned:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+
+
+def locks_output(argument: str) -> Callable[[F], F]:
+    """Decorator: hold :func:`output_lock` on the argument named for the call."""
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            path = signature.bind(*args, **kwargs).arguments.get(argument)
+            if path is None:
+                return func(*args, **kwargs)
+            with output_lock(path):
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 def prepare_output(
     path: str | os.PathLike,
     overwrite: bool,
@@ -118,8 +243,13 @@ def prepare_output(
     Raises
     ------
     StoreError
-        The path exists and ``overwrite`` is false, or it is one of the inputs.
+        The path exists and ``overwrite`` is false, it is one of the inputs, or
+        another live run is writing it.
     """
+    if _is_local(path):
+        holder = _read_lock(_lock_path(path))
+        if holder is not None and not _is_self(holder) and _alive(holder):
+            _refuse_locked(path, holder)
     for source in inputs:
         if same_store(path, source):
             raise StoreError(
@@ -506,6 +636,54 @@ def create_model_template(
     )
     with quiet_zarr():
         ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
+
+
+@dataclass
+class ModelProgress:
+    """How far a (possibly unfinished) model store got.
+
+    Attributes
+    ----------
+    attrs : dict
+        The store's attributes (training settings).
+    targets : list of str
+        Target names.
+    tile_complete : numpy.ndarray
+        ``(tile_y, tile_x)`` bool: tiles durably written.
+    complete : bool
+        Whether the whole run finished.
+    """
+
+    attrs: dict[str, Any]
+    targets: list[str]
+    tile_complete: np.ndarray
+    complete: bool
+
+
+def read_model_progress(path: str | os.PathLike) -> ModelProgress | None:
+    """Read a model store's settings and completed tiles; None if it is absent.
+
+    Raises
+    ------
+    StoreError
+        The path exists but is not a dmask model store.
+    """
+    if _is_local(path) and not os.path.exists(path):
+        return None
+    try:
+        with quiet_zarr():
+            group = zarr.open_group(str(path), mode="r")
+            attrs = dict(group.attrs)
+            done = np.asarray(group["tile_complete"][...]).astype(bool)
+            targets = [str(t) for t in group["target"][...]]
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # zarr raises many kinds here
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"cannot resume from {path}: {reason}") from exc
+    if attrs.get("format") != MODEL_FORMAT:
+        raise StoreError(f"cannot resume from {path}: not a dmask model store")
+    return ModelProgress(attrs, targets, done, bool(attrs.get("complete", False)))
 
 
 def write_model_tile(

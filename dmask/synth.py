@@ -61,6 +61,7 @@ def render_and_write(
     )
 
 
+@storage.locks_output("path")
 def synthesize(
     path: str | os.PathLike,
     n_subjects: int,
