@@ -28,7 +28,7 @@ from dmask import execution, imaging, kernels, storage
 from dmask.errors import InputError
 from dmask.model import Model
 
-__all__ = ["BatchReport", "apply_to_folder", "scan_images"]
+__all__ = ["BatchReport", "apply_to_folder", "read_synthesised", "scan_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -302,3 +302,38 @@ def apply_to_folder(
         handle.write("\n".join([*lines, report.summary()]) + "\n")
     logger.info("batch synthesis: %s", report.summary())
     return report
+
+
+def read_synthesised(
+    model: Model, folder: str | os.PathLike, out: str | os.PathLike
+) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Inputs and outputs of a finished batch run, for figures and reports.
+
+    Returns
+    -------
+    dict
+        Per input file (its relative path without suffix): the face as the model
+        saw it (cropped as ``crop="auto"`` does, normalised to [0, 1]) and, per
+        target, the synthesised face in [0, 1]. Files without outputs are left out.
+    """
+    found = {}
+    for relative in scan_images(folder):
+        paths = {t: _output_path(str(out), t, relative) for t in model.targets}
+        if not all(os.path.exists(p) for p in paths.values()):
+            continue
+        try:
+            image = imaging.read_image(os.path.join(folder, relative))
+        except imaging.ImageReadError:
+            continue
+        face = imaging.prepare_face(
+            image, model.image_shape, crop="detect", channels=model.channels
+        )
+        if face is None:
+            face = imaging.prepare_face(
+                image, model.image_shape, crop="center", channels=model.channels
+            )
+        x = face[None].astype(np.float64)
+        shown = kernels.normalize_block(x, *kernels.minmax_parameters(x))[0]
+        outputs = {t: imaging.read_image(p) / 255.0 for t, p in paths.items()}
+        found[str(Path(relative).with_suffix(""))] = (shown, outputs)
+    return found

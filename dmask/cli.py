@@ -222,6 +222,25 @@ def _build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--known-hosts", help="known_hosts file ('none': no checks)")
     ssh.add_argument("--scheduler-file", help="write the scheduler's address here")
 
+    report = sub.add_parser("report", help="one self-contained HTML report")
+    report.add_argument("model", help="model store")
+    report.add_argument("dataset", help="dataset store")
+    report.add_argument("--out", required=True, help="output HTML file")
+    report.add_argument("--source", default="neutral")
+    report.add_argument("--split", default="test", help="held-out split shown")
+    report.add_argument("--subjects", type=_positive_int, default=4)
+    report.add_argument("--comparison", help="JSON rows from dmask compare")
+    report.add_argument("--tuning", help="JSON rows from dmask tune")
+    report.add_argument("--size-curve", help="JSON rows of MSE against N")
+    report.add_argument(
+        "--photographs",
+        nargs=2,
+        metavar=("FOLDER", "SYNTHESISED"),
+        help="a folder given to dmask apply, and that run's output folder",
+    )
+    report.add_argument("--overwrite", action="store_true")
+    _add_cluster_options(report)
+
     evaluate = sub.add_parser("evaluate", help="MSE and PSNR against baselines")
     evaluate.add_argument("model", help="model store")
     evaluate.add_argument("dataset", help="dataset store")
@@ -576,6 +595,54 @@ def _run_cluster(args: argparse.Namespace) -> None:
             os.remove(args.scheduler_file)
 
 
+def _json_rows(path: str | None) -> list[dict[str, Any]] | None:
+    import json
+
+    if not path:
+        return None
+    try:
+        with open(path) as handle:
+            rows = json.load(handle)
+    except ValueError as exc:
+        raise DmaskError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(rows, dict) and "rows" in rows:
+        rows = rows["rows"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DmaskError(f"{path} must hold a list of rows (JSON objects)")
+    return rows
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from dmask.batch import read_synthesised
+    from dmask.model import open_model
+    from dmask.report import write_report
+    from dmask.storage import open_dataset
+
+    model = open_model(args.model)
+    ds = open_dataset(args.dataset)
+    comparison = _json_rows(args.comparison)
+    tuning = _json_rows(args.tuning)
+    size_curve = _json_rows(args.size_curve)
+    with _cluster(args):
+        photographs = (
+            read_synthesised(model, *args.photographs) if args.photographs else None
+        )
+        path = write_report(
+            args.out,
+            model,
+            ds,
+            source=args.source,
+            split=args.split,
+            subjects=args.subjects,
+            comparison=comparison,
+            tuning=tuning,
+            size_curve=size_curve,
+            photographs=photographs,
+            overwrite=args.overwrite,
+        )
+    print(f"report: {path}")
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
     from dmask.evaluate import evaluate, format_table, write_results
     from dmask.model import open_model
@@ -600,6 +667,7 @@ COMMANDS = {
     "export": _run_export,
     "import": _run_import,
     "cluster": _run_cluster,
+    "report": _run_report,
     "evaluate": _run_evaluate,
 }
 

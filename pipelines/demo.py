@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from dmask import fit, imaging, kernels, storage
-from dmask.batch import apply_to_folder, scan_images
+from dmask.batch import apply_to_folder, read_synthesised
 from dmask.cluster import ClusterOptions, connect, peak_worker_memory
 from dmask.evaluate import evaluate, format_table, write_results
 from dmask.execution import compute, show_progress
@@ -61,27 +61,11 @@ def _out_of_dataset(model, out: str):
             pixels = image[..., 0] if image.shape[-1] == 1 else image
             Image.fromarray(pixels).save(os.path.join(folder, f"{label}.png"))
     report = apply_to_folder(model, folder, synthesised, crop="auto", resume=False)
-    inputs, outputs = {}, {}
-    for relative in scan_images(folder):
-        label = os.path.splitext(relative)[0]
-        image = imaging.read_image(os.path.join(folder, relative))
-        face = imaging.prepare_face(
-            image, model.image_shape, crop="detect", channels=model.channels
-        )
-        if face is None:
-            face = imaging.prepare_face(
-                image, model.image_shape, crop="center", channels=model.channels
-            )
-        inputs[label] = _normalized(face[None].astype(np.float64))[0]
-        outputs[label] = {
-            target: imaging.read_image(
-                os.path.join(synthesised, target, f"{label}.png")
-            )
-            / 255.0
-            for target in model.targets
-        }
+    pairs = read_synthesised(model, folder, synthesised)
+    inputs = {label: shown for label, (shown, _) in pairs.items()}
+    outputs = {label: faces for label, (_, faces) in pairs.items()}
     synthesis_grid(inputs, outputs, os.path.join(out, "out_of_dataset.png"))
-    return report
+    return report, pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("[6/6] out-of-dataset faces: photographs, pencil sketches, a cat")
         t0 = time.perf_counter()
-        photo_report = _out_of_dataset(model, args.out)
+        photo_report, _photographs = _out_of_dataset(model, args.out)
         print(
             f"      {photo_report.written} images synthesised in "
             f"{time.perf_counter() - t0:.1f} s"

@@ -1,0 +1,350 @@
+"""The HTML report: self-contained, escaped, loads in a real browser; field maps."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dmask
+from dmask import fields, kernels, storage
+from dmask.errors import InputError, StoreError
+from dmask.report import MAX_SIDE, write_report
+from dmask.synth import synthesize
+
+TARGETS = ["happy", "sad"]
+PNG = "data:image/png;base64,"
+
+
+# ------------------------------------------------------------------- fields
+
+
+@pytest.mark.parametrize("field", [1, 3, 5])
+def test_field_maps_match_plain_loops(rng, field):
+    height, width, channels, k = 5, 4, 2, field * field
+    weights = rng.normal(size=(height, width, channels, k))
+    centre = fields.centre_weight(weights, field)
+    mass = fields.off_centre_mass(weights, field)
+    b = field // 2
+    for y in range(height):
+        for x in range(width):
+            for c in range(channels):
+                total = 0.0
+                for a in range(k):
+                    dy, dx = a // field - b, a % field - b
+                    if (dy, dx) == (0, 0):
+                        assert centre[y, x, c] == weights[y, x, c, a]
+                    else:
+                        total += abs(weights[y, x, c, a])
+                assert mass[y, x, c] == pytest.approx(total, rel=1e-12, abs=1e-15)
+            window = fields.field_at(weights, field, y, x)
+            assert window.shape == (channels, field, field)
+            for c in range(channels):
+                for i in range(field):
+                    for j in range(field):
+                        assert window[c, i, j] == weights[y, x, c, i * field + j]
+    # (H, W, k) works too, and the layout matches the model store's offsets
+    plain = weights[..., 0, :]
+    np.testing.assert_array_equal(fields.centre_weight(plain, field), centre[..., 0])
+    assert fields.field_at(plain, field, 4, 3).shape == (field, field)
+    offsets = kernels.window_offsets(field)
+    centre_index = int(np.flatnonzero((offsets == 0).all(axis=1))[0])
+    np.testing.assert_array_equal(centre[..., 0], plain[..., centre_index])
+
+
+def test_field_maps_refuse_bad_input(rng):
+    weights = rng.normal(size=(4, 4, 9))
+    with pytest.raises(InputError, match="field must be an odd"):
+        fields.centre_weight(weights, 2)
+    with pytest.raises(InputError, match="last axis must hold field \\* field = 25"):
+        fields.off_centre_mass(weights, 5)
+    with pytest.raises(InputError, match="x = 4 is outside the image"):
+        fields.field_at(weights, 3, 0, 4)
+    with pytest.raises(InputError, match="expected \\(H, W, k\\)"):
+        fields.field_at(weights[0], 3, 0, 0)
+
+
+# ------------------------------------------------------------------- report
+
+
+class _Page(HTMLParser):
+    """Images (attributes), table cells (text) and row classes of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.cells: list[str] = []
+        self.row_classes: list[str | None] = []
+        self.tags: set[str] = set()
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        elif tag == "tr":
+            self.row_classes.append(attrs.get("class"))
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.cells.append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def _decode(src: str) -> Image.Image:
+    assert src.startswith(PNG)
+    raw = base64.b64decode(src[len(PNG) :], validate=True)
+    Image.open(io.BytesIO(raw)).verify()
+    image = Image.open(io.BytesIO(raw))
+    assert image.format == "PNG"
+    image.load()
+    return image
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny synthetic dataset and a model stored on disk (lazy weights)."""
+    folder = tmp_path_factory.mktemp("report")
+    synthesize(folder / "f.zarr", 8, (24, 20), seed=1)
+    ds = storage.open_dataset(folder / "f.zarr")
+    sources, targets = storage.stored_pairs(ds, "neutral", TARGETS, "train")
+    model = dmask.fit(sources, targets, field=3, lam=0.4, store=folder / "m.zarr")
+    return ds, model
+
+
+COMPARISON = [
+    {"method": "mr", "expression": "happy", "mse": 0.00123, "psnr": 29.1,
+     "ssim": 0.91, "n_parameters": 12_345, "train_seconds": 0.5,
+     "peak_memory_mib": 40.0, "status": "ok"},
+    {"method": "<script>alert(1)</script>", "expression": "happy & sad",
+     "mse": float("nan"), "status": "failed: <oom>"},
+]  # fmt: skip
+TUNING = [
+    {"field": f, "lam": lam, "expression": e, "mse": 0.01 / f + lam / 1000}
+    for f in (1, 3, 5)
+    for lam in (0.01, 0.4, 1.0)
+    for e in TARGETS
+]
+SIZE = [
+    {"method": m, "n": n, "mse": s / n**0.5}
+    for m, s in (("mr", 1.0), ("pix2pix", 1.5))
+    for n in (10, 40, 160)
+]
+
+
+@pytest.fixture(scope="module")
+def report(trained, tmp_path_factory):
+    ds, model = trained
+    rng = np.random.default_rng(3)
+    photographs = {
+        "big <photo>": (
+            rng.random((300, 260, 3)),
+            {"happy": rng.random((24, 20, 3)), "sad": rng.random((24, 20, 1))},
+        )
+    }
+    path = tmp_path_factory.mktemp("page") / "report.html"
+    written = write_report(
+        path, model, ds, comparison=COMPARISON, tuning=TUNING, size_curve=SIZE,
+        photographs=photographs,
+    )  # fmt: skip
+    assert written == path
+    return path
+
+
+def test_report_is_self_contained_and_escaped(report, trained):
+    _, model = trained
+    text = report.read_text(encoding="utf-8")
+    page = _parse(report)
+    # 2 targets x (2 test subjects x 4 cells + colour bar); photographs 1 + 2;
+    # marked mean face + 2 targets x (maps + windows); tuning; size curve
+    assert len(page.images) == 2 * (2 * 4 + 1) + 3 + 1 + 2 * 2 + 1 + 1
+    for attrs in page.images:
+        _decode(attrs["src"])
+    assert "script" not in page.tags and "link" not in page.tags
+    assert "http://" not in text and "https://" not in text
+    assert list(report.parent.iterdir()) == [report]  # no temporary left
+
+    # header: settings and dataset summary
+    assert model.dataset.attrs["training_fingerprint"] in page.cells
+    assert "24 x 20 x 3" in page.cells and "test: 2 subjects, train: 6 subjects" in (
+        page.cells
+    )
+    # comparison table: escaped text, MR highlighted, numbers formatted
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<script>alert(1)</script>" in page.cells
+    assert "happy &amp; sad" in text and "failed: <oom>" in page.cells
+    assert "12,345" in page.cells and "0.00123" in page.cells
+    assert page.row_classes.count("mr") == 1
+    assert "Lowest test MSE: r = 5, lambda = 0.01" in text
+    # a large photograph is downscaled for the page
+    big = _decode(
+        next(a for a in page.images if a["alt"] == "big <photo> input")["src"]
+    )
+    assert max(big.size) == MAX_SIDE
+
+
+def test_report_shows_the_models_predictions(report, trained):
+    ds, model = trained
+    page = _parse(report)
+    sources, truths = storage.select_pairs(ds, "neutral", ["sad"], "test")
+    subject = str(sources["subject"].values[0])
+    raw = sources.values[:1]
+    expected = model.predict(raw)["sad"][0]
+    truth = truths["sad"].values[:1].astype(np.float64)
+    truth = kernels.normalize_block(truth, *kernels.minmax_parameters(truth))[0]
+    by_alt = {a["alt"]: a for a in page.images}
+    shown = np.asarray(_decode(by_alt[f"{subject} sad synthesised"]["src"]))
+    assert shown.shape == expected.shape
+    np.testing.assert_allclose(shown, np.clip(expected, 0, 1) * 255, atol=0.51)
+    true = np.asarray(_decode(by_alt[f"{subject} sad true"]["src"]))
+    np.testing.assert_allclose(true, truth * 255, atol=0.51)
+    # small faces are enlarged on the page, pixel for pixel
+    assert by_alt[f"{subject} sad true"]["width"] == str(20 * 4)
+    error = np.asarray(_decode(by_alt[f"{subject} sad absolute error"]["src"]))
+    assert error.shape == (24, 20, 3) and len(np.unique(error.reshape(-1, 3), 0)) > 5
+
+
+def test_report_options_and_refusals(trained, tmp_path):
+    ds, _ = trained
+    sources, targets = storage.select_pairs(ds, "neutral", ["happy"], "train")
+    model = dmask.fit(sources, targets, field=1, lam=1.0, normalize="none")
+    path = tmp_path / "plain.html"
+    write_report(path, model, ds, subjects=1, pixels={"nose": (12, 10)})
+    text = path.read_text(encoding="utf-8")
+    page = _parse(path)
+    assert "id='comparison'" not in text and "id='tuning'" not in text
+    assert len(page.images) == (4 + 1) + 1 + 2
+    for attrs in page.images:
+        _decode(attrs["src"])
+    # without normalisation, faces are shown as stored values / 255
+    test_sources, test_targets = storage.select_pairs(ds, "neutral", ["happy"], "test")
+    subject = str(test_sources["subject"].values[0])
+    by_alt = {a["alt"]: a["src"] for a in page.images}
+    true = np.asarray(_decode(by_alt[f"{subject} happy true"]))
+    np.testing.assert_array_equal(true, test_targets["happy"].values[0])
+    expected = model.predict(test_sources.values[:1])["happy"][0]
+    shown = np.asarray(_decode(by_alt[f"{subject} happy synthesised"]))
+    np.testing.assert_allclose(shown, np.clip(expected, 0, 255), atol=0.51)
+
+    with pytest.raises(StoreError, match="already exists"):
+        write_report(path, model, ds)
+    write_report(path, model, ds, overwrite=True)
+    with pytest.raises(InputError, match=r"pixels\['eye'\] = \(30, 1\) is outside"):
+        write_report(tmp_path / "x.html", model, ds, pixels={"eye": (30, 1)})
+    with pytest.raises(InputError, match="tuning row 0 has no 'lam'"):
+        write_report(tmp_path / "x.html", model, ds, tuning=[{"field": 3}])
+    with pytest.raises(InputError, match="subjects must be a positive integer"):
+        write_report(tmp_path / "x.html", model, ds, subjects=0)
+    with pytest.raises(InputError, match=r"photographs\['a'\] input must be"):
+        write_report(
+            tmp_path / "x.html", model, ds, photographs={"a": (np.zeros(5), {})}
+        )
+    with pytest.raises(InputError, match="no folder"):
+        write_report(tmp_path / "missing" / "x.html", model, ds)
+    assert not (tmp_path / "x.html").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.html"]
+
+
+# ------------------------------------------------------------------ browser
+
+
+def _chromium() -> str:
+    """A Chromium executable, installed from Debian when missing and allowed."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("Chromium is not installed and cannot be (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    try:
+        done = subprocess.run(install, capture_output=True, env=env, timeout=600)
+        if done.returncode != 0:
+            subprocess.run(
+                ["apt-get", "update", "-q"], capture_output=True, env=env, timeout=300
+            )
+            done = subprocess.run(install, capture_output=True, env=env, timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.skip("installing Chromium with apt-get timed out")
+    found = shutil.which("chromium")
+    if done.returncode != 0 or found is None:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        pytest.skip(f"Chromium could not be installed with apt-get: {tail}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    return _chromium()
+
+
+COUNTER = """<script>
+window.addEventListener("load", function () {
+  var images = document.images, loaded = 0;
+  for (var i = 0; i < images.length; i++) {
+    if (images[i].complete && images[i].naturalWidth > 0) loaded++;
+  }
+  var out = document.createElement("div");
+  out.id = "loaded";
+  out.textContent = loaded + "/" + images.length;
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _loaded_in_browser(chromium: str, page: Path, tmp_path: Path) -> str:
+    """Open a copy of ``page`` with an image counter; return ``loaded/total``."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", COUNTER + "</body>"),
+        encoding="utf-8",
+    )
+    command = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-dev-shm-usage", "--no-first-run", "--virtual-time-budget=10000",
+        f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri(),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("Chromium did not finish rendering the report in 120 s")
+    if done.returncode != 0 or "<html" not in done.stdout:
+        tail = done.stderr.strip().splitlines()[-3:]
+        pytest.skip(f"Chromium could not start here (exit {done.returncode}): {tail}")
+    start = done.stdout.find('<div id="loaded">')
+    assert start >= 0, "the page's load event never ran"
+    return done.stdout[start + len('<div id="loaded">') :].split("<", 1)[0]
+
+
+def test_every_image_loads_in_chromium(report, chromium, tmp_path):
+    total = len(_parse(report).images)
+    assert _loaded_in_browser(chromium, report, tmp_path) == f"{total}/{total}"
+    # the probe does notice a broken picture
+    broken = tmp_path / "broken.html"
+    broken.write_text(
+        report.read_text(encoding="utf-8").replace(PNG, PNG + "AAAA", 1),
+        encoding="utf-8",
+    )
+    assert _loaded_in_browser(chromium, broken, tmp_path) == f"{total - 1}/{total}"
