@@ -58,6 +58,17 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _lam(text: str) -> float | str:
+    if text in ("loo", "gcv"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number, loo or gcv, got {text}"
+        ) from None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmask",
@@ -88,7 +99,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--split", default="train", help="training split ('' for all)")
     train.add_argument("--field", type=int, default=3, help="odd receptive field r")
-    train.add_argument("--lam", type=float, default=0.4, help="ridge penalty")
+    train.add_argument(
+        "--lam",
+        type=_lam,
+        default=0.4,
+        help="ridge penalty, or loo / gcv: chosen per pixel from --lam-grid",
+    )
+    train.add_argument(
+        "--lam-grid", type=float, nargs="+", help="penalties for --lam loo|gcv"
+    )
     train.add_argument("--normalize", default="minmax", choices=["minmax", "none"])
     train.add_argument(
         "--tile", type=_positive_int, nargs=2, metavar=("H", "W"), help="tile shape"
@@ -221,6 +240,24 @@ def _build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--ssh-key", action="append", help="private key (repeatable)")
     ssh.add_argument("--known-hosts", help="known_hosts file ('none': no checks)")
     ssh.add_argument("--scheduler-file", help="write the scheduler's address here")
+
+    tune = sub.add_parser(
+        "tune", help="sweep r and lambda, scored on held-out subjects"
+    )
+    tune.add_argument("dataset", help="dataset store")
+    tune.add_argument("--source", default="neutral")
+    tune.add_argument("--targets", help="comma-separated target expressions")
+    tune.add_argument("--fields", type=int, nargs="+", default=[1, 3, 5, 7])
+    tune.add_argument(
+        "--lams", type=_lam, nargs="+", default=[0.01, 0.1, 0.4, 1.0, 4.0, 10.0]
+    )
+    tune.add_argument(
+        "--sizes", type=int, nargs="+", help="also: test MSE against N (MR, full ridge)"
+    )
+    tune.add_argument("--json", help="write the sweep's rows here")
+    tune.add_argument("--csv", help="write the sweep's rows here")
+    tune.add_argument("--size-json", help="write the N curve's rows here")
+    _add_cluster_options(tune)
 
     report = sub.add_parser("report", help="one self-contained HTML report")
     report.add_argument("model", help="model store")
@@ -372,6 +409,7 @@ def _run_train(args: argparse.Namespace) -> None:
             sample_block=args.sample_block,
             method=args.method,
             resume=args.resume,
+            lam_grid=args.lam_grid,
         )
         height, width = model.image_shape
         pixels = height * width * model.channels * len(model.targets)
@@ -612,6 +650,60 @@ def _json_rows(path: str | None) -> list[dict[str, Any]] | None:
     return rows
 
 
+def _run_tune(args: argparse.Namespace) -> None:
+    from dmask.evaluate import write_results
+    from dmask.storage import open_dataset
+    from dmask.tuning import best_setting, training_size_curve, tune
+
+    ds = open_dataset(args.dataset)
+    with _cluster(args) as client:
+        started = time.perf_counter()
+        rows = tune(
+            ds,
+            source=args.source,
+            targets=_split_names(args.targets),
+            fields=tuple(args.fields),
+            lams=tuple(args.lams),
+        )
+        means = [r for r in rows if r["expression"] == "mean"]
+        print(f"{'r':>3} {'lambda':>8} {'MSE':>10} {'PSNR':>7}")
+        for row in means:
+            print(
+                f"{row['field']:>3} {row['lam']!s:>8} {row['mse']:>10.5f} "
+                f"{row['psnr']:>7.2f}{'  best' if row.get('best') else ''}"
+            )
+        best = best_setting(rows)
+        print(f"best: r={best['field']} lambda={best['lam']} (MSE {best['mse']:.5f})")
+        write_results(rows, args.csv, args.json)
+        if args.sizes:
+            numeric = [
+                r
+                for r in means
+                if not isinstance(r["lam"], str) and r["mse"] == r["mse"]
+            ]
+            if numeric:  # full ridge needs a number: the best numeric setting
+                best = min(numeric, key=lambda r: r["mse"])
+            curve = training_size_curve(
+                ds,
+                source=args.source,
+                targets=_split_names(args.targets),
+                sizes=tuple(args.sizes),
+                field=int(best["field"]),
+                lam=best["lam"],
+            )
+            print(f"{'method':>11} {'N':>5} {'MSE':>10}")
+            for row in curve:
+                if row["expression"] == "mean":
+                    print(
+                        f"{row['method']:>11} {row['n_train']:>5} {row['mse']:>10.5f}"
+                    )
+            write_results(curve, None, args.size_json)
+        _summary(client, started, settings=len(means))
+    for path in (args.csv, args.json, args.size_json):
+        if path:
+            print(f"written: {path}")
+
+
 def _run_report(args: argparse.Namespace) -> None:
     from dmask.batch import read_synthesised
     from dmask.model import open_model
@@ -667,6 +759,7 @@ COMMANDS = {
     "export": _run_export,
     "import": _run_import,
     "cluster": _run_cluster,
+    "tune": _run_tune,
     "report": _run_report,
     "evaluate": _run_evaluate,
 }

@@ -3,7 +3,8 @@
 Graphs are built from plans (:mod:`dmask.planning`) and run on the current
 distributed client when there is one, else on dask's threaded scheduler. Task
 names read as the pipeline on the dashboard: ``statistics``, ``combine``,
-``solve``, ``write_tile``, ``apply``.
+``solve``, ``write_tile``, ``apply`` (and, when each pixel chooses its penalty
+by leave-one-out, ``factor``, ``press`` and ``select`` in place of ``solve``).
 """
 
 from __future__ import annotations
@@ -225,10 +226,15 @@ def _region(
     s1: int,
     rows: slice,
     cols: slice,
+    pure: bool = True,
 ) -> Any:
-    """What a task reads: samples ``s0:s1`` and a window, lazily (or a view)."""
+    """What a task reads: samples ``s0:s1`` and a window, lazily (or a view).
+
+    ``pure=False`` makes a stored read a task of its own (a second pass reads
+    afresh instead of holding the first pass's block in memory meanwhile).
+    """
     if isinstance(images, StoredImages):
-        return dask.delayed(read_images, pure=True)(
+        return dask.delayed(read_images, pure=pure)(
             images.path, compact_index(images.index[s0:s1]), rows, cols, images.variable
         )
     return images[s0:s1, rows, cols, :]
@@ -249,6 +255,15 @@ def _read_halo(
     return data
 
 
+def _target_parameters(
+    targets: Sequence[np.ndarray],
+    target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
+) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    if target_bounds is None:
+        return [(None, None)] * len(targets)
+    return [(lo, kernels.minmax_scale(lo, hi)) for lo, hi in target_bounds]
+
+
 def statistics(
     source: np.ndarray,
     targets: Sequence[np.ndarray],
@@ -257,13 +272,14 @@ def statistics(
     padding: tuple[tuple[int, int], tuple[int, int]],
     field: int,
     method: str = "covariance",
+    squares: bool = False,
 ) -> kernels.TileStatistics | kernels.CovarianceStatistics:
-    """Task: statistics of one tile over one block of samples."""
+    """Task: statistics of one tile over one block of samples.
+
+    ``squares`` (displacement method only) adds the sums of squared targets.
+    """
     low, high = source_bounds if source_bounds is not None else (None, None)
-    if target_bounds is None:
-        target_params = [(None, None)] * len(targets)
-    else:
-        target_params = [(lo, kernels.minmax_scale(lo, hi)) for lo, hi in target_bounds]
+    target_params = _target_parameters(targets, target_bounds)
     if method == "displacement":
         scale = None if low is None else kernels.minmax_scale(low, high)
         halo = kernels.samples_last(source, low, scale, padding)
@@ -273,7 +289,11 @@ def statistics(
                 for t, p in zip(targets, target_params, strict=True)
             ]
         )
-        return kernels.displacement_statistics(halo, stacked, field, sample_last=True)
+        return kernels.displacement_statistics(
+            halo, stacked, field, sample_last=True, squares=squares
+        )
+    if squares:
+        raise ValueError("squared target sums need the displacement method")
     halo = _read_halo(source, low, high, padding)
     stacked = np.stack(
         [
@@ -299,19 +319,65 @@ def solve(
     tile: Tile,
     image_shape: tuple[int, int],
     field: int,
-    lam: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Task: solve every pixel of a tile."""
+    lam: float | str,
+    grid: Sequence[float] | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Task: solve every pixel of a tile (``lam="gcv"``: choosing from ``grid``)."""
     validity = kernels.window_validity(
         tile.y0, tile.x0, *tile.shape, image_shape, field
     )
+    if lam == "gcv":
+        return kernels.solve_gcv(stats, field, np.asarray(grid), validity)
     return kernels.solve_tile(stats, field, lam, validity)
 
 
+def factor(stats: kernels.TileStatistics, field: int) -> kernels.SpectralFactors:
+    """Task: eigendecompose the Gram matrix of every pixel of a tile."""
+    return kernels.spectral_factors(stats, field)
+
+
+def press(
+    factors: kernels.SpectralFactors,
+    source: np.ndarray,
+    targets: Sequence[np.ndarray],
+    source_bounds: tuple[np.ndarray, np.ndarray] | None,
+    target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    field: int,
+    grid: Sequence[float],
+) -> np.ndarray:
+    """Task: leave-one-out squared errors of one tile over one block of samples."""
+    low, high = source_bounds if source_bounds is not None else (None, None)
+    halo = _read_halo(source, low, high, padding)
+    params = _target_parameters(targets, target_bounds)
+    stacked = np.stack(
+        [kernels.normalize_block(t, *p) for t, p in zip(targets, params, strict=True)]
+    )
+    return kernels.press_tile(factors, halo, stacked, field, np.asarray(grid))
+
+
+def select(
+    factors: kernels.SpectralFactors,
+    scores: np.ndarray,
+    tile: Tile,
+    image_shape: tuple[int, int],
+    field: int,
+    grid: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Task: solve every pixel of a tile with its penalty of least score."""
+    validity = kernels.window_validity(
+        tile.y0, tile.x0, *tile.shape, image_shape, field
+    )
+    return kernels.solve_selected(factors, scores, np.asarray(grid), validity)
+
+
 def write_tile(
-    path: str, tile: Tile, solution: tuple[np.ndarray, np.ndarray]
+    path: str, tile: Tile, solution: tuple[np.ndarray, ...]
 ) -> tuple[int, int]:
-    """Task: write one solved tile to the model store."""
+    """Task: write one solved tile (and its chosen penalties) to the model store."""
+    if len(solution) == 3:
+        weight, bias, lam_map = solution
+        return write_model_tile(path, tile, weight, bias, lam_map=lam_map)
     weight, bias = solution
     return write_model_tile(path, tile, weight, bias)
 
@@ -333,8 +399,9 @@ def fit_tiles(
     target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
     plan: FitPlan,
     field: int,
-    lam: float,
+    lam: float | str,
     store: str | os.PathLike | None = None,
+    lam_grid: Sequence[float] | None = None,
 ) -> list[Any]:
     """Delayed per-tile results of training.
 
@@ -345,14 +412,19 @@ def fit_tiles(
     source_bounds, target_bounds : numpy.ndarray pairs or None
         Per-sample ``(min, max)`` for min-max normalisation; None for none.
     plan : FitPlan
-        Tiles and sample blocks.
+        Tiles and sample blocks (displacement method when choosing penalties).
     field : int
         Receptive field size.
-    lam : float
-        Ridge penalty.
+    lam : float or {"gcv", "loo"}
+        Ridge penalty, or the criterion each pixel chooses its penalty from
+        ``lam_grid`` by: generalised cross-validation (from the statistics) or
+        leave-one-out (a second pass over the samples: ``press`` tasks).
     store : str or path, optional
         Model store to write each tile to (then each result is the tile index);
-        otherwise each result is ``(weight, bias)``.
+        otherwise each result is ``(weight, bias)``, and ``lam_map`` too when
+        penalties are chosen.
+    lam_grid : sequence of float, optional
+        Penalties to choose from (with ``lam="gcv"`` or ``"loo"``).
 
     Returns
     -------
@@ -360,6 +432,10 @@ def fit_tiles(
         One per tile, in plan order.
     """
     halo_width = field // 2
+    selecting = lam in ("gcv", "loo")
+    grid = tuple(float(v) for v in lam_grid) if selecting and lam_grid else None
+    if selecting and (grid is None or plan.method != "displacement"):
+        raise ValueError("choosing penalties needs a grid and displacement statistics")
     # Not pure: hashing every argument (image views among them) costs more than
     # the smaller tasks take; each call gets a unique key instead.
     statistics_task = dask.delayed(statistics, pure=False)
@@ -368,7 +444,7 @@ def fit_tiles(
     results = []
     for tile in plan.tiles:
         rows, cols, padding = tile.halo(halo_width, plan.image_shape)
-        parts = []
+        reads = []
         for s0, s1 in plan.blocks:
             src = _region(sources, s0, s1, rows, cols)
             inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
@@ -383,8 +459,37 @@ def fit_tiles(
                 if target_bounds is None
                 else [tuple(b[s0:s1] for b in pair) for pair in target_bounds]
             )
-            parts.append(statistics_task(src, tgt, sb, tb, padding, field, plan.method))
-        solution = solve_task(_tree_sum(parts), tile, plan.image_shape, field, lam)
+            reads.append((src, tgt, sb, tb))
+        if lam == "gcv":
+            parts = [
+                statistics_task(*read, padding, field, plan.method, True)
+                for read in reads
+            ]
+        else:
+            parts = [
+                statistics_task(*read, padding, field, plan.method) for read in reads
+            ]
+        if lam == "loo":
+            factors = dask.delayed(factor, pure=False)(_tree_sum(parts), field)
+            press_task = dask.delayed(press, pure=False)
+            press_parts = []
+            for (s0, s1), (_, _, sb, tb) in zip(plan.blocks, reads, strict=True):
+                src = _region(sources, s0, s1, rows, cols, pure=False)
+                inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
+                tgt = [_region(t, s0, s1, *inner, pure=False) for t in targets]
+                press_parts.append(
+                    press_task(factors, src, tgt, sb, tb, padding, field, grid)
+                )
+            scores = _tree_sum(press_parts)
+            solution = dask.delayed(select, pure=False)(
+                factors, scores, tile, plan.image_shape, field, grid
+            )
+        elif lam == "gcv":
+            solution = solve_task(
+                _tree_sum(parts), tile, plan.image_shape, field, lam, grid
+            )
+        else:
+            solution = solve_task(_tree_sum(parts), tile, plan.image_shape, field, lam)
         if store is not None:
             results.append(write_task(str(store), tile, solution))
         else:

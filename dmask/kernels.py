@@ -8,6 +8,11 @@ of the zero-padded, normalised source images: the tile's pixels plus ``b = r //
 The per-pixel Gram matrices are assembled from sums of products per
 *displacement*: ``P_d(q) = sum_n x_n(q) x_n(q + d)`` for the ``(2r - 1)^2 / 2``
 displacements of one half-plane, which every pair of window offsets maps onto.
+
+Per-pixel penalty selection (leave-one-out or generalised cross-validation) works
+on one eigendecomposition of each pixel's unregularised Gram matrix
+(:class:`SpectralFactors`): every penalty of a grid then costs a few vector
+operations.
 """
 
 from __future__ import annotations
@@ -20,11 +25,21 @@ import numpy as np
 from dmask import compiled
 
 __all__ = [
+    "DEFAULT_LAM_GRID",
     "METHODS",
     "CovarianceStatistics",
+    "SpectralFactors",
     "TileStatistics",
     "covariance_statistics",
     "displacement_statistics",
+    "gcv_scores",
+    "press_scores",
+    "press_tile",
+    "select_lambda",
+    "solve_gcv",
+    "solve_selected",
+    "spectral_factors",
+    "spectral_solve",
     "solve_covariance",
     "solve_displacement",
     "apply_tile",
@@ -219,6 +234,9 @@ class TileStatistics:
         ``(T, h, w, C)``: ``sum_n t(p)``.
     count : int
         Number of training pairs.
+    target_squares : numpy.ndarray or None
+        ``(T, h, w, C)``: ``sum_n t(p)^2``, when asked for (generalised
+        cross-validation needs it; the fixed-penalty solve does not).
     """
 
     pair_sums: np.ndarray
@@ -226,14 +244,19 @@ class TileStatistics:
     cross_sums: np.ndarray
     target_sums: np.ndarray
     count: int
+    target_squares: np.ndarray | None = None
 
     def __add__(self, other: TileStatistics) -> TileStatistics:
+        squares = None
+        if self.target_squares is not None and other.target_squares is not None:
+            squares = self.target_squares + other.target_squares
         return TileStatistics(
             self.pair_sums + other.pair_sums,
             self.sums + other.sums,
             self.cross_sums + other.cross_sums,
             self.target_sums + other.target_sums,
             self.count + other.count,
+            squares,
         )
 
 
@@ -275,7 +298,11 @@ def samples_last(
 
 
 def displacement_statistics(
-    halo: np.ndarray, targets: np.ndarray, field: int, sample_last: bool = False
+    halo: np.ndarray,
+    targets: np.ndarray,
+    field: int,
+    sample_last: bool = False,
+    squares: bool = False,
 ) -> TileStatistics:
     """Accumulate the statistics of one tile over a block of training pairs.
 
@@ -292,6 +319,8 @@ def displacement_statistics(
     sample_last : bool
         Whether the arrays already have the sample axis last (see
         :func:`samples_last`), which saves a copy.
+    squares : bool
+        Also sum the squared targets (``target_squares``).
 
     Returns
     -------
@@ -307,10 +336,13 @@ def displacement_statistics(
     hh, ww, nc, n = x.shape
     n_targets, h, w, _, _ = t.shape
     deltas = displacements(field)
+    target_squares = np.einsum("tijcn,tijcn->tijc", t, t) if squares else None
     if compiled.enabled():
         offsets = window_offsets(field) + field // 2
         return TileStatistics(
-            *compiled.displacement_sums(x, t, np.array(deltas), offsets), n
+            *compiled.displacement_sums(x, t, np.array(deltas), offsets),
+            n,
+            target_squares,
         )
     pair_sums = np.zeros((len(deltas), hh, ww, nc))
     for d, (dy, dx) in enumerate(deltas):
@@ -330,7 +362,7 @@ def displacement_statistics(
             "ijcn,tijcn->tijc", x[oy : oy + h, ox : ox + w], t, out=cross_sums[:, a]
         )
     target_sums = t.sum(axis=-1)
-    return TileStatistics(pair_sums, sums, cross_sums, target_sums, n)
+    return TileStatistics(pair_sums, sums, cross_sums, target_sums, n, target_squares)
 
 
 @cache
@@ -385,6 +417,12 @@ def _gram_rows(
     return gram
 
 
+def _rhs(stats: TileStatistics) -> np.ndarray:
+    """Right-hand sides ``A^T t`` of every pixel, ``(h, w, C, k + 1, T)``."""
+    rhs = np.concatenate([stats.cross_sums, stats.target_sums[:, None]], axis=1)
+    return np.moveaxis(rhs, (0, 1), (-1, -2))
+
+
 def solve_displacement(
     stats: TileStatistics,
     field: int,
@@ -433,10 +471,7 @@ def solve_displacement(
             return weights, np.ascontiguousarray(solution[..., k])
     weights = np.empty((n_targets, h, w, nc, k))
     bias = np.empty((n_targets, h, w, nc))
-    rhs_all = np.concatenate(
-        [stats.cross_sums, stats.target_sums[:, None]], axis=1
-    )  # (T, k + 1, h, w, C)
-    rhs_all = np.moveaxis(rhs_all, (0, 1), (-1, -2))  # (h, w, C, k + 1, T)
+    rhs_all = _rhs(stats)
     for i0 in range(0, h, rows_per_batch):
         rows = slice(i0, min(h, i0 + rows_per_batch))
         gram = _gram_rows(stats, field, rows, lam)
@@ -446,6 +481,342 @@ def solve_displacement(
         bias[:, rows] = solution[..., k]
     weights *= validity[None, :, :, None, :]
     return weights, bias
+
+
+# ------------------------------------------------------------ lambda selection
+
+#: Penalties tried per pixel by default: 13 log-spaced from 1e-3 to 1e3 (half
+#: decades) and the reference's 0.4.
+DEFAULT_LAM_GRID: tuple[float, ...] = tuple(
+    sorted({*(float(v) for v in np.logspace(-3, 3, 13)), 0.4})
+)
+
+
+@dataclass
+class SpectralFactors:
+    """Eigendecomposition of every pixel's unregularised Gram matrix of a tile.
+
+    With ``G = A^T A = V diag(s) V^T`` and ``b = A^T t``, the ridge solution for
+    any penalty is ``V diag(1 / (s + lam)) V^T b``.
+
+    Attributes
+    ----------
+    values : numpy.ndarray
+        ``(h, w, C, k + 1)``: eigenvalues ``s`` (clipped at 0), ascending.
+    vectors : numpy.ndarray
+        ``(h, w, C, k + 1, k + 1)``: eigenvectors ``V`` as columns.
+    projected : numpy.ndarray
+        ``(h, w, C, k + 1, T)``: ``V^T b`` for every target.
+    count : int
+        Number of training pairs.
+    """
+
+    values: np.ndarray
+    vectors: np.ndarray
+    projected: np.ndarray
+    count: int
+
+
+def _spectral_rows(
+    stats: TileStatistics, field: int, rows: slice, rhs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues, eigenvectors and projected right-hand sides of some tile rows."""
+    values, vectors = np.linalg.eigh(_gram_rows(stats, field, rows, 0.0))
+    np.maximum(values, 0.0, out=values)
+    projected = np.swapaxes(vectors, -1, -2) @ rhs[rows]
+    return values, vectors, projected
+
+
+def spectral_factors(
+    stats: TileStatistics, field: int, rows_per_batch: int = 8
+) -> SpectralFactors:
+    """Eigendecompose the Gram matrix of every pixel and channel of a tile.
+
+    Parameters
+    ----------
+    stats : TileStatistics
+        Statistics summed over all training pairs.
+    field : int
+        Odd receptive field size ``r``.
+    rows_per_batch : int
+        Tile rows decomposed at once.
+
+    Returns
+    -------
+    SpectralFactors
+    """
+    n_targets, k, h, w, nc = stats.cross_sums.shape
+    values = np.empty((h, w, nc, k + 1))
+    vectors = np.empty((h, w, nc, k + 1, k + 1))
+    projected = np.empty((h, w, nc, k + 1, n_targets))
+    rhs = _rhs(stats)
+    for i0 in range(0, h, rows_per_batch):
+        rows = slice(i0, min(h, i0 + rows_per_batch))
+        values[rows], vectors[rows], projected[rows] = _spectral_rows(
+            stats, field, rows, rhs
+        )
+    return SpectralFactors(values, vectors, projected, stats.count)
+
+
+def gcv_scores(
+    values: np.ndarray,
+    projected: np.ndarray,
+    target_squares: np.ndarray,
+    count: int,
+    grid: np.ndarray,
+) -> np.ndarray:
+    """Generalised cross-validation score of every penalty of a grid.
+
+    ``GCV(lam) = N RSS(lam) / (N - trace H(lam))^2`` with ``trace H = sum s / (s +
+    lam)`` and ``RSS = t^T t - 2 w^T b + w^T G w = t^T t - sum c^2 (s + 2 lam) /
+    (s + lam)^2``, ``c = V^T b``: statistics alone, no design rows.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(..., n)`` eigenvalues of ``G``.
+    projected : numpy.ndarray
+        ``(..., n, T)``: ``V^T b``.
+    target_squares : numpy.ndarray
+        ``(..., T)``: ``t^T t``.
+    count : int
+        Number of training pairs ``N``.
+    grid : numpy.ndarray
+        ``(L,)`` penalties.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., T, L)``.
+    """
+    grid = np.asarray(grid, dtype=np.float64)
+    inverse = 1.0 / (values[..., :, None] + grid)  # (..., n, L)
+    trace = np.einsum("...n,...nl->...l", values, inverse)
+    explained = np.swapaxes(projected**2, -1, -2) @ (
+        (values[..., :, None] + 2.0 * grid) * inverse**2
+    )  # (..., T, L)
+    rss = np.maximum(target_squares[..., :, None] - explained, 0.0)
+    return count * rss / (count - trace[..., None, :]) ** 2
+
+
+def press_scores(
+    design: np.ndarray,
+    targets: np.ndarray,
+    values: np.ndarray,
+    vectors: np.ndarray,
+    projected: np.ndarray,
+    grid: np.ndarray,
+) -> np.ndarray:
+    """Leave-one-out squared errors (PRESS) of some samples, every penalty.
+
+    For sample ``i`` with design row ``a_i``: ``z = V^T a_i``, leverage ``h_i =
+    sum z^2 / (s + lam)``, fit ``a_i^T w = sum z c / (s + lam)``; its
+    leave-one-out residual is ``(t_i - a_i^T w) / (1 - h_i)``, exactly that of a
+    refit without it.
+
+    Parameters
+    ----------
+    design : numpy.ndarray
+        ``(P, m, n)``: design rows (window values, then 1) of ``m`` samples at
+        ``P`` pixels.
+    targets : numpy.ndarray
+        ``(P, m, T)`` target values.
+    values, vectors, projected : numpy.ndarray
+        ``(P, n)``, ``(P, n, n)``, ``(P, n, T)``: the pixels' spectral factors.
+    grid : numpy.ndarray
+        ``(L,)`` penalties.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(P, T, L)``: sums over the ``m`` samples of squared residuals.
+    """
+    grid = np.asarray(grid, dtype=np.float64)
+    pixels, m, n = design.shape
+    n_targets = projected.shape[-1]
+    z = design @ vectors  # (P, m, n): rows of V^T a_i
+    inverse = 1.0 / (values[:, :, None] + grid)  # (P, n, L)
+    leverage = (z * z) @ inverse  # (P, m, L)
+    coefficients = projected[:, :, :, None] * inverse[:, :, None, :]
+    fitted = z @ coefficients.reshape(pixels, n, -1)
+    fitted = fitted.reshape(pixels, m, n_targets, len(grid))
+    residual = (targets[..., None] - fitted) / (1.0 - leverage[:, :, None, :])
+    return np.einsum("pmtl,pmtl->ptl", residual, residual)
+
+
+def press_tile(
+    factors: SpectralFactors,
+    halo: np.ndarray,
+    targets: np.ndarray,
+    field: int,
+    grid: np.ndarray,
+) -> np.ndarray:
+    """PRESS of every pixel, channel, target and penalty over a block of samples.
+
+    Parameters
+    ----------
+    factors : SpectralFactors
+        The tile's factors from all training pairs.
+    halo : numpy.ndarray
+        ``(n, h + 2b, w + 2b, C)`` normalised, zero-padded source halo block.
+    targets : numpy.ndarray
+        ``(T, n, h, w, C)`` normalised target pixels of the tile.
+    field : int
+        Odd receptive field size ``r``.
+    grid : numpy.ndarray
+        ``(L,)`` penalties.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(h, w, C, T, L)`` partial sums: add them over sample blocks.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    n_samples = halo.shape[0]
+    h, w, nc, n = factors.values.shape
+    n_targets = factors.projected.shape[-1]
+    out = np.empty((h, w, nc, n_targets, len(grid)))
+    design = np.ones((w, nc, n_samples, n))
+    for i in range(h):
+        windows = sliding_window_view(halo[:, i : i + field], field, axis=2)
+        # (n, dy, x, C, dx) -> (x, C, n, dy, dx): features in window order.
+        design[..., : n - 1] = np.transpose(windows, (2, 3, 0, 1, 4)).reshape(
+            w, nc, n_samples, n - 1
+        )
+        values = np.transpose(targets[:, :, i], (2, 3, 1, 0))  # (w, C, n, T)
+        out[i] = press_scores(
+            design.reshape(w * nc, n_samples, n),
+            values.reshape(w * nc, n_samples, n_targets),
+            factors.values[i].reshape(w * nc, n),
+            factors.vectors[i].reshape(w * nc, n, n),
+            factors.projected[i].reshape(w * nc, n, n_targets),
+            grid,
+        ).reshape(w, nc, n_targets, len(grid))
+    return out
+
+
+def select_lambda(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The penalty of least finite score, the first in the grid on ties.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        ``(..., L)``.
+    grid : numpy.ndarray
+        ``(L,)`` penalties.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(...)`` float64 penalties.
+    """
+    finite = np.where(np.isfinite(scores), scores, np.inf)
+    return np.asarray(grid, dtype=np.float64)[np.argmin(finite, axis=-1)]
+
+
+def spectral_solve(
+    values: np.ndarray, vectors: np.ndarray, projected: np.ndarray, lam: np.ndarray
+) -> np.ndarray:
+    """Ridge solutions ``V diag(1 / (s + lam)) V^T b`` with a penalty per system.
+
+    Parameters
+    ----------
+    values, vectors, projected : numpy.ndarray
+        ``(..., n)``, ``(..., n, n)``, ``(..., n, T)``.
+    lam : numpy.ndarray
+        ``(..., T)`` penalties.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., n, T)``.
+    """
+    return vectors @ (projected / (values[..., :, None] + lam[..., None, :]))
+
+
+def _selected(
+    solution: np.ndarray, lam: np.ndarray, validity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(h, w, C, k + 1, T)`` solutions and ``(h, w, C, T)`` penalties, as stored."""
+    solution = np.moveaxis(solution, -1, 0)  # (T, h, w, C, k + 1)
+    k = solution.shape[-1] - 1
+    weights = solution[..., :k] * validity[None, :, :, None, :]
+    return weights, np.ascontiguousarray(solution[..., k]), np.moveaxis(lam, -1, 0)
+
+
+def solve_gcv(
+    stats: TileStatistics,
+    field: int,
+    grid: np.ndarray,
+    validity: np.ndarray,
+    rows_per_batch: int = 8,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Choose each pixel's penalty by GCV and solve with it, from statistics.
+
+    Parameters
+    ----------
+    stats : TileStatistics
+        Statistics with ``target_squares``, summed over all training pairs.
+    field : int
+        Odd receptive field size ``r``.
+    grid : numpy.ndarray
+        ``(L,)`` penalties to choose from.
+    validity : numpy.ndarray
+        ``(h, w, r * r)`` from :func:`window_validity`.
+    rows_per_batch : int
+        Tile rows decomposed at once.
+
+    Returns
+    -------
+    weights : numpy.ndarray
+        ``(T, h, w, C, r * r)``.
+    bias, lam : numpy.ndarray
+        ``(T, h, w, C)``: the bias and the chosen penalty.
+    """
+    if stats.target_squares is None:
+        raise ValueError("GCV needs statistics with target_squares")
+    n_targets, k, h, w, nc = stats.cross_sums.shape
+    squares = np.moveaxis(stats.target_squares, 0, -1)  # (h, w, C, T)
+    solution = np.empty((h, w, nc, k + 1, n_targets))
+    lam = np.empty((h, w, nc, n_targets))
+    rhs = _rhs(stats)
+    for i0 in range(0, h, rows_per_batch):
+        rows = slice(i0, min(h, i0 + rows_per_batch))
+        values, vectors, projected = _spectral_rows(stats, field, rows, rhs)
+        scores = gcv_scores(values, projected, squares[rows], stats.count, grid)
+        lam[rows] = select_lambda(scores, grid)
+        solution[rows] = spectral_solve(values, vectors, projected, lam[rows])
+    return _selected(solution, lam, validity)
+
+
+def solve_selected(
+    factors: SpectralFactors,
+    scores: np.ndarray,
+    grid: np.ndarray,
+    validity: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Solve every pixel with the penalty of least score (e.g. PRESS).
+
+    Parameters
+    ----------
+    factors : SpectralFactors
+        The tile's factors.
+    scores : numpy.ndarray
+        ``(h, w, C, T, L)``, e.g. summed :func:`press_tile` results.
+    grid : numpy.ndarray
+        ``(L,)`` penalties.
+    validity : numpy.ndarray
+        ``(h, w, r * r)`` from :func:`window_validity`.
+
+    Returns
+    -------
+    weights, bias, lam : numpy.ndarray
+        As :func:`solve_gcv`.
+    """
+    lam = select_lambda(scores, grid)
+    solution = spectral_solve(factors.values, factors.vectors, factors.projected, lam)
+    return _selected(solution, lam, validity)
 
 
 def apply_tile(

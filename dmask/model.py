@@ -7,7 +7,7 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("minmax", "none")
 SINGLE_TARGET = "target"
+#: Criteria by which each pixel may choose its penalty (``fit(lam=...)``).
+LAM_SELECTIONS = ("loo", "gcv")
+#: Penalties each pixel chooses from by default.
+DEFAULT_LAM_GRID = kernels.DEFAULT_LAM_GRID
 
 
 def check_settings(field: Any, lam: Any, normalize: Any) -> None:
@@ -32,16 +36,39 @@ def check_settings(field: Any, lam: Any, normalize: Any) -> None:
         raise InputError(f"field must be an odd integer >= 1, got {field!r}")
     if field < 1 or field % 2 == 0:
         raise InputError(f"field must be an odd integer >= 1, got {field}")
+    if isinstance(lam, str) and lam in LAM_SELECTIONS:
+        lam = 1.0
     try:
         lam_value = float(lam)
     except (TypeError, ValueError):
-        raise InputError(f"lam must be a positive number, got {lam!r}") from None
+        raise InputError(
+            f"lam must be a positive number, 'loo' or 'gcv', got {lam!r}"
+        ) from None
     if not (math.isfinite(lam_value) and lam_value > 0):
         raise InputError(f"lam must be a positive finite number, got {lam!r}")
     if normalize not in NORMALIZATIONS:
         raise InputError(
             f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}"
         )
+
+
+def check_lam_grid(lam_grid: Any) -> tuple[float, ...]:
+    """Validate penalties to choose from: sorted, distinct, positive and finite.
+
+    None gives :data:`DEFAULT_LAM_GRID`.
+    """
+    if lam_grid is None:
+        return tuple(DEFAULT_LAM_GRID)
+    try:
+        values = np.asarray(lam_grid, dtype=np.float64)
+    except (TypeError, ValueError):
+        message = f"lam_grid must be positive numbers, got {lam_grid!r}"
+        raise InputError(message) from None
+    if values.ndim != 1 or values.size == 0:
+        raise InputError(f"lam_grid must be a non-empty list, got {lam_grid!r}")
+    if not np.all(np.isfinite(values) & (values > 0)):
+        raise InputError(f"lam_grid must be positive finite numbers, got {lam_grid!r}")
+    return tuple(float(v) for v in np.unique(values))
 
 
 def _fingerprint(
@@ -77,9 +104,10 @@ def fit(
     sources: Any,
     targets: Any,
     field: int = 3,
-    lam: float = 0.4,
+    lam: float | str = 0.4,
     normalize: str = "minmax",
     *,
+    lam_grid: Sequence[float] | None = None,
     store: str | os.PathLike | None = None,
     overwrite: bool = False,
     tile_shape: tuple[int, int] | None = None,
@@ -98,10 +126,18 @@ def fit(
         Target faces of the same shape, or one such array per target name.
     field : int
         Odd receptive field size ``r``.
-    lam : float
-        Ridge penalty on the weights and the bias.
+    lam : float or {"loo", "gcv"}
+        Ridge penalty on the weights and the bias; or choose it for every pixel,
+        channel and target from ``lam_grid``, by least leave-one-out error
+        (PRESS, exact: a second pass over the samples) or generalised
+        cross-validation score (from the statistics alone), both from one
+        eigendecomposition of each pixel's Gram matrix. The choice is stored as
+        ``lam_map`` (:meth:`Model.lam_map`); needs the displacement statistics.
     normalize : {"minmax", "none"}
         Per-image min-max scaling to [0, 1] of sources and targets, or none.
+    lam_grid : sequence of float, optional
+        Penalties to choose from with ``lam="loo"`` or ``"gcv"``; by default
+        :data:`DEFAULT_LAM_GRID` (13 log-spaced from 1e-3 to 1e3, and 0.4).
     store : str or path, optional
         Write the model tile by tile to this Zarr store and return it opened
         lazily; otherwise the model is held in memory.
@@ -136,7 +172,18 @@ def fit(
         )
     _check_positive("tile_shape", tile_shape)
     _check_positive("sample_block", sample_block)
-    lam = float(lam)
+    selecting = isinstance(lam, str) and lam in LAM_SELECTIONS
+    if selecting:
+        lam_grid = check_lam_grid(lam_grid)
+        if method == "covariance":
+            raise InputError(
+                f"lam={lam!r} needs method 'auto' or 'displacement', not 'covariance'"
+            )
+        method = "displacement"
+    elif lam_grid is not None:
+        raise InputError("lam_grid is only used with lam='loo' or lam='gcv'")
+    else:
+        lam = float(lam)
     field = int(field)
     single = not isinstance(targets, Mapping)
     named = {SINGLE_TARGET: targets} if single else dict(targets)
@@ -181,7 +228,7 @@ def fit(
         "width": width, "channels": channels, "field": field, "lam": lam,
         "normalize": normalize, "single": single, "fingerprint": fingerprint,
         "source_bounds": source_bounds, "target_bounds": target_bounds,
-        "memory_limit": memory_limit, "overwrite": overwrite,
+        "memory_limit": memory_limit, "overwrite": overwrite, "lam_grid": lam_grid,
     }  # fmt: skip
     if store is None:
         return _fit_planned(
@@ -192,6 +239,9 @@ def fit(
     with storage.output_lock(store):
         previous = storage.read_model_progress(store) if resume else None
         if previous is not None:  # the unfinished run's plan, for the same sums
+            for key in ("tile_shape", "sample_block", "statistics_method"):
+                if key not in previous.attrs:
+                    raise InputError(f"cannot resume {store}: it does not record {key}")
             tile_shape = tuple(previous.attrs["tile_shape"])  # type: ignore[assignment]
             sample_block = int(previous.attrs["sample_block"])
             method = str(previous.attrs["statistics_method"])
@@ -211,7 +261,8 @@ def _fit_planned(
     width: int,
     channels: int,
     field: int,
-    lam: float,
+    lam: float | str,
+    lam_grid: tuple[float, ...] | None,
     normalize: str,
     single: bool,
     fingerprint: str,
@@ -238,6 +289,7 @@ def _fit_planned(
         sample_block=sample_block,
         memory_limit=memory_limit,
         method=method,
+        n_lams=len(lam_grid) if lam_grid else 0,
     )
     logger.info(
         "training %d target(s) on %d pairs of %dx%dx%d: %d tiles of %s, "
@@ -263,6 +315,8 @@ def _fit_planned(
         "statistics_method": plan.method,
         "kernels": "numba" if compiled.enabled() else "numpy",
     }
+    if lam_grid:
+        attrs["lam_grid"] = list(lam_grid)
     if store is not None:
         if previous is not None:
             _check_resumable(store, previous, attrs, names)
@@ -279,11 +333,11 @@ def _fit_planned(
         else:
             storage.create_model_template(
                 store, names, (height, width), channels, field, plan.tile_shape,
-                attrs, overwrite=overwrite,
+                attrs, overwrite=overwrite, lam_map=bool(lam_grid),
             )  # fmt: skip
         tasks = execution.fit_tiles(
             src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
-            store=store,
+            store=store, lam_grid=lam_grid,
         )  # fmt: skip
         execution.compute(*tasks)
         storage.finalize_store(store)
@@ -291,15 +345,20 @@ def _fit_planned(
         return open_model(store)
 
     tasks = execution.fit_tiles(
-        src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam
-    )
+        src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
+        lam_grid=lam_grid,
+    )  # fmt: skip
     solutions = execution.compute(*tasks)
     k = field * field
     weight = np.empty((len(names), height, width, channels, k))
     bias = np.empty((len(names), height, width, channels))
-    for tile, (w, b) in zip(plan.tiles, solutions, strict=True):
-        weight[:, tile.y0 : tile.y1, tile.x0 : tile.x1] = w
-        bias[:, tile.y0 : tile.y1, tile.x0 : tile.x1] = b
+    lam_map = np.empty((len(names), height, width, channels)) if lam_grid else None
+    for tile, solution in zip(plan.tiles, solutions, strict=True):
+        where = (slice(None), slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
+        weight[where] = solution[0]
+        bias[where] = solution[1]
+        if lam_map is not None:
+            lam_map[where] = solution[2]
     grid = (plan.tiles[-1].index[0] + 1, plan.tiles[-1].index[1] + 1)
     dataset = storage.model_dataset(
         weight,
@@ -308,6 +367,7 @@ def _fit_planned(
         field,
         np.ones(grid, dtype="u1"),
         {**attrs, "complete": True},
+        lam_map=lam_map,
     )
     return Model(dataset)
 
@@ -332,9 +392,9 @@ def _check_resumable(
             f"cannot resume {store}: it holds targets {list(previous.targets)}, "
             f"this run trains {names}"
         )
-    for key in RESUME_KEYS:
+    for key in (*RESUME_KEYS, "lam_grid"):
         before = previous.attrs.get(key)
-        now = attrs[key]
+        now = attrs.get(key)
         if isinstance(before, (list, tuple)):
             before = list(before)
         if before != now:
@@ -358,7 +418,8 @@ class Model:
 
     def __repr__(self) -> str:
         return (
-            f"<dmask.Model targets={self.targets} field={self.field} lam={self.lam} "
+            f"<dmask.Model targets={self.targets} field={self.field} "
+            f"lam={self.dataset.attrs['lam']!r} "
             f"normalize={self.normalize!r} image={self.image_shape} "
             f"channels={self.channels}>"
         )
@@ -375,8 +436,19 @@ class Model:
 
     @property
     def lam(self) -> float:
-        """Ridge penalty."""
-        return float(self.dataset.attrs["lam"])
+        """Ridge penalty; NaN when chosen per pixel (see :meth:`lam_map`)."""
+        value = self.dataset.attrs["lam"]
+        return float("nan") if isinstance(value, str) else float(value)
+
+    def lam_map(self, target: str | None = None) -> xr.DataArray:
+        """Penalties ``(y, x, channel)`` of one target (lazy if stored).
+
+        For a fixed-penalty model, that penalty everywhere.
+        """
+        name = self._target(target)
+        if "lam_map" in self.dataset:
+            return self.dataset["lam_map"].sel(target=name)
+        return xr.full_like(self.dataset["bias"].sel(target=name), self.lam)
 
     @property
     def normalize(self) -> str:

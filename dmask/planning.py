@@ -18,6 +18,7 @@ __all__ = [
     "resolve_method",
     "Tile",
     "estimate_fit_task_bytes",
+    "estimate_selection_bytes",
     "estimate_statistics_bytes",
     "plan_fit",
     "plan_tiles",
@@ -150,6 +151,15 @@ def estimate_statistics_bytes(
     return total
 
 
+def estimate_selection_bytes(
+    tile_shape: tuple[int, int], channels: int, field: int, n_targets: int, n_lams: int
+) -> int:
+    """Bytes of a tile's spectral factors and scores when penalties are chosen."""
+    h, w = tile_shape
+    n = field * field + 1
+    return 8 * h * w * channels * (n * n + n + n * n_targets + n_targets * n_lams)
+
+
 def estimate_fit_task_bytes(
     tile_shape: tuple[int, int],
     channels: int,
@@ -158,12 +168,15 @@ def estimate_fit_task_bytes(
     block: int,
     method: str = "covariance",
     combined: bool = True,
+    n_lams: int = 0,
 ) -> int:
     """Peak bytes of the largest task of a tile: statistics, combine or solve.
 
     Counts the float64 halo block and targets (twice: read and rearranged), the
     statistics (``COMBINE_FAN_IN + 1`` of them in a combine task, when there are
     several sample blocks to combine), and the Gram matrices of one solve batch.
+    With ``n_lams`` penalties to choose from, also the tile's spectral factors
+    and scores, and the leave-one-out pass's per-row arrays.
     """
     h, w = tile_shape
     b2 = 2 * (field // 2)
@@ -174,6 +187,12 @@ def estimate_fit_task_bytes(
     batch = COVARIANCE_SIDE**2 if method == "covariance" else 8 * w * channels
     gram = 2 * 8 * batch * ((k + 1) ** 2 + 2 * (k + 1) * n_targets)
     combine = (COMBINE_FAN_IN + 1) * stats if combined else 0
+    if n_lams:
+        factors = estimate_selection_bytes(
+            tile_shape, channels, field, n_targets, n_lams
+        )
+        rows = 8 * block * w * channels * (k + 1 + 3 * n_targets * n_lams)
+        return max(data + stats, combine, stats + gram + factors, data + factors + rows)
     return max(data + stats, combine, stats + gram)
 
 
@@ -215,6 +234,7 @@ def plan_fit(
     sample_block: int | None = None,
     memory_limit: int = DEFAULT_TASK_MEMORY,
     method: str = "auto",
+    n_lams: int = 0,
 ) -> FitPlan:
     """Choose tiles and sample blocks that fit a task memory budget.
 
@@ -235,6 +255,9 @@ def plan_fit(
     method : {"auto", "covariance", "displacement"}
         How statistics are accumulated (see :func:`resolve_method` and
         :func:`dmask.kernels.tile_statistics`).
+    n_lams : int
+        Penalties each pixel chooses from (0: one fixed penalty); their factors
+        and scores count against the budget too.
 
     Returns
     -------
@@ -244,7 +267,9 @@ def plan_fit(
     height, width = image_shape
 
     def fixed_bytes(shape: tuple[int, int]) -> int:
-        return estimate_fit_task_bytes(shape, channels, field, n_targets, 0, method)
+        return estimate_fit_task_bytes(
+            shape, channels, field, n_targets, 0, method, n_lams=n_lams
+        )
 
     if tile_shape is None:
         side = int(math.sqrt(DEFAULT_TILE_PIXELS))
@@ -258,13 +283,20 @@ def plan_fit(
         stats = estimate_statistics_bytes(
             tile_shape, channels, field, n_targets, method
         )
+        if n_lams:
+            k1 = field * field + 1
+            per_sample += 8 * w * channels * (k1 + 3 * n_targets * n_lams)
+            stats += estimate_selection_bytes(
+                tile_shape, channels, field, n_targets, n_lams
+            )
         room = max(1, (memory_limit - stats) // per_sample)
         sample_block = int(max(1, min(n_samples, room, 1024)))
     tiles = tuple(plan_tiles(image_shape, tile_shape))
     blocks = tuple(sample_blocks(n_samples, sample_block))
     task_bytes = estimate_fit_task_bytes(
-        tile_shape, channels, field, n_targets, sample_block, method, len(blocks) > 1
-    )
+        tile_shape, channels, field, n_targets, sample_block, method, len(blocks) > 1,
+        n_lams,
+    )  # fmt: skip
     return FitPlan(
         image_shape, tile_shape, sample_block, tiles, blocks, task_bytes, method
     )

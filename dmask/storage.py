@@ -10,7 +10,9 @@ Model store (``format = "dmask-model"``)
     float64, one chunk per target and spatial tile; ``tile_complete (tile_y,
     tile_x)`` records tiles durably written; coordinates ``target`` and the
     window layout ``offset_y``/``offset_x`` along ``k``. Attributes hold the
-    settings (field, lam, normalize, channel mode, ...).
+    settings (field, lam, normalize, channel mode, ...). A model whose penalty
+    was chosen per pixel (``lam`` = ``"loo"`` or ``"gcv"``) also holds ``lam_map
+    (target, y, x, channel)`` float64, chunked like ``bias``.
 
 Both carry ``complete = False`` until the last write finished, so a store left
 by a failed run never opens as a finished one.
@@ -585,15 +587,22 @@ def model_dataset(
     field: int,
     tile_complete: Any,
     attrs: Mapping[str, Any],
+    lam_map: Any = None,
 ) -> xr.Dataset:
-    """Assemble the xarray form of a model from (numpy or dask) arrays."""
+    """Assemble the xarray form of a model from (numpy or dask) arrays.
+
+    ``lam_map`` (like ``bias``), the penalty chosen per pixel, is added when given.
+    """
     channels = weight.shape[3]
+    variables = {
+        "weight": (("target", "y", "x", "channel", "k"), weight),
+        "bias": (("target", "y", "x", "channel"), bias),
+        "tile_complete": (("tile_y", "tile_x"), tile_complete),
+    }
+    if lam_map is not None:
+        variables["lam_map"] = (("target", "y", "x", "channel"), lam_map)
     return xr.Dataset(
-        {
-            "weight": (("target", "y", "x", "channel", "k"), weight),
-            "bias": (("target", "y", "x", "channel"), bias),
-            "tile_complete": (("tile_y", "tile_x"), tile_complete),
-        },
+        variables,
         coords=_model_coords(targets, field, channels),
         attrs={"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **dict(attrs)},
     )
@@ -608,8 +617,12 @@ def create_model_template(
     tile_shape: tuple[int, int],
     attrs: Mapping[str, Any],
     overwrite: bool = False,
+    lam_map: bool = False,
 ) -> None:
-    """Write the metadata of a model store whose tiles workers fill in later."""
+    """Write the metadata of a model store whose tiles workers fill in later.
+
+    With ``lam_map``, the store also has the per-pixel penalty array.
+    """
     import dask.array as da
 
     prepare_output(path, overwrite)
@@ -618,21 +631,26 @@ def create_model_template(
     th, tw = tile_shape
     k = field * field
     grid = (-(-height // th), -(-width // tw))
+
+    def per_pixel() -> da.Array:
+        return da.zeros(
+            (n_targets, height, width, channels),
+            chunks=(1, th, tw, channels),
+            dtype="f8",
+        )
+
     ds = model_dataset(
         da.zeros(
             (n_targets, height, width, channels, k),
             chunks=(1, th, tw, channels, k),
             dtype="f8",
         ),
-        da.zeros(
-            (n_targets, height, width, channels),
-            chunks=(1, th, tw, channels),
-            dtype="f8",
-        ),
+        per_pixel(),
         targets,
         field,
         da.zeros(grid, chunks=(1, 1), dtype="u1"),
         {**dict(attrs), "complete": False, "tile_shape": [th, tw]},
+        lam_map=per_pixel() if lam_map else None,
     )
     with quiet_zarr():
         ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
@@ -687,7 +705,11 @@ def read_model_progress(path: str | os.PathLike) -> ModelProgress | None:
 
 
 def write_model_tile(
-    path: str | os.PathLike, tile: Tile, weight: np.ndarray, bias: np.ndarray
+    path: str | os.PathLike,
+    tile: Tile,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    lam_map: np.ndarray | None = None,
 ) -> tuple[int, int]:
     """Write one tile's weights and bias (chunks it alone owns), then mark it done.
 
@@ -699,11 +721,15 @@ def write_model_tile(
         Tile aligned with the store's chunks.
     weight, bias : numpy.ndarray
         ``(T, h, w, C, k)`` and ``(T, h, w, C)``.
+    lam_map : numpy.ndarray, optional
+        ``(T, h, w, C)`` penalties chosen per pixel (stores that have them).
     """
     with quiet_zarr():
         group = zarr.open_group(str(path), mode="r+")
         group["weight"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = weight
         group["bias"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = bias
+        if lam_map is not None:
+            group["lam_map"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = lam_map
         group["tile_complete"][tile.index] = 1
     return tile.index
 

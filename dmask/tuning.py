@@ -1,0 +1,335 @@
+"""Choosing the receptive field and the penalty: sweeps and training-size curves.
+
+Both train on the training subjects of a dataset store and score on held-out
+subjects with :func:`dmask.evaluate.evaluate` (MSE and PSNR in the model's
+normalisation), and return JSON-able rows that
+:func:`dmask.evaluate.write_results` writes as CSV or JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from dmask import execution, kernels, storage
+from dmask.baselines import FullRidge
+from dmask.errors import InputError
+from dmask.evaluate import evaluate, write_results
+from dmask.model import check_settings, fit
+
+__all__ = ["best_setting", "training_size_curve", "tune", "write_rows"]
+
+logger = logging.getLogger(__name__)
+
+#: Split name given to the held-out part of the training subjects.
+VALIDATION = "validation"
+
+#: Writes rows as CSV and/or JSON (``write_rows(rows, csv_path, json_path)``).
+write_rows = write_results
+
+
+def _open(dataset: xr.Dataset | str | os.PathLike) -> xr.Dataset:
+    if isinstance(dataset, xr.Dataset):
+        if "dmask_path" not in dataset.encoding:
+            raise InputError("dataset must be opened with dmask.storage.open_dataset")
+        return dataset
+    return storage.open_dataset(dataset)
+
+
+def _target_names(ds: xr.Dataset, source: str, targets: Sequence[str] | None) -> list:
+    if targets:
+        return list(targets)
+    expressions = np.asarray(ds["expression"].values).astype(str)
+    names = [e for e in dict.fromkeys(expressions.tolist()) if e != source]
+    if not names:
+        raise InputError(f"the dataset has no expression besides {source!r}")
+    return names
+
+
+def _holdout(
+    ds: xr.Dataset, split_fraction: float | None
+) -> tuple[xr.Dataset, str, str]:
+    """The dataset, its training split and the split to score on.
+
+    With ``split_fraction``, the last (by name) fraction of the training
+    subjects becomes a validation split and the test split stays untouched.
+    """
+    if split_fraction is None:
+        return ds, "train", "test"
+    try:
+        fraction = float(split_fraction)
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if not 0 < fraction < 1:
+        raise InputError(f"split_fraction must be in (0, 1), got {split_fraction!r}")
+    if "split" not in ds.coords:
+        raise InputError("dataset has no split coordinate")
+    split = np.asarray(ds["split"].values).astype(str)
+    subjects = np.asarray(ds["subject"].values).astype(str)
+    train = sorted(set(subjects[split == "train"].tolist()))
+    if len(train) < 2:
+        raise InputError(
+            f"split_fraction needs at least 2 training subjects, found {len(train)}"
+        )
+    n_held = min(len(train) - 1, max(1, round(fraction * len(train))))
+    held = np.isin(subjects, train[-n_held:]) & (split == "train")
+    new_split = np.where(held, VALIDATION, split)
+    logger.info("validating on %d of %d training subjects", n_held, len(train))
+    return ds.assign_coords(split=("sample", new_split)), "train", VALIDATION
+
+
+def _mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    mean = {**rows[0], "expression": "mean"}
+    mean["mse"] = float(np.mean([r["mse"] for r in rows]))
+    mean["psnr"] = float(np.mean([r["psnr"] for r in rows]))
+    return mean
+
+
+def _score_mr(
+    ds: xr.Dataset,
+    source: str,
+    names: list[str],
+    train_split: str,
+    test_split: str,
+    field: int,
+    lam: float | str,
+    index: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
+) -> list[dict[str, Any]]:
+    """Train MR on the training pairs (or ``index``) and score on ``test_split``."""
+    if index is None:
+        src, tgt = storage.stored_pairs(ds, source, names, train_split)
+    else:
+        src = storage.stored_images(ds, index[0])
+        tgt = {name: storage.stored_images(ds, i) for name, i in index[1].items()}
+    model = fit(src, tgt, field=field, lam=lam)
+    scored = evaluate(
+        model, ds, source=source, split=test_split, train_split=train_split,
+        targets=names,
+    )  # fmt: skip
+    rows = [
+        {
+            "field": int(field),
+            "lam": lam if isinstance(lam, str) else float(lam),
+            "expression": row["expression"],
+            "n_train": src.shape[0],
+            "n_test": row["n_test"],
+            "mse": row["mse_mr"],
+            "psnr": row["psnr_mr"],
+        }
+        for row in scored
+        if row["expression"] != "mean"
+    ]
+    return [*rows, _mean_row(rows)]
+
+
+def tune(
+    dataset: xr.Dataset | str | os.PathLike,
+    *,
+    source: str = "neutral",
+    targets: Sequence[str] | None = None,
+    fields: Sequence[int] = (1, 3, 5, 7),
+    lams: Sequence[float | str] = (0.01, 0.1, 0.4, 1, 4, 10),
+    split_fraction: float | None = None,
+) -> list[dict[str, Any]]:
+    """Test error of every receptive field and penalty of a grid.
+
+    Each setting is trained on the training subjects and scored on held-out
+    ones (all target expressions at once; one training per setting).
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset or path
+        A dataset store (or one opened by :func:`dmask.storage.open_dataset`).
+    source : str
+        Source expression.
+    targets : sequence of str, optional
+        Target expressions; all but ``source`` by default.
+    fields : sequence of int
+        Odd receptive field sizes ``r``.
+    lams : sequence of float or {"loo", "gcv"}
+        Penalties; ``"loo"``/``"gcv"`` choose one per pixel (see
+        :func:`dmask.fit`).
+    split_fraction : float, optional
+        Score on this fraction of the training subjects (the last by name),
+        trained on the rest, leaving the test split untouched; by default
+        train on the ``train`` split and score on the ``test`` split.
+
+    Returns
+    -------
+    list of dict
+        Per setting, one row per expression and a ``mean`` row: ``field``,
+        ``lam``, ``expression``, ``n_train``, ``n_test``, ``mse``, ``psnr``
+        and ``best`` (True on the mean row of least MSE; see
+        :func:`best_setting`).
+    """
+    ds = _open(dataset)
+    names = _target_names(ds, source, targets)
+    if not fields or not lams:
+        raise InputError("fields and lams must each hold at least one value")
+    for field in fields:
+        for lam in lams:
+            check_settings(field, lam, "minmax")
+    ds, train_split, test_split = _holdout(ds, split_fraction)
+    rows: list[dict[str, Any]] = []
+    for field in fields:
+        for lam in lams:
+            scored = _score_mr(ds, source, names, train_split, test_split, field, lam)
+            logger.info(
+                "field %s lam %s: mean MSE %.6f", field, lam, scored[-1]["mse"]
+            )  # fmt: skip
+            rows += scored
+    best = best_setting(rows)
+    for row in rows:
+        row["best"] = row["expression"] == "mean" and (row["field"], row["lam"]) == (
+            best["field"],
+            best["lam"],
+        )
+    logger.info(
+        "best: field %s lam %s (mean MSE %.6f, PSNR %.2f dB)",
+        best["field"], best["lam"], best["mse"], best["psnr"],
+    )  # fmt: skip
+    return rows
+
+
+def best_setting(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``mean`` row of least MSE among :func:`tune` rows (its first on ties).
+
+    Returns
+    -------
+    dict
+        ``field``, ``lam``, ``mse`` and ``psnr`` of the best setting.
+    """
+    means = [r for r in rows if r["expression"] == "mean"]
+    if not means:
+        raise InputError("no mean rows to choose from")
+    best = min(means, key=lambda r: r["mse"])
+    return {key: best[key] for key in ("field", "lam", "mse", "psnr")}
+
+
+def _load(ds: xr.Dataset, index: np.ndarray) -> np.ndarray:
+    """Samples ``index`` min-max normalised per image, ``(n, H * W * C)`` float64."""
+    (images,) = execution.compute(ds["images"].data[index])
+    normalized = kernels.normalize_block(images, *kernels.minmax_parameters(images))
+    return normalized.reshape(len(index), -1)
+
+
+def _image_scores(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Mean over images of per-image MSE and PSNR (peak 1), as in evaluation."""
+    mse = ((predicted - truth) ** 2).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        psnr = 10.0 * np.log10(1.0 / mse)
+    return float(mse.mean()), float(psnr.mean())
+
+
+def _score_full_ridge(
+    ds: xr.Dataset,
+    names: list[str],
+    source: str,
+    train: tuple[np.ndarray, dict[str, np.ndarray]],
+    lam: float,
+) -> list[dict[str, Any]]:
+    """Full ridge regression (whole normalised image to whole image) per target.
+
+    Trained on the pairs ``train``, scored on the test pairs of each target.
+    """
+    x_train = _load(ds, train[0])
+    rows = []
+    for name in names:
+        model = FullRidge(lam=lam).fit(x_train, _load(ds, train[1][name]))
+        test_source, test_target = storage.pair_indices(ds, source, [name], "test")
+        mse, psnr = _image_scores(
+            model.predict(_load(ds, test_source)), _load(ds, test_target[name])
+        )
+        rows.append(
+            {
+                "method": "full_ridge",
+                "n_train": len(train[0]),
+                "field": None,
+                "lam": lam,
+                "expression": name,
+                "n_test": len(test_source),
+                "mse": mse,
+                "psnr": psnr,
+            }
+        )
+    return [*rows, _mean_row(rows)]
+
+
+def training_size_curve(
+    dataset: xr.Dataset | str | os.PathLike,
+    *,
+    source: str = "neutral",
+    targets: Sequence[str] | None = None,
+    sizes: Sequence[int] = (5, 10, 20, 40, 80, 160),
+    field: int = 3,
+    lam: float = 0.4,
+    include_full_ridge: bool = True,
+) -> list[dict[str, Any]]:
+    """Test error against the number of training subjects, MR and full ridge.
+
+    Each size ``N`` trains on the first ``N`` training subjects (by name, so the
+    sets are nested) and scores on the test split. Full ridge regression maps
+    the whole normalised image to the whole image (:class:`dmask.baselines.
+    FullRidge`, dual form when ``N`` is below the pixel count) in this process:
+    it holds the ``N`` training images of the source and one target in memory.
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset or path
+        A dataset store (or one opened by :func:`dmask.storage.open_dataset`).
+    source : str
+        Source expression.
+    targets : sequence of str, optional
+        Target expressions; all but ``source`` by default.
+    sizes : sequence of int
+        Training set sizes; those above the training subjects available are
+        left out (logged).
+    field : int
+        Receptive field size of MR.
+    lam : float
+        Penalty of MR and of full ridge regression.
+    include_full_ridge : bool
+        Also score full ridge regression.
+
+    Returns
+    -------
+    list of dict
+        Per size and method, one row per expression and a ``mean`` row:
+        ``method`` (``mr`` or ``full_ridge``), ``n_train``, ``field`` (None for
+        full ridge), ``lam``, ``expression``, ``n_test``, ``mse``, ``psnr``.
+    """
+    check_settings(field, lam, "minmax")
+    if include_full_ridge and isinstance(lam, str):
+        raise InputError(f"full ridge regression needs a numeric lam, got {lam!r}")
+    ds = _open(dataset)
+    names = _target_names(ds, source, targets)
+    if not sizes or any(
+        isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1
+        for s in sizes
+    ):
+        raise InputError(f"sizes must be positive integers, got {sizes!r}")
+    train = storage.pair_indices(ds, source, names, "train")
+    available = len(train[0])
+    kept = sorted({int(s) for s in sizes if s <= available})
+    if len(kept) < len(set(sizes)):
+        logger.info("training sizes above %d subjects left out", available)
+    if not kept:
+        raise InputError(
+            f"every size in {list(sizes)} exceeds the {available} training subjects"
+        )
+    rows: list[dict[str, Any]] = []
+    for n in kept:
+        subset = (train[0][:n], {name: idx[:n] for name, idx in train[1].items()})
+        scored = _score_mr(ds, source, names, "train", "test", field, lam, subset)
+        rows += [{"method": "mr", **row} for row in scored]
+        if include_full_ridge:
+            rows += _score_full_ridge(ds, names, source, subset, float(lam))
+        logger.info("N = %d: MR mean MSE %.6f", n, scored[-1]["mse"])
+    order = ("method", "n_train", "field", "lam", "expression", "n_test", "mse", "psnr")
+    return [{key: row[key] for key in order} for row in rows]
