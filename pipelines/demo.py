@@ -5,7 +5,8 @@ every expression on the training subjects, synthesises the held-out subjects'
 expressions into a Zarr store, evaluates them against two baselines and writes
 a comparison grid; then synthesises real photographs that installed packages
 ship (two portraits and a cat) and pencil sketches of them, as a batch over a
-folder, into ``out_of_dataset.png``.
+folder, into ``out_of_dataset.png``; compares MR with the paper's baselines on
+the held-out subjects and writes everything into one HTML report.
 
     python pipelines/demo.py [--out data/demo] [--subjects 160] [--size 128]
 """
@@ -22,10 +23,13 @@ import numpy as np
 from dmask import fit, imaging, kernels, storage
 from dmask.batch import apply_to_folder, read_synthesised
 from dmask.cluster import ClusterOptions, connect, peak_worker_memory
+from dmask.compare import compare, write_rows
+from dmask.compare import format_table as format_comparison
 from dmask.evaluate import evaluate, format_table, write_results
 from dmask.execution import compute, show_progress
 from dmask.figures import comparison_grid, synthesis_grid
 from dmask.inference import apply_to_store
+from dmask.report import write_report
 from dmask.synth import EXPRESSIONS, synthesize
 
 
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     with connect(options) as client, show_progress(True):
         print(f"dashboard: {client.dashboard_link}", flush=True)
         shape = (args.size, args.width or args.size)
-        print(f"[1/6] synthesising {args.subjects} subjects x 7 faces at {shape}")
+        print(f"[1/7] synthesising {args.subjects} subjects x 7 faces at {shape}")
         t0 = time.perf_counter()
         ds = synthesize(
             paths["faces.zarr"], args.subjects, shape, args.seed, overwrite=True
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sources, target_arrays = storage.stored_pairs(ds, "neutral", targets, "train")
         n_train = sources.shape[0]
-        print(f"[2/6] training r={args.field} lambda={args.lam} on {n_train} subjects")
+        print(f"[2/7] training r={args.field} lambda={args.lam} on {n_train} subjects")
         t0 = time.perf_counter()
         model = fit(
             sources,
@@ -108,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         train_s = time.perf_counter() - t0
         print(f"      {model} in {train_s:.1f} s")
 
-        print("[3/6] synthesising the held-out subjects' expressions")
+        print("[3/7] synthesising the held-out subjects' expressions")
         t0 = time.perf_counter()
         out = apply_to_store(
             model, ds, paths["synthesised.zarr"], split="test", overwrite=True
         )
         print(f"      {out.sizes['sample']} faces in {time.perf_counter() - t0:.1f} s")
 
-        print("[4/6] evaluating on held-out subjects")
+        print("[4/7] evaluating on held-out subjects")
         rows = evaluate(model, ds, split="test")
         print(format_table(rows))
         write_results(
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             os.path.join(args.out, "evaluation.json"),
         )
 
-        print("[5/6] drawing the comparison grid")
+        print("[5/7] drawing the comparison grid")
         src_test, tgt_test = storage.select_pairs(ds, "neutral", targets, "test")
         count = min(args.grid_subjects, src_test.sizes["sample"])
         src_test = src_test.isel(sample=slice(0, count))
@@ -139,13 +143,27 @@ def main(argv: list[str] | None = None) -> int:
             grid_path,
             subjects=[str(s) for s in src_test["subject"].values],
         )
-        print("[6/6] out-of-dataset faces: photographs, pencil sketches, a cat")
+        print("[6/7] out-of-dataset faces: photographs, pencil sketches, a cat")
         t0 = time.perf_counter()
-        photo_report, _photographs = _out_of_dataset(model, args.out)
+        photo_report, photographs = _out_of_dataset(model, args.out)
         print(
             f"      {photo_report.written} images synthesised in "
             f"{time.perf_counter() - t0:.1f} s"
         )
+        print("[7/7] MR against the paper's baselines, and the HTML report")
+        t0 = time.perf_counter()
+        comparison = compare(ds, source="neutral", targets=targets, lam=args.lam)
+        print(format_comparison(comparison, means_only=True))
+        write_rows(comparison, None, os.path.join(args.out, "comparison.json"))
+        report_path = write_report(
+            os.path.join(args.out, "report.html"),
+            model,
+            ds,
+            comparison=comparison,
+            photographs=photographs,
+            overwrite=True,
+        )
+        print(f"      {report_path} in {time.perf_counter() - t0:.1f} s")
         peak = peak_worker_memory(client)
     mean = rows[-1]
     print(
@@ -157,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"outputs in {args.out}: faces.zarr model.zarr synthesised.zarr")
     print("  evaluation.csv evaluation.json comparison.png")
     print("  photographs/ photographs_synthesised/ out_of_dataset.png")
+    print("  comparison.json report.html (open it in a browser)")
     return 0
 
 

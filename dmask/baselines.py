@@ -1,0 +1,634 @@
+"""The paper's baselines: whole-image regressions from source to target faces.
+
+Every baseline maps flattened, normalised source images ``X`` (``N x d``,
+``d = H * W * C``, float64) to target images ``Y`` (``N x d``) with ``fit(X, Y)``,
+``predict(X)`` and ``n_parameters``. Only numpy, scipy and scikit-learn are used
+here; :mod:`dmask.compare` runs them on a Dask cluster against masked ridge
+regression.
+
+Memory estimates (``memory_needed``) count the float64 arrays a fit and a
+prediction of a few images allocate, not BLAS or Python overheads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+from sklearn.linear_model import LassoLars, OrthogonalMatchingPursuit
+
+from dmask.errors import InputError
+
+__all__ = [
+    "MAX_PIXELWISE_FEATURES",
+    "Baseline",
+    "FullRidge",
+    "Identity",
+    "KernelRidge",
+    "MeanDifference",
+    "PixelLasso",
+    "PixelOMP",
+    "Pixelwise",
+    "ReducedRankRidge",
+    "format_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest image (``d = H * W * C``) the per-pixel l1 / l0 baselines accept:
+#: 48 x 48 RGB. They fit ``d`` regressions over ``d`` features each.
+MAX_PIXELWISE_FEATURES = 48 * 48 * 3
+
+_FLOAT = 8  # bytes per float64
+
+
+def format_bytes(n: float) -> str:
+    """Bytes as a short human string (``"1.2 GB"``, decimal units)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _as_matrix(value: Any, name: str) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 1:
+        raise InputError(f"{name} must be a non-empty 2-D (samples, pixels) array")
+    if not np.isfinite(array).all():
+        raise InputError(f"{name} has NaN or infinite values")
+    return array
+
+
+def _check_pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    x = _as_matrix(x, "X")
+    y = _as_matrix(y, "Y")
+    if x.shape[0] != y.shape[0]:
+        raise InputError(f"X has {x.shape[0]} samples but Y has {y.shape[0]}")
+    return x, y
+
+
+def _check_positive(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a positive number, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise InputError(f"{name} must be a positive finite number, got {value!r}")
+    return number
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _augment(x: np.ndarray) -> np.ndarray:
+    """``[X, 1]``: the design matrix with the bias column."""
+    return np.hstack([x, np.ones((x.shape[0], 1))])
+
+
+class Baseline:
+    """Common interface: ``fit``, ``predict``, ``n_parameters``, ``check``.
+
+    Subclasses set ``_fitted_shape`` ``(n, d, d_out)`` in ``fit``.
+    """
+
+    name = "baseline"
+    _fitted_shape: tuple[int, int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    @staticmethod
+    def memory_needed(n: int, d: int, outputs: int | None = None) -> int:
+        """Bytes a fit on ``n`` samples of ``d`` pixels and a prediction need."""
+        return 0
+
+    def check(
+        self,
+        n: int,
+        d: int,
+        memory_budget: int | None = None,
+        outputs: int | None = None,
+    ) -> None:
+        """Refuse a fit on ``n x d`` data (``outputs`` pixels) beyond the limits.
+
+        Raises
+        ------
+        InputError
+            The fit would need more than ``memory_budget`` bytes.
+        """
+        if memory_budget is None:
+            return
+        needed = self.memory_needed(n, d, outputs)
+        if needed > memory_budget:
+            raise InputError(
+                f"needs {format_bytes(needed)}, more than the memory budget of "
+                f"{format_bytes(memory_budget)} (memory_budget)"
+            )
+
+    def _shape(self) -> tuple[int, int, int]:
+        if self._fitted_shape is None:
+            raise InputError(f"{type(self).__name__} is not fitted: call fit first")
+        return self._fitted_shape
+
+    def _check_input(self, x: Any) -> np.ndarray:
+        _, d, _ = self._shape()
+        x = _as_matrix(x, "X")
+        if x.shape[1] != d:
+            raise InputError(f"X has {x.shape[1]} pixels but the fit had {d}")
+        return x
+
+    @property
+    def n_parameters(self) -> int:
+        """Numbers a fitted model keeps to predict."""
+        raise NotImplementedError
+
+    def fit(self, x: Any, y: Any) -> Baseline:
+        """Learn from sources ``x`` and targets ``y`` (``N x d`` each)."""
+        raise NotImplementedError
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Targets ``N x d_out`` for sources ``x`` (``N x d``)."""
+        raise NotImplementedError
+
+
+class Identity(Baseline):
+    """The output is the input: ``Y = X``."""
+
+    name = "identity"
+
+    def fit(self, x: Any, y: Any) -> Identity:
+        """Check shapes; nothing is learnt."""
+        x, y = _check_pair(x, y)
+        if x.shape != y.shape:
+            raise InputError(f"X has shape {x.shape} but Y has shape {y.shape}")
+        self._fitted_shape = (x.shape[0], x.shape[1], y.shape[1])
+        return self
+
+    def predict(self, x: Any) -> np.ndarray:
+        """A float64 copy of ``X``."""
+        return self._check_input(x).copy()
+
+    @property
+    def n_parameters(self) -> int:
+        """0."""
+        self._shape()
+        return 0
+
+
+class MeanDifference(Baseline):
+    """The input plus the mean training difference: ``Y = X + mean(Y - X)``."""
+
+    name = "mean_difference"
+
+    def fit(self, x: Any, y: Any) -> MeanDifference:
+        """Learn the mean difference ``mean over samples of (Y - X)``."""
+        x, y = _check_pair(x, y)
+        if x.shape != y.shape:
+            raise InputError(f"X has shape {x.shape} but Y has shape {y.shape}")
+        self.difference_ = (y - x).mean(axis=0)
+        self._fitted_shape = (x.shape[0], x.shape[1], y.shape[1])
+        return self
+
+    def predict(self, x: Any) -> np.ndarray:
+        """``X + difference_``."""
+        return self._check_input(x) + self.difference_
+
+    @property
+    def n_parameters(self) -> int:
+        """``d``: one difference per pixel."""
+        return self._shape()[2]
+
+    @staticmethod
+    def memory_needed(n: int, d: int, outputs: int | None = None) -> int:
+        """``N x d`` for the differences."""
+        return _FLOAT * n * d
+
+
+class FullRidge(Baseline):
+    """l2 regression of every output pixel on the whole image plus a bias.
+
+    ``W = (A^T A + lam I)^-1 A^T Y`` with ``A = [X, 1]``: the bias is penalised
+    with the same ``lam``, as in masked ridge regression. When ``N < d + 1`` the
+    dual form ``W = A^T (A A^T + lam I)^-1 Y`` is cheaper: then only the dual
+    coefficients ``(A A^T + lam I)^-1 Y`` and the training images are kept and
+    predictions are ``[X*, 1] A^T dual_coef_``; ``W`` is never formed.
+
+    Parameters
+    ----------
+    lam : float
+        Ridge penalty (> 0).
+    form : {"auto", "primal", "dual"}
+        Force one form; ``auto`` takes the dual when ``N < d + 1``.
+    """
+
+    name = "full_ridge"
+
+    def __init__(self, lam: float = 0.4, form: str = "auto") -> None:
+        self.lam = _check_positive("lam", lam)
+        if form not in ("auto", "primal", "dual"):
+            raise InputError(f"form must be 'auto', 'primal' or 'dual', got {form!r}")
+        self.form = form
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lam={self.lam})"
+
+    @staticmethod
+    def dual(n: int, d: int) -> bool:
+        """Whether ``auto`` solves in the dual form (``n < d + 1``)."""
+        return n < d + 1
+
+    @staticmethod
+    def memory_needed(n: int, d: int, outputs: int | None = None) -> int:
+        """Bytes of the arrays a fit (in the cheaper form) allocates.
+
+        Dual: the training images, two ``N x N`` matrices, the right-hand sides
+        and the dual coefficients. Primal: the design matrix, two
+        ``(d + 1) x (d + 1)`` matrices and two ``(d + 1) x d`` ones (``A^T Y``
+        and the weights).
+        """
+        out = d if outputs is None else outputs
+        if FullRidge.dual(n, d):
+            return _FLOAT * (n * (d + 1) + 2 * n * n + 2 * n * out)
+        return _FLOAT * (n * (d + 1) + 2 * (d + 1) ** 2 + 2 * (d + 1) * out)
+
+    def fit(self, x: Any, y: Any) -> FullRidge:
+        """Solve the ridge problem for all output pixels at once."""
+        x, y = _check_pair(x, y)
+        n, d = x.shape
+        use_dual = self.dual(n, d) if self.form == "auto" else self.form == "dual"
+        a = _augment(x)
+        if use_dual:
+            gram = a @ a.T
+            gram[np.diag_indices(n)] += self.lam
+            self.dual_coef_ = scipy.linalg.solve(
+                gram, y, assume_a="pos", overwrite_a=True
+            )
+            self.train_ = a
+            self.coef_ = None
+        else:
+            gram = a.T @ a
+            gram[np.diag_indices(d + 1)] += self.lam
+            self.coef_ = scipy.linalg.solve(
+                gram, a.T @ y, assume_a="pos", overwrite_a=True, overwrite_b=True
+            )
+            self.dual_coef_ = None
+            self.train_ = None
+        self.solved_dual_ = use_dual
+        self._fitted_shape = (n, d, y.shape[1])
+        logger.debug("full ridge on %d x %d, dual=%s", n, d, use_dual)
+        return self
+
+    def weights(self) -> np.ndarray:
+        """The ``(d + 1) x d_out`` weight matrix, bias last (formed if dual)."""
+        self._shape()
+        if self.coef_ is not None:
+            return self.coef_
+        return self.train_.T @ self.dual_coef_
+
+    def _predict_augmented(self, a: np.ndarray) -> np.ndarray:
+        if self.coef_ is not None:
+            return a @ self.coef_
+        return (a @ self.train_.T) @ self.dual_coef_
+
+    def predict(self, x: Any) -> np.ndarray:
+        """``[X, 1] W``."""
+        return self._predict_augmented(_augment(self._check_input(x)))
+
+    @property
+    def n_parameters(self) -> int:
+        """``(d + 1) * d_out``: the weights and biases, however they are held."""
+        _, d, out = self._shape()
+        return (d + 1) * out
+
+
+class ReducedRankRidge(FullRidge):
+    """Full ridge regression projected onto the top principal output directions.
+
+    ``W_rr = W P_q P_q^T`` with ``P_q`` the top ``rank`` right singular vectors of
+    the fitted training outputs ``A W``. It is kept as the two factors
+    ``B = W P_q`` (``(d + 1) x q``) and ``P_q`` (``d_out x q``). A ``rank`` larger
+    than ``min(N, d_out)`` is clipped to it.
+
+    Parameters
+    ----------
+    lam : float
+        Ridge penalty (> 0).
+    rank : int
+        Number of output directions kept ``q``.
+    form : {"auto", "primal", "dual"}
+        Form of the full ridge solve.
+    """
+
+    name = "reduced_rank"
+
+    def __init__(self, lam: float = 0.4, rank: int = 10, form: str = "auto") -> None:
+        super().__init__(lam, form)
+        self.rank = _check_count("rank", rank)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lam={self.lam}, rank={self.rank})"
+
+    @staticmethod
+    def memory_needed(n: int, d: int, outputs: int | None = None) -> int:
+        """Full ridge's bytes plus the fitted outputs, their SVD and the factors."""
+        out = d if outputs is None else outputs
+        q = min(n, out)
+        extra = _FLOAT * (3 * n * out + (d + 1) * q + out * q)
+        return FullRidge.memory_needed(n, d, outputs) + extra
+
+    def fit(self, x: Any, y: Any) -> ReducedRankRidge:
+        """Fit full ridge, then keep the top ``rank`` output directions."""
+        x, y = _check_pair(x, y)
+        super().fit(x, y)
+        n, _, out = self._shape()
+        q = min(self.rank, n, out)
+        if q < self.rank:
+            logger.debug("rank %d clipped to %d", self.rank, q)
+        a = _augment(x)
+        if self.dual_coef_ is not None:
+            fitted = (a @ self.train_.T) @ self.dual_coef_
+        else:
+            fitted = a @ self.coef_
+        _, _, vt = np.linalg.svd(fitted, full_matrices=False)
+        self.components_ = np.ascontiguousarray(vt[:q].T)  # P_q, d_out x q
+        if self.dual_coef_ is not None:
+            self.reduced_coef_ = self.train_.T @ (self.dual_coef_ @ self.components_)
+        else:
+            self.reduced_coef_ = self.coef_ @ self.components_
+        self.rank_ = q
+        # Only the factors are kept.
+        self.coef_ = self.dual_coef_ = self.train_ = None
+        return self
+
+    def weights(self) -> np.ndarray:
+        """``W_rr = B P_q^T``, ``(d + 1) x d_out``, bias last (formed here)."""
+        self._shape()
+        return self.reduced_coef_ @ self.components_.T
+
+    def predict(self, x: Any) -> np.ndarray:
+        """``[X, 1] B P_q^T``."""
+        a = _augment(self._check_input(x))
+        return (a @ self.reduced_coef_) @ self.components_.T
+
+    @property
+    def n_parameters(self) -> int:
+        """``q * (d + 1) + q * d_out``: the two factors."""
+        _, d, out = self._shape()
+        return self.rank_ * (d + 1 + out)
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    sq = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(sq, 0.0, out=sq)
+
+
+class KernelRidge(Baseline):
+    """Kernel ridge regression with an RBF kernel on whole images.
+
+    ``k(x, x') = exp(-gamma ||x - x'||^2)``. The targets are centred by their
+    training mean, which is not penalised: ``alpha = (K + lam I)^-1 (Y - mean)``
+    and predictions are ``K(X*, X) alpha + mean``.
+
+    Parameters
+    ----------
+    lam : float
+        Ridge penalty (> 0).
+    gamma : float, optional
+        Kernel width; default ``1 / (d * var(X))`` over the training images
+        (``1 / d`` when they are constant).
+    """
+
+    name = "kernel_ridge"
+
+    def __init__(self, lam: float = 0.4, gamma: float | None = None) -> None:
+        self.lam = _check_positive("lam", lam)
+        self.gamma = None if gamma is None else _check_positive("gamma", gamma)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lam={self.lam}, gamma={self.gamma})"
+
+    @staticmethod
+    def memory_needed(n: int, d: int, outputs: int | None = None) -> int:
+        """The training images, two ``N x N`` matrices, centred targets, alpha."""
+        out = d if outputs is None else outputs
+        return _FLOAT * (n * d + 2 * n * n + 2 * n * out)
+
+    def kernel(self, a: Any, b: Any) -> np.ndarray:
+        """The RBF kernel matrix between the rows of ``a`` and ``b``."""
+        return np.exp(-self.gamma_ * _squared_distances(a, b))
+
+    def fit(self, x: Any, y: Any) -> KernelRidge:
+        """Solve for the dual coefficients."""
+        x, y = _check_pair(x, y)
+        n, d = x.shape
+        if self.gamma is None:
+            variance = float(x.var())
+            self.gamma_ = 1.0 / (d * variance) if variance > 0 else 1.0 / d
+        else:
+            self.gamma_ = self.gamma
+        self.train_ = x.copy()
+        self.mean_ = y.mean(axis=0)
+        gram = self.kernel(x, x)
+        gram[np.diag_indices(n)] += self.lam
+        self.dual_coef_ = scipy.linalg.solve(
+            gram, y - self.mean_, assume_a="pos", overwrite_a=True, overwrite_b=True
+        )
+        self._fitted_shape = (n, d, y.shape[1])
+        return self
+
+    def predict(self, x: Any) -> np.ndarray:
+        """``K(X, X_train) alpha + mean``."""
+        x = self._check_input(x)
+        return self.kernel(x, self.train_) @ self.dual_coef_ + self.mean_
+
+    @property
+    def n_parameters(self) -> int:
+        """``N * d_out + d_out``: alpha and the mean (the training images aside)."""
+        n, _, out = self._shape()
+        return n * out + out
+
+
+class Pixelwise(Baseline):
+    """One sparse regression per output pixel over the whole image.
+
+    ``fit(X, Y, pixels)`` fits the output columns ``pixels`` only (all by
+    default), so that the pixels can be split across tasks; :meth:`concatenate`
+    joins such fits. Weights are kept sparse (``coef_``: CSR, one row per fitted
+    pixel) and the intercepts (not penalised, scikit-learn's ``fit_intercept``)
+    dense.
+    """
+
+    max_features = MAX_PIXELWISE_FEATURES
+
+    def _estimator(self, n: int, d: int) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def memory_needed(n: int, d: int, outputs: int | None = None) -> int:
+        """Two copies of ``X``, the targets and dense weights of ``outputs`` pixels."""
+        out = d if outputs is None else outputs
+        return _FLOAT * (2 * n * d + 2 * n * out + 2 * out * d)
+
+    def check(
+        self,
+        n: int,
+        d: int,
+        memory_budget: int | None = None,
+        outputs: int | None = None,
+    ) -> None:
+        """Refuse images larger than :data:`MAX_PIXELWISE_FEATURES`, then memory.
+
+        Raises
+        ------
+        InputError
+            Too large an image (``d``) or above ``memory_budget``.
+        """
+        if d > self.max_features:
+            raise InputError(
+                f"d = {d} pixel values is over {type(self).__name__}'s limit of "
+                f"{self.max_features} (48 x 48 x 3; one regression per pixel)"
+            )
+        super().check(n, d, memory_budget, outputs)
+
+    def fit(
+        self, x: Any, y: Any, pixels: Sequence[int] | np.ndarray | None = None
+    ) -> Pixelwise:
+        """Fit the output pixels ``pixels`` (column indices of ``Y``; all if None)."""
+        x, y = _check_pair(x, y)
+        n, d = x.shape
+        self.check(n, d)
+        if pixels is None:
+            index = np.arange(y.shape[1])
+        else:
+            index = np.asarray(pixels)
+            if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+                raise InputError("pixels must be a 1-D sequence of integer indices")
+            if index.size and (index.min() < 0 or index.max() >= y.shape[1]):
+                raise InputError(
+                    f"pixels must lie in [0, {y.shape[1]}), got {index.min()}.."
+                    f"{index.max()}"
+                )
+        if index.size:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = self._estimator(n, d).fit(x, y[:, index])
+            if caught:
+                logger.info(
+                    "%s on %d pixels: %d warnings, e.g. %s",
+                    self,
+                    index.size,
+                    len(caught),
+                    str(caught[0].message).split(".")[0],
+                )
+            coef = np.asarray(model.coef_).reshape(index.size, d)
+            intercept = np.asarray(model.intercept_, dtype=np.float64).reshape(-1)
+        else:
+            coef = np.zeros((0, d))
+            intercept = np.zeros(0)
+        self.coef_ = scipy.sparse.csr_matrix(coef)
+        self.intercept_ = intercept
+        self.pixels_ = index.astype(np.int64)
+        self._fitted_shape = (n, d, index.size)
+        return self
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Pixelwise]) -> Pixelwise:
+        """One model predicting the pixels of several fits, in their order."""
+        if not parts:
+            raise InputError("parts is empty: nothing to concatenate")
+        shapes = {p._shape()[:2] for p in parts}
+        if len(shapes) != 1:
+            raise InputError(f"parts were fitted on different data shapes {shapes}")
+        out = cls.__new__(cls)
+        out.__dict__.update(parts[0].__dict__)
+        out.coef_ = scipy.sparse.vstack([p.coef_ for p in parts], format="csr")
+        out.intercept_ = np.concatenate([p.intercept_ for p in parts])
+        out.pixels_ = np.concatenate([p.pixels_ for p in parts])
+        n, d = shapes.pop()
+        out._fitted_shape = (n, d, out.pixels_.size)
+        return out
+
+    def predict(self, x: Any) -> np.ndarray:
+        """``(N, len(pixels_))`` predictions of the fitted pixels, in their order."""
+        x = self._check_input(x)
+        return np.asarray(self.coef_ @ x.T).T + self.intercept_
+
+    @property
+    def n_parameters(self) -> int:
+        """Non-zero weights plus one intercept per fitted pixel."""
+        self._shape()
+        return int(self.coef_.nnz + self.intercept_.size)
+
+
+class PixelLasso(Pixelwise):
+    """l1 regression (the lasso) per output pixel.
+
+    Minimises ``||y - X w - b||^2 / (2 N) + alpha ||w||_1`` for each pixel, solved
+    by least-angle regression (scikit-learn's ``LassoLars``): the same problem as
+    ``sklearn.linear_model.Lasso``, solved exactly in at most a few ``N`` steps,
+    where coordinate descent on ``N << d`` correlated pixels converges slowly.
+
+    Parameters
+    ----------
+    alpha : float
+        l1 penalty (> 0).
+    max_iter : int
+        Most LARS steps per pixel.
+    """
+
+    name = "lasso"
+
+    def __init__(self, alpha: float = 1e-3, max_iter: int = 500) -> None:
+        self.alpha = _check_positive("alpha", alpha)
+        self.max_iter = _check_count("max_iter", max_iter)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alpha={self.alpha})"
+
+    def _estimator(self, n: int, d: int) -> Any:
+        return LassoLars(
+            alpha=self.alpha,
+            fit_intercept=True,
+            precompute=False,
+            max_iter=self.max_iter,
+            fit_path=False,
+        )
+
+
+class PixelOMP(Pixelwise):
+    """l0 regression (orthogonal matching pursuit) per output pixel.
+
+    Each pixel gets at most ``n_nonzero`` non-zero weights (scikit-learn's
+    ``OrthogonalMatchingPursuit``, without a precomputed ``d x d`` Gram matrix).
+    With the intercept the centred images span at most ``N - 1`` directions, so
+    ``n_nonzero`` is clipped to ``min(n_nonzero, N - 1, d)`` (at least 1).
+
+    Parameters
+    ----------
+    n_nonzero : int
+        Non-zero weights per output pixel.
+    """
+
+    name = "omp"
+
+    def __init__(self, n_nonzero: int = 9) -> None:
+        self.n_nonzero = _check_count("n_nonzero", n_nonzero)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_nonzero={self.n_nonzero})"
+
+    def _estimator(self, n: int, d: int) -> Any:
+        return OrthogonalMatchingPursuit(
+            n_nonzero_coefs=max(1, min(self.n_nonzero, n - 1, d)),
+            fit_intercept=True,
+            precompute=False,
+        )

@@ -1,0 +1,754 @@
+"""Masked ridge regression against the paper's baselines on held-out subjects.
+
+:func:`compare` trains every method per target expression on a dataset's
+training subjects and scores it on its test subjects (MSE, PSNR, SSIM), with the
+number of parameters, the training time and the peak memory of training.
+
+How things are measured
+-----------------------
+- Images are min-max normalised per image to [0, 1] as dmask does; predictions
+  are scored unclipped against the normalised truth, with data range 1. MSE is
+  the mean over test images of the per-image MSE, PSNR the mean of per-image
+  PSNR, SSIM the mean of per-image SSIM (scikit-image, 7 x 7 windows).
+- Baselines run as dask tasks: one ``fit + predict + score`` task per method and
+  expression (lasso and OMP: one task per block of :data:`PIXEL_BLOCK` output
+  pixels, then a scoring task). Training time is the wall time of ``fit`` inside
+  its task (summed over pixel blocks); MR's is the wall time of
+  :func:`dmask.fit`, which also reads and normalises the training images from
+  the store on the cluster.
+- Peak memory is the highest climb, above its lowest level since training
+  started, of the bytes the process has allocated (glibc's ``mallinfo2``:
+  numpy arrays, BLAS and numba buffers, every thread; elsewhere the RSS),
+  sampled every 0.25 ms for the first 50 ms, then every 2 ms (shorter-lived
+  peaks can be missed; tracemalloc would slow scikit-learn's Python loops more
+  than tenfold). So that no two measured sections overlap, the tasks of
+  :func:`compare` run one at a time in each process (a lock: on the threaded
+  scheduler they do not run in parallel) and MR is trained alone before the
+  baselines start; for MR the rises of the client and of every worker process
+  are added up. Pixel-block methods report the largest block's.
+- MR is fitted once, untimed, per field before the timed fits, so that
+  compiling its kernels (numba) is not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from dmask import baselines, execution, kernels, storage
+from dmask.errors import InputError
+from dmask.evaluate import write_results
+from dmask.model import check_settings
+from dmask.model import fit as fit_mr
+
+__all__ = [
+    "COLUMNS",
+    "METHODS",
+    "PIXEL_BLOCK",
+    "compare",
+    "format_table",
+    "score",
+    "write_rows",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Methods compared by default, in table order.
+METHODS = (
+    "mr",
+    "full_ridge",
+    "reduced_rank",
+    "kernel_ridge",
+    "lasso",
+    "omp",
+    "identity",
+    "mean_difference",
+)
+
+#: Keys of every row, in order.
+COLUMNS = (
+    "method",
+    "expression",
+    "n_train",
+    "n_test",
+    "mse",
+    "psnr",
+    "ssim",
+    "n_parameters",
+    "train_seconds",
+    "peak_mib",
+    "status",
+)
+
+#: Output pixels per task of the per-pixel (lasso, OMP) baselines.
+PIXEL_BLOCK = 512
+
+_BASELINES: dict[str, type[baselines.Baseline]] = {
+    "full_ridge": baselines.FullRidge,
+    "reduced_rank": baselines.ReducedRankRidge,
+    "kernel_ridge": baselines.KernelRidge,
+    "lasso": baselines.PixelLasso,
+    "omp": baselines.PixelOMP,
+    "identity": baselines.Identity,
+    "mean_difference": baselines.MeanDifference,
+}
+
+# One measured section at a time per process (see the module docstring).
+_EXCLUSIVE = threading.Lock()
+# Set on each worker process by _sampling_start for _sampling_stop.
+_WORKER_SAMPLER: _PeakMemory | None = None
+
+
+# ------------------------------------------------------------------ measuring
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+@functools.cache
+def _heap_reader() -> Callable[[], int]:
+    """Bytes the process has allocated now: glibc's heap in use, else its RSS."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        import psutil
+
+        process = psutil.Process()
+        return lambda: int(process.memory_info().rss)
+    mallinfo2.restype = _MallInfo2
+
+    def heap() -> int:
+        info = mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return heap
+
+
+class _PeakMemory:
+    """Sample the process's allocated bytes every ``interval`` seconds.
+
+    The first 50 ms are sampled every ``start_interval`` seconds.
+
+    All threads' ``malloc`` counts (numpy arrays, BLAS buffers, numba, Python's
+    large objects). The rise is the largest climb of a sample above the lowest
+    sample before it, so that memory other threads free meanwhile does not hide
+    an allocation.
+    """
+
+    def __init__(self, interval: float = 0.002, start_interval: float = 2.5e-4):
+        self.interval = interval
+        self.start_interval = start_interval
+        self.read = _heap_reader()
+        self.stop = threading.Event()
+        self.low = self.read()
+        self.rise = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        now = self.read()
+        self.low = min(self.low, now)
+        self.rise = max(self.rise, now - self.low)
+
+    def _run(self) -> None:
+        # Fine at first, so that short fits are seen; then coarse and cheap.
+        start = time.perf_counter()
+        wait = self.start_interval
+        while not self.stop.wait(wait):
+            self._sample()
+            if time.perf_counter() - start > 0.05:
+                wait = self.interval
+
+    def close(self) -> int:
+        """Stop sampling; the peak rise in bytes."""
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+        return int(self.rise)
+
+
+@contextlib.contextmanager
+def _measured() -> Iterator[dict[str, float]]:
+    """Measure the wall time and the peak memory rise of the block."""
+    usage: dict[str, float] = {}
+    sampler = _PeakMemory()
+    t0 = time.perf_counter()
+    try:
+        yield usage
+    finally:
+        usage["seconds"] = time.perf_counter() - t0
+        usage["peak"] = sampler.close()
+
+
+def _sampling_start() -> None:
+    """On a worker: start sampling memory for :func:`_sampling_stop`."""
+    global _WORKER_SAMPLER
+    if _WORKER_SAMPLER is not None:
+        _WORKER_SAMPLER.close()
+    _WORKER_SAMPLER = _PeakMemory()
+
+
+def _sampling_stop() -> dict[str, int]:
+    """On a worker: the peak rise since :func:`_sampling_start`, and the pid."""
+    global _WORKER_SAMPLER
+    peak = _WORKER_SAMPLER.close() if _WORKER_SAMPLER is not None else 0
+    _WORKER_SAMPLER = None
+    return {"pid": os.getpid(), "peak": int(peak)}
+
+
+# ---------------------------------------------------------------------- tasks
+
+
+def _load(images: Any) -> np.ndarray:
+    if isinstance(images, storage.StoredImages):
+        return storage.read_images(images.path, images.index)
+    return np.asarray(images)
+
+
+def _flat_normalized(images: np.ndarray) -> np.ndarray:
+    low, scale = kernels.minmax_parameters(images)
+    return kernels.normalize_block(images, low, scale).reshape(images.shape[0], -1)
+
+
+def _prepare(
+    train_src: Any, train_tgt: Any, test_src: Any, test_tgt: Any
+) -> dict[str, Any]:
+    """Task: the normalised, flattened training and test images of one target."""
+    with _EXCLUSIVE:
+        test_truth = _load(test_tgt)
+        return {
+            "x_train": _flat_normalized(_load(train_src)),
+            "y_train": _flat_normalized(_load(train_tgt)),
+            "x_test": _flat_normalized(_load(test_src)),
+            "y_test": _flat_normalized(test_truth),
+            "shape": test_truth.shape[1:],
+        }
+
+
+def _ssim(truth: np.ndarray, predicted: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    height, width, channels = truth.shape
+    win = min(7, height, width)
+    win -= 1 - win % 2  # odd
+    if win < 3:
+        return math.nan
+    if channels == 1:
+        return float(
+            structural_similarity(
+                truth[..., 0], predicted[..., 0], data_range=1.0, win_size=win
+            )
+        )
+    return float(
+        structural_similarity(
+            truth, predicted, data_range=1.0, channel_axis=-1, win_size=win
+        )
+    )
+
+
+def score(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """MSE, PSNR and SSIM of predictions in [0, 1] scale, averaged over images.
+
+    Parameters
+    ----------
+    predicted, truth : numpy.ndarray
+        ``(N, H, W, C)``.
+
+    Returns
+    -------
+    dict
+        ``mse``, ``psnr`` (dB, peak 1) and ``ssim`` (data range 1).
+    """
+    predicted = np.asarray(predicted, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    if predicted.shape != truth.shape or predicted.ndim != 4:
+        raise InputError(
+            f"predicted has shape {predicted.shape} but truth has {truth.shape}"
+        )
+    n = truth.shape[0]
+    mse = ((predicted - truth) ** 2).reshape(n, -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        psnr = 10.0 * np.log10(1.0 / mse)
+    ssim = [_ssim(truth[i], predicted[i]) for i in range(n)]
+    return {
+        "mse": float(mse.mean()),
+        "psnr": float(psnr.mean()),
+        "ssim": float(np.mean(ssim)),
+    }
+
+
+def _score_flat(predicted: np.ndarray, data: dict[str, Any]) -> dict[str, float]:
+    shape = (-1, *data["shape"])
+    return score(predicted.reshape(shape), data["y_test"].reshape(shape))
+
+
+def _failure(error: BaseException) -> dict[str, Any]:
+    logger.warning("training failed: %s: %s", type(error).__name__, error)
+    return {"status": f"failed: {type(error).__name__}: {error}"}
+
+
+def _fit_and_score(model: baselines.Baseline, data: dict[str, Any]) -> dict[str, Any]:
+    """Task: train one baseline, predict the test sources and score them."""
+    with _EXCLUSIVE:
+        try:
+            with _measured() as usage:
+                model.fit(data["x_train"], data["y_train"])
+            predicted = model.predict(data["x_test"])
+        except (MemoryError, np.linalg.LinAlgError) as error:
+            return _failure(error)
+        return {
+            **_score_flat(predicted, data),
+            "n_parameters": int(model.n_parameters),
+            "train_seconds": usage["seconds"],
+            "peak_bytes": usage["peak"],
+            "status": "ok",
+        }
+
+
+def _fit_block(model: Any, data: dict[str, Any], start: int, stop: int) -> Any:
+    """Task: train a per-pixel baseline on output pixels ``start:stop``."""
+    with _EXCLUSIVE:
+        try:
+            with _measured() as usage:
+                pixels = np.arange(start, stop)
+                model.fit(data["x_train"], data["y_train"], pixels=pixels)
+            predicted = model.predict(data["x_test"])
+        except (MemoryError, np.linalg.LinAlgError) as error:
+            return _failure(error)
+        return {
+            "predicted": predicted,
+            "n_parameters": int(model.n_parameters),
+            "train_seconds": usage["seconds"],
+            "peak_bytes": usage["peak"],
+            "status": "ok",
+        }
+
+
+def _join_blocks(blocks: list[dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
+    """Task: score the joined predictions of the pixel blocks."""
+    with _EXCLUSIVE:
+        for block in blocks:
+            if block["status"] != "ok":
+                return block
+        predicted = np.hstack([block["predicted"] for block in blocks])
+        return {
+            **_score_flat(predicted, data),
+            "n_parameters": sum(block["n_parameters"] for block in blocks),
+            "train_seconds": sum(block["train_seconds"] for block in blocks),
+            "peak_bytes": max(block["peak_bytes"] for block in blocks),
+            "status": "ok",
+        }
+
+
+def _score_predicted(predicted: np.ndarray, data: dict[str, Any]) -> dict[str, float]:
+    """Task: score MR's predictions ``(N, H, W, C)``."""
+    with _EXCLUSIVE:
+        return _score_flat(np.asarray(predicted), data)
+
+
+# --------------------------------------------------------------------- driver
+
+
+def _check_arguments(
+    methods: Sequence[str],
+    fields: Sequence[int],
+    lam: float,
+    rank: int | None,
+    memory_budget: int | None,
+    options: Mapping[str, Mapping[str, Any]],
+) -> None:
+    if isinstance(methods, str) or not methods:
+        raise InputError("methods must be a non-empty sequence of method names")
+    known = set(METHODS)
+    for method in methods:
+        if method not in known:
+            raise InputError(
+                f"methods has unknown method {method!r} (known: {METHODS})"
+            )
+    if len(set(methods)) != len(methods):
+        raise InputError(f"methods names a method twice: {list(methods)}")
+    check_settings(3, lam, "minmax")
+    if "mr" in methods:
+        if isinstance(fields, (str, int)) or not fields:
+            raise InputError("fields must be a non-empty sequence of odd integers")
+        for field in fields:
+            check_settings(field, lam, "minmax")
+        if len(set(fields)) != len(fields):
+            raise InputError(f"fields names a field twice: {list(fields)}")
+    for name, value in (("rank", rank), ("memory_budget", memory_budget)):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or value < 1
+        ):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    for method in options:
+        if method not in _BASELINES:
+            raise InputError(
+                f"options has settings for {method!r}, not a baseline "
+                f"(baselines: {sorted(_BASELINES)})"
+            )
+
+
+def _baseline(
+    method: str,
+    lam: float,
+    rank: int | None,
+    n_train: int,
+    options: Mapping[str, Any],
+) -> baselines.Baseline:
+    settings = dict(options)
+    if method in ("full_ridge", "reduced_rank", "kernel_ridge"):
+        settings.setdefault("lam", lam)
+    if method == "reduced_rank":
+        settings.setdefault("rank", rank if rank is not None else max(1, n_train // 2))
+    try:
+        return _BASELINES[method](**settings)
+    except TypeError as error:
+        raise InputError(f"options[{method!r}] has a bad setting: {error}") from None
+
+
+def _default_targets(dataset: xr.Dataset, source: str) -> list[str]:
+    names = dict.fromkeys(np.asarray(dataset["expression"].values).astype(str))
+    return [name for name in names if name != source]
+
+
+def _row(
+    method: str, expression: str, n_train: int | None, n_test: int | None
+) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(method=method, expression=expression, n_train=n_train, n_test=n_test)
+    return row
+
+
+def _fill(row: dict[str, Any], result: dict[str, Any]) -> None:
+    for key in ("mse", "psnr", "ssim", "n_parameters", "train_seconds", "status"):
+        if key in result:
+            row[key] = result[key]
+    if "peak_bytes" in result:
+        row["peak_mib"] = result["peak_bytes"] / 2**20
+
+
+def _mean_row(method: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    done = [row for row in rows if row["status"] == "ok"]
+    mean = _row(method, "mean", None, None)
+    if not done:
+        mean["status"] = rows[0]["status"]
+        return mean
+    for key in ("n_train", "n_test", "n_parameters"):
+        mean[key] = round(float(np.mean([row[key] for row in done])))
+    for key in ("mse", "psnr", "ssim", "train_seconds", "peak_mib"):
+        mean[key] = float(np.mean([row[key] for row in done]))
+    mean["status"] = (
+        "ok" if len(done) == len(rows) else f"ok ({len(done)} of {len(rows)})"
+    )
+    return mean
+
+
+def _images(dataset: xr.Dataset, source: str, name: str, split: str) -> Any:
+    if "dmask_path" in dataset.encoding:
+        return storage.stored_pairs(dataset, source, [name], split)
+    src, tgt = storage.select_pairs(dataset, source, [name], split)
+    return src.data, {name: tgt[name].data}
+
+
+def _train_mr(sources: Any, targets: Any, field: int, lam: float) -> Any:
+    """Fit MR and measure it on the client and every worker process."""
+    client = execution.current_client()
+    if client is not None:
+        client.run(_sampling_start)
+    try:
+        with _measured() as usage:
+            model = fit_mr(sources, targets, field=field, lam=lam)
+    finally:
+        peaks = client.run(_sampling_stop) if client is not None else {}
+    peak = usage["peak"] + sum(
+        value["peak"] for value in peaks.values() if value["pid"] != os.getpid()
+    )
+    return model, usage["seconds"], peak
+
+
+def compare(
+    dataset: xr.Dataset,
+    *,
+    source: str = "neutral",
+    targets: Sequence[str] | None = None,
+    fields: Sequence[int] = (1, 3, 5),
+    lam: float = 0.4,
+    methods: Sequence[str] = METHODS,
+    rank: int | None = None,
+    memory_budget: int | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Train MR and the baselines per target expression and score them.
+
+    Training uses the dataset's ``train`` subjects, scoring its ``test``
+    subjects (see the module docstring for how each figure is measured).
+
+    Parameters
+    ----------
+    dataset : xarray.Dataset
+        A dataset store opened by :func:`dmask.storage.open_dataset` (or any
+        dataset of that layout with a ``split`` coordinate).
+    source : str
+        Source expression.
+    targets : sequence of str, optional
+        Target expressions; default every expression but ``source``.
+    fields : sequence of int
+        Receptive field sizes of MR, one row set each (``"mr r=3"``, ...).
+    lam : float
+        Ridge penalty of MR, full ridge, reduced-rank and kernel ridge.
+    methods : sequence of str
+        Among :data:`METHODS`.
+    rank : int, optional
+        Rank of reduced-rank ridge; default half the training pairs.
+    memory_budget : int, optional
+        Bytes one baseline's training may need (by its estimate) before it is
+        refused; default :func:`dmask.execution.task_memory_budget`.
+    options : mapping, optional
+        Extra constructor settings per baseline, e.g.
+        ``{"lasso": {"alpha": 0.01}, "omp": {"n_nonzero": 5}}``.
+
+    Returns
+    -------
+    list of dict
+        One row per method and expression, then a ``"mean"`` row per method
+        (the mean over its expressions that trained), with the keys of
+        :data:`COLUMNS`. ``status`` is ``"ok"``, ``"refused: ..."`` (too large
+        for the method; the figures are None) or ``"failed: ..."``.
+    """
+    options = dict(options or {})
+    _check_arguments(methods, fields, lam, rank, memory_budget, options)
+    lam = float(lam)
+    if isinstance(targets, str):
+        raise InputError(f"targets must be a sequence of names, got {targets!r}")
+    names = list(targets) if targets is not None else _default_targets(dataset, source)
+    if not names:
+        raise InputError("targets is empty: name at least one target expression")
+    budget = execution.task_memory_budget() if memory_budget is None else memory_budget
+    _, height, width, channels = dataset["images"].shape
+    d = height * width * channels
+
+    pairs = {}
+    data = {}
+    for name in names:
+        train_src, train_tgt = _images(dataset, source, name, "train")
+        test_src, test_tgt = _images(dataset, source, name, "test")
+        pairs[name] = (train_src, train_tgt[name], test_src, test_tgt[name])
+        data[name] = dask.delayed(_prepare, pure=True)(*pairs[name])
+
+    models = {
+        (method, name): _baseline(
+            method, lam, rank, int(pair[0].shape[0]), options.get(method, {})
+        )
+        for method in methods
+        if method != "mr"
+        for name, pair in pairs.items()
+    }
+    logger.info(
+        "comparing %s on %d targets of %d x %d x %d images",
+        ", ".join(methods),
+        len(names),
+        height,
+        width,
+        channels,
+    )
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if "mr" in methods:
+        rows.update(_compare_mr(pairs, fields, lam, data, d))
+    rows.update(_compare_baselines(models, pairs, budget, data, d))
+    out: list[dict[str, Any]] = []
+    for method in methods:
+        labels = [f"mr r={r}" for r in fields] if method == "mr" else [method]
+        for label in labels:
+            out += rows[label]
+            out.append(_mean_row(label, rows[label]))
+    return out
+
+
+def _compare_mr(
+    pairs: dict[str, tuple[Any, Any, Any, Any]],
+    fields: Sequence[int],
+    lam: float,
+    data: dict[str, Any],
+    d: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Train MR per field and target (each its own graph), then score it."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    pending = []
+    for field in fields:
+        label = f"mr r={field}"
+        rows[label] = []
+        warm_src, warm_tgt, _, _ = next(iter(pairs.values()))
+        fit_mr(warm_src, warm_tgt, field=field, lam=lam)  # compile, untimed
+        for name, (train_src, train_tgt, test_src, _) in pairs.items():
+            logger.info("training %s for %s", label, name)
+            model, seconds, peak = _train_mr(train_src, train_tgt, field, lam)
+            row = _row(label, name, train_src.shape[0], test_src.shape[0])
+            _fill(
+                row,
+                {
+                    "n_parameters": d * (field * field + 1),
+                    "train_seconds": seconds,
+                    "peak_bytes": peak,
+                    "status": "ok",
+                },
+            )
+            rows[label].append(row)
+            lazy = model.predict_lazy(test_src, name="test sources")
+            predicted = lazy[model.targets[0]]
+            pending.append(dask.delayed(_score_predicted)(predicted, data[name]))
+    scores = iter(execution.compute(*pending))
+    for label in rows:
+        for row in rows[label]:
+            _fill(row, next(scores))
+    return rows
+
+
+def _compare_baselines(
+    models: dict[tuple[str, str], baselines.Baseline],
+    pairs: dict[str, tuple[Any, Any, Any, Any]],
+    budget: int,
+    data: dict[str, Any],
+    d: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Build every baseline's tasks, compute them at once, and fill the rows."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    pending = []
+    for (method, name), model in models.items():
+        train_src, _, test_src, _ = pairs[name]
+        n_train, n_test = int(train_src.shape[0]), int(test_src.shape[0])
+        row = _row(method, name, n_train, n_test)
+        rows.setdefault(method, []).append(row)
+        pixelwise = isinstance(model, baselines.Pixelwise)
+        outputs = min(PIXEL_BLOCK, d) if pixelwise else None
+        try:
+            model.check(n_train, d, budget, outputs)
+        except InputError as error:
+            row["status"] = f"refused: {error}"
+            logger.info("%s for %s refused: %s", method, name, error)
+            continue
+        if pixelwise:
+            blocks = [
+                dask.delayed(_fit_block, pure=True)(
+                    model, data[name], start, min(d, start + PIXEL_BLOCK)
+                )
+                for start in range(0, d, PIXEL_BLOCK)
+            ]
+            task = dask.delayed(_join_blocks, pure=True)(blocks, data[name])
+        else:
+            task = dask.delayed(_fit_and_score, pure=True)(model, data[name])
+        pending.append((row, task))
+    if pending:
+        results = execution.compute(*[task for _, task in pending])
+        for (row, _), result in zip(pending, results, strict=True):
+            _fill(row, result)
+    return rows
+
+
+# -------------------------------------------------------------------- output
+
+
+def _number(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}f}"
+
+
+def _count(value: Any) -> str:
+    if value is None:
+        return "-"
+    for suffix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{suffix}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], means_only: bool = False) -> str:
+    """A plain-text table of :func:`compare` rows.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Rows from :func:`compare`.
+    means_only : bool
+        Only the ``"mean"`` row of each method.
+    """
+    header = [
+        "method",
+        "expression",
+        "train",
+        "test",
+        "MSE",
+        "PSNR",
+        "SSIM",
+        "parameters",
+        "train s",
+        "peak MiB",
+        "status",
+    ]
+    lines = [header]
+    for row in rows:
+        if means_only and row["expression"] != "mean":
+            continue
+        lines.append(
+            [
+                str(row["method"]),
+                str(row["expression"]),
+                "-" if row["n_train"] is None else str(row["n_train"]),
+                "-" if row["n_test"] is None else str(row["n_test"]),
+                _number(row["mse"], 5),
+                _number(row["psnr"], 2),
+                _number(row["ssim"], 4),
+                _count(row["n_parameters"]),
+                _number(row["train_seconds"], 3),
+                _number(row["peak_mib"], 1),
+                str(row["status"]),
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(
+            [cell.rjust(w) for cell, w in zip(line[:-1], widths, strict=True)]
+            + [line[-1]]
+        )
+        for line in lines
+    )
+
+
+def write_rows(
+    rows: Sequence[dict[str, Any]],
+    csv_path: str | os.PathLike | None = None,
+    json_path: str | os.PathLike | None = None,
+) -> None:
+    """Write :func:`compare` rows as CSV and/or JSON (None values: empty / null)."""
+    write_results(rows, csv_path, json_path)
