@@ -264,11 +264,16 @@ def _target_parameters(
     return [(lo, kernels.minmax_scale(lo, hi)) for lo, hi in target_bounds]
 
 
+BlockBounds = tuple[
+    tuple[np.ndarray, np.ndarray] | None,
+    Sequence[tuple[np.ndarray, np.ndarray]] | None,
+]
+
+
 def statistics(
     source: np.ndarray,
     targets: Sequence[np.ndarray],
-    source_bounds: tuple[np.ndarray, np.ndarray] | None,
-    target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
+    bounds: BlockBounds,
     padding: tuple[tuple[int, int], tuple[int, int]],
     field: int,
     method: str = "covariance",
@@ -276,8 +281,11 @@ def statistics(
 ) -> kernels.TileStatistics | kernels.CovarianceStatistics:
     """Task: statistics of one tile over one block of samples.
 
-    ``squares`` (displacement method only) adds the sums of squared targets.
+    ``bounds`` holds the block's per-sample ``(min, max)`` of the sources and of
+    each target (None: no normalisation). ``squares`` (displacement method
+    only) adds the sums of squared targets.
     """
+    source_bounds, target_bounds = bounds
     low, high = source_bounds if source_bounds is not None else (None, None)
     target_params = _target_parameters(targets, target_bounds)
     if method == "displacement":
@@ -340,13 +348,13 @@ def press(
     factors: kernels.SpectralFactors,
     source: np.ndarray,
     targets: Sequence[np.ndarray],
-    source_bounds: tuple[np.ndarray, np.ndarray] | None,
-    target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
+    bounds: BlockBounds,
     padding: tuple[tuple[int, int], tuple[int, int]],
     field: int,
     grid: Sequence[float],
 ) -> np.ndarray:
     """Task: leave-one-out squared errors of one tile over one block of samples."""
+    source_bounds, target_bounds = bounds
     low, high = source_bounds if source_bounds is not None else (None, None)
     halo = _read_halo(source, low, high, padding)
     params = _target_parameters(targets, target_bounds)
@@ -441,25 +449,26 @@ def fit_tiles(
     statistics_task = dask.delayed(statistics, pure=False)
     solve_task = dask.delayed(solve, pure=False)
     write_task = dask.delayed(write_tile, pure=False)
+    # One graph key per sample block for its bounds, shared by every tile: not
+    # a copy in each task (tens of MB of graph for large jobs with many targets).
+    block_bounds = []
+    for s0, s1 in plan.blocks:
+        sb = None if source_bounds is None else tuple(b[s0:s1] for b in source_bounds)
+        tb = (
+            None
+            if target_bounds is None
+            else [tuple(b[s0:s1] for b in pair) for pair in target_bounds]
+        )
+        block_bounds.append(dask.delayed((sb, tb), traverse=False, pure=False))
     results = []
     for tile in plan.tiles:
         rows, cols, padding = tile.halo(halo_width, plan.image_shape)
         reads = []
-        for s0, s1 in plan.blocks:
+        for (s0, s1), bounds in zip(plan.blocks, block_bounds, strict=True):
             src = _region(sources, s0, s1, rows, cols)
             inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
             tgt = [_region(t, s0, s1, *inner) for t in targets]
-            sb = (
-                None
-                if source_bounds is None
-                else tuple(b[s0:s1] for b in source_bounds)
-            )
-            tb = (
-                None
-                if target_bounds is None
-                else [tuple(b[s0:s1] for b in pair) for pair in target_bounds]
-            )
-            reads.append((src, tgt, sb, tb))
+            reads.append((src, tgt, bounds))
         if lam == "gcv":
             parts = [
                 statistics_task(*read, padding, field, plan.method, True)
@@ -473,12 +482,12 @@ def fit_tiles(
             factors = dask.delayed(factor, pure=False)(_tree_sum(parts), field)
             press_task = dask.delayed(press, pure=False)
             press_parts = []
-            for (s0, s1), (_, _, sb, tb) in zip(plan.blocks, reads, strict=True):
+            for (s0, s1), (_, _, bounds) in zip(plan.blocks, reads, strict=True):
                 src = _region(sources, s0, s1, rows, cols, pure=False)
                 inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
                 tgt = [_region(t, s0, s1, *inner, pure=False) for t in targets]
                 press_parts.append(
-                    press_task(factors, src, tgt, sb, tb, padding, field, grid)
+                    press_task(factors, src, tgt, bounds, padding, field, grid)
                 )
             scores = _tree_sum(press_parts)
             solution = dask.delayed(select, pure=False)(
