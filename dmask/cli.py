@@ -331,7 +331,7 @@ def _cluster(args: argparse.Namespace) -> Iterator[Any]:
         quiet=not args.verbose,
     )
     with connect(options) as client:
-        print(f"dashboard: {client.dashboard_link}", flush=True)
+        print(f"dashboard: {_dashboard_link(client, options)}", flush=True)
         report: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if args.report:
             from distributed import performance_report
@@ -341,6 +341,23 @@ def _cluster(args: argparse.Namespace) -> Iterator[Any]:
             yield client
         if args.report:
             print(f"performance report: {args.report}")
+
+
+def _dashboard_link(client: Any, options: Any) -> str:
+    """The dashboard's link; loopback when a local cluster's dashboard binds there.
+
+    (An in-process cluster names the machine's address in its link although
+    the dashboard listens on 127.0.0.1 only.)
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    link = str(client.dashboard_link)
+    local = not (options.scheduler or options.scheduler_file)
+    if local and str(options.dashboard_address or "").startswith("127.0.0.1:"):
+        parts = urlsplit(link)
+        if parts.port is not None:
+            link = urlunsplit(parts._replace(netloc=f"127.0.0.1:{parts.port}"))
+    return link
 
 
 def _load_config(path: str) -> None:
