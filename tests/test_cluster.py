@@ -60,7 +60,8 @@ class DaskProcesses:
         self.workers = subprocess.Popen(
             [str(BIN / "dask"), "worker", "--scheduler-file", str(self.scheduler_file),
              "--nworkers", "2", "--nthreads", "1", "--memory-limit", "2GB",
-             "--host", "127.0.0.1", *self.tls],
+             "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
+             *self.tls],
             stdout=log, stderr=log,
         )  # fmt: skip
         self.address = json.loads(self.scheduler_file.read_text())["address"]
