@@ -139,17 +139,8 @@ def synthesize_files(
         except imaging.ImageReadError as exc:
             problems.append((relative, f"unreadable: {exc}"))
             continue
-        face = imaging.prepare_face(
-            image,
-            (height, width),
-            crop="detect" if crop == "auto" else crop,
-            margin=margin,
-            channels=channels,
-        )
-        if face is None and crop == "auto":
-            face = imaging.prepare_face(
-                image, (height, width), crop="center", channels=channels
-            )
+        face, centred = _crop_face(image, (height, width), crop, margin, channels)
+        if centred:
             notes.append((relative, "no face found: centre crop"))
         if face is None:
             problems.append((relative, "no face found"))
@@ -164,6 +155,31 @@ def synthesize_files(
         for name, values in zip(names, predicted, strict=True):
             _write_png(_output_path(out, name, relative), values, peak)
     return problems, notes
+
+
+def _crop_face(
+    image: np.ndarray,
+    size: tuple[int, int],
+    crop: str,
+    margin: float,
+    channels: int,
+) -> tuple[np.ndarray | None, bool]:
+    """The face at the model's size, and whether ``auto`` fell back to the centre.
+
+    ``auto`` detects the face and takes the centre where none is found; the
+    other modes are :func:`dmask.imaging.prepare_face`'s own.
+    """
+    face = imaging.prepare_face(
+        image,
+        size,
+        crop="detect" if crop == "auto" else crop,
+        margin=margin,
+        channels=channels,
+    )
+    if face is None and crop == "auto":
+        centred = imaging.prepare_face(image, size, crop="center", channels=channels)
+        return centred, True
+    return face, False
 
 
 def _write_png(path: str, values: np.ndarray, peak: float) -> None:
@@ -326,13 +342,7 @@ def read_synthesised(
             image = imaging.read_image(os.path.join(folder, relative))
         except imaging.ImageReadError:
             continue
-        face = imaging.prepare_face(
-            image, model.image_shape, crop="detect", channels=model.channels
-        )
-        if face is None:
-            face = imaging.prepare_face(
-                image, model.image_shape, crop="center", channels=model.channels
-            )
+        face, _ = _crop_face(image, model.image_shape, "auto", 0.25, model.channels)
         x = face[None].astype(np.float64)
         shown = kernels.normalize_block(x, *kernels.minmax_parameters(x))[0]
         outputs = {t: imaging.read_image(p) / 255.0 for t, p in paths.items()}

@@ -415,7 +415,13 @@ def _run_synth(args: argparse.Namespace) -> None:
 def _run_train(args: argparse.Namespace) -> None:
     from dmask.faces import EXPRESSIONS
     from dmask.model import check_settings, fit
-    from dmask.storage import open_dataset, prepare_output, same_store, stored_pairs
+    from dmask.storage import (
+        open_dataset,
+        other_expressions,
+        prepare_output,
+        same_store,
+        stored_pairs,
+    )
 
     check_settings(args.field, args.lam, args.normalize)
     if args.resume and args.overwrite:
@@ -427,11 +433,10 @@ def _run_train(args: argparse.Namespace) -> None:
     ds = open_dataset(args.dataset)
     targets = _split_names(args.targets)
     if targets is None:
-        present = [str(e) for e in dict.fromkeys(ds["expression"].values.tolist())]
-        order = [e for e in EXPRESSIONS if e in present] + [
+        present = other_expressions(ds, args.source)
+        targets = [e for e in EXPRESSIONS if e in present] + [
             e for e in present if e not in EXPRESSIONS
         ]
-        targets = [e for e in order if e != args.source]
     sources, target_arrays = stored_pairs(ds, args.source, targets, args.split or None)
     with _cluster(args) as client:
         started = time.perf_counter()
@@ -739,13 +744,7 @@ def _run_tune(args: argparse.Namespace) -> None:
         print(f"best: r={best['field']} lambda={best['lam']} (MSE {best['mse']:.5f})")
         write_results(rows, args.csv, args.json)
         if args.sizes:
-            numeric = [
-                r
-                for r in means
-                if not isinstance(r["lam"], str) and r["mse"] == r["mse"]
-            ]
-            if numeric:  # full ridge needs a number: the best numeric setting
-                best = min(numeric, key=lambda r: r["mse"])
+            best = best_setting(rows, numeric=True)  # full ridge needs a number
             curve = training_size_curve(
                 ds,
                 source=args.source,

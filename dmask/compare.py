@@ -49,6 +49,7 @@ import xarray as xr
 
 from dmask import baselines, execution, kernels, storage
 from dmask.errors import InputError
+from dmask.evaluate import psnr as image_psnr
 from dmask.evaluate import write_results
 from dmask.model import check_settings
 from dmask.model import fit as fit_mr
@@ -294,8 +295,7 @@ def score(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         )
     n = truth.shape[0]
     mse = ((predicted - truth) ** 2).reshape(n, -1).mean(axis=1)
-    with np.errstate(divide="ignore"):
-        psnr = 10.0 * np.log10(1.0 / mse)
+    psnr = image_psnr(mse)
     ssim = [_ssim(truth[i], predicted[i]) for i in range(n)]
     return {
         "mse": float(mse.mean()),
@@ -435,11 +435,6 @@ def _baseline(
         raise InputError(f"options[{method!r}] has a bad setting: {error}") from None
 
 
-def _default_targets(dataset: xr.Dataset, source: str) -> list[str]:
-    names = dict.fromkeys(np.asarray(dataset["expression"].values).astype(str))
-    return [name for name in names if name != source]
-
-
 def _row(
     method: str, expression: str, n_train: int | None, n_test: int | None
 ) -> dict[str, Any]:
@@ -549,7 +544,11 @@ def compare(
     lam = float(lam)
     if isinstance(targets, str):
         raise InputError(f"targets must be a sequence of names, got {targets!r}")
-    names = list(targets) if targets is not None else _default_targets(dataset, source)
+    names = (
+        list(targets)
+        if targets is not None
+        else storage.other_expressions(dataset, source)
+    )
     if not names:
         raise InputError("targets is empty: name at least one target expression")
     budget = execution.task_memory_budget() if memory_budget is None else memory_budget

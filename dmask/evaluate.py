@@ -17,7 +17,7 @@ import xarray as xr
 from dmask import execution, storage
 from dmask.model import Model
 
-__all__ = ["METHODS", "evaluate", "format_table", "write_results"]
+__all__ = ["METHODS", "evaluate", "format_table", "psnr", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ def _normalized(images: da.Array, minmax: bool) -> da.Array:
 
 def _per_image_mse(a: da.Array, b: da.Array) -> da.Array:
     return ((a - b) ** 2).mean(axis=(1, 2, 3))
+
+
+def psnr(mse: np.ndarray, peak: float = 1.0) -> np.ndarray:
+    """PSNR in dB of per-image mean squared errors (infinite where exact)."""
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(peak**2 / np.asarray(mse, dtype=np.float64))
 
 
 def evaluate(
@@ -101,9 +107,7 @@ def evaluate(
             mse = np.asarray(next(values))
             row["n_test"] = int(mse.size)
             row[f"mse_{method}"] = float(mse.mean())
-            with np.errstate(divide="ignore"):
-                psnr = 10.0 * np.log10(peak**2 / mse)
-            row[f"psnr_{method}"] = float(np.mean(psnr))
+            row[f"psnr_{method}"] = float(np.mean(psnr(mse, peak)))
         rows.append(row)
     if len(rows) > 1:
         mean_row: dict[str, Any] = {"expression": "mean", "n_test": rows[0]["n_test"]}

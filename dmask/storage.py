@@ -57,6 +57,7 @@ __all__ = [
     "pair_indices",
     "ModelProgress",
     "locks_output",
+    "other_expressions",
     "output_lock",
     "read_model_progress",
     "prepare_output",
@@ -404,6 +405,12 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
         raise StoreError(f"dataset store {path} is empty (no samples)")
     ds.encoding["dmask_path"] = store_path(path)
     return ds
+
+
+def other_expressions(ds: xr.Dataset, source: str) -> list[str]:
+    """Every expression of a dataset but ``source``, in the dataset's order."""
+    expressions = np.asarray(ds["expression"].values).astype(str).tolist()
+    return [e for e in dict.fromkeys(expressions) if e != source]
 
 
 def pair_indices(

@@ -20,7 +20,7 @@ import xarray as xr
 from dmask import execution, kernels, storage
 from dmask.baselines import FullRidge
 from dmask.errors import InputError
-from dmask.evaluate import evaluate, write_results
+from dmask.evaluate import evaluate, psnr, write_results
 from dmask.model import check_settings, fit
 
 __all__ = ["best_setting", "training_size_curve", "tune", "write_rows"]
@@ -45,8 +45,7 @@ def _open(dataset: xr.Dataset | str | os.PathLike) -> xr.Dataset:
 def _target_names(ds: xr.Dataset, source: str, targets: Sequence[str] | None) -> list:
     if targets:
         return list(targets)
-    expressions = np.asarray(ds["expression"].values).astype(str)
-    names = [e for e in dict.fromkeys(expressions.tolist()) if e != source]
+    names = storage.other_expressions(ds, source)
     if not names:
         raise InputError(f"the dataset has no expression besides {source!r}")
     return names
@@ -197,8 +196,19 @@ def tune(
     return rows
 
 
-def best_setting(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def best_setting(
+    rows: Sequence[dict[str, Any]], numeric: bool = False
+) -> dict[str, Any]:
     """The ``mean`` row of least MSE among :func:`tune` rows (its first on ties).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Rows of :func:`tune`.
+    numeric : bool
+        Only settings with a numeric lambda (not ``"loo"``/``"gcv"``) and a
+        finite error, as full ridge regression needs; all settings when there
+        is none.
 
     Returns
     -------
@@ -206,6 +216,13 @@ def best_setting(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``field``, ``lam``, ``mse`` and ``psnr`` of the best setting.
     """
     means = [r for r in rows if r["expression"] == "mean"]
+    if numeric:
+        fixed = [
+            r
+            for r in means
+            if not isinstance(r["lam"], str) and not math.isnan(r["mse"])
+        ]
+        means = fixed or means
     if not means:
         raise InputError("no mean rows to choose from")
     best = min(means, key=lambda r: r["mse"])
@@ -222,9 +239,7 @@ def _load(ds: xr.Dataset, index: np.ndarray) -> np.ndarray:
 def _image_scores(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Mean over images of per-image MSE and PSNR (peak 1), as in evaluation."""
     mse = ((predicted - truth) ** 2).mean(axis=1)
-    with np.errstate(divide="ignore"):
-        psnr = 10.0 * np.log10(1.0 / mse)
-    return float(mse.mean()), float(psnr.mean())
+    return float(mse.mean()), float(psnr(mse).mean())
 
 
 def _score_full_ridge(
