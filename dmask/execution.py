@@ -290,15 +290,8 @@ def statistics(
     target_params = _target_parameters(targets, target_bounds)
     if method == "displacement":
         scale = None if low is None else kernels.minmax_scale(low, high)
-        halo = kernels.samples_last(source, low, scale, padding)
-        stacked = np.stack(
-            [
-                kernels.samples_last(t, *p)
-                for t, p in zip(targets, target_params, strict=True)
-            ]
-        )
-        return kernels.displacement_statistics(
-            halo, stacked, field, sample_last=True, squares=squares
+        return kernels.raw_displacement_statistics(
+            source, targets, (low, scale), target_params, padding, field, squares
         )
     if squares:
         raise ValueError("squared target sums need the displacement method")

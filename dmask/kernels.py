@@ -17,6 +17,7 @@ operations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -47,6 +48,7 @@ __all__ = [
     "minmax_parameters",
     "minmax_scale",
     "sample_bounds",
+    "raw_displacement_statistics",
     "samples_last",
     "solve_spd",
     "subtiles",
@@ -283,10 +285,6 @@ def samples_last(
         ``(y + top + bottom, x + left + right, C, n)`` float64.
     """
     n, h, w, channels = block.shape
-    if compiled.enabled():
-        if low is None or scale is None:
-            low, scale = np.zeros(n), np.ones(n)
-        return compiled.to_samples_last(block, low, scale, padding)
     (top, bottom), (left, right) = padding
     out = np.zeros((h + top + bottom, w + left + right, channels, n))
     inner = out[top : top + h, left : left + w]
@@ -362,6 +360,70 @@ def displacement_statistics(
             "ijcn,tijcn->tijc", x[oy : oy + h, ox : ox + w], t, out=cross_sums[:, a]
         )
     target_sums = t.sum(axis=-1)
+    return TileStatistics(pair_sums, sums, cross_sums, target_sums, n, target_squares)
+
+
+def raw_displacement_statistics(
+    source: np.ndarray,
+    targets: Sequence[np.ndarray],
+    source_params: tuple[np.ndarray | None, np.ndarray | None],
+    target_params: Sequence[tuple[np.ndarray | None, np.ndarray | None]],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    field: int,
+    squares: bool = False,
+) -> TileStatistics:
+    """Statistics of one tile from raw images: normalised, padded, summed.
+
+    The compiled kernels normalise the halo a few rows at a time, in cache,
+    instead of copying the whole block first.
+
+    Parameters
+    ----------
+    source : numpy.ndarray
+        ``(n, y, x, C)`` raw source window (the halo before zero padding).
+    targets : sequence of numpy.ndarray
+        ``T`` raw target blocks ``(n, h, w, C)`` of the tile.
+    source_params : (numpy.ndarray or None, numpy.ndarray or None)
+        ``(low, scale)`` min-max parameters of the sources (None: as they are).
+    target_params : sequence of such pairs
+        The same for each target.
+    padding : tuple
+        ``((top, bottom), (left, right))`` zeros around the source window.
+    field : int
+        Odd receptive field size ``r``.
+    squares : bool
+        Also sum the squared targets (``target_squares``).
+
+    Returns
+    -------
+    TileStatistics
+    """
+    n = source.shape[0]
+    if not compiled.enabled():
+        halo = samples_last(source, *source_params, padding)
+        stacked = np.stack(
+            [samples_last(t, *p) for t, p in zip(targets, target_params, strict=True)]
+        )
+        return displacement_statistics(
+            halo, stacked, field, sample_last=True, squares=squares
+        )
+
+    def params(pair: tuple[np.ndarray | None, np.ndarray | None]) -> tuple:
+        low, scale = pair
+        if low is None or scale is None:
+            return np.zeros(n), np.ones(n)
+        return low, scale
+
+    low, scale = params(source_params)
+    target_low, target_scale = zip(*(params(p) for p in target_params), strict=True)
+    deltas = np.array(displacements(field))
+    offsets = window_offsets(field) + field // 2
+    pair_sums, sums, cross_sums, target_sums, target_squares = (
+        compiled.rolling_displacement_sums(
+            source, low, scale, np.stack(targets), np.stack(target_low),
+            np.stack(target_scale), padding, deltas, offsets, field, squares,
+        )
+    )  # fmt: skip
     return TileStatistics(pair_sums, sums, cross_sums, target_sums, n, target_squares)
 
 

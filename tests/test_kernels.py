@@ -107,14 +107,96 @@ def test_solve_spd_mixed_batch(rng, size, backend):
     np.testing.assert_array_equal(rhs, before[1])
 
 
-@pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed")
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
-def test_compiled_samples_last_matches_numpy(rng, dtype, monkeypatch):
-    raw = (rng.random((11, 6, 7, 3)) * 200).astype(dtype)[:, 1:, 2:]
+def _loop_statistics(halo, targets, field):
+    """Displacement statistics by their definition, one pixel at a time."""
+    _, hh, ww, channels = halo.shape
+    n_targets, _, h, w, _ = targets.shape
+    deltas = kernels.displacements(field)
+    pair = np.zeros((len(deltas), hh, ww, channels))
+    for d, (dy, dx) in enumerate(deltas):
+        for y in range(hh):
+            for x in range(ww):
+                if y + dy < hh and 0 <= x + dx < ww:
+                    pair[d, y, x] = (halo[:, y, x] * halo[:, y + dy, x + dx]).sum(0)
+    offsets = kernels.window_offsets(field) + field // 2
+    cross = np.zeros((n_targets, len(offsets), h, w, channels))
+    for t in range(n_targets):
+        for a, (oy, ox) in enumerate(offsets):
+            for y in range(h):
+                for x in range(w):
+                    cross[t, a, y, x] = (
+                        halo[:, y + oy, x + ox] * targets[t, :, y, x]
+                    ).sum(0)
+    return pair, halo.sum(0), cross, targets.sum(1), (targets**2).sum(1)
+
+
+@pytest.mark.parametrize("field", [1, 3, 5])
+@pytest.mark.parametrize(
+    ("shape", "padding"),
+    [
+        ((7, 9, 1), ((1, 1), (1, 1))),
+        ((6, 11, 3), ((0, 2), (2, 0))),
+        ((9, 5, 2), ((2, 0), (0, 0))),
+    ],
+)
+def test_raw_displacement_statistics_match_loops(rng, field, shape, padding, backend):
+    # A raw window cut from a larger image, zero padding on some sides only
+    # (a tile at a border), min-max parameters per sample, two targets.
+    b = field // 2
+    (top, bottom), (left, right) = padding
+    n, height, width, channels = 9, *shape
+    pad = ((min(top, b), min(bottom, b)), (min(left, b), min(right, b)))
+    raw = (rng.random((n, height + 2, width + 3, channels)) * 250).astype(np.uint8)
+    raw = raw[:, 1 : 1 + height, 2 : 2 + width]
+    h = height + sum(pad[0]) - 2 * b
+    w = width + sum(pad[1]) - 2 * b
+    targets = [
+        (rng.random((n, h, w, channels)) * 60000).astype(np.uint16) for _ in range(2)
+    ]
     low, high = kernels.sample_bounds(raw)
-    scale = kernels.minmax_scale(low, high)
-    padding = ((1, 2), (0, 3))
-    fast = compiled.to_samples_last(raw, low, scale, padding)
-    monkeypatch.setenv("DMASK_KERNELS", "numpy")
-    slow = kernels.samples_last(raw, low, scale, padding)
-    np.testing.assert_array_equal(fast, slow)
+    source_params = (low, kernels.minmax_scale(low, high))
+    target_params = [(None, None), (np.full(n, 3.0), np.full(n, 1 / 60000))]
+    stats = kernels.raw_displacement_statistics(
+        raw, targets, source_params, target_params, pad, field, squares=True
+    )
+    halo = np.pad(kernels.normalize_block(raw, *source_params), ((0, 0), *pad, (0, 0)))
+    normalised = np.stack(
+        [
+            kernels.normalize_block(t, *p)
+            for t, p in zip(targets, target_params, strict=True)
+        ]
+    )
+    expected = _loop_statistics(halo, normalised, field)
+    got = (
+        stats.pair_sums,
+        stats.sums,
+        stats.cross_sums,
+        stats.target_sums,
+        stats.target_squares,
+    )
+    for value, reference in zip(got, expected, strict=True):
+        np.testing.assert_allclose(value, reference, rtol=1e-12, atol=1e-9)
+    assert stats.count == n
+
+
+@pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed")
+@pytest.mark.parametrize("field", [3, 5])
+def test_lane_solver_equals_one_at_a_time(rng, field):
+    # Systems solved eight at a time, one per vector lane, give the bits of the
+    # one-at-a-time Cholesky (r = 3) and flag lanes whose pivot is not
+    # positive; a row of 13 pixels leaves five lanes of the second group idle.
+    sources, targets = random_pairs(rng, 30, 6, 13, 2)
+    b = field // 2
+    halo = np.pad(sources, ((0, 0), (b, b), (b, b), (0, 0)))
+    stats = kernels.tile_statistics(halo, targets[None], field)
+    args = (
+        stats.pair_sums, stats.sums, stats.cross_sums, stats.target_sums, stats.count,
+        kernels._gram_table(field), kernels.window_offsets(field) + b,
+    )  # fmt: skip
+    lanes, ok = compiled.solve_displacement_tile(*args, 0.4)
+    assert ok.all()
+    if field == 3:
+        single, _ = compiled.solve_displacement_tile(*args, 0.4, lanes=False)
+        np.testing.assert_array_equal(lanes, single)
+    _, ok = compiled.solve_displacement_tile(*args, -5.0)
+    assert not ok.all()
