@@ -339,7 +339,7 @@ def _fit_planned(
             src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
             store=store, lam_grid=lam_grid,
         )  # fmt: skip
-        execution.compute(*tasks)
+        execution.run(tasks)
         storage.finalize_store(store)
         logger.info("model written to %s", store)
         return open_model(store)
@@ -348,7 +348,7 @@ def _fit_planned(
         src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
         lam_grid=lam_grid,
     )  # fmt: skip
-    solutions = execution.compute(*tasks)
+    solutions = execution.run(tasks)
     k = field * field
     weight = np.empty((len(names), height, width, channels, k))
     bias = np.empty((len(names), height, width, channels))
