@@ -434,6 +434,97 @@ if AVAILABLE:
                 for s in range(n):
                     out[s] = (m[s] - low[s]) * scale[s]
 
+    @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+    def _dot(a: np.ndarray, b: np.ndarray) -> float:
+        total = 0.0
+        for s in range(a.shape[0]):
+            total += a[s] * b[s]
+        return total
+
+    @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+    def _dots_2x4(a0, a1, b0, b1, b2, b3, b4):
+        # a0 against b0..b3 and a1 against b1..b4: seven vectors read per eight
+        # products, where separate dot products read sixteen.
+        t00 = t01 = t02 = t03 = t10 = t11 = t12 = t13 = 0.0
+        for s in range(a0.shape[0]):
+            x0, x1, v1, v2, v3 = a0[s], a1[s], b1[s], b2[s], b3[s]
+            t00 += x0 * b0[s]
+            t01 += x0 * v1
+            t02 += x0 * v2
+            t03 += x0 * v3
+            t10 += x1 * v1
+            t11 += x1 * v2
+            t12 += x1 * v3
+            t13 += x1 * b4[s]
+        return t00, t01, t02, t03, t10, t11, t12, t13
+
+    @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+    def _dots_2x3(a0, a1, b0, b1, b2, b3):
+        t00 = t01 = t02 = t10 = t11 = t12 = 0.0
+        for s in range(a0.shape[0]):
+            x0, x1, v1, v2 = a0[s], a1[s], b1[s], b2[s]
+            t00 += x0 * b0[s]
+            t01 += x0 * v1
+            t02 += x0 * v2
+            t10 += x1 * v1
+            t11 += x1 * v2
+            t12 += x1 * b3[s]
+        return t00, t01, t02, t10, t11, t12
+
+    @numba.njit(nogil=True, cache=True, fastmath=True)
+    def _band_dots(
+        first: np.ndarray,
+        row: np.ndarray,
+        c: int,
+        lo: int,
+        count: int,
+        out: np.ndarray,
+        index0: int,
+        stop: int,
+    ) -> None:
+        # out[x, index0 + j] = first[x, c] . row[x + lo + j, c] for x < stop and
+        # j < count, where x + lo + j is a column of ``row`` (others are left as
+        # they are). Two positions at a time share the vectors of ``row`` they
+        # both read (x + 1 + lo + j = x + lo + (j + 1)), four offsets at a time
+        # and then the last three or one (``count`` is odd: r or 2r - 1).
+        width = row.shape[0]
+        x = 0
+        while x < stop:
+            if x + 1 < stop and x + lo >= 0 and x + lo + count < width:
+                a0 = first[x, c]
+                a1 = first[x + 1, c]
+                j = 0
+                while j + 4 <= count:
+                    b = x + lo + j
+                    t = _dots_2x4(
+                        a0, a1, row[b, c], row[b + 1, c], row[b + 2, c],
+                        row[b + 3, c], row[b + 4, c],
+                    )  # fmt: skip
+                    for q in range(4):
+                        out[x, index0 + j + q] = t[q]
+                        out[x + 1, index0 + j + q] = t[4 + q]
+                    j += 4
+                b = x + lo + j
+                left = count - j
+                if left == 3:
+                    t3 = _dots_2x3(
+                        a0, a1, row[b, c], row[b + 1, c], row[b + 2, c], row[b + 3, c]
+                    )
+                    for q in range(3):
+                        out[x, index0 + j + q] = t3[q]
+                        out[x + 1, index0 + j + q] = t3[3 + q]
+                elif left == 1:
+                    out[x, index0 + j] = _dot(a0, row[b, c])
+                    out[x + 1, index0 + j] = _dot(a1, row[b + 1, c])
+                x += 2
+            else:
+                a0 = first[x, c]
+                for j in range(count):
+                    b = x + lo + j
+                    if 0 <= b < width:
+                        out[x, index0 + j] = _dot(a0, row[b, c])
+                x += 1
+
     @numba.njit(nogil=True, cache=True, fastmath=True)
     def _rolling_displacement_sums(
         raw: np.ndarray,
@@ -444,8 +535,6 @@ if AVAILABLE:
         target_scale: np.ndarray,
         top: int,
         left: int,
-        deltas: np.ndarray,
-        offsets: np.ndarray,
         field: int,
         pair_sums: np.ndarray,
         sums: np.ndarray,
@@ -457,11 +546,14 @@ if AVAILABLE:
         # The halo is normalised one row at a time into a ring of ``field``
         # sample-last rows, small enough to stay in cache: when halo row y
         # arrives, every pair sum that ends on it (from row y - dy) and every
-        # cross sum of output row y - field + 1 can be formed.
+        # cross sum of output row y - field + 1 can be formed. Displacements
+        # are in the order of ``kernels.displacements``; window offsets in
+        # row-major order.
         n, rows = raw.shape[0], raw.shape[1]
         channels = raw.shape[3]
         hh, ww = sums.shape[0], sums.shape[1]
         n_targets, w = cross_sums.shape[0], cross_sums.shape[3]
+        span = field - 1
         ring = np.zeros((field, ww, channels, n))
         tbuf = np.empty((w, channels, n))
         moved = np.empty((ww * channels, n), dtype=raw.dtype)
@@ -475,30 +567,19 @@ if AVAILABLE:
                 row[:] = 0.0
             for xx in range(ww):
                 for c in range(channels):
-                    v = row[xx, c]
-                    total = 0.0
-                    for s in range(n):
-                        total += v[s]
-                    sums[y, xx, c] = total
-            for d in range(deltas.shape[0]):
-                dy = deltas[d, 0]
-                dx = deltas[d, 1]
+                    sums[y, xx, c] = row[xx, c].sum()
+            for dy in range(field):
                 y0 = y - dy
                 if y0 < 0:
                     continue
-                first = ring[y0 % field]
-                for xx in range(ww):
-                    xd = xx + dx
-                    if xd < 0 or xd >= ww:
-                        continue
-                    for c in range(channels):
-                        a = first[xx, c]
-                        b = row[xd, c]
-                        total = 0.0
-                        for s in range(n):
-                            total += a[s] * b[s]
-                        pair_sums[y0, xx, c, d] = total
-            oy = y - field + 1
+                lo = 0 if dy == 0 else -span
+                index0 = 0 if dy == 0 else span + 1 + (dy - 1) * (2 * span + 1)
+                for c in range(channels):
+                    _band_dots(
+                        ring[y0 % field], row, c, lo, span + 1 - lo,
+                        pair_sums[y0, :, c, :], index0, ww,
+                    )  # fmt: skip
+            oy = y - span
             if oy < 0:
                 continue
             for k in range(n_targets):
@@ -514,23 +595,15 @@ if AVAILABLE:
                 for xx in range(w):
                     for c in range(channels):
                         v = tbuf[xx, c]
-                        total = 0.0
-                        for s in range(n):
-                            total += v[s]
-                        target_sums[k, oy, xx, c] = total
+                        target_sums[k, oy, xx, c] = v.sum()
                         if squares:
-                            total = 0.0
-                            for s in range(n):
-                                total += v[s] * v[s]
-                            target_squares[k, oy, xx, c] = total
-                        for a in range(offsets.shape[0]):
-                            o = ring[(oy + offsets[a, 0]) % field][
-                                xx + offsets[a, 1], c
-                            ]
-                            total = 0.0
-                            for s in range(n):
-                                total += v[s] * o[s]
-                            cross_sums[k, a, oy, xx, c] = total
+                            target_squares[k, oy, xx, c] = _dot(v, v)
+                for wy in range(field):
+                    for c in range(channels):
+                        _band_dots(
+                            tbuf, ring[(oy + wy) % field], c, 0, field,
+                            cross_sums[k, :, oy, :, c].T, wy * field, w,
+                        )  # fmt: skip
 
 
 def cholesky_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -710,8 +783,6 @@ def rolling_displacement_sums(
     target_low: np.ndarray,
     target_scale: np.ndarray,
     padding: tuple[tuple[int, int], tuple[int, int]],
-    deltas: np.ndarray,
-    offsets: np.ndarray,
     field: int,
     squares: bool = False,
 ) -> tuple[np.ndarray, ...]:
@@ -729,10 +800,6 @@ def rolling_displacement_sums(
         ``(T, n)`` min-max parameters of the targets.
     padding : tuple
         ``((top, bottom), (left, right))`` zeros around the source window.
-    deltas : numpy.ndarray
-        ``(D, 2)`` displacements.
-    offsets : numpy.ndarray
-        ``(k, 2)`` window offsets from the halo's corner.
     field : int
         Receptive field size ``r``.
     squares : bool
@@ -748,9 +815,10 @@ def rolling_displacement_sums(
     (top, bottom), (left, right) = padding
     hh, ww = rows + top + bottom, cols + left + right
     n_targets, _, h, w, _ = targets.shape
-    pair_sums = np.zeros((hh, ww, channels, len(deltas)))
+    n_deltas = ((2 * field - 1) ** 2 + 1) // 2  # as kernels.displacements
+    pair_sums = np.zeros((hh, ww, channels, n_deltas))
     sums = np.empty((hh, ww, channels))
-    cross_sums = np.empty((n_targets, len(offsets), h, w, channels))
+    cross_sums = np.empty((n_targets, field * field, h, w, channels))
     target_sums = np.empty((n_targets, h, w, channels))
     target_squares = np.empty((n_targets, h, w, channels) if squares else (0, 0, 0, 0))
     _rolling_displacement_sums(
@@ -762,8 +830,6 @@ def rolling_displacement_sums(
         np.ascontiguousarray(target_scale, dtype=np.float64),
         top,
         left,
-        np.ascontiguousarray(deltas, dtype=np.int64),
-        np.ascontiguousarray(offsets, dtype=np.int64),
         field,
         pair_sums,
         sums,

@@ -416,12 +416,10 @@ def raw_displacement_statistics(
 
     low, scale = params(source_params)
     target_low, target_scale = zip(*(params(p) for p in target_params), strict=True)
-    deltas = np.array(displacements(field))
-    offsets = window_offsets(field) + field // 2
     pair_sums, sums, cross_sums, target_sums, target_squares = (
         compiled.rolling_displacement_sums(
             source, low, scale, np.stack(targets), np.stack(target_low),
-            np.stack(target_scale), padding, deltas, offsets, field, squares,
+            np.stack(target_scale), padding, field, squares,
         )
     )  # fmt: skip
     return TileStatistics(pair_sums, sums, cross_sums, target_sums, n, target_squares)

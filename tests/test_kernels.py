@@ -130,7 +130,7 @@ def _loop_statistics(halo, targets, field):
     return pair, halo.sum(0), cross, targets.sum(1), (targets**2).sum(1)
 
 
-@pytest.mark.parametrize("field", [1, 3, 5])
+@pytest.mark.parametrize("field", [1, 3, 5, 7])
 @pytest.mark.parametrize(
     ("shape", "padding"),
     [
@@ -140,16 +140,17 @@ def _loop_statistics(halo, targets, field):
     ],
 )
 def test_raw_displacement_statistics_match_loops(rng, field, shape, padding, backend):
-    # A raw window cut from a larger image, zero padding on some sides only
-    # (a tile at a border), min-max parameters per sample, two targets.
+    # A tile of ``shape`` whose raw window is cut from a larger image, zero
+    # padding on some sides only (a tile at a border), min-max parameters per
+    # sample, two targets.
     b = field // 2
     (top, bottom), (left, right) = padding
-    n, height, width, channels = 9, *shape
+    n, h, w, channels = 9, *shape
     pad = ((min(top, b), min(bottom, b)), (min(left, b), min(right, b)))
+    height = h + 2 * b - sum(pad[0])
+    width = w + 2 * b - sum(pad[1])
     raw = (rng.random((n, height + 2, width + 3, channels)) * 250).astype(np.uint8)
     raw = raw[:, 1 : 1 + height, 2 : 2 + width]
-    h = height + sum(pad[0]) - 2 * b
-    w = width + sum(pad[1]) - 2 * b
     targets = [
         (rng.random((n, h, w, channels)) * 60000).astype(np.uint16) for _ in range(2)
     ]
