@@ -3,8 +3,10 @@
 Graphs are built from plans (:mod:`dmask.planning`) and run on the current
 distributed client when there is one, else on dask's threaded scheduler. Task
 names read as the pipeline on the dashboard: ``statistics``, ``combine``,
-``solve``, ``write_tile``, ``apply`` (and, when each pixel chooses its penalty
-by leave-one-out, ``factor``, ``press`` and ``select`` in place of ``solve``).
+``solve``, ``write_tile``, ``apply`` (``statistics_and_solve`` in place of the
+first three when all samples fit one block; and, when each pixel chooses its
+penalty by leave-one-out, ``factor``, ``press`` and ``select`` in place of
+``solve``).
 """
 
 from __future__ import annotations
@@ -284,6 +286,57 @@ BlockBounds = tuple[
 ]
 
 
+_PHASES_LOCK = threading.Lock()
+_PHASES: list[dict[str, float]] = []
+
+
+def _add_phase_seconds(**seconds: float) -> None:
+    if _PHASES:
+        with _PHASES_LOCK:
+            for phases in _PHASES:
+                for name, value in seconds.items():
+                    phases[name] = phases.get(name, 0.0) + value
+
+
+@contextlib.contextmanager
+def phase_seconds() -> Iterator[dict[str, float]]:
+    """Seconds spent in tasks of this process by phase, while open.
+
+    Phases are ``statistics``, ``combine`` and ``solve``, timed inside the
+    tasks (so ``statistics_and_solve`` counts in both, and tasks that dask
+    hands to a thread together are timed apart). For benchmarks on the
+    threaded scheduler; a distributed run's tasks record theirs on the workers.
+    """
+    phases: dict[str, float] = {}
+    with _PHASES_LOCK:
+        _PHASES.append(phases)
+    try:
+        yield phases
+    finally:
+        with _PHASES_LOCK:
+            _PHASES.remove(phases)
+
+
+def _timed(phase: str) -> Any:
+    """Decorator: add a task function's run time to ``phase``."""
+
+    def decorate(func: Any) -> Any:
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not _PHASES:
+                return func(*args, **kwargs)
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _add_phase_seconds(**{phase: time.perf_counter() - started})
+
+        return timed
+
+    return decorate
+
+
+@_timed("statistics")
 def statistics(
     source: np.ndarray,
     targets: Sequence[np.ndarray],
@@ -321,6 +374,7 @@ def statistics(
     )
 
 
+@_timed("combine")
 def combine(*parts: Any) -> Any:
     """Task: sum statistics of several sample blocks."""
     total = parts[0]
@@ -329,6 +383,7 @@ def combine(*parts: Any) -> Any:
     return total
 
 
+@_timed("solve")
 def solve(
     stats: kernels.TileStatistics | kernels.CovarianceStatistics,
     tile: Tile,
@@ -363,43 +418,10 @@ def statistics_and_solve(
     One task where two would wait on each other: no hand-over between them,
     and the statistics are solved while still in cache.
     """
-    started = time.perf_counter()
     stats = statistics(
         source, targets, bounds, padding, field, method, squares=lam == "gcv"
     )
-    middle = time.perf_counter()
-    solution = solve(stats, tile, image_shape, field, lam, grid)
-    _add_phase_seconds(statistics=middle - started, solve=time.perf_counter() - middle)
-    return solution
-
-
-_PHASES_LOCK = threading.Lock()
-_PHASES: list[dict[str, float]] = []
-
-
-def _add_phase_seconds(**seconds: float) -> None:
-    if _PHASES:
-        with _PHASES_LOCK:
-            for phases in _PHASES:
-                for name, value in seconds.items():
-                    phases[name] = phases.get(name, 0.0) + value
-
-
-@contextlib.contextmanager
-def phase_seconds() -> Iterator[dict[str, float]]:
-    """Seconds spent in the phases of tasks that run more than one, while open.
-
-    For benchmarks on the threaded scheduler, where a task's total time does
-    not tell its phases apart (``statistics_and_solve``).
-    """
-    phases: dict[str, float] = {}
-    with _PHASES_LOCK:
-        _PHASES.append(phases)
-    try:
-        yield phases
-    finally:
-        with _PHASES_LOCK:
-            _PHASES.remove(phases)
+    return solve(stats, tile, image_shape, field, lam, grid)
 
 
 def factor(stats: kernels.TileStatistics, field: int) -> kernels.SpectralFactors:
