@@ -41,8 +41,10 @@ __all__ = [
     "fit_tiles",
     "minmax_bounds",
     "phase_seconds",
+    "place_tile",
     "predict_tiles",
     "run",
+    "runs_locally",
     "sample_bounds",
     "show_progress",
     "task_memory_budget",
@@ -302,10 +304,11 @@ def _add_phase_seconds(**seconds: float) -> None:
 def phase_seconds() -> Iterator[dict[str, float]]:
     """Seconds spent in tasks of this process by phase, while open.
 
-    Phases are ``statistics``, ``combine`` and ``solve``, timed inside the
-    tasks (so ``statistics_and_solve`` counts in both, and tasks that dask
-    hands to a thread together are timed apart). For benchmarks on the
-    threaded scheduler; a distributed run's tasks record theirs on the workers.
+    Phases are ``statistics``, ``combine``, ``solve`` and ``write`` (to a
+    store, or into the arrays of a model in memory), timed inside the tasks:
+    ``statistics_and_solve`` counts in both its phases, and tasks that dask
+    hands to a thread together are timed apart. For benchmarks on the threaded
+    scheduler; a distributed run's tasks record theirs on the workers.
     """
     phases: dict[str, float] = {}
     with _PHASES_LOCK:
@@ -464,6 +467,7 @@ def select(
     return kernels.solve_selected(factors, scores, np.asarray(grid), validity)
 
 
+@_timed("write")
 def write_tile(
     path: str, tile: Tile, solution: tuple[np.ndarray, ...]
 ) -> tuple[int, int]:
@@ -473,6 +477,32 @@ def write_tile(
         return write_model_tile(path, tile, weight, bias, lam_map=lam_map)
     weight, bias = solution
     return write_model_tile(path, tile, weight, bias)
+
+
+@_timed("write")
+def place_tile(
+    arrays: tuple[np.ndarray, ...], tile: Tile, solution: tuple[np.ndarray, ...]
+) -> tuple[int, int]:
+    """Task: copy one solved tile into the model's arrays in this process's memory.
+
+    ``arrays`` are ``weight, bias`` (and ``lam_map``) of the whole image, in the
+    order of the solution's parts. Threads fill disjoint parts of them, so the
+    copies (and the first touch of fresh memory) run in parallel.
+    """
+    where = (slice(None), slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
+    for array, part in zip(arrays, solution, strict=True):
+        array[where] = part
+    return tile.index
+
+
+def runs_locally(*images: Any) -> bool:
+    """Whether tasks on these inputs run in this process: threaded, plain graph.
+
+    True without a distributed client when none of them is a dask array.
+    """
+    return current_client() is None and not any(
+        isinstance(array, da.Array) for array in images
+    )
 
 
 class _TaskMaker:
@@ -574,7 +604,8 @@ def fit_tiles(
     lam: float | str,
     store: str | os.PathLike | None = None,
     lam_grid: Sequence[float] | None = None,
-) -> list[Any]:
+    arrays: tuple[np.ndarray, ...] | None = None,
+) -> list[Any] | LocalTasks:
     """Delayed per-tile results of training.
 
     Parameters
@@ -597,6 +628,10 @@ def fit_tiles(
         penalties are chosen.
     lam_grid : sequence of float, optional
         Penalties to choose from (with ``lam="gcv"`` or ``"loo"``).
+    arrays : tuple of numpy.ndarray, optional
+        ``weight, bias`` (and ``lam_map``) of the whole image to place each
+        solved tile in, when :func:`runs_locally` and no store is written; each
+        result is then the tile index.
 
     Returns
     -------
@@ -610,9 +645,9 @@ def fit_tiles(
     grid = tuple(float(v) for v in lam_grid) if selecting and lam_grid else None
     if selecting and (grid is None or plan.method != "displacement"):
         raise ValueError("choosing penalties needs a grid and displacement statistics")
-    local = current_client() is None and not any(
-        isinstance(images, da.Array) for images in (sources, *targets)
-    )
+    local = runs_locally(sources, *targets)
+    if arrays is not None and (store is not None or not local):
+        raise ValueError("arrays are for runs in this process that write no store")
     # Not pure: hashing every argument (image views among them) costs more than
     # the smaller tasks take; each call gets a unique key instead.
     tasks = _GraphMaker() if local else _TaskMaker()
@@ -642,9 +677,7 @@ def fit_tiles(
                 statistics_and_solve, *reads[0], padding, field, plan.method, tile,
                 plan.image_shape, lam, grid,
             )  # fmt: skip
-            if store is not None:
-                solution = tasks(write_tile, str(store), tile, solution)
-            results.append(solution)
+            results.append(_finish(tasks, solution, tile, store, arrays))
             continue
         parts = [
             tasks(statistics, *read, padding, field, plan.method, squares)
@@ -667,10 +700,23 @@ def fit_tiles(
             solution = tasks(
                 solve, _tree_sum(parts, tasks), tile, plan.image_shape, field, lam, grid
             )
-        if store is not None:
-            solution = tasks(write_tile, str(store), tile, solution)
-        results.append(solution)
+        results.append(_finish(tasks, solution, tile, store, arrays))
     return tasks.results(results)
+
+
+def _finish(
+    tasks: _TaskMaker,
+    solution: Any,
+    tile: Tile,
+    store: str | os.PathLike | None,
+    arrays: tuple[np.ndarray, ...] | None,
+) -> Any:
+    """The last task of a tile: its solution, written to a store or placed."""
+    if store is not None:
+        return tasks(write_tile, str(store), tile, solution)
+    if arrays is not None:
+        return tasks(place_tile, arrays, tile, solution)
+    return solution
 
 
 def apply(

@@ -344,21 +344,21 @@ def _fit_planned(
         logger.info("model written to %s", store)
         return open_model(store)
 
-    tasks = execution.fit_tiles(
-        src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
-        lam_grid=lam_grid,
-    )  # fmt: skip
-    solutions = execution.run(tasks)
     k = field * field
     weight = np.empty((len(names), height, width, channels, k))
     bias = np.empty((len(names), height, width, channels))
     lam_map = np.empty((len(names), height, width, channels)) if lam_grid else None
-    for tile, solution in zip(plan.tiles, solutions, strict=True):
-        where = (slice(None), slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
-        weight[where] = solution[0]
-        bias[where] = solution[1]
-        if lam_map is not None:
-            lam_map[where] = solution[2]
+    arrays = (weight, bias) if lam_map is None else (weight, bias, lam_map)
+    # In this process the tasks place their tiles in the arrays, in parallel.
+    local = execution.runs_locally(src, *tgts.values())
+    tasks = execution.fit_tiles(
+        src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
+        lam_grid=lam_grid, arrays=arrays if local else None,
+    )  # fmt: skip
+    results = execution.run(tasks)
+    if not local:
+        for tile, solution in zip(plan.tiles, results, strict=True):
+            execution.place_tile(arrays, tile, solution)
     grid = (plan.tiles[-1].index[0] + 1, plan.tiles[-1].index[1] + 1)
     dataset = storage.model_dataset(
         weight,

@@ -12,7 +12,7 @@ measured 1.2 to 2 times slower and far noisier (r = 11: 4.4 to 8.2 s against
 3.7 to 4.0 s), so one thread is its fairest setting.
 
 One more dmask run, traced, breaks the task time down by phase (statistics,
-combine, solve: ``dmask.execution.phase_seconds``); what is left of ``threads x
+combine, solve, write: ``dmask.execution.phase_seconds``); what is left of ``threads x
 wall`` is scheduling and idle time, the main thread's work before and after the
 tasks included. The inputs are in memory, so there is no reading; reading from
 a store is timed by ``bench_scaling.py``. Memory: the peak of a new process
@@ -172,7 +172,8 @@ def run_dmask(
             started = time.perf_counter()
             dmask.fit(sources, targets, field=case.field, lam=0.4, method=method)
             traced = time.perf_counter() - started
-    phases = {p: phases.get(p, 0.0) for p in ("statistics", "combine", "solve")}
+    names = ("statistics", "combine", "solve", "write")
+    phases = {p: phases.get(p, 0.0) for p in names}
     busy = sum(phases.values())
     phases["scheduling_and_idle"] = max(0.0, threads * traced - busy)
     return {
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'case':>34} {'dmask s':>8} {'base s':>8} {'speedup':>8} {'new MiB':>8} "
         f"{'rise MiB':>8} "
-        f"{'GFLOP/s':>8} {'of GEMM':>7} {'stats':>6} {'solve':>6} "
+        f"{'GFLOP/s':>8} {'of GEMM':>7} {'stats':>6} {'solve':>6} {'write':>6} "
         f"{'sched':>6}"
     )
     print(header, flush=True)
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{rate / peak:7.1%} "
             + " ".join(
                 f"{phases[p] / busy:6.0%}"
-                for p in ("statistics", "solve", "scheduling_and_idle")
+                for p in ("statistics", "solve", "write", "scheduling_and_idle")
             ),
             flush=True,
         )
@@ -325,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {results[0]['dmask']['before_fit_mib']:.0f} MiB); rise MiB: peak resident"
         " memory of this process in a traced run above its level at the start;"
         " GFLOP/s: FLOPs of the straightforward"
-        " method / dmask wall; stats, solve, sched: share of threads x the"
+        " method / dmask wall; stats, solve, write (placing tiles in the model's"
+        " arrays), sched: share of threads x the"
         " traced run's wall"
     )
     if args.json:
