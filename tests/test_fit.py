@@ -159,3 +159,16 @@ def test_covariance_blocks_across_a_large_tile(rng):
         np.testing.assert_allclose(
             model.weights().values, reference.weights().values, atol=1e-10, rtol=0
         )
+
+
+def test_phase_seconds_time_the_tasks(rng):
+    from dmask import execution
+
+    sources, targets = random_pairs(rng, 12, 9, 10, 2)
+    with execution.phase_seconds() as one_block:
+        dmask.fit(sources, targets, field=3, tile_shape=(5, 5))
+    with execution.phase_seconds() as blocks:
+        dmask.fit(sources, targets, field=3, tile_shape=(5, 5), sample_block=4)
+    assert set(one_block) == {"statistics", "solve", "write"}
+    assert set(blocks) == {"statistics", "combine", "solve", "write"}
+    assert all(seconds > 0 for seconds in [*one_block.values(), *blocks.values()])
