@@ -13,7 +13,11 @@ One more run on 2 workers records the task stream and splits the compute time
 by task prefix (``statistics``, ``combine``, ``solve``, ``write_tile``,
 ``read_images``, ``read_bounds``, ...); what the workers did not spend
 computing is the scheduling/idle overhead ``1 - sum(compute) / (workers x
-wall)``. The machine, tables and, with ``--json``, a JSON file are written.
+wall)``, split into the time workers wait between their tasks (scheduling
+proper) and the time before a worker's first task and after its last (the
+client's own serial work: the bounds round trip, creating the model store,
+building the graph, finishing the store). The machine, tables and, with
+``--json``, a JSON file are written.
 
     python pipelines/bench_scaling.py [--repeats 3] [--subjects 200]
         [--size 256] [--field 7] [--json results.json]
@@ -104,6 +108,28 @@ def transfer_seconds(records: list[dict]) -> float:
     )
 
 
+def idle_between_tasks(records: list[dict]) -> float:
+    """Worker-seconds idle between a worker's first and last compute spans.
+
+    Time a worker waits for its next task while the job runs: the scheduling
+    cost proper. The rest of the idle time lies before a worker's first task or
+    after its last (the client's own work: bounds, store creation, graph).
+    """
+    spans: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    for record in records:
+        for span in record.get("startstops", ()):
+            if span.get("action") == "compute":
+                spans[record["worker"]].append((span["start"], span["stop"]))
+    idle = 0.0
+    for worker_spans in spans.values():
+        worker_spans.sort()
+        reached = worker_spans[0][1]
+        for start, stop in worker_spans[1:]:
+            idle += max(0.0, start - reached)
+            reached = max(reached, stop)
+    return idle
+
+
 def profile_fit(
     client: distributed.Client, pairs: Pairs, field: int, model_path: str
 ) -> dict[str, Any]:
@@ -120,6 +146,7 @@ def profile_fit(
         "compute_s": busy,
         "transfer_s": transfer_seconds(records),
         "overhead": 1 - busy / (n_workers * wall),
+        "between_tasks": idle_between_tasks(records) / (n_workers * wall),
         "by_prefix": by_prefix,
     }
 
@@ -171,6 +198,9 @@ def print_profile(profile: dict[str, Any]) -> None:
     print(
         f"{'scheduling/idle overhead':>24} {'':>6} {'':>10} {profile['overhead']:12.1%}"
     )
+    edges = profile["overhead"] - profile["between_tasks"]
+    print(f"{'  between tasks':>24} {'':>6} {'':>10} {profile['between_tasks']:12.1%}")
+    print(f"{'  before first, after last':>24} {'':>6} {'':>10} {edges:12.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:
