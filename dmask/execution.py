@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -69,6 +70,8 @@ def show_progress(enabled: bool = True) -> Iterator[None]:
 
 def current_client() -> Any | None:
     """The distributed client in use, or None."""
+    if "distributed" not in sys.modules:  # no client without it; importing costs
+        return None  # half a second and 20 MiB
     try:
         from distributed import default_client
     except ImportError:  # pragma: no cover - distributed is a dependency

@@ -172,3 +172,18 @@ def test_phase_seconds_time_the_tasks(rng):
     assert set(one_block) == {"statistics", "solve", "write"}
     assert set(blocks) == {"statistics", "combine", "solve", "write"}
     assert all(seconds > 0 for seconds in [*one_block.values(), *blocks.values()])
+
+
+def test_local_training_does_not_import_distributed():
+    # No client can exist without distributed imported; importing it to ask
+    # costs a local job half a second and 20 MiB.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, dmask\n"
+        "x = np.random.default_rng(0).random((6, 8, 8, 1))\n"
+        "dmask.fit(x, x ** 2, field=3)\n"
+        "assert 'distributed' not in sys.modules, 'distributed was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
