@@ -434,14 +434,14 @@ if AVAILABLE:
                 for s in range(n):
                     out[s] = (m[s] - low[s]) * scale[s]
 
-    @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+    @numba.njit(nogil=True, cache=True, fastmath=True)
     def _dot(a: np.ndarray, b: np.ndarray) -> float:
         total = 0.0
         for s in range(a.shape[0]):
             total += a[s] * b[s]
         return total
 
-    @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+    @numba.njit(nogil=True, cache=True, fastmath=True)
     def _dots_2x4(a0, a1, b0, b1, b2, b3, b4):
         # a0 against b0..b3 and a1 against b1..b4: seven vectors read per eight
         # products, where separate dot products read sixteen.
@@ -458,7 +458,7 @@ if AVAILABLE:
             t13 += x1 * b4[s]
         return t00, t01, t02, t03, t10, t11, t12, t13
 
-    @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+    @numba.njit(nogil=True, cache=True, fastmath=True)
     def _dots_2x3(a0, a1, b0, b1, b2, b3):
         t00 = t01 = t02 = t10 = t11 = t12 = 0.0
         for s in range(a0.shape[0]):
@@ -554,6 +554,7 @@ if AVAILABLE:
         hh, ww = sums.shape[0], sums.shape[1]
         n_targets, w = cross_sums.shape[0], cross_sums.shape[3]
         span = field - 1
+        no_offset = np.int64(0)  # not the literal 0: one compiled callee, not two
         ring = np.zeros((field, ww, channels, n))
         tbuf = np.empty((w, channels, n))
         moved = np.empty((ww * channels, n), dtype=raw.dtype)
@@ -588,7 +589,7 @@ if AVAILABLE:
                     target_low[k],
                     target_scale[k],
                     oy,
-                    0,
+                    no_offset,
                     tbuf,
                     moved_targets,
                 )
@@ -601,7 +602,7 @@ if AVAILABLE:
                 for wy in range(field):
                     for c in range(channels):
                         _band_dots(
-                            tbuf, ring[(oy + wy) % field], c, 0, field,
+                            tbuf, ring[(oy + wy) % field], c, no_offset, field,
                             cross_sums[k, :, oy, :, c].T, wy * field, w,
                         )  # fmt: skip
 
