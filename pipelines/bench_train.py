@@ -121,16 +121,14 @@ def straightforward_fit(
     return out
 
 
-def straightforward_flops(case: Case) -> float:
-    """FLOPs of the straightforward method for a case."""
+def straightforward_flops(case: Case) -> dict[str, float]:
+    """FLOPs of the straightforward method for a case: Gram (with the
+    right-hand sides), solve, and their total."""
     k1 = case.field**2 + 1
-    per_pixel = (
-        2 * case.n * k1**2
-        + 2 * case.n * k1 * case.targets
-        + (2 / 3) * k1**3
-        + 2 * k1**2 * case.targets
-    )
-    return per_pixel * case.size**2 * case.channels
+    systems = case.size**2 * case.channels
+    gram = (2 * case.n * k1**2 + 2 * case.n * k1 * case.targets) * systems
+    solve = ((2 / 3) * k1**3 + 2 * k1**2 * case.targets) * systems
+    return {"gram": gram, "solve": solve, "total": gram + solve}
 
 
 def gemm_rate(threads: int | None = None, size: int = 2000) -> float:
@@ -283,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'case':>34} {'dmask s':>8} {'base s':>8} {'speedup':>8} {'new MiB':>8} "
         f"{'rise MiB':>8} "
         f"{'GFLOP/s':>8} {'of GEMM':>7} {'stats':>6} {'solve':>6} {'write':>6} "
-        f"{'sched':>6}"
+        f"{'sched':>6} {'Gram/GEMM':>9} {'solve/GEMM':>10}"
     )
     print(header, flush=True)
     results = []
@@ -298,9 +296,16 @@ def main(argv: list[str] | None = None) -> int:
             case, sources, targets, args.repeats, args.baseline_max_s
         )
         wall = result["dmask"]["wall_s"]
-        rate = straightforward_flops(case) / wall
+        flops = straightforward_flops(case)
+        rate = flops["total"] / wall
         result["straightforward_gflop_per_s"] = rate / 1e9
         result["fraction_of_gemm"] = rate / peak
+        # Each phase's rate with the whole machine on it: its FLOPs over its
+        # task seconds divided by the threads.
+        for phase, name in (("statistics", "gram"), ("solve", "solve")):
+            seconds = result["dmask"]["task_seconds"][phase] / args.threads
+            phase_rate = flops[name] / seconds if seconds > 0 else float("nan")
+            result[f"{phase}_fraction_of_gemm"] = phase_rate / peak
         base = result["baseline"].get("wall_s")
         result["speedup"] = None if base is None else base / wall
         results.append(result)
@@ -316,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             + " ".join(
                 f"{phases[p] / busy:6.0%}"
                 for p in ("statistics", "solve", "write", "scheduling_and_idle")
-            ),
+            )
+            + f" {result['statistics_fraction_of_gemm']:9.0%}"
+            f" {result['solve_fraction_of_gemm']:10.0%}",
             flush=True,
         )
     print(
@@ -327,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         " memory of this process in a traced run above its level at the start;"
         " GFLOP/s: FLOPs of the straightforward"
         " method / dmask wall; stats, solve, write (placing tiles in the model's"
-        " arrays), sched: share of threads x the"
-        " traced run's wall"
+        " arrays), sched: share of threads x the traced run's wall; Gram/GEMM,"
+        " solve/GEMM: the straightforward FLOPs of the Gram matrices (with the"
+        " right-hand sides) and of the solves over their phase's task seconds per"
+        " thread, as a fraction of the GEMM rate on all cores"
     )
     if args.json:
         with open(args.json, "w") as handle:
