@@ -6,7 +6,8 @@ training images are extracted and one ``numpy.linalg.solve`` is called. Both
 run here on synthetic faces (neutral -> happy, and five more targets when
 ``targets`` is 6); dmask runs on dask's threaded scheduler with one thread per
 core. Figures are medians of ``--repeats`` runs (of more for dmask's short jobs,
-up to about a second of them). The baseline runs with one BLAS
+about a second of them), the two methods' runs interleaved so that both meet the
+same moments of a shared machine. The baseline runs with one BLAS
 thread: its per-pixel products are too small to gain from more, and with two it
 measured 1.2 to 2 times slower and far noisier (r = 11: 4.4 to 8.2 s against
 3.7 to 4.0 s), so one thread is its fairest setting.
@@ -143,26 +144,58 @@ def gemm_rate(threads: int | None = None, size: int = 2000) -> float:
     return 2 * size**3 / best
 
 
-def run_dmask(
-    case: Case, sources, targets, repeats: int, threads: int, method: str = "auto"
-) -> dict:
-    """Time dmask.fit on a case: wall times, then peak memory and phases.
+def baseline_runs(case: Case, sources, targets, repeats: int, max_s: float) -> int:
+    """Runs of the straightforward method that fit ``max_s`` (0: skip it), from
+    its time on a 16 x 16 crop scaled to the case's size."""
+    crop = (slice(None), slice(0, 16), slice(0, 16))
+    with threadpool_limits(limits=1, user_api="blas"):
+        started = time.perf_counter()
+        straightforward_fit(
+            sources[crop], {k: v[crop] for k, v in targets.items()}, case.field, 0.4
+        )
+    estimate = (time.perf_counter() - started) * (case.size / 16) ** 2
+    if estimate > max_s:
+        return 0
+    return repeats if estimate * repeats <= max_s else 1
 
-    The timed runs (``repeats``, more for short jobs) carry no instrumentation;
-    one more run samples memory and times the tasks by phase (its own wall time
+
+def time_case(
+    case: Case,
+    sources,
+    targets,
+    repeats: int,
+    threads: int,
+    max_s: float,
+    method: str = "auto",
+) -> tuple[dict, dict]:
+    """Time dmask.fit and the straightforward method on a case, interleaved.
+
+    Rounds alternate one run of the straightforward method (while its runs fit
+    ``max_s``) with runs of dmask (``repeats`` rounds; in all, about a second
+    of dmask runs where they are short), so that both meet the same moments of
+    this shared machine. The timed runs carry no instrumentation; one more
+    dmask run samples memory and times the tasks by phase (its own wall time
     gives the phase shares).
     """
     crop = (slice(0, 2), slice(0, 16), slice(0, 16))  # warm-up: compiled kernels
     tiny = {name: value[crop] for name, value in targets.items()}
     dmask.fit(sources[crop], tiny, field=case.field, lam=0.4, method=method)
-    walls = []
+    n_base = baseline_runs(case, sources, targets, repeats, max_s)
+    walls, base_walls = [], []
     with dask.config.set(num_workers=threads):
-        # At least ``repeats`` runs and about a second of them: the median of a
-        # few runs of 10 ms falls inside one burst of another tenant's work.
-        while len(walls) < repeats or (sum(walls) < 1.0 and len(walls) < 101):
-            started = time.perf_counter()
-            dmask.fit(sources, targets, field=case.field, lam=0.4, method=method)
-            walls.append(time.perf_counter() - started)
+        for round_ in range(repeats):
+            if round_ < n_base:
+                with threadpool_limits(limits=1, user_api="blas"):
+                    started = time.perf_counter()
+                    straightforward_fit(sources, targets, case.field, 0.4)
+                    base_walls.append(time.perf_counter() - started)
+            spent, runs = 0.0, 0
+            while runs < 1 or (spent < 1.0 / repeats and runs < 100 // repeats):
+                started = time.perf_counter()
+                dmask.fit(sources, targets, field=case.field, lam=0.4, method=method)
+                walls.append(time.perf_counter() - started)
+                spent += walls[-1]
+                runs += 1
         with (
             execution.phase_seconds() as phases,
             PeakMemory(interval=0.001) as memory,
@@ -174,7 +207,7 @@ def run_dmask(
     phases = {p: phases.get(p, 0.0) for p in names}
     busy = sum(phases.values())
     phases["scheduling_and_idle"] = max(0.0, threads * traced - busy)
-    return {
+    result = {
         "wall_s": statistics.median(walls),
         "walls_s": walls,
         "traced_wall_s": traced,
@@ -183,6 +216,11 @@ def run_dmask(
         "task_seconds": phases,
         "scheduling_fraction": phases["scheduling_and_idle"] / (threads * traced),
     }
+    if not base_walls:
+        baseline = {"skipped": f"estimated over --baseline-max-s {max_s:g}"}
+    else:
+        baseline = {"wall_s": statistics.median(base_walls), "walls_s": base_walls}
+    return result, baseline
 
 
 FRESH_PROCESS = """
@@ -219,28 +257,6 @@ def fresh_process_peak(case: Case) -> dict:
     )
     imported, peak = json.loads(done.stdout.strip().splitlines()[-1])
     return {"fresh_peak_mib": peak / 1024, "before_fit_mib": imported / 1024}
-
-
-def run_baseline(case: Case, sources, targets, repeats: int, max_s: float) -> dict:
-    """Time the straightforward method, or skip it when it would take too long."""
-    probe = Case(16, case.n, case.field, case.channels, case.targets)
-    crop = (slice(None), slice(0, 16), slice(0, 16))
-    with threadpool_limits(limits=1, user_api="blas"):
-        started = time.perf_counter()
-        straightforward_fit(
-            sources[crop], {k: v[crop] for k, v in targets.items()}, case.field, 0.4
-        )
-        estimate = (time.perf_counter() - started) * (case.size / probe.size) ** 2
-        if estimate > max_s:
-            return {
-                "skipped": f"estimated {estimate:.0f} s > --baseline-max-s {max_s:g}"
-            }
-        walls = []
-        for _ in range(repeats if estimate * repeats <= max_s else 1):
-            started = time.perf_counter()
-            straightforward_fit(sources, targets, case.field, 0.4)
-            walls.append(time.perf_counter() - started)
-    return {"wall_s": statistics.median(walls), "walls_s": walls}
 
 
 def cases_from(args: argparse.Namespace) -> list[Case]:
@@ -288,13 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases_from(args):
         sources, targets = faces(case)
         result = {**asdict(case), "label": case.label}
-        result["dmask"] = run_dmask(
-            case, sources, targets, args.repeats, args.threads, args.method
-        )
+        result["dmask"], result["baseline"] = time_case(
+            case, sources, targets, args.repeats, args.threads,
+            args.baseline_max_s, args.method,
+        )  # fmt: skip
         result["dmask"].update(fresh_process_peak(case))
-        result["baseline"] = run_baseline(
-            case, sources, targets, args.repeats, args.baseline_max_s
-        )
         wall = result["dmask"]["wall_s"]
         flops = straightforward_flops(case)
         rate = flops["total"] / wall
