@@ -22,7 +22,6 @@ except ImportError:  # pragma: no cover - exercised only without numba
 __all__ = [
     "AVAILABLE",
     "cholesky_solve",
-    "displacement_sums",
     "rolling_displacement_sums",
     "enabled",
     "solve_covariance_block",
@@ -265,12 +264,12 @@ if AVAILABLE:
         lower = np.empty((k + 1, k + 1, LANES))
         pivot = np.empty(LANES)
         good = np.empty(LANES, dtype=np.bool_)
+        stride = channels * n_deltas  # between neighbouring pixels' pair sums
         for i in range(h):
             for c in range(channels):
                 for j0 in range(0, w, LANES):
                     m = min(LANES, w - j0)
                     first = (i * ww + j0) * channels + c
-                    stride = channels * n_deltas
                     for a in range(k):
                         where = pair_index[a]
                         for b in range(a, k):
@@ -343,56 +342,6 @@ if AVAILABLE:
                     for a in range(k + 1):
                         for t in range(n_targets):
                             out[i, j, c, a, t] = columns[t, a]
-
-    @numba.njit(nogil=True, cache=True, fastmath=True)
-    def _displacement_sums(
-        x: np.ndarray,
-        t: np.ndarray,
-        deltas: np.ndarray,
-        offsets: np.ndarray,
-        pair_sums: np.ndarray,
-        sums: np.ndarray,
-        cross_sums: np.ndarray,
-        target_sums: np.ndarray,
-    ) -> None:
-        # fastmath lets the dot products over samples use vector lanes; their
-        # order is fixed by the compiled code, so results repeat exactly.
-        hh, ww, channels, n = x.shape
-        n_targets, h, w = t.shape[0], t.shape[1], t.shape[2]
-        for y in range(hh):
-            for xx in range(ww):
-                for c in range(channels):
-                    v = x[y, xx, c]
-                    total = 0.0
-                    for s in range(n):
-                        total += v[s]
-                    sums[y, xx, c] = total
-                    for d in range(deltas.shape[0]):
-                        yy = y + deltas[d, 0]
-                        xd = xx + deltas[d, 1]
-                        if yy >= hh or xd < 0 or xd >= ww:
-                            pair_sums[y, xx, c, d] = 0.0
-                            continue
-                        o = x[yy, xd, c]
-                        total = 0.0
-                        for s in range(n):
-                            total += v[s] * o[s]
-                        pair_sums[y, xx, c, d] = total
-        for k in range(n_targets):
-            for y in range(h):
-                for xx in range(w):
-                    for c in range(channels):
-                        v = t[k, y, xx, c]
-                        total = 0.0
-                        for s in range(n):
-                            total += v[s]
-                        target_sums[k, y, xx, c] = total
-                        for a in range(offsets.shape[0]):
-                            o = x[y + offsets[a, 0], xx + offsets[a, 1], c]
-                            total = 0.0
-                            for s in range(n):
-                                total += v[s] * o[s]
-                            cross_sums[k, a, y, xx, c] = total
 
     @numba.njit(nogil=True, cache=True)
     def _fill_row(
@@ -733,47 +682,6 @@ def solve_displacement_tile(
         ok,
     )
     return out, ok
-
-
-def displacement_sums(
-    x: np.ndarray, t: np.ndarray, deltas: np.ndarray, offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pair sums, sums, cross sums and target sums of a sample-last tile.
-
-    Parameters
-    ----------
-    x : numpy.ndarray
-        ``(h + 2b, w + 2b, C, n)`` C-contiguous float64 halo block.
-    t : numpy.ndarray
-        ``(T, h, w, C, n)`` C-contiguous float64 targets.
-    deltas : numpy.ndarray
-        ``(D, 2)`` displacements.
-    offsets : numpy.ndarray
-        ``(k, 2)`` window offsets from the halo's corner.
-
-    Returns
-    -------
-    tuple of numpy.ndarray
-        As the fields of ``kernels.TileStatistics``.
-    """
-    hh, ww, channels, _ = x.shape
-    n_targets, h, w = t.shape[:3]
-    pair_sums = np.empty((hh, ww, channels, len(deltas)))
-    sums = np.empty((hh, ww, channels))
-    cross_sums = np.empty((n_targets, len(offsets), h, w, channels))
-    target_sums = np.empty((n_targets, h, w, channels))
-    _displacement_sums(
-        x,
-        t,
-        np.ascontiguousarray(deltas, dtype=np.int64),
-        np.ascontiguousarray(offsets, dtype=np.int64),
-        pair_sums,
-        sums,
-        cross_sums,
-        target_sums,
-    )
-    # Displacement last in memory: the Gram entries of a pixel lie together.
-    return np.moveaxis(pair_sums, -1, 0), sums, cross_sums, target_sums
 
 
 def rolling_displacement_sums(

@@ -90,6 +90,19 @@ def _blas_controller() -> Any:
     return ThreadpoolController()
 
 
+@contextlib.contextmanager
+def _threaded() -> Iterator[None]:
+    """Around a run on the threaded scheduler: one BLAS thread, progress if asked."""
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        if not _PROGRESS.get():
+            yield
+            return
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            yield
+
+
 def compute(*collections: Any) -> tuple[Any, ...]:
     """Compute dask collections on the current client or the threaded scheduler.
 
@@ -99,12 +112,7 @@ def compute(*collections: Any) -> tuple[Any, ...]:
     """
     client = current_client()
     if client is None:
-        with _blas_controller().limit(limits=1, user_api="blas"):
-            if _PROGRESS.get():
-                from dask.diagnostics import ProgressBar
-
-                with ProgressBar():
-                    return dask.compute(*collections, scheduler="threads")
+        with _threaded():
             return dask.compute(*collections, scheduler="threads")
     futures = client.compute(list(collections))
     if _PROGRESS.get():
@@ -574,16 +582,14 @@ def run(tasks: list[Any] | LocalTasks) -> tuple[Any, ...]:
     if not isinstance(tasks, LocalTasks):
         return compute(*tasks)
     import dask.threaded
-    from dask.diagnostics import ProgressBar
 
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
     # Tasks go to threads two at a time once there are enough of them: fewer
     # hand-overs through the scheduler's thread, which for jobs of a few
     # milliseconds per task measured 6% of the wall time.
     chunk = 2 if len(tasks.keys) >= 2 * workers else 1
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        with ProgressBar() if _PROGRESS.get() else contextlib.nullcontext():
-            return tuple(dask.threaded.get(tasks.graph, tasks.keys, chunksize=chunk))
+    with _threaded():
+        return tuple(dask.threaded.get(tasks.graph, tasks.keys, chunksize=chunk))
 
 
 def _tree_sum(

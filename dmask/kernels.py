@@ -324,6 +324,20 @@ def displacement_statistics(
     -------
     TileStatistics
     """
+    if compiled.enabled():  # the compiled kernel reads the samples-first layout
+        if sample_last:
+            halo = np.moveaxis(halo, -1, 0)
+            targets = np.moveaxis(targets, -1, 1)
+        none = (None, None)
+        return raw_displacement_statistics(
+            np.asarray(halo, dtype=np.float64),
+            list(np.asarray(targets, dtype=np.float64)),
+            none,
+            [none] * len(targets),
+            ((0, 0), (0, 0)),
+            field,
+            squares,
+        )
     # Sample axis last and contiguous: every sum below is a dot product over it.
     if sample_last:
         x = np.ascontiguousarray(halo, dtype=np.float64)
@@ -335,13 +349,6 @@ def displacement_statistics(
     n_targets, h, w, _, _ = t.shape
     deltas = displacements(field)
     target_squares = np.einsum("tijcn,tijcn->tijc", t, t) if squares else None
-    if compiled.enabled():
-        offsets = window_offsets(field) + field // 2
-        return TileStatistics(
-            *compiled.displacement_sums(x, t, np.array(deltas), offsets),
-            n,
-            target_squares,
-        )
     pair_sums = np.zeros((len(deltas), hh, ww, nc))
     for d, (dy, dx) in enumerate(deltas):
         a_cols = slice(max(0, -dx), ww - max(0, dx))
