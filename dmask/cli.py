@@ -312,8 +312,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _cluster(args: argparse.Namespace) -> Iterator[Any]:
-    from dmask.cluster import ClusterOptions, connect
-    from dmask.execution import show_progress
+    from dmask.cluster.clients import ClusterOptions, connect
+    from dmask.graph.runtime import show_progress
 
     if args.config:
         _load_config(args.config)
@@ -384,7 +384,7 @@ def _split_names(text: str | None) -> list[str] | None:
 
 
 def _summary(client: Any, started: float, **figures: Any) -> None:
-    from dmask.cluster import peak_worker_memory
+    from dmask.cluster.clients import peak_worker_memory
 
     wall = time.perf_counter() - started
     parts = [f"{key.replace('_', ' ')} {value}" for key, value in figures.items()]
@@ -396,7 +396,7 @@ def _summary(client: Any, started: float, **figures: Any) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> None:
-    from dmask.synth import synthesize
+    from dmask.datasets.synthetic import synthesize
 
     shape = (args.size, args.width or args.size)
     with _cluster(args) as client:
@@ -413,15 +413,11 @@ def _run_synth(args: argparse.Namespace) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from dmask.faces import EXPRESSIONS
+    from dmask.datasets.drawing import EXPRESSIONS
+    from dmask.io.dataset_store import open_dataset, other_expressions, stored_pairs
+    from dmask.io.locations import same_store
+    from dmask.io.stores import prepare_output
     from dmask.model import check_settings, fit
-    from dmask.storage import (
-        open_dataset,
-        other_expressions,
-        prepare_output,
-        same_store,
-        stored_pairs,
-    )
 
     check_settings(args.field, args.lam, args.normalize)
     if args.resume and args.overwrite:
@@ -480,7 +476,7 @@ def _image_size(values: list[int] | None, default: int | None) -> Any:
 
 
 def _run_ingest(args: argparse.Namespace) -> None:
-    from dmask.ingest import ingest
+    from dmask.datasets.ingest import ingest
 
     with _cluster(args) as client:
         started = time.perf_counter()
@@ -521,7 +517,7 @@ def _is_store(path: str) -> bool:
 
 
 def _run_apply_folder(args: argparse.Namespace) -> None:
-    from dmask.batch import apply_to_folder
+    from dmask.apply.folder import apply_to_folder
     from dmask.model import open_model
 
     model = open_model(args.model)
@@ -555,9 +551,10 @@ def _run_apply_folder(args: argparse.Namespace) -> None:
 def _run_apply(args: argparse.Namespace) -> None:
     import os
 
-    from dmask.inference import apply_to_store, write_pngs
+    from dmask.apply.store import apply_to_store, write_pngs
+    from dmask.io.dataset_store import open_dataset
+    from dmask.io.stores import prepare_output
     from dmask.model import open_model
-    from dmask.storage import open_dataset, prepare_output
 
     if os.path.isdir(args.dataset) and not _is_store(args.dataset):
         _run_apply_folder(args)
@@ -605,7 +602,7 @@ def _run_import(args: argparse.Namespace) -> None:
     import os
 
     from dmask.interop import import_reference
-    from dmask.storage import prepare_output
+    from dmask.io.stores import prepare_output
 
     prepare_output(args.out, args.overwrite, inputs=args.source)
     if len(args.source) == 1 and os.path.isdir(args.source[0]):
@@ -632,7 +629,7 @@ def _run_cluster(args: argparse.Namespace) -> None:
     import signal
     import threading
 
-    from dmask.launch import ssh_cluster
+    from dmask.cluster.ssh import ssh_cluster
 
     if not args.verbose:
         logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -694,8 +691,8 @@ def _json_rows(path: str | None) -> list[dict[str, Any]] | None:
 
 
 def _run_compare(args: argparse.Namespace) -> None:
-    from dmask.compare import METHODS, compare, format_table, write_rows
-    from dmask.storage import open_dataset
+    from dmask.evaluation.compare import METHODS, compare, format_table, write_rows
+    from dmask.io.dataset_store import open_dataset
 
     ds = open_dataset(args.dataset)
     methods = _split_names(args.methods) or list(METHODS)
@@ -719,9 +716,9 @@ def _run_compare(args: argparse.Namespace) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> None:
-    from dmask.evaluate import write_results
-    from dmask.storage import open_dataset
-    from dmask.tuning import best_setting, training_size_curve, tune
+    from dmask.evaluation.metrics import write_results
+    from dmask.evaluation.tune import best_setting, training_size_curve, tune
+    from dmask.io.dataset_store import open_dataset
 
     ds = open_dataset(args.dataset)
     with _cluster(args) as client:
@@ -767,10 +764,10 @@ def _run_tune(args: argparse.Namespace) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> None:
-    from dmask.batch import read_synthesised
+    from dmask.apply.folder import read_synthesised
+    from dmask.io.dataset_store import open_dataset
     from dmask.model import open_model
-    from dmask.report import write_report
-    from dmask.storage import open_dataset
+    from dmask.report.page import write_report
 
     model = open_model(args.model)
     ds = open_dataset(args.dataset)
@@ -798,9 +795,10 @@ def _run_report(args: argparse.Namespace) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from dmask.evaluate import evaluate, format_table, write_results
+    from dmask.evaluation.evaluate import evaluate, format_table
+    from dmask.evaluation.metrics import write_results
+    from dmask.io.dataset_store import open_dataset
     from dmask.model import open_model
-    from dmask.storage import open_dataset
 
     model = open_model(args.model)
     ds = open_dataset(args.dataset)

@@ -1,23 +1,9 @@
-"""Exchange models with the reference implementation's weight files.
-
-The reference stores one model per channel as a ``scipy.sparse`` CSR matrix of
-shape ``d x (d + 1)``, ``d = H * W``: row ``p`` is output pixel ``p`` and
-column ``q`` input pixel ``q`` (both row-major), the last column the bias,
-saved with :func:`scipy.sparse.save_npz`. Prediction is ``y = W [x; 1]`` on the
-(min-max normalised) image. :func:`export_reference` writes a :class:`Model`
-in that form and :func:`import_reference` reads such files back into one.
-
-Export layout::
-
-    out_dir/manifest.json
-    out_dir/<target>/channel_<c>.npz
-"""
+"""Models to and from the reference implementation's weight files."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import uuid
@@ -28,64 +14,36 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from dmask import storage
 from dmask.errors import InputError
+from dmask.io import model_store
+from dmask.io.reference import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    FIELD_LAYOUT,
+    MANIFEST,
+    UNKNOWN_LAM,
+    _check_field,
+    _check_image_shape,
+    _check_lam,
+    _json_lam,
+    _load,
+    _matrix_shape,
+    _peek_shape,
+    _reach,
+    _read_manifest,
+    _replace,
+    _safe_name,
+    _unpack,
+    _window_csr,
+)
 from dmask.model import NORMALIZATIONS, SINGLE_TARGET, Model
-
-__all__ = ["MANIFEST", "UNKNOWN_LAM", "export_reference", "import_reference"]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-EXPORT_FORMAT = "dmask-reference-weights"
-EXPORT_VERSION = 1
-UNKNOWN_LAM = -1.0
-"""``lam`` of an imported model whose penalty is unknown."""
+__all__ = ["IMPORT_TILE", "export_reference", "import_reference"]
+
+
 IMPORT_TILE = 64
-FIELD_LAYOUT = (
-    "row-major window offsets (offset_y, offset_x); "
-    "weights of offsets outside the image are 0"
-)
-
-
-# ----------------------------------------------------------------------- export
-
-
-def _window_csr(weight: np.ndarray, bias: np.ndarray, offsets: np.ndarray) -> Any:
-    """One channel's CSR ``d x (d + 1)`` from weights ``(H, W, k)`` and bias.
-
-    Every in-image window entry is stored (zeros too), then the bias, so the
-    sparsity pattern is the clipped window. Row-major window offsets give
-    increasing columns within a row, so the matrix is in canonical form.
-    """
-    height, width, k = weight.shape
-    d = height * width
-    ys = np.arange(height)[:, None, None] + offsets[None, None, :, 0]
-    xs = np.arange(width)[None, :, None] + offsets[None, None, :, 1]
-    inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
-    index_dtype = np.int32 if d + 1 <= np.iinfo(np.int32).max // (k + 1) else np.int64
-    columns = np.empty((d, k + 1), dtype=index_dtype)
-    columns[:, :k] = (ys * width + xs).reshape(d, k)
-    columns[:, k] = d
-    values = np.empty((d, k + 1), dtype=np.float64)
-    values[:, :k] = weight.reshape(d, k)
-    values[:, k] = bias.reshape(d)
-    keep = np.ones((d, k + 1), dtype=bool)
-    keep[:, :k] = inside.reshape(d, k)
-    indptr = np.zeros(d + 1, dtype=index_dtype)
-    np.cumsum(keep.sum(axis=1), out=indptr[1:])
-    return sp.csr_matrix((values[keep], columns[keep], indptr), shape=(d, d + 1))
-
-
-def _safe_name(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise InputError(f"target name {name!r} cannot be used as a directory name")
-    return name
-
-
-def _json_lam(value: Any) -> float:
-    lam = float(value)
-    return lam if math.isfinite(lam) else UNKNOWN_LAM
 
 
 def export_reference(
@@ -180,233 +138,6 @@ def export_reference(
     logger.info("reference weights written to %s", out_dir)
     written = [out_dir / rel for name in names for rel in files[name]]
     return [*written, out_dir / MANIFEST]
-
-
-def _replace(partial: Path, out_dir: Path, overwrite: bool) -> None:
-    """Rename ``partial`` to ``out_dir``, moving an existing one aside first."""
-    if not os.path.lexists(out_dir):
-        partial.rename(out_dir)
-        return
-    if not overwrite:
-        raise InputError(f"output directory {out_dir} already exists (pass overwrite)")
-    if out_dir.is_dir() and not out_dir.is_symlink():
-        old = partial.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
-        out_dir.rename(old)
-        partial.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out_dir.unlink()
-        partial.rename(out_dir)
-
-
-# ----------------------------------------------------------------------- import
-
-
-def _unreadable(path: Path, exc: Exception) -> InputError:
-    lines = str(exc).splitlines()
-    reason = lines[0] if lines else type(exc).__name__
-    return InputError(
-        f"cannot read reference weights {path}: {reason} "
-        "(expected a scipy.sparse.save_npz file)"
-    )
-
-
-def _peek_shape(path: Path) -> tuple[int, int]:
-    """The matrix shape recorded in a ``save_npz`` file, without its data."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            shape = tuple(int(v) for v in archive["shape"])
-            str(archive["format"])
-    except Exception as exc:  # numpy raises many kinds here
-        raise _unreadable(path, exc) from exc
-    if len(shape) != 2:
-        raise InputError(f"reference weights {path} are not a 2-D matrix")
-    return shape[0], shape[1]
-
-
-def _load(path: Path, shape: tuple[int, int]) -> Any:
-    """Load one sparse file as canonical float64 CSR, or raise InputError."""
-    try:
-        matrix = sp.load_npz(path)
-    except Exception as exc:  # numpy and scipy raise many kinds here
-        raise _unreadable(path, exc) from exc
-    if matrix.shape != shape:
-        raise InputError(f"reference weights {path} changed while being read")
-    kind = matrix.dtype
-    if not (np.issubdtype(kind, np.floating) or np.issubdtype(kind, np.integer)):
-        raise InputError(f"reference weights {path} have dtype {kind}, not real")
-    matrix = matrix.tocsr()
-    if matrix.dtype != np.float64:
-        matrix = matrix.astype(np.float64)
-    matrix.sum_duplicates()
-    if not np.all(np.isfinite(matrix.data)):
-        raise InputError(f"reference weights {path} contain NaN or infinite values")
-    return matrix
-
-
-def _check_field(field: Any, where: str) -> int:
-    if isinstance(field, bool) or not isinstance(field, (int, np.integer)):
-        raise InputError(f"{where} must be an odd integer >= 1, got {field!r}")
-    if field < 1 or field % 2 == 0:
-        raise InputError(f"{where} must be an odd integer >= 1, got {field}")
-    return int(field)
-
-
-def _check_lam(lam: Any, where: str, allow_unknown: bool) -> float:
-    try:
-        value = float(lam)
-    except (TypeError, ValueError):
-        raise InputError(f"{where} must be a positive number, got {lam!r}") from None
-    if allow_unknown and value == UNKNOWN_LAM:
-        return value
-    if not (math.isfinite(value) and value > 0):
-        raise InputError(f"{where} must be a positive finite number, got {lam!r}")
-    return value
-
-
-def _check_image_shape(image_shape: Any) -> tuple[int, int]:
-    if (
-        not isinstance(image_shape, (tuple, list))
-        or len(image_shape) != 2
-        or any(
-            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
-            for v in image_shape
-        )
-    ):
-        raise InputError(
-            f"image_shape must be two positive integers (H, W), got {image_shape!r}"
-        )
-    return int(image_shape[0]), int(image_shape[1])
-
-
-def _read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{directory} has no {MANIFEST} (not a reference export)")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"cannot read {path}: {reason}") from exc
-    if not isinstance(manifest, dict):
-        raise InputError(f"{path} is not a JSON object")
-    for key in ("height", "width", "channels", "targets", "files"):
-        if key not in manifest:
-            raise InputError(f"{path} has no {key!r} entry")
-    files = manifest["files"]
-    targets = manifest["targets"]
-    if (
-        not isinstance(targets, list)
-        or not targets
-        or not all(isinstance(t, str) for t in targets)
-        or not isinstance(files, dict)
-    ):
-        raise InputError(f"{path} has malformed 'targets' or 'files' entries")
-    for name in targets:
-        listed = files.get(name)
-        if not isinstance(listed, list) or len(listed) != manifest["channels"]:
-            raise InputError(
-                f"{path} lists {listed!r} for target {name!r}, expected "
-                f"{manifest['channels']} file(s)"
-            )
-        for entry in listed:
-            if (
-                not isinstance(entry, str)
-                or Path(entry).is_absolute()
-                or ".." in Path(entry).parts
-            ):
-                raise InputError(f"{path} lists {entry!r}, not a path inside it")
-    return manifest
-
-
-def _matrix_shape(
-    shapes: Sequence[tuple[Path, tuple[int, int]]],
-    image_shape: tuple[int, int] | None,
-) -> tuple[int, int]:
-    """Check every matrix is ``d x (d + 1)`` for one image shape, and return it."""
-    if image_shape is not None:
-        height, width = image_shape
-        d = height * width
-        for path, shape in shapes:
-            if shape != (d, d + 1):
-                raise InputError(
-                    f"reference weights {path} have shape {shape}, expected "
-                    f"{(d, d + 1)} for {height}x{width} images"
-                )
-        return height, width
-    first_path, first = shapes[0]
-    for path, shape in shapes:
-        if shape != first:
-            raise InputError(
-                f"reference weights {path} have shape {shape} but "
-                f"{first_path} has shape {first}"
-            )
-    rows, cols = first
-    if cols != rows + 1 or rows < 1:
-        raise InputError(
-            f"reference weights {first_path} have shape {first}, expected "
-            "(d, d + 1) with the bias in the last column"
-        )
-    side = math.isqrt(rows)
-    if side * side != rows:
-        raise InputError(
-            f"reference weights {first_path} have d = {rows} pixels, not a square "
-            "image: pass image_shape"
-        )
-    return side, side
-
-
-def _entries(matrix: Any, width: int) -> tuple[np.ndarray, ...]:
-    """Rows, columns, values and window displacements of a canonical CSR.
-
-    Displacements of bias entries (column ``d``) are meaningless.
-    """
-    d = matrix.shape[0]
-    small = np.int32 if d + 1 < np.iinfo(np.int32).max else np.int64
-    flat = np.arange(d + 1, dtype=small)
-    ytab, xtab = flat // width, flat % width
-    counts = np.diff(matrix.indptr)
-    rows = np.repeat(flat[:d], counts)
-    cols = matrix.indices
-    dy = ytab[cols] - np.repeat(ytab[:d], counts)
-    dx = xtab[cols] - np.repeat(xtab[:d], counts)
-    return rows, cols, matrix.data, dy, dx
-
-
-def _reach(matrix: Any, width: int) -> int:
-    """Largest ``max(|dy|, |dx|)`` of the non-zero weights (0 if none)."""
-    _, cols, values, dy, dx = _entries(matrix, width)
-    use = (cols < matrix.shape[0]) & (values != 0)
-    if not use.any():
-        return 0
-    return int(np.maximum(np.abs(dy[use]), np.abs(dx[use])).max())
-
-
-def _unpack(
-    matrix: Any, height: int, width: int, field: int
-) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None]:
-    """Weights ``(H, W, r*r)`` and bias ``(H, W)`` of one channel.
-
-    Also returns the first non-zero outside the window, as (output pixel,
-    input pixel) flat indices, or None; such entries are left out.
-    """
-    d = height * width
-    b = field // 2
-    rows, cols, values, dy, dx = _entries(matrix, width)
-    is_bias = cols == d
-    inside = (np.abs(dy) <= b) & (np.abs(dx) <= b) & ~is_bias
-    outside = ~inside & ~is_bias & (values != 0)
-    first = None
-    if outside.any():
-        i = int(np.argmax(outside))
-        first = (int(rows[i]), int(cols[i]))
-    weight = np.zeros(d * field * field)
-    bias = np.zeros(d)
-    bias[rows[is_bias]] = values[is_bias]
-    slot = (dy[inside] + b) * field + (dx[inside] + b)
-    weight[rows[inside].astype(np.int64) * (field * field) + slot] = values[inside]
-    return weight.reshape(height, width, -1), bias.reshape(height, width), first
 
 
 def import_reference(
@@ -567,7 +298,7 @@ def import_reference(
         "tile_shape": tile_shape,
         "complete": True,
     }
-    dataset = storage.model_dataset(
+    dataset = model_store.model_dataset(
         weight, bias, names, field, np.ones(grid, dtype="u1"), attrs
     )
     logger.info(

@@ -14,9 +14,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dmask import compiled, execution, kernels, storage
+from dmask.core import _engine, lambdas, minmax
+from dmask.core.planning import plan_fit, plan_tiles, prediction_tile_shape
 from dmask.errors import InputError
-from dmask.planning import plan_fit, plan_tiles, prediction_tile_shape
+from dmask.graph import fit_tasks, inputs, prediction, runtime, taskgraph, training
+from dmask.io import dataset_store, locations, locks, model_store, stores
 
 __all__ = ["Model", "fit", "open_model"]
 
@@ -27,7 +29,7 @@ SINGLE_TARGET = "target"
 #: Criteria by which each pixel may choose its penalty (``fit(lam=...)``).
 LAM_SELECTIONS = ("loo", "gcv")
 #: Penalties each pixel chooses from by default.
-DEFAULT_LAM_GRID = kernels.DEFAULT_LAM_GRID
+DEFAULT_LAM_GRID = lambdas.DEFAULT_LAM_GRID
 
 
 def check_settings(field: Any, lam: Any, normalize: Any) -> None:
@@ -149,12 +151,12 @@ def fit(
         Samples per statistics task; chosen from ``memory_limit`` when omitted.
     memory_limit : int, optional
         Bytes one task may use; by default a share of the workers' memory limit
-        (:func:`dmask.execution.task_memory_budget`).
+        (:func:`dmask.graph.runtime.task_memory_budget`).
     method : {"auto", "covariance", "displacement"}
         How the statistics are accumulated: sums per displacement (fewest
         FLOPs, memory bound) or one GEMM per 16 x 16 block of pixels (more
         FLOPs at BLAS speed). ``auto`` takes the faster as measured on 2
-        cores (:func:`dmask.planning.resolve_method`). All give the same model.
+        cores (:func:`dmask.core.planning.resolve_method`). All give the same model.
     resume : bool
         With ``store``: if the store holds an unfinished run of the same
         training (same data fingerprint and settings), solve only the tiles it
@@ -189,13 +191,13 @@ def fit(
     named = {SINGLE_TARGET: targets} if single else dict(targets)
     if not named:
         raise InputError("targets is an empty mapping")
-    src = execution.as_image_source(sources, "sources", keep_numpy=True)
+    src = inputs.as_image_source(sources, "sources", keep_numpy=True)
     tgts = {}
     labels = ["sources"]
     for name, value in named.items():
         label = "targets" if single else f"targets[{name!r}]"
         labels.append(label)
-        array = execution.as_image_source(value, label, keep_numpy=True)
+        array = inputs.as_image_source(value, label, keep_numpy=True)
         if array.shape != src.shape:
             raise InputError(
                 f"{label} has shape {array.shape} but sources has shape {src.shape}"
@@ -207,13 +209,13 @@ def fit(
     originals = [sources, *named.values()]
     arrays = [src, *tgts.values()]
     lazy = [
-        execution.sample_bounds(a)
+        inputs.sample_bounds(a)
         for a, o in zip(arrays, originals, strict=True)
         if not isinstance(o, np.ndarray)
     ]
-    computed = iter(execution.compute(*lazy) if lazy else ())
+    computed = iter(runtime.compute(*lazy) if lazy else ())
     bounds = [
-        kernels.sample_bounds(o) if isinstance(o, np.ndarray) else next(computed)
+        minmax.sample_bounds(o) if isinstance(o, np.ndarray) else next(computed)
         for o in originals
     ]
     for label, (low, high) in zip(labels, bounds, strict=True):
@@ -235,9 +237,9 @@ def fit(
             **settings, store=None, tile_shape=tile_shape, sample_block=sample_block,
             method=method, previous=None,
         )  # fmt: skip
-    store = storage.store_path(store)
-    with storage.output_lock(store):
-        previous = storage.read_model_progress(store) if resume else None
+    store = locations.store_path(store)
+    with locks.output_lock(store):
+        previous = model_store.read_model_progress(store) if resume else None
         if previous is not None:  # the unfinished run's plan, for the same sums
             for key in ("tile_shape", "sample_block", "statistics_method"):
                 if key not in previous.attrs:
@@ -274,11 +276,11 @@ def _fit_planned(
     sample_block: int | None,
     memory_limit: int | None,
     method: str,
-    previous: storage.ModelProgress | None,
+    previous: model_store.ModelProgress | None,
 ) -> Model:
     """The part of :func:`fit` after inputs and bounds are known."""
     if memory_limit is None:
-        memory_limit = execution.task_memory_budget()
+        memory_limit = runtime.task_memory_budget()
     plan = plan_fit(
         n,
         (height, width),
@@ -313,7 +315,7 @@ def _fit_planned(
         "tile_shape": list(plan.tile_shape),
         "sample_block": plan.sample_block,
         "statistics_method": plan.method,
-        "kernels": "numba" if compiled.enabled() else "numpy",
+        "kernels": "numba" if _engine.enabled() else "numpy",
     }
     if lam_grid:
         attrs["lam_grid"] = list(lam_grid)
@@ -331,16 +333,16 @@ def _fit_planned(
                 "resuming %s: %d of %d tiles left", store, len(plan.tiles), done.size
             )
         else:
-            storage.create_model_template(
+            model_store.create_model_template(
                 store, names, (height, width), channels, field, plan.tile_shape,
                 attrs, overwrite=overwrite, lam_map=bool(lam_grid),
             )  # fmt: skip
-        tasks = execution.fit_tiles(
+        tasks = training.fit_tiles(
             src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
             store=store, lam_grid=lam_grid,
         )  # fmt: skip
-        execution.run(tasks)
-        storage.finalize_store(store)
+        taskgraph.run(tasks)
+        stores.finalize_store(store)
         logger.info("model written to %s", store)
         return open_model(store)
 
@@ -350,17 +352,17 @@ def _fit_planned(
     lam_map = np.empty((len(names), height, width, channels)) if lam_grid else None
     arrays = (weight, bias) if lam_map is None else (weight, bias, lam_map)
     # In this process the tasks place their tiles in the arrays, in parallel.
-    local = execution.runs_locally(src, *tgts.values())
-    tasks = execution.fit_tiles(
+    local = runtime.runs_locally(src, *tgts.values())
+    tasks = training.fit_tiles(
         src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
         lam_grid=lam_grid, arrays=arrays if local else None,
     )  # fmt: skip
-    results = execution.run(tasks)
+    results = taskgraph.run(tasks)
     if not local:
         for tile, solution in zip(plan.tiles, results, strict=True):
-            execution.place_tile(arrays, tile, solution)
+            fit_tasks.place_tile(arrays, tile, solution)
     grid = (plan.tiles[-1].index[0] + 1, plan.tiles[-1].index[1] + 1)
-    dataset = storage.model_dataset(
+    dataset = model_store.model_dataset(
         weight,
         bias,
         names,
@@ -382,7 +384,7 @@ RESUME_KEYS = (
 
 def _check_resumable(
     store: str,
-    previous: storage.ModelProgress,
+    previous: model_store.ModelProgress,
     attrs: dict[str, Any],
     names: list[str],
 ) -> None:
@@ -494,7 +496,7 @@ class Model:
     ) -> dict[str, da.Array]:
         """Lazy predictions, one dask array ``(N, H, W, C)`` per target."""
         _check_positive("sample_block", sample_block)
-        src = execution.as_image_source(sources, name)
+        src = inputs.as_image_source(sources, name)
         n, height, width, channels = src.shape
         if (height, width, channels) != (*self.image_shape, self.channels):
             h, w = self.image_shape
@@ -523,7 +525,7 @@ class Model:
                 weight, chunks=(1, th, tw, channels, weight.shape[-1]), name=False
             )
             bias = da.from_array(bias, chunks=(1, th, tw, channels), name=False)
-        full = execution.predict_tiles(
+        full = prediction.predict_tiles(
             src,
             weight,
             bias,
@@ -556,11 +558,11 @@ class Model:
             out: dict[str, Any] = {
                 name: new_sources.copy(data=array) for name, array in lazy.items()
             }
-        elif isinstance(new_sources, (da.Array, storage.StoredImages)):
+        elif isinstance(new_sources, (da.Array, dataset_store.StoredImages)):
             out = lazy
         else:
             names = list(lazy)
-            values = execution.compute(*lazy.values())
+            values = runtime.compute(*lazy.values())
             out = dict(zip(names, values, strict=True))
         if self.dataset.attrs.get("single_target", False) and len(out) == 1:
             return next(iter(out.values()))
@@ -576,7 +578,7 @@ class Model:
         overwrite : bool
             Replace an existing store.
         """
-        storage.write_model_store(self.dataset, path, overwrite)
+        model_store.write_model_store(self.dataset, path, overwrite)
 
 
 def open_model(path: str | os.PathLike) -> Model:
@@ -591,4 +593,4 @@ def open_model(path: str | os.PathLike) -> Model:
     -------
     Model
     """
-    return Model(storage.open_model_store(path))
+    return Model(model_store.open_model_store(path))

@@ -28,11 +28,11 @@ from benchlib import machine
 from PIL import Image
 
 import dmask
-from dmask import imaging, storage
-from dmask.batch import apply_to_folder
-from dmask.cluster import ClusterOptions, connect, peak_worker_memory
-from dmask.faces import render_face, subject_params
-from dmask.ingest import ingest
+from dmask.apply.folder import apply_to_folder
+from dmask.cluster.clients import ClusterOptions, connect, peak_worker_memory
+from dmask.datasets.drawing import render_face, subject_params
+from dmask.datasets.ingest import ingest
+from dmask.io import dataset_store, photographs
 
 CODES = {"neutral": "NE", "happy": "HA", "sad": "SA"}
 
@@ -57,7 +57,7 @@ def photo_folder(root: str, count: int) -> int:
     os.makedirs(root, exist_ok=True)
     photos = [
         p
-        for name, p in imaging.sample_photographs().items()
+        for name, p in photographs.sample_photographs().items()
         if name in ("astronaut", "grace_hopper")
     ]
     rng = np.random.default_rng(0)
@@ -100,8 +100,10 @@ def run_size(size: int, subjects: int, photos: int, repeats: int, work: str) -> 
             ),
             repeats,
         )
-        ds = storage.open_dataset(store)
-        sources, targets = storage.stored_pairs(ds, "neutral", ["happy", "sad"], None)
+        ds = dataset_store.open_dataset(store)
+        sources, targets = dataset_store.stored_pairs(
+            ds, "neutral", ["happy", "sad"], None
+        )
         dmask.fit(sources, targets, field=3, store=model_path, overwrite=True)
         model = dmask.open_model(model_path)
         out = os.path.join(work, f"out{size}")

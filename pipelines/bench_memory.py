@@ -22,10 +22,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import dmask
-from dmask import storage
-from dmask.cluster import ClusterOptions, connect, peak_worker_memory
-from dmask.faces import EXPRESSIONS
-from dmask.synth import synthesize
+from dmask.cluster.clients import ClusterOptions, connect, peak_worker_memory
+from dmask.datasets.drawing import EXPRESSIONS
+from dmask.datasets.synthetic import synthesize
+from dmask.io import dataset_store
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ def run_case(case: Case, folder: str, options: ClusterOptions) -> dict:
         else:
             synth_s = 0.0
     with connect(options) as client:
-        ds = storage.open_dataset(faces)
-        sources, targets = storage.stored_pairs(ds, "neutral", names, "train")
+        ds = dataset_store.open_dataset(faces)
+        sources, targets = dataset_store.stored_pairs(ds, "neutral", names, "train")
         started = time.perf_counter()
         trained = dmask.fit(
             sources, targets, field=case.field, store=model, overwrite=True

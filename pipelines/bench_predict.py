@@ -9,7 +9,7 @@ Cases (synthetic faces, neutral -> happy, RGB, lambda 0.4, a model trained on
 Each case times three ways of predicting the same neutral faces:
 
 (a) dmask zarr->zarr
-    ``dmask.inference.apply_to_store`` from the dataset store to a new
+    ``dmask.apply.store.apply_to_store`` from the dataset store to a new
     prediction store, on dask's threaded scheduler with two threads.
 (b) bare numpy loop in memory
     the images already min-max normalised as float64 in memory and the weights
@@ -48,9 +48,10 @@ import xarray as xr
 from benchlib import machine
 
 import dmask
-import dmask.inference
-import dmask.synth
-from dmask import kernels, storage
+import dmask.apply.store
+import dmask.datasets.synthetic
+from dmask.core import minmax, windows
+from dmask.io import dataset_store
 
 CASES = {
     "128-r3": {"size": 128, "field": 3, "n_images": 300},
@@ -79,21 +80,23 @@ class Faces:
 def make_faces(folder: str, size: int, n_images: int) -> Faces:
     """Synthesize ``n_images`` subjects; the first 40 form the train split."""
     n_subjects = max(n_images, TRAIN_SUBJECTS + 1)
-    store = dmask.synth.synthesize(
+    store = dmask.datasets.synthetic.synthesize(
         os.path.join(folder, f"faces{size}.zarr"),
         n_subjects,
         (size, size),
         test_fraction=1 - TRAIN_SUBJECTS / n_subjects,
     )
     neutral = np.flatnonzero(store["expression"].values.astype(str) == "neutral")
-    raw = storage.read_images(store.encoding["dmask_path"], neutral)
-    low, scale = kernels.minmax_parameters(raw)
-    return Faces(store, raw, kernels.normalize_block(raw, low, scale))
+    raw = dataset_store.read_images(store.encoding["dmask_path"], neutral)
+    low, scale = minmax.minmax_parameters(raw)
+    return Faces(store, raw, minmax.normalize_block(raw, low, scale))
 
 
 def train(faces: Faces, field: int, folder: str) -> dmask.Model:
     """Fit neutral -> happy on the train split (40 subjects), stored."""
-    sources, targets = storage.stored_pairs(faces.store, "neutral", ["happy"], "train")
+    sources, targets = dataset_store.stored_pairs(
+        faces.store, "neutral", ["happy"], "train"
+    )
     return dmask.fit(
         sources,
         targets,
@@ -119,7 +122,7 @@ def timings(fn: Callable[[], object], repeats: int) -> list[float]:
 
 def apply_store(model: dmask.Model, faces: Faces, out: str) -> xr.Dataset:
     """Synthesise every neutral face of the store into ``out``."""
-    return dmask.inference.apply_to_store(
+    return dmask.apply.store.apply_to_store(
         model, faces.store, out, source="neutral", overwrite=True
     )
 
@@ -147,7 +150,7 @@ def numpy_loop(
         part = out[s0 : s0 + batch]
         part[:] = bias
         product = np.empty_like(part)
-        for a, (oy, ox) in enumerate(kernels.window_offsets(field) + b):
+        for a, (oy, ox) in enumerate(windows.window_offsets(field) + b):
             window = padded[:, oy : oy + height, ox : ox + width]
             np.multiply(weight[a], window, out=product)
             part += product
@@ -171,7 +174,7 @@ def dense_matrix(weight: np.ndarray, bias: np.ndarray, channel: int) -> np.ndarr
     matrix = np.zeros((d, d + 1))
     ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     rows = np.arange(d).reshape(height, width)
-    for a, (oy, ox) in enumerate(kernels.window_offsets(field)):
+    for a, (oy, ox) in enumerate(windows.window_offsets(field)):
         qy, qx = ys + oy, xs + ox
         inside = (qy >= 0) & (qy < height) & (qx >= 0) & (qx < width)
         matrix[rows[inside], (qy * width + qx)[inside]] = weight[a, ..., channel][
@@ -227,7 +230,7 @@ def run_case(name: str, faces: Faces, field: int, repeats: int, folder: str) -> 
     out = os.path.join(folder, "predicted.zarr")
 
     times_a = timings(lambda: apply_store(model, faces, out), repeats)
-    stored = storage.open_dataset(out)["images"][:CHECKED_IMAGES].values
+    stored = dataset_store.open_dataset(out)["images"][:CHECKED_IMAGES].values
     error_a = max_error(reference, stored.astype(np.float64))
 
     weight, bias = numpy_weights(model)

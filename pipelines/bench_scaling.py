@@ -42,13 +42,13 @@ import distributed
 from benchlib import machine
 
 import dmask
-import dmask.synth
-from dmask import storage
-from dmask.cluster import ClusterOptions, connect
+import dmask.datasets.synthetic
+from dmask.cluster.clients import ClusterOptions, connect
+from dmask.io import dataset_store
 
 WORKER_COUNTS = (1, 2)
 #: Stored source faces and target faces by name.
-Pairs = tuple[storage.StoredImages, dict[str, storage.StoredImages]]
+Pairs = tuple[dataset_store.StoredImages, dict[str, dataset_store.StoredImages]]
 LAM = 0.4
 
 
@@ -215,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as folder:
-        ds = dmask.synth.synthesize(
+        ds = dmask.datasets.synthetic.synthesize(
             os.path.join(folder, "faces.zarr"), args.subjects, (args.size, args.size)
         )
-        pairs = storage.stored_pairs(ds, "neutral", ["happy"], "train")
+        pairs = dataset_store.stored_pairs(ds, "neutral", ["happy"], "train")
         n_pairs = pairs[0].shape[0]
         label = f"{args.size}x{args.size} N={n_pairs} r={args.field}"
         rows = [

@@ -13,9 +13,9 @@ measured 1.2 to 2 times slower and far noisier (r = 11: 4.4 to 8.2 s against
 3.7 to 4.0 s), so one thread is its fairest setting.
 
 One more dmask run, traced, breaks the task time down by phase (statistics,
-combine, solve, write: ``dmask.execution.phase_seconds``); what is left of ``threads x
-wall`` is scheduling and idle time, the main thread's work before and after the
-tasks included. The inputs are in memory, so there is no reading; reading from
+combine, solve, write: ``dmask.graph.timing.phase_seconds``); what is left of
+``threads x wall`` is scheduling and idle time, the main thread's work before and
+after the tasks included. The inputs are in memory, so there is no reading; reading from
 a store is timed by ``bench_scaling.py``. Memory: the peak of a new process
 that makes a case's data and trains it once, and the rise of this process's
 resident memory during the traced run. The FLOP rate counts the FLOPs of the
@@ -50,7 +50,8 @@ from benchlib import machine
 from threadpoolctl import threadpool_limits
 
 import dmask
-from dmask import execution, kernels
+from dmask.core import minmax
+from dmask.graph import timing
 
 TARGET_CASES = [
     Case(128, 200, 3, 1, 1),
@@ -97,10 +98,10 @@ def straightforward_fit(
     sources: np.ndarray, targets: dict[str, np.ndarray], field: int, lam: float
 ) -> np.ndarray:
     """One window extraction and one numpy.linalg.solve per pixel and channel."""
-    x = kernels.normalize_block(sources, *kernels.minmax_parameters(sources))
+    x = minmax.normalize_block(sources, *minmax.minmax_parameters(sources))
     t = np.stack(
         [
-            kernels.normalize_block(v, *kernels.minmax_parameters(v))
+            minmax.normalize_block(v, *minmax.minmax_parameters(v))
             for v in targets.values()
         ],
         axis=-1,
@@ -197,7 +198,7 @@ def time_case(
                 spent += walls[-1]
                 runs += 1
         with (
-            execution.phase_seconds() as phases,
+            timing.phase_seconds() as phases,
             PeakMemory(interval=0.001) as memory,
         ):
             started = time.perf_counter()

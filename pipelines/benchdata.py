@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dmask.faces import EXPRESSIONS, render_face, subject_params
+from dmask.datasets.drawing import EXPRESSIONS, render_face, subject_params
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,20 @@ import time
 
 import numpy as np
 
-from dmask import fit, imaging, kernels, storage
-from dmask.batch import apply_to_folder, read_synthesised
-from dmask.cluster import ClusterOptions, connect, peak_worker_memory
-from dmask.compare import compare, write_rows
-from dmask.compare import format_table as format_comparison
-from dmask.evaluate import evaluate, format_table, write_results
-from dmask.execution import compute, show_progress
-from dmask.figures import comparison_grid, synthesis_grid
-from dmask.inference import apply_to_store
-from dmask.report import write_report
-from dmask.synth import EXPRESSIONS, synthesize
+from dmask import fit
+from dmask.apply.folder import apply_to_folder, read_synthesised
+from dmask.apply.store import apply_to_store
+from dmask.cluster.clients import ClusterOptions, connect, peak_worker_memory
+from dmask.core import minmax
+from dmask.datasets.synthetic import EXPRESSIONS, synthesize
+from dmask.evaluation.compare import compare, write_rows
+from dmask.evaluation.compare import format_table as format_comparison
+from dmask.evaluation.evaluate import evaluate, format_table
+from dmask.evaluation.metrics import write_results
+from dmask.graph.runtime import compute, show_progress
+from dmask.io import dataset_store, photographs
+from dmask.report.figures import comparison_grid, synthesis_grid
+from dmask.report.page import write_report
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +53,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _normalized(images: np.ndarray) -> np.ndarray:
-    return kernels.normalize_block(images, *kernels.minmax_parameters(images))
+    return minmax.normalize_block(images, *minmax.minmax_parameters(images))
 
 
 def _out_of_dataset(model, out: str):
@@ -60,8 +63,11 @@ def _out_of_dataset(model, out: str):
     folder = os.path.join(out, "photographs")
     synthesised = os.path.join(out, "photographs_synthesised")
     os.makedirs(folder, exist_ok=True)
-    for name, photo in imaging.sample_photographs().items():
-        for label, image in ((name, photo), (f"{name}_sketch", imaging.sketch(photo))):
+    for name, photo in photographs.sample_photographs().items():
+        for label, image in (
+            (name, photo),
+            (f"{name}_sketch", photographs.sketch(photo)),
+        ):
             pixels = image[..., 0] if image.shape[-1] == 1 else image
             Image.fromarray(pixels).save(os.path.join(folder, f"{label}.png"))
     report = apply_to_folder(model, folder, synthesised, crop="auto", resume=False)
@@ -97,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"      {ds.sizes['sample']} images in {time.perf_counter() - t0:.1f} s")
 
-        sources, target_arrays = storage.stored_pairs(ds, "neutral", targets, "train")
+        sources, target_arrays = dataset_store.stored_pairs(
+            ds, "neutral", targets, "train"
+        )
         n_train = sources.shape[0]
         print(f"[2/7] training r={args.field} lambda={args.lam} on {n_train} subjects")
         t0 = time.perf_counter()
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         print("[5/7] drawing the comparison grid")
-        src_test, tgt_test = storage.select_pairs(ds, "neutral", targets, "test")
+        src_test, tgt_test = dataset_store.select_pairs(ds, "neutral", targets, "test")
         count = min(args.grid_subjects, src_test.sizes["sample"])
         src_test = src_test.isel(sample=slice(0, count))
         predicted = model.predict(src_test.data[:count])

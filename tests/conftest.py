@@ -25,9 +25,9 @@ def random_pairs(
 @pytest.fixture(params=["numba", "numpy"])
 def backend(request, monkeypatch) -> str:
     """Run a test with the compiled kernels and again with numpy's alone."""
-    from dmask import compiled
+    from dmask.core import _engine
 
-    if request.param == "numba" and not compiled.AVAILABLE:
+    if request.param == "numba" and not _engine.AVAILABLE:
         pytest.skip("numba is not installed: compiled kernels unavailable")
     monkeypatch.setenv("DMASK_KERNELS", request.param)
     return request.param

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Lasso, LassoLars, OrthogonalMatchingPursuit
 
-from dmask import baselines
 from dmask.errors import InputError
+from dmask.evaluation import baselines
 
 
 def _data(rng, n, d, n_test=4):

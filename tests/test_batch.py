@@ -10,9 +10,10 @@ from PIL import Image
 from reference import minmax, reference_predict
 
 import dmask
-from dmask import batch, imaging
+from dmask.apply import folder
+from dmask.datasets.drawing import render_face, subject_params
 from dmask.errors import InputError
-from dmask.faces import render_face, subject_params
+from dmask.io import photographs
 
 
 def _face(subject: int, expression: str, height: int, width: int) -> np.ndarray:
@@ -56,8 +57,8 @@ GOOD = ["a.png", "d.PNG", "nested/b.jpg", "nested/deeper/c.png"]
 
 def _expected(model, folder, relative: str, target: str) -> np.ndarray:
     """The slow way: prepare, normalise and predict with the per-pixel loops."""
-    image = imaging.read_image(os.path.join(folder, relative))
-    face = imaging.prepare_face(image, model.image_shape, crop="center", channels=3)
+    image = photographs.read_image(os.path.join(folder, relative))
+    face = photographs.prepare_face(image, model.image_shape, crop="center", channels=3)
     weights = model.weights(target).values
     bias = model.bias(target).values
     predicted = reference_predict(minmax(face[None]), weights, bias, model.field)[0]
@@ -78,7 +79,7 @@ def _outputs(out) -> dict[str, bytes]:
 def test_folder_synthesis_matches_reference(model_store, photo_folder, tmp_path):
     model = dmask.open_model(model_store)
     out = tmp_path / "out"
-    report = batch.apply_to_folder(model, photo_folder, out, crop="center", block=2)
+    report = folder.apply_to_folder(model, photo_folder, out, crop="center", block=2)
     assert report.scanned == 6 and report.written == 4 and report.already_done == 0
     assert sorted(p.split(":")[0] for p in report.problems) == [
         "broken.png",
@@ -88,7 +89,7 @@ def test_folder_synthesis_matches_reference(model_store, photo_folder, tmp_path)
     for relative in GOOD:
         for target in ("happy", "sad"):
             path = out / target / os.path.splitext(relative)[0]
-            written = imaging.read_image(str(path) + ".png")
+            written = photographs.read_image(str(path) + ".png")
             assert written.shape == (24, 20, 3)
             expected = _expected(model, photo_folder, relative, target)
             assert np.abs(written.astype(int) - expected).max() <= 1
@@ -100,8 +101,8 @@ def test_in_memory_model_gives_the_same_files(model_store, photo_folder, tmp_pat
     stored = dmask.open_model(model_store)
     in_memory = dmask.Model(stored.dataset.load())
     in_memory.dataset.encoding.pop("dmask_path", None)
-    batch.apply_to_folder(stored, photo_folder, tmp_path / "a", crop="center")
-    batch.apply_to_folder(in_memory, photo_folder, tmp_path / "b", crop="center")
+    folder.apply_to_folder(stored, photo_folder, tmp_path / "a", crop="center")
+    folder.apply_to_folder(in_memory, photo_folder, tmp_path / "b", crop="center")
     assert _outputs(tmp_path / "a") == _outputs(tmp_path / "b")
 
 
@@ -110,10 +111,10 @@ def test_interrupted_run_resumes_to_the_same_output(
 ):
     model = dmask.open_model(model_store)
     whole = tmp_path / "whole"
-    batch.apply_to_folder(model, photo_folder, whole, crop="center", block=1)
+    folder.apply_to_folder(model, photo_folder, whole, crop="center", block=1)
 
     calls = []
-    real_write = batch._write_png
+    real_write = folder._write_png
 
     def failing_write(path, values, peak):
         if len(calls) == 3:
@@ -122,18 +123,18 @@ def test_interrupted_run_resumes_to_the_same_output(
         real_write(path, values, peak)
 
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(batch, "_write_png", failing_write)
+    monkeypatch.setattr(folder, "_write_png", failing_write)
     with pytest.raises(KeyboardInterrupt):
-        batch.apply_to_folder(model, photo_folder, resumed, crop="center", block=1)
-    monkeypatch.setattr(batch, "_write_png", real_write)
+        folder.apply_to_folder(model, photo_folder, resumed, crop="center", block=1)
+    monkeypatch.setattr(folder, "_write_png", real_write)
     partial = _outputs(resumed)
     assert 0 < len(partial) < len(_outputs(whole))
     assert not [n for n in os.listdir(resumed) if n.endswith(".partial")]
-    report = batch.apply_to_folder(model, photo_folder, resumed, crop="center")
+    report = folder.apply_to_folder(model, photo_folder, resumed, crop="center")
     assert report.already_done >= 1
     assert report.written + report.already_done == 4
     assert _outputs(resumed) == _outputs(whole)
-    again = batch.apply_to_folder(model, photo_folder, resumed, crop="center")
+    again = folder.apply_to_folder(model, photo_folder, resumed, crop="center")
     assert again.already_done == 4 and again.written == 0
 
 
@@ -141,19 +142,19 @@ def test_distributed_run_equals_local(
     model_store, photo_folder, tmp_path, cluster_client
 ):
     model = dmask.open_model(model_store)
-    batch.apply_to_folder(model, photo_folder, tmp_path / "local", crop="center")
+    folder.apply_to_folder(model, photo_folder, tmp_path / "local", crop="center")
     with cluster_client.as_current():
-        batch.apply_to_folder(model, photo_folder, tmp_path / "cluster", crop="center")
+        folder.apply_to_folder(model, photo_folder, tmp_path / "cluster", crop="center")
         in_memory = dmask.Model(model.dataset.load())
         in_memory.dataset.encoding.pop("dmask_path", None)
-        batch.apply_to_folder(in_memory, photo_folder, tmp_path / "mem", crop="center")
+        folder.apply_to_folder(in_memory, photo_folder, tmp_path / "mem", crop="center")
     assert _outputs(tmp_path / "local") == _outputs(tmp_path / "cluster")
     assert _outputs(tmp_path / "local") == _outputs(tmp_path / "mem")
 
 
 def test_auto_crop_falls_back_to_the_centre(model_store, photo_folder, tmp_path):
     model = dmask.open_model(model_store)
-    report = batch.apply_to_folder(model, photo_folder, tmp_path / "o", crop="auto")
+    report = folder.apply_to_folder(model, photo_folder, tmp_path / "o", crop="auto")
     assert report.written == 4
     assert all("centre crop" in note for note in report.notes)
 
@@ -161,13 +162,13 @@ def test_auto_crop_falls_back_to_the_centre(model_store, photo_folder, tmp_path)
 def test_bad_folders_are_refused(model_store, photo_folder, tmp_path):
     model = dmask.open_model(model_store)
     with pytest.raises(InputError, match="inside the input folder"):
-        batch.apply_to_folder(model, photo_folder, photo_folder / "out")
+        folder.apply_to_folder(model, photo_folder, photo_folder / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no image files"):
-        batch.apply_to_folder(model, tmp_path / "empty", tmp_path / "o")
+        folder.apply_to_folder(model, tmp_path / "empty", tmp_path / "o")
     with pytest.raises(InputError, match="does not exist"):
-        batch.apply_to_folder(model, tmp_path / "missing", tmp_path / "o")
+        folder.apply_to_folder(model, tmp_path / "missing", tmp_path / "o")
     with pytest.raises(InputError, match="crop must be"):
-        batch.apply_to_folder(model, photo_folder, tmp_path / "o", crop="magic")
+        folder.apply_to_folder(model, photo_folder, tmp_path / "o", crop="magic")
     with pytest.raises(InputError, match="not in the model"):
-        batch.apply_to_folder(model, photo_folder, tmp_path / "o", targets=["angry"])
+        folder.apply_to_folder(model, photo_folder, tmp_path / "o", targets=["angry"])

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 
 import dmask
-from dmask import storage
 from dmask.cli import main
+from dmask.io import dataset_store
 
 THREADS = ["--workers", "1", "--threads", "--dashboard-address", ":0"]
 
@@ -33,8 +33,10 @@ def test_cli_end_to_end(tmp_path, capsys, cluster_client):
     trained = dmask.open_model(model)
     assert trained.targets == ["happy", "surprised"] and trained.field == 5
 
-    ds = storage.open_dataset(faces)
-    src, tgt = storage.select_pairs(ds, "neutral", ["happy", "surprised"], "train")
+    ds = dataset_store.open_dataset(faces)
+    src, tgt = dataset_store.select_pairs(
+        ds, "neutral", ["happy", "surprised"], "train"
+    )
     local = dmask.fit(src, tgt, field=5, tile_shape=(16, 16), method="displacement")
     np.testing.assert_array_equal(
         trained.weights("surprised").values, local.weights("surprised").values
@@ -43,7 +45,7 @@ def test_cli_end_to_end(tmp_path, capsys, cluster_client):
     pngs = tmp_path / "png"
     assert main(["apply", str(model), str(faces), "--out", str(out), "--split",
                  "test", "--png", str(pngs), *THREADS]) == 0  # fmt: skip
-    synthesised = storage.open_dataset(out)
+    synthesised = dataset_store.open_dataset(out)
     assert synthesised.sizes["sample"] == 2 * 2
     assert sorted(p.name for p in pngs.iterdir())[0] == "s00006_happy.png"
 
@@ -82,7 +84,7 @@ def _kdef_folder(root) -> None:
     """A KDEF-shaped folder: one subfolder per subject, straight and side views."""
     from PIL import Image
 
-    from dmask.faces import render_face, subject_params
+    from dmask.datasets.drawing import render_face, subject_params
 
     codes = {"neutral": "NE", "happy": "HA", "sad": "SA"}
     for subject in range(1, 9):
@@ -104,7 +106,7 @@ def test_cli_folder_to_model_to_synthesised_folder(tmp_path, capsys):
                  "--crop", "center", *THREADS]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "AF01SUS.JPG" in printed and "summary: layout kdef" in printed
-    ds = storage.open_dataset(faces)
+    ds = dataset_store.open_dataset(faces)
     assert ds.sizes["sample"] == 8 * 3 and ds["images"].shape[1:3] == (32, 28)
 
     model = tmp_path / "model.zarr"

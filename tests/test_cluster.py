@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 
 import dmask
-from dmask import cli, storage
+from dmask import cli, errors
 from dmask.cli import main
-from dmask.cluster import ClusterOptions
+from dmask.cluster.clients import ClusterOptions
+from dmask.datasets.synthetic import synthesize
 from dmask.errors import DmaskError
-from dmask.synth import synthesize
+from dmask.io import dataset_store, model_store
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -102,7 +103,7 @@ def faces(tmp_path_factory):
 
 
 def _local_model(ds, field: int, tile: tuple[int, int], block: int):
-    sources, targets = storage.select_pairs(ds, "neutral", TARGETS, "train")
+    sources, targets = dataset_store.select_pairs(ds, "neutral", TARGETS, "train")
     return dmask.fit(
         sources.data.compute(),
         {t: v.data.compute() for t, v in targets.items()},
@@ -135,7 +136,7 @@ def _train_command(dataset: Path, out: Path, *extra: str) -> list[str]:
 
 def _tiles_done(path: Path) -> int:
     try:
-        return int(storage.read_model_progress(path).tile_complete.sum())
+        return int(model_store.read_model_progress(path).tile_complete.sum())
     except Exception:  # not created yet, or being created
         return 0
 
@@ -152,7 +153,7 @@ def test_train_through_scheduler_equals_local(dask_processes, faces, tmp_path):
 def test_worker_killed_mid_run_gives_the_same_model(dask_processes, faces, tmp_path):
     _, ds = faces
     out = tmp_path / "model.zarr"
-    sources, targets = storage.stored_pairs(ds, "neutral", TARGETS, "train")
+    sources, targets = dataset_store.stored_pairs(ds, "neutral", TARGETS, "train")
     with dask_processes.client() as client:
         pids = client.run(os.getpid)
         result: dict = {}
@@ -193,7 +194,7 @@ def test_interrupted_run_resumes_to_the_same_model(dask_processes, faces, tmp_pa
     total = 8 * 8
     done = _tiles_done(out)
     assert Path(f"{out}.lock").exists()  # left behind by the killed run
-    with pytest.raises(storage.StoreError, match="incomplete"):
+    with pytest.raises(errors.StoreError, match="incomplete"):
         dmask.open_model(out)
     if done == total:
         pytest.skip("the run finished before it could be interrupted")

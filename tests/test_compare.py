@@ -11,11 +11,11 @@ import pytest
 import xarray as xr
 
 import dmask
-from dmask import storage
-from dmask.compare import COLUMNS, compare, format_table, score, write_rows
+from dmask.datasets.synthetic import synthesize
 from dmask.errors import InputError
-from dmask.evaluate import evaluate
-from dmask.synth import synthesize
+from dmask.evaluation.compare import COLUMNS, compare, format_table, score, write_rows
+from dmask.evaluation.evaluate import evaluate
+from dmask.io import dataset_store
 
 EXPRESSIONS = ["happy", "sad", "surprised", "angry", "afraid", "disgusted"]
 LABELS = [
@@ -84,7 +84,7 @@ def test_mr_beats_the_learned_baselines(rows):
 
 
 def test_figures_agree_with_evaluate(faces, rows):
-    src, tgt = storage.select_pairs(faces, "neutral", ["happy"], "train")
+    src, tgt = dataset_store.select_pairs(faces, "neutral", ["happy"], "train")
     model = dmask.fit(src, tgt, field=3, lam=0.4)
     (expected, *_) = evaluate(model, faces, targets=["happy"])
     for method, label in [

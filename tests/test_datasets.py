@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dmask import planning, storage
-from dmask.faces import EXPRESSIONS, render_face, subject_params
-from dmask.synth import render_samples, synthesize
+from dmask import errors
+from dmask.core import planning
+from dmask.datasets.drawing import EXPRESSIONS, render_face, subject_params
+from dmask.datasets.synthetic import render_samples, synthesize
+from dmask.io import dataset_store
 
 
 def test_synthetic_faces_are_deterministic_and_local():
@@ -45,7 +47,7 @@ def test_dataset_store_layout_and_split(tmp_path):
     np.testing.assert_array_equal(
         ds["images"].values[7:14], render_samples(1, 8, 7, 14, 40, 24)
     )
-    src, tgt = storage.select_pairs(ds, "neutral", ["happy", "sad"], "test")
+    src, tgt = dataset_store.select_pairs(ds, "neutral", ["happy", "sad"], "test")
     assert list(src["subject"].values) == list(tgt["sad"]["subject"].values)
     assert set(src["expression"].values) == {"neutral"}
     assert set(tgt["happy"]["expression"].values) == {"happy"}
@@ -53,10 +55,10 @@ def test_dataset_store_layout_and_split(tmp_path):
 
 def test_existing_dataset_store_is_refused(tmp_path):
     synthesize(tmp_path / "f.zarr", 2, (16, 16))
-    with pytest.raises(storage.StoreError, match="already exists"):
+    with pytest.raises(errors.StoreError, match="already exists"):
         synthesize(tmp_path / "f.zarr", 2, (16, 16))
     synthesize(tmp_path / "f.zarr", 3, (16, 16), overwrite=True)
-    assert storage.open_dataset(tmp_path / "f.zarr").sizes["sample"] == 21
+    assert dataset_store.open_dataset(tmp_path / "f.zarr").sizes["sample"] == 21
 
 
 def test_tiles_cover_the_image_once():
@@ -81,11 +83,15 @@ def test_task_memory_does_not_grow_with_image_or_samples():
 
 def test_stored_images_give_the_same_model_as_arrays(tmp_path):
     ds = synthesize(tmp_path / "f.zarr", 9, (20, 18), seed=2, test_fraction=0.34)
-    src_ref, tgt_ref = storage.stored_pairs(ds, "neutral", ["sad", "afraid"], "train")
-    src_arr, tgt_arr = storage.select_pairs(ds, "neutral", ["sad", "afraid"], "train")
+    src_ref, tgt_ref = dataset_store.stored_pairs(
+        ds, "neutral", ["sad", "afraid"], "train"
+    )
+    src_arr, tgt_arr = dataset_store.select_pairs(
+        ds, "neutral", ["sad", "afraid"], "train"
+    )
     assert src_ref.shape == src_arr.shape == (6, 20, 18, 3)
     np.testing.assert_array_equal(
-        storage.read_images(src_ref.path, src_ref.index), src_arr.values
+        dataset_store.read_images(src_ref.path, src_ref.index), src_arr.values
     )
     import dmask
 
@@ -97,10 +103,10 @@ def test_stored_images_give_the_same_model_as_arrays(tmp_path):
         atol=1e-11,
         rtol=0,
     )
-    test_ref, _ = storage.stored_pairs(ds, "neutral", ["sad"], "test")
+    test_ref, _ = dataset_store.stored_pairs(ds, "neutral", ["sad"], "test")
     lazy = from_refs.predict(test_ref, sample_block=2)
     expected = from_arrays.predict(
-        storage.read_images(ds.encoding["dmask_path"], test_ref.index)
+        dataset_store.read_images(ds.encoding["dmask_path"], test_ref.index)
     )
     np.testing.assert_allclose(lazy["sad"].compute(), expected["sad"], atol=1e-11)
 
@@ -112,7 +118,7 @@ def test_prediction_tiles_are_whole_multiples_of_model_tiles():
 
 
 def test_task_memory_budget_is_bounded():
-    from dmask.execution import task_memory_budget
+    from dmask.graph.runtime import task_memory_budget
 
     budget = task_memory_budget()
     assert 128 * 2**20 <= budget <= 2 * 2**30

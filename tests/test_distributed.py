@@ -6,9 +6,9 @@ import numpy as np
 from conftest import random_pairs
 
 import dmask
-from dmask import storage
-from dmask.inference import apply_to_store
-from dmask.synth import synthesize
+from dmask.apply.store import apply_to_store
+from dmask.datasets.synthetic import synthesize
+from dmask.io import dataset_store
 
 
 def test_fit_on_cluster_equals_threaded(rng, cluster_client, tmp_path):
@@ -40,7 +40,9 @@ def test_dataset_pipeline_on_cluster_equals_local(cluster_client, tmp_path):
         remote_ds = synthesize(tmp_path / "remote.zarr", 5, (20, 28), seed=7)
     np.testing.assert_array_equal(remote_ds["images"].values, local_ds["images"].values)
 
-    src, tgt = storage.select_pairs(local_ds, "neutral", ["happy", "angry"], "train")
+    src, tgt = dataset_store.select_pairs(
+        local_ds, "neutral", ["happy", "angry"], "train"
+    )
     local_model = dmask.fit(src, tgt, field=3, tile_shape=(8, 8))
     with cluster_client.as_current():
         remote_model = dmask.fit(
@@ -52,7 +54,7 @@ def test_dataset_pipeline_on_cluster_equals_local(cluster_client, tmp_path):
     np.testing.assert_array_equal(
         remote_model.weights("angry").values, local_model.weights("angry").values
     )
-    test_src, _ = storage.select_pairs(local_ds, "neutral", ["happy"], "test")
+    test_src, _ = dataset_store.select_pairs(local_ds, "neutral", ["happy"], "test")
     expected = local_model.predict(test_src.values)
     got = remote_out["images"].values
     n = test_src.sizes["sample"]

@@ -9,9 +9,10 @@ import pytest
 from conftest import random_pairs
 
 import dmask
-from dmask import storage
 from dmask.cli import main
-from dmask.synth import synthesize
+from dmask.datasets.synthetic import synthesize
+from dmask.graph import fit_tasks
+from dmask.io import dataset_store, stores
 
 LOCAL = ["--workers", "1", "--threads", "--dashboard-address", ":0"]
 
@@ -39,8 +40,8 @@ def faces(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_path(faces, tmp_path_factory):
-    ds = storage.open_dataset(faces)
-    src, tgt = storage.select_pairs(ds, "neutral", ["happy", "sad"], "train")
+    ds = dataset_store.open_dataset(faces)
+    src, tgt = dataset_store.select_pairs(ds, "neutral", ["happy", "sad"], "train")
     path = tmp_path_factory.mktemp("model") / "model.zarr"
     dmask.fit(src, tgt, field=3, store=path)
     return path
@@ -118,11 +119,11 @@ def test_api_store_errors(rng, tmp_path):
 
 
 def test_failed_training_leaves_an_incomplete_store(rng, tmp_path, monkeypatch):
-    from dmask import execution
+    from dmask.io import model_store
 
     sources, targets = random_pairs(rng, 5, 8, 8, 1)
     calls = []
-    real = execution.write_model_tile
+    real = model_store.write_model_tile
 
     def flaky(path, tile, weight, bias):
         calls.append(tile.index)
@@ -130,7 +131,7 @@ def test_failed_training_leaves_an_incomplete_store(rng, tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real(path, tile, weight, bias)
 
-    monkeypatch.setattr(execution, "write_model_tile", flaky)
+    monkeypatch.setattr(fit_tasks, "write_model_tile", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         dmask.fit(sources, targets, tile_shape=(4, 4), store=tmp_path / "m.zarr")
     with pytest.raises(dmask.StoreError, match="incomplete"):
@@ -183,7 +184,7 @@ def test_cli_model_on_other_image_size(capsys, tmp_path, model_path):
 
 
 def _float_dataset(path, images, expressions, subjects):
-    storage.create_dataset_template(
+    dataset_store.create_dataset_template(
         path,
         images.shape,
         (max(1, images.shape[0]), *images.shape[1:]),
@@ -196,8 +197,8 @@ def _float_dataset(path, images, expressions, subjects):
         dtype="float32",
     )
     if images.shape[0]:
-        storage.write_dataset_block(path, 0, images)
-    storage.finalize_store(path)
+        dataset_store.write_dataset_block(path, 0, images)
+    stores.finalize_store(path)
 
 
 def test_cli_nan_pixels(capsys, rng, tmp_path):
@@ -245,7 +246,7 @@ def test_a_store_is_never_overwritten_by_its_own_output(rng, tmp_path, capsys, f
         capsys, "train", faces, "--out", faces, "--overwrite", *LOCAL
     )
     assert_one_line_error(code, err, "also an input")
-    assert storage.open_dataset(faces).sizes["sample"] == 42
+    assert dataset_store.open_dataset(faces).sizes["sample"] == 42
 
 
 def test_api_rejects_bad_tiles_and_blocks(rng):

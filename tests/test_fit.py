@@ -162,12 +162,12 @@ def test_covariance_blocks_across_a_large_tile(rng):
 
 
 def test_phase_seconds_time_the_tasks(rng):
-    from dmask import execution
+    from dmask.graph import timing
 
     sources, targets = random_pairs(rng, 12, 9, 10, 2)
-    with execution.phase_seconds() as one_block:
+    with timing.phase_seconds() as one_block:
         dmask.fit(sources, targets, field=3, tile_shape=(5, 5))
-    with execution.phase_seconds() as blocks:
+    with timing.phase_seconds() as blocks:
         dmask.fit(sources, targets, field=3, tile_shape=(5, 5), sample_block=4)
     assert set(one_block) == {"statistics", "solve", "write"}
     assert set(blocks) == {"statistics", "combine", "solve", "write"}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmask import imaging
 from dmask.errors import InputError
-from dmask.imaging import ImageReadError
+from dmask.io import photographs
+from dmask.io.photographs import ImageReadError
 
 
 def write_png16(path, array: np.ndarray, filter_type: int = 0) -> None:
@@ -43,7 +43,7 @@ def write_png16(path, array: np.ndarray, filter_type: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, np.ndarray]:
-    return imaging.sample_photographs()
+    return photographs.sample_photographs()
 
 
 # ------------------------------------------------------------------- reading
@@ -58,11 +58,11 @@ def test_read_gray_rgb_and_rgba_png(tmp_path, rng):
     Image.fromarray(rgb).save(tmp_path / "c.png")
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
 
-    out = imaging.read_image(tmp_path / "g.png")
+    out = photographs.read_image(tmp_path / "g.png")
     assert out.shape == (12, 10, 1) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[..., 0], gray)
-    np.testing.assert_array_equal(imaging.read_image(tmp_path / "c.png"), rgb)
-    over_white = imaging.read_image(tmp_path / "a.png")
+    np.testing.assert_array_equal(photographs.read_image(tmp_path / "c.png"), rgb)
+    over_white = photographs.read_image(tmp_path / "a.png")
     assert over_white.shape == (12, 10, 3)
     np.testing.assert_array_equal(over_white[:6], rgb[:6])
     assert np.all(over_white[6:] == 255)
@@ -72,32 +72,32 @@ def test_read_palette_and_cmyk_become_rgb(tmp_path, rng):
     rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     Image.fromarray(rgb).quantize(16).save(tmp_path / "p.png")
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "k.jpg")
-    palette = imaging.read_image(tmp_path / "p.png")
+    palette = photographs.read_image(tmp_path / "p.png")
     assert palette.shape == (8, 8, 3) and palette.dtype == np.uint8
     expected = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
     np.testing.assert_array_equal(palette, expected)
-    cmyk = imaging.read_image(tmp_path / "k.jpg")
+    cmyk = photographs.read_image(tmp_path / "k.jpg")
     assert cmyk.shape == (8, 8, 3) and cmyk.dtype == np.uint8
 
 
 def test_read_16_bit_png_keeps_16_bits(tmp_path, rng):
     gray = rng.integers(0, 65536, (9, 7), dtype=np.uint16)
     Image.fromarray(gray).save(tmp_path / "g16.png")
-    out = imaging.read_image(tmp_path / "g16.png")
+    out = photographs.read_image(tmp_path / "g16.png")
     assert out.dtype == np.uint16 and out.shape == (9, 7, 1)
     np.testing.assert_array_equal(out[..., 0], gray)
 
     rgb = rng.integers(0, 65536, (9, 7, 3), dtype=np.uint16)
     for filter_type in (0, 1):
         write_png16(tmp_path / "c16.png", rgb, filter_type)
-        out = imaging.read_image(tmp_path / "c16.png")
+        out = photographs.read_image(tmp_path / "c16.png")
         assert out.dtype == np.uint16
         np.testing.assert_array_equal(out, rgb)
 
     rgba = np.concatenate([rgb, np.full((9, 7, 1), 65535, np.uint16)], axis=2)
     rgba[0, 0, 3] = 0
     write_png16(tmp_path / "a16.png", rgba)
-    out = imaging.read_image(tmp_path / "a16.png")
+    out = photographs.read_image(tmp_path / "a16.png")
     assert out.dtype == np.uint16 and out.shape == (9, 7, 3)
     np.testing.assert_array_equal(out[1:], rgb[1:])
     assert np.all(out[0, 0] == 65535)
@@ -107,14 +107,14 @@ def test_read_jpeg_and_exif_orientation(tmp_path):
     y, x = np.mgrid[0:40, 0:60]
     smooth = np.stack([y * 6, x * 4, (x + y) * 2], axis=-1).astype(np.uint8)
     Image.fromarray(smooth).save(tmp_path / "s.jpg", quality=95)
-    out = imaging.read_image(tmp_path / "s.jpg")
+    out = photographs.read_image(tmp_path / "s.jpg")
     assert out.shape == (40, 60, 3) and out.dtype == np.uint8
     assert np.abs(out.astype(int) - smooth).mean() < 3
 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated: shown turned 90 degrees clockwise
     Image.fromarray(smooth).save(tmp_path / "r.jpg", quality=95, exif=exif)
-    turned = imaging.read_image(tmp_path / "r.jpg")
+    turned = photographs.read_image(tmp_path / "r.jpg")
     assert turned.shape == (60, 40, 3)
     np.testing.assert_allclose(turned, np.rot90(out, -1), atol=8)
 
@@ -131,7 +131,7 @@ def test_unreadable_files_name_the_file(tmp_path, rng, kind):
     elif kind == "empty":
         path.write_bytes(b"")
     with pytest.raises(ImageReadError) as info:
-        imaging.read_image(path)
+        photographs.read_image(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
     assert isinstance(info.value, InputError)
@@ -141,7 +141,7 @@ def test_unreadable_files_name_the_file(tmp_path, rng, kind):
 
 
 def test_detect_face_on_real_portraits(photos):
-    box = imaging.detect_face(photos["astronaut"])
+    box = photographs.detect_face(photos["astronaut"])
     assert box is not None
     y, x, h, w = box
     # Astronaut's face lies around rows 30-200, columns 150-330.
@@ -149,44 +149,44 @@ def test_detect_face_on_real_portraits(photos):
     assert y >= 20 and y + h <= 210 and x >= 140 and x + w <= 340
     assert 60 <= h <= 170
 
-    y, x, h, w = imaging.detect_face(photos["grace_hopper"])
+    y, x, h, w = photographs.detect_face(photos["grace_hopper"])
     # Grace Hopper's face: rows about 110-330, columns 150-380 of 600x512.
     assert 110 <= y + h / 2 <= 330 and 150 <= x + w / 2 <= 380
-    assert imaging.detect_face(photos["chelsea"]) is None  # a cat
+    assert photographs.detect_face(photos["chelsea"]) is None  # a cat
 
 
 def test_detect_face_flat_large_and_16_bit(photos):
-    assert imaging.detect_face(np.full((200, 160), 128, np.uint8)) is None
+    assert photographs.detect_face(np.full((200, 160), 128, np.uint8)) is None
     small = photos["astronaut"]
-    box = np.array(imaging.detect_face(small))
+    box = np.array(photographs.detect_face(small))
     # On a big photo detection runs on a downscaled copy, mapped back.
     big = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
-    big_box = np.array(imaging.detect_face(big))
+    big_box = np.array(photographs.detect_face(big))
     assert np.all(np.abs(big_box - 2 * box) <= 0.15 * 2 * box[2])
     # 16 bits: the same grey values found the same way.
-    assert imaging.detect_face(small.astype(np.uint16) * 257) == tuple(box)
+    assert photographs.detect_face(small.astype(np.uint16) * 257) == tuple(box)
 
 
 # -------------------------------------------------------------------- crops
 
 
 def test_crop_box_square_shifted_inside():
-    y0, y1, x0, x1 = imaging.crop_box((100, 200), (40, 90, 20, 20), margin=0.25)
+    y0, y1, x0, x1 = photographs.crop_box((100, 200), (40, 90, 20, 20), margin=0.25)
     assert (y1 - y0, x1 - x0) == (30, 30)
     assert (y0, x0) == (35, 85)  # centred on the face
-    y0, y1, x0, x1 = imaging.crop_box((100, 200), (0, 0, 20, 30), margin=0.5)
+    y0, y1, x0, x1 = photographs.crop_box((100, 200), (0, 0, 20, 30), margin=0.5)
     assert (y0, x0) == (0, 0) and y1 - y0 == x1 - x0 == 60  # shifted inside
-    y0, y1, x0, x1 = imaging.crop_box((100, 200), (70, 180, 30, 20), margin=0.5)
+    y0, y1, x0, x1 = photographs.crop_box((100, 200), (70, 180, 30, 20), margin=0.5)
     assert (y1, x1) == (100, 200)  # shifted inside from the far corner
 
 
 def test_crop_box_larger_than_image_is_padded_with_edges():
     image = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30, 1)
-    box = imaging.crop_box(image.shape, (2, 5, 16, 16), margin=0.25)
+    box = photographs.crop_box(image.shape, (2, 5, 16, 16), margin=0.25)
     y0, y1, x0, x1 = box
     assert y1 - y0 == x1 - x0 == 24
     assert y0 <= 0 and y1 >= 20 and 0 <= x0 and x1 <= 30  # covers all rows
-    crop = imaging.crop_face(image, box)
+    crop = photographs.crop_face(image, box)
     assert crop.shape == (24, 24, 1)
     inside = slice(-y0, -y0 + 20)
     np.testing.assert_array_equal(crop[inside], image[:, x0:x1])
@@ -194,12 +194,12 @@ def test_crop_box_larger_than_image_is_padded_with_edges():
         crop[:-y0, :, 0], np.repeat(image[:1, x0:x1, 0], -y0, 0)
     )
     with pytest.raises(InputError, match="margin"):
-        imaging.crop_box(image.shape, (2, 5, 16, 16), margin=-1)
+        photographs.crop_box(image.shape, (2, 5, 16, 16), margin=-1)
 
 
 def test_center_box():
-    assert imaging.center_box((100, 60, 3)) == (20, 80, 0, 60)
-    assert imaging.center_box((50, 51)) == (0, 50, 0, 50)
+    assert photographs.center_box((100, 60, 3)) == (20, 80, 0, 60)
+    assert photographs.center_box((50, 51)) == (0, 50, 0, 50)
 
 
 # ---------------------------------------------------------- prepare_face
@@ -207,50 +207,52 @@ def test_center_box():
 
 def test_prepare_face_modes(photos, rng):
     astronaut = photos["astronaut"]
-    face = imaging.prepare_face(astronaut, (64, 48))
+    face = photographs.prepare_face(astronaut, (64, 48))
     assert face.shape == (64, 48, 3) and face.dtype == np.uint8
-    y0, y1, x0, x1 = imaging.crop_box(
-        astronaut.shape, imaging.detect_face(astronaut), 0.25
+    y0, y1, x0, x1 = photographs.crop_box(
+        astronaut.shape, photographs.detect_face(astronaut), 0.25
     )
     np.testing.assert_array_equal(
-        face, imaging.resize_image(astronaut[y0:y1, x0:x1], (64, 48))
+        face, photographs.resize_image(astronaut[y0:y1, x0:x1], (64, 48))
     )
 
     wide = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
-    centre = imaging.prepare_face(wide, (30, 30), crop="center")
+    centre = photographs.prepare_face(wide, (30, 30), crop="center")
     np.testing.assert_array_equal(centre, wide[:, 10:40])  # no resize needed
-    whole = imaging.prepare_face(wide, (15, 25), crop="none")
+    whole = photographs.prepare_face(wide, (15, 25), crop="none")
     assert whole.shape == (15, 25, 3)
     expected = Image.fromarray(wide).resize((25, 15), Image.Resampling.LANCZOS)
     np.testing.assert_array_equal(whole, np.asarray(expected))
 
-    assert imaging.prepare_face(np.full((80, 80, 3), 90, np.uint8), (32, 32)) is None
+    assert (
+        photographs.prepare_face(np.full((80, 80, 3), 90, np.uint8), (32, 32)) is None
+    )
     with pytest.raises(InputError, match="crop"):
-        imaging.prepare_face(wide, (8, 8), crop="middle")
+        photographs.prepare_face(wide, (8, 8), crop="middle")
     with pytest.raises(InputError, match="channels"):
-        imaging.prepare_face(wide, (8, 8), crop="none", channels=2)
+        photographs.prepare_face(wide, (8, 8), crop="none", channels=2)
 
 
 def test_prepare_face_channels_and_dtypes(rng):
     rgb = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
-    gray = imaging.prepare_face(rgb, (10, 10), crop="none", channels=1)
+    gray = photographs.prepare_face(rgb, (10, 10), crop="none", channels=1)
     assert gray.shape == (10, 10, 1) and gray.dtype == np.uint8
-    small = imaging.resize_image(rgb, (10, 10)).astype(float)
+    small = photographs.resize_image(rgb, (10, 10)).astype(float)
     luma = small @ np.array([0.299, 0.587, 0.114])
     np.testing.assert_allclose(gray[..., 0], luma, atol=0.51)
 
     single = rng.integers(0, 256, (20, 20, 1), dtype=np.uint8)
-    three = imaging.prepare_face(single, (20, 20), crop="none", channels=3)
+    three = photographs.prepare_face(single, (20, 20), crop="none", channels=3)
     assert three.shape == (20, 20, 3)
     np.testing.assert_array_equal(three, np.repeat(single, 3, axis=2))
 
     deep = rng.integers(0, 65536, (24, 32, 3), dtype=np.uint16)
-    out = imaging.prepare_face(deep, (12, 12), crop="center")
+    out = photographs.prepare_face(deep, (12, 12), crop="center")
     assert out.dtype == np.uint16 and out.shape == (12, 12, 3)
     # The 16-bit path and the 8-bit path agree on 8-bit content scaled by 257.
     eight = (deep >> 8).astype(np.uint8)
-    a = imaging.prepare_face(eight.astype(np.uint16) * 257, (12, 12), crop="center")
-    b = imaging.prepare_face(eight, (12, 12), crop="center")
+    a = photographs.prepare_face(eight.astype(np.uint16) * 257, (12, 12), crop="center")
+    b = photographs.prepare_face(eight, (12, 12), crop="center")
     assert np.abs(a / 257.0 - b).max() <= 1.0
 
 
@@ -259,12 +261,12 @@ def test_prepare_face_channels_and_dtypes(rng):
 
 def test_sketch(photos):
     photo = photos["grace_hopper"]
-    out = imaging.sketch(photo)
+    out = photographs.sketch(photo)
     assert out.shape == (*photo.shape[:2], 1) and out.dtype == np.uint8
     assert out.min() < 60 and out.max() == 255
     assert np.median(out) > 200  # mostly paper, dark strokes
-    np.testing.assert_array_equal(out, imaging.sketch(photo))
-    flat = imaging.sketch(np.full((32, 32, 3), 100, np.uint8))
+    np.testing.assert_array_equal(out, photographs.sketch(photo))
+    flat = photographs.sketch(np.full((32, 32, 3), 100, np.uint8))
     assert np.all(flat == 255)  # no edges, no strokes
 
 

@@ -10,12 +10,13 @@ import pytest
 from PIL import Image
 
 import dmask
-from dmask import ingest as ingest_module
-from dmask import storage
+from dmask.datasets import ingest as ingest_module
+from dmask.datasets.drawing import render_face, subject_params
+from dmask.datasets.ingest import ingest
+from dmask.datasets.layouts import scan
 from dmask.errors import InputError, StoreError
-from dmask.faces import render_face, subject_params
-from dmask.imaging import prepare_face, read_image
-from dmask.ingest import ingest, scan
+from dmask.io import dataset_store
+from dmask.io.photographs import prepare_face, read_image
 
 SIZE = (24, 24)
 KDEF = {"neutral": "NE", "happy": "HA", "sad": "SA"}
@@ -101,7 +102,7 @@ def test_kdef_folder(tmp_path, kdef_folder):
     assert text.strip().splitlines()[-1] == report.summary()
     assert report.lines[-1] == report.summary()
 
-    ds = storage.open_dataset(out)
+    ds = dataset_store.open_dataset(out)
     assert ds.sizes["sample"] == 15 and ds["images"].dtype == np.uint8
     assert ds["images"].shape[1:] == (*SIZE, 3)
     expressions = ds["expression"].values.astype(str).tolist()
@@ -114,7 +115,7 @@ def test_kdef_folder(tmp_path, kdef_folder):
     assert ds.attrs["origin"] == "dmask ingest" and ds.attrs["layout"] == "kdef"
     assert ds.attrs["seed"] == 3 and ds.attrs["test_fraction"] == 0.25
     assert ds.attrs["value_range"] == [0, 255] and ds.attrs["size"] == list(SIZE)
-    assert storage.value_peak(ds) == 255.0
+    assert dataset_store.value_peak(ds) == 255.0
     check_splits(ds)
     check_pixels(ds, kdef_folder)
 
@@ -122,11 +123,13 @@ def test_kdef_folder(tmp_path, kdef_folder):
     again = tmp_path / "again.zarr"
     ingest(kdef_folder, again, size=SIZE, crop="center", seed=3)
     np.testing.assert_array_equal(
-        storage.open_dataset(again)["split"].values, ds["split"].values
+        dataset_store.open_dataset(again)["split"].values, ds["split"].values
     )
 
     # The store trains with the existing pipeline.
-    sources, targets = storage.select_pairs(ds, "neutral", ["happy", "sad"], "train")
+    sources, targets = dataset_store.select_pairs(
+        ds, "neutral", ["happy", "sad"], "train"
+    )
     model = dmask.fit(sources, targets, field=3, lam=0.4)
     predicted = model.predict(sources.values[:2])
     assert set(predicted) == {"happy", "sad"}
@@ -149,7 +152,7 @@ def test_rafd_folder(tmp_path):
     report = ingest(root, out, size=SIZE, crop="none", test_fraction=0.5, seed=1)
     assert report.layout == "rafd" and report.skipped_views == 24
     assert "unknown RaFD expression 'bored'" in report_text(out)
-    ds = storage.open_dataset(out)
+    ds = dataset_store.open_dataset(out)
     assert ds.sizes["sample"] == 12
     assert sorted(set(ds["expression"].values.astype(str))) == [
         "afraid",
@@ -186,9 +189,9 @@ def test_pairs_folder_with_16_bit_and_gray(tmp_path):
     assert report.layout == "pairs" and report.subjects_kept == 5
     assert "subject train00004 left out: only a neutral image" in text
     assert "no pair number in file name: trainB/smile.png" in text
-    ds = storage.open_dataset(out)
+    ds = dataset_store.open_dataset(out)
     assert ds["images"].dtype == np.uint16 and ds.attrs["value_range"] == [0, 65535]
-    assert storage.value_peak(ds) == 65535.0
+    assert dataset_store.value_peak(ds) == 65535.0
     subjects = ds["subject"].values.astype(str)
     splits = ds["split"].values.astype(str)
     assert set(splits[np.char.startswith(subjects, "test")]) == {"test"}
@@ -228,7 +231,7 @@ def test_manifest(tmp_path):
     assert "line 13: unknown split 'validation' (train or test)" in text
     assert "line 14: empty subject" in text
     assert "subject s1 lacks sad" in text
-    ds = storage.open_dataset(out)
+    ds = dataset_store.open_dataset(out)
     assert ds.sizes["sample"] == 9
     expressions = ds["expression"].values.astype(str).tolist()
     assert expressions == ["neutral"] * 4 + ["happy"] * 4 + ["sad"]
@@ -267,7 +270,7 @@ def test_detect_keeps_a_real_face(tmp_path):
     report = ingest(photos, out, manifest=manifest, size=(48, 48), test_fraction=0)
     assert report.no_face == 2 and report.subjects_kept == 1
     assert "no face found: wall_neutral.png" in report_text(out)
-    ds = storage.open_dataset(out)
+    ds = dataset_store.open_dataset(out)
     assert ds["subject"].values.astype(str).tolist() == ["eileen", "eileen"]
     assert set(ds["split"].values.astype(str)) == {"train"}
     check_pixels(ds, photos, size=(48, 48), crop="detect")
@@ -286,7 +289,7 @@ def test_split_is_per_person_and_seeded(tmp_path):
     for seed in range(4):
         out = tmp_path / f"s{seed}.zarr"
         ingest(root, out, size=(16, 16), crop="none", test_fraction=0.5, seed=seed)
-        ds = storage.open_dataset(out)
+        ds = dataset_store.open_dataset(out)
         check_splits(ds)
         persons = ds["person"].values.astype(str)
         test = set(persons[ds["split"].values.astype(str) == "test"])
@@ -339,12 +342,15 @@ def test_bad_input(tmp_path, kdef_folder):
     assert "AF01NES.png is 36x30" in message and "AF01HAS.png is 40x30" in message
     assert not (tmp_path / "m.zarr").exists()
     report = ingest(mixed, tmp_path / "m.zarr", crop="center", size=None)
-    assert storage.open_dataset(report.store)["images"].shape[1:3] == (30, 30)
+    assert dataset_store.open_dataset(report.store)["images"].shape[1:3] == (30, 30)
 
     with pytest.raises(StoreError, match="already exists"):
         ingest(mixed, tmp_path / "m.zarr", crop="center")
     ingest(mixed, tmp_path / "m.zarr", crop="center", size=(16, 16), overwrite=True)
-    assert storage.open_dataset(tmp_path / "m.zarr")["images"].shape[1:3] == (16, 16)
+    assert dataset_store.open_dataset(tmp_path / "m.zarr")["images"].shape[1:3] == (
+        16,
+        16,
+    )
 
     for bad in (
         {"crop": "eyes"},
@@ -369,13 +375,13 @@ def test_interrupted_ingest_is_incomplete(tmp_path, kdef_folder, monkeypatch):
         ingest(kdef_folder, out, size=SIZE, crop="center")
     assert os.path.isdir(out) and not os.path.exists(f"{out}.report.txt")
     with pytest.raises(StoreError, match="incomplete"):
-        storage.open_dataset(out)
+        dataset_store.open_dataset(out)
 
 
 def test_blocks_and_gray_channels(tmp_path, kdef_folder):
     out = tmp_path / "gray.zarr"
     report = ingest(kdef_folder, out, size=SIZE, crop="center", channels=1, block=2)
-    ds = storage.open_dataset(out)
+    ds = dataset_store.open_dataset(out)
     assert ds["images"].shape == (report.taken, *SIZE, 1)
     check_pixels(ds, kdef_folder, channels=1)
 
@@ -393,8 +399,8 @@ def test_ingest_on_cluster_equals_threaded(tmp_path, cluster_client):
     with cluster_client.as_current():
         remote = ingest(photos, tmp_path / "remote.zarr", size=(32, 32), block=2)
     assert remote.taken == local.taken == 6 and remote.no_face == 0
-    a = storage.open_dataset(local.store)
-    b = storage.open_dataset(remote.store)
+    a = dataset_store.open_dataset(local.store)
+    b = dataset_store.open_dataset(remote.store)
     np.testing.assert_array_equal(a["images"].values, b["images"].values)
     np.testing.assert_array_equal(a["split"].values, b["split"].values)
     check_pixels(b, photos, size=(32, 32), crop="detect")

@@ -14,6 +14,7 @@ import dmask
 from dmask import interop
 from dmask.errors import InputError
 from dmask.interop import export_reference, import_reference
+from dmask.io import reference
 
 
 def dense_reference(weight: np.ndarray, bias: np.ndarray, field: int) -> np.ndarray:
@@ -153,7 +154,7 @@ def test_round_trip_file_list(rng, tmp_path, field):
     # field inferred from the non-zeros, shape given (70 is not a square)
     back = import_reference(files[:-1], image_shape=(7, 10))
     assert back.targets == ["target"] and back.field == field
-    assert back.lam == interop.UNKNOWN_LAM and back.normalize == "minmax"
+    assert back.lam == reference.UNKNOWN_LAM and back.normalize == "minmax"
     np.testing.assert_array_equal(back.weights().values, model.weights("sad").values)
     np.testing.assert_array_equal(back.bias().values, model.bias("sad").values)
     predicted = back.predict(sources)
@@ -163,7 +164,7 @@ def test_round_trip_file_list(rng, tmp_path, field):
     )
     # an unknown lam survives another export and import
     again = import_reference(export_reference(back, tmp_path / "again")[-1].parent)
-    assert again.lam == interop.UNKNOWN_LAM and again.targets == ["target"]
+    assert again.lam == reference.UNKNOWN_LAM and again.targets == ["target"]
     np.testing.assert_array_equal(again.weights().values, back.weights().values)
     named = import_reference(
         [str(p) for p in files[:-1]], image_shape=(7, 10), field=7, targets=["sad"],

@@ -7,16 +7,24 @@ import pytest
 from conftest import random_pairs
 from reference import reference_fit, reference_predict
 
-from dmask import compiled, kernels
+from dmask.core import (
+    _engine,
+    cholesky,
+    displacement,
+    forward,
+    methods,
+    minmax,
+    windows,
+)
 
 
 def _fit_whole(sources, targets, field, lam, method="displacement", side=16):
     b = field // 2
     height, width = sources.shape[1:3]
     halo = np.pad(sources, ((0, 0), (b, b), (b, b), (0, 0)))
-    stats = kernels.tile_statistics(halo, targets[None], field, method, side)
-    validity = kernels.window_validity(0, 0, height, width, (height, width), field)
-    weights, bias = kernels.solve_tile(stats, field, lam, validity)
+    stats = methods.tile_statistics(halo, targets[None], field, method, side)
+    validity = windows.window_validity(0, 0, height, width, (height, width), field)
+    weights, bias = methods.solve_tile(stats, field, lam, validity)
     return halo, weights[0], bias[0]
 
 
@@ -32,7 +40,7 @@ def test_solve_matches_reference(rng, field, shape, method, side, backend):
     scale = np.abs(ref_w).max() + np.abs(ref_b).max()
     np.testing.assert_allclose(weights, ref_w, rtol=0, atol=1e-8 * scale)
     np.testing.assert_allclose(bias, ref_b, rtol=0, atol=1e-8 * scale)
-    predicted = kernels.apply_tile(halo, weights[None], bias[None], field)[0]
+    predicted = forward.apply_tile(halo, weights[None], bias[None], field)[0]
     expected = reference_predict(sources, ref_w, ref_b, field)
     np.testing.assert_allclose(predicted, expected, rtol=1e-10, atol=1e-8)
 
@@ -48,9 +56,9 @@ def test_out_of_image_weights_are_exactly_zero(rng):
 def test_statistics_add_over_sample_blocks(rng):
     sources, targets = random_pairs(rng, 10, 5, 7, 2)
     halo = np.pad(sources, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    whole = kernels.tile_statistics(halo, targets[None], 3)
-    parts = kernels.tile_statistics(halo[:4], targets[None, :4], 3) + (
-        kernels.tile_statistics(halo[4:], targets[None, 4:], 3)
+    whole = methods.tile_statistics(halo, targets[None], 3)
+    parts = methods.tile_statistics(halo[:4], targets[None, :4], 3) + (
+        methods.tile_statistics(halo[4:], targets[None, 4:], 3)
     )
     assert parts.count == whole.count == 10
     np.testing.assert_allclose(parts.pair_sums, whole.pair_sums, rtol=1e-13)
@@ -59,9 +67,9 @@ def test_statistics_add_over_sample_blocks(rng):
 
 def test_displacements_cover_every_offset_pair():
     for field in (1, 3, 5):
-        deltas = set(kernels.displacements(field))
+        deltas = set(windows.displacements(field))
         assert len(deltas) == ((2 * field - 1) ** 2 + 1) // 2
-        offsets = kernels.window_offsets(field)
+        offsets = windows.window_offsets(field)
         for a in offsets:
             for b in offsets:
                 d = tuple(int(v) for v in b - a)
@@ -70,16 +78,16 @@ def test_displacements_cover_every_offset_pair():
 
 def test_minmax_parameters_constant_image():
     images = np.stack([np.full((3, 3, 1), 7.0), np.arange(9.0).reshape(3, 3, 1)])
-    low, scale = kernels.minmax_parameters(images)
+    low, scale = minmax.minmax_parameters(images)
     assert scale[0] == 0 and low[1] == 0 and scale[1] == pytest.approx(1 / 8)
-    normalized = kernels.normalize_block(images, low, scale)
+    normalized = minmax.normalize_block(images, low, scale)
     assert normalized.min() == 0 and normalized.max() == 1
 
 
 def test_unknown_method_is_refused(rng):
     sources, targets = random_pairs(rng, 3, 4, 4, 1)
     with pytest.raises(ValueError, match="unknown statistics method"):
-        kernels.tile_statistics(sources, targets[None, :, 1:3, 1:3], 3, "magic")
+        methods.tile_statistics(sources, targets[None, :, 1:3, 1:3], 3, "magic")
 
 
 @pytest.mark.parametrize("field", [3, 5])
@@ -101,7 +109,7 @@ def test_solve_spd_mixed_batch(rng, size, backend):
     gram[2] -= 50 * np.eye(size)  # indefinite, not singular
     rhs = rng.random((5, size, 3))
     before = gram.copy(), rhs.copy()
-    solution = kernels.solve_spd(gram, rhs)
+    solution = cholesky.solve_spd(gram, rhs)
     np.testing.assert_allclose(solution, np.linalg.solve(gram, rhs), rtol=1e-9)
     np.testing.assert_array_equal(gram, before[0])
     np.testing.assert_array_equal(rhs, before[1])
@@ -111,14 +119,14 @@ def _loop_statistics(halo, targets, field):
     """Displacement statistics by their definition, one pixel at a time."""
     _, hh, ww, channels = halo.shape
     n_targets, _, h, w, _ = targets.shape
-    deltas = kernels.displacements(field)
+    deltas = windows.displacements(field)
     pair = np.zeros((len(deltas), hh, ww, channels))
     for d, (dy, dx) in enumerate(deltas):
         for y in range(hh):
             for x in range(ww):
                 if y + dy < hh and 0 <= x + dx < ww:
                     pair[d, y, x] = (halo[:, y, x] * halo[:, y + dy, x + dx]).sum(0)
-    offsets = kernels.window_offsets(field) + field // 2
+    offsets = windows.window_offsets(field) + field // 2
     cross = np.zeros((n_targets, len(offsets), h, w, channels))
     for t in range(n_targets):
         for a, (oy, ox) in enumerate(offsets):
@@ -154,16 +162,16 @@ def test_raw_displacement_statistics_match_loops(rng, field, shape, padding, bac
     targets = [
         (rng.random((n, h, w, channels)) * 60000).astype(np.uint16) for _ in range(2)
     ]
-    low, high = kernels.sample_bounds(raw)
-    source_params = (low, kernels.minmax_scale(low, high))
+    low, high = minmax.sample_bounds(raw)
+    source_params = (low, minmax.minmax_scale(low, high))
     target_params = [(None, None), (np.full(n, 3.0), np.full(n, 1 / 60000))]
-    stats = kernels.raw_displacement_statistics(
+    stats = displacement.raw_displacement_statistics(
         raw, targets, source_params, target_params, pad, field, squares=True
     )
-    halo = np.pad(kernels.normalize_block(raw, *source_params), ((0, 0), *pad, (0, 0)))
+    halo = np.pad(minmax.normalize_block(raw, *source_params), ((0, 0), *pad, (0, 0)))
     normalised = np.stack(
         [
-            kernels.normalize_block(t, *p)
+            minmax.normalize_block(t, *p)
             for t, p in zip(targets, target_params, strict=True)
         ]
     )
@@ -180,7 +188,7 @@ def test_raw_displacement_statistics_match_loops(rng, field, shape, padding, bac
     assert stats.count == n
 
 
-@pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed")
+@pytest.mark.skipif(not _engine.AVAILABLE, reason="numba is not installed")
 @pytest.mark.parametrize("field", [3, 5])
 def test_lane_solver_equals_one_at_a_time(rng, field):
     # Systems solved eight at a time, one per vector lane, give the bits of the
@@ -189,15 +197,15 @@ def test_lane_solver_equals_one_at_a_time(rng, field):
     sources, targets = random_pairs(rng, 30, 6, 13, 2)
     b = field // 2
     halo = np.pad(sources, ((0, 0), (b, b), (b, b), (0, 0)))
-    stats = kernels.tile_statistics(halo, targets[None], field)
+    stats = methods.tile_statistics(halo, targets[None], field)
     args = (
         stats.pair_sums, stats.sums, stats.cross_sums, stats.target_sums, stats.count,
-        kernels._gram_table(field), kernels.window_offsets(field) + b,
+        displacement._gram_table(field), windows.window_offsets(field) + b,
     )  # fmt: skip
-    lanes, ok = compiled.solve_displacement_tile(*args, 0.4)
+    lanes, ok = _engine.solve_displacement_tile(*args, 0.4)
     assert ok.all()
     if field == 3:
-        single, _ = compiled.solve_displacement_tile(*args, 0.4, lanes=False)
+        single, _ = _engine.solve_displacement_tile(*args, 0.4, lanes=False)
         np.testing.assert_array_equal(lanes, single)
-    _, ok = compiled.solve_displacement_tile(*args, -5.0)
+    _, ok = _engine.solve_displacement_tile(*args, -5.0)
     assert not ok.all()

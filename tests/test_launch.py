@@ -32,8 +32,8 @@ from conftest import random_pairs
 from dask.utils import parse_bytes
 
 import dmask
+from dmask.cluster.ssh import ssh_cluster
 from dmask.errors import DmaskError
-from dmask.launch import ssh_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBE = ROOT / "cluster" / "kubernetes"

@@ -15,10 +15,12 @@ import pytest
 from PIL import Image
 
 import dmask
-from dmask import fields, kernels, storage
+from dmask.core import field_maps, minmax, windows
+from dmask.datasets.synthetic import synthesize
 from dmask.errors import InputError, StoreError
-from dmask.report import MAX_SIDE, write_report
-from dmask.synth import synthesize
+from dmask.io import dataset_store
+from dmask.report.html import MAX_SIDE
+from dmask.report.page import write_report
 
 TARGETS = ["happy", "sad"]
 PNG = "data:image/png;base64,"
@@ -31,8 +33,8 @@ PNG = "data:image/png;base64,"
 def test_field_maps_match_plain_loops(rng, field):
     height, width, channels, k = 5, 4, 2, field * field
     weights = rng.normal(size=(height, width, channels, k))
-    centre = fields.centre_weight(weights, field)
-    mass = fields.off_centre_mass(weights, field)
+    centre = field_maps.centre_weight(weights, field)
+    mass = field_maps.off_centre_mass(weights, field)
     b = field // 2
     for y in range(height):
         for x in range(width):
@@ -45,7 +47,7 @@ def test_field_maps_match_plain_loops(rng, field):
                     else:
                         total += abs(weights[y, x, c, a])
                 assert mass[y, x, c] == pytest.approx(total, rel=1e-12, abs=1e-15)
-            window = fields.field_at(weights, field, y, x)
+            window = field_maps.field_at(weights, field, y, x)
             assert window.shape == (channels, field, field)
             for c in range(channels):
                 for i in range(field):
@@ -53,9 +55,11 @@ def test_field_maps_match_plain_loops(rng, field):
                         assert window[c, i, j] == weights[y, x, c, i * field + j]
     # (H, W, k) works too, and the layout matches the model store's offsets
     plain = weights[..., 0, :]
-    np.testing.assert_array_equal(fields.centre_weight(plain, field), centre[..., 0])
-    assert fields.field_at(plain, field, 4, 3).shape == (field, field)
-    offsets = kernels.window_offsets(field)
+    np.testing.assert_array_equal(
+        field_maps.centre_weight(plain, field), centre[..., 0]
+    )
+    assert field_maps.field_at(plain, field, 4, 3).shape == (field, field)
+    offsets = windows.window_offsets(field)
     centre_index = int(np.flatnonzero((offsets == 0).all(axis=1))[0])
     np.testing.assert_array_equal(centre[..., 0], plain[..., centre_index])
 
@@ -63,13 +67,13 @@ def test_field_maps_match_plain_loops(rng, field):
 def test_field_maps_refuse_bad_input(rng):
     weights = rng.normal(size=(4, 4, 9))
     with pytest.raises(InputError, match="field must be an odd"):
-        fields.centre_weight(weights, 2)
+        field_maps.centre_weight(weights, 2)
     with pytest.raises(InputError, match="last axis must hold field \\* field = 25"):
-        fields.off_centre_mass(weights, 5)
+        field_maps.off_centre_mass(weights, 5)
     with pytest.raises(InputError, match="x = 4 is outside the image"):
-        fields.field_at(weights, 3, 0, 4)
+        field_maps.field_at(weights, 3, 0, 4)
     with pytest.raises(InputError, match="expected \\(H, W, k\\)"):
-        fields.field_at(weights[0], 3, 0, 0)
+        field_maps.field_at(weights[0], 3, 0, 0)
 
 
 # ------------------------------------------------------------------- report
@@ -127,8 +131,8 @@ def trained(tmp_path_factory):
     """A tiny synthetic dataset and a model stored on disk (lazy weights)."""
     folder = tmp_path_factory.mktemp("report")
     synthesize(folder / "f.zarr", 8, (24, 20), seed=1)
-    ds = storage.open_dataset(folder / "f.zarr")
-    sources, targets = storage.stored_pairs(ds, "neutral", TARGETS, "train")
+    ds = dataset_store.open_dataset(folder / "f.zarr")
+    sources, targets = dataset_store.stored_pairs(ds, "neutral", TARGETS, "train")
     model = dmask.fit(sources, targets, field=3, lam=0.4, store=folder / "m.zarr")
     return ds, model
 
@@ -207,12 +211,12 @@ def test_report_is_self_contained_and_escaped(report, trained):
 def test_report_shows_the_models_predictions(report, trained):
     ds, model = trained
     page = _parse(report)
-    sources, truths = storage.select_pairs(ds, "neutral", ["sad"], "test")
+    sources, truths = dataset_store.select_pairs(ds, "neutral", ["sad"], "test")
     subject = str(sources["subject"].values[0])
     raw = sources.values[:1]
     expected = model.predict(raw)["sad"][0]
     truth = truths["sad"].values[:1].astype(np.float64)
-    truth = kernels.normalize_block(truth, *kernels.minmax_parameters(truth))[0]
+    truth = minmax.normalize_block(truth, *minmax.minmax_parameters(truth))[0]
     by_alt = {a["alt"]: a for a in page.images}
     shown = np.asarray(_decode(by_alt[f"{subject} sad synthesised"]["src"]))
     assert shown.shape == expected.shape
@@ -227,7 +231,7 @@ def test_report_shows_the_models_predictions(report, trained):
 
 def test_report_options_and_refusals(trained, tmp_path):
     ds, _ = trained
-    sources, targets = storage.select_pairs(ds, "neutral", ["happy"], "train")
+    sources, targets = dataset_store.select_pairs(ds, "neutral", ["happy"], "train")
     model = dmask.fit(sources, targets, field=1, lam=1.0, normalize="none")
     path = tmp_path / "plain.html"
     write_report(path, model, ds, subjects=1, pixels={"nose": (12, 10)})
@@ -238,7 +242,9 @@ def test_report_options_and_refusals(trained, tmp_path):
     for attrs in page.images:
         _decode(attrs["src"])
     # without normalisation, faces are shown as stored values / 255
-    test_sources, test_targets = storage.select_pairs(ds, "neutral", ["happy"], "test")
+    test_sources, test_targets = dataset_store.select_pairs(
+        ds, "neutral", ["happy"], "test"
+    )
     subject = str(test_sources["subject"].values[0])
     by_alt = {a["alt"]: a["src"] for a in page.images}
     true = np.asarray(_decode(by_alt[f"{subject} happy true"]))

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import dmask
-from dmask import storage
+from dmask.io import dataset_store
 
 SLURM = Path(__file__).resolve().parents[1] / "cluster" / "slurm"
 SETUP_TIMEOUT = 240  # seconds, apt-get included
@@ -116,8 +116,10 @@ def faces(tmp_path_factory) -> Path:
 def _assert_same_as_local_fit(model_path: Path, faces: Path) -> None:
     trained = dmask.open_model(model_path)
     assert trained.tile_shape == (12, 12)
-    ds = storage.open_dataset(faces)
-    sources, targets = storage.select_pairs(ds, "neutral", trained.targets, "train")
+    ds = dataset_store.open_dataset(faces)
+    sources, targets = dataset_store.select_pairs(
+        ds, "neutral", trained.targets, "train"
+    )
     local = dmask.fit(
         sources,
         targets,

@@ -10,10 +10,13 @@ from conftest import random_pairs
 from reference import minmax, reference_fit
 
 import dmask
-from dmask import kernels, storage
-from dmask.evaluate import evaluate, write_results
-from dmask.synth import synthesize
-from dmask.tuning import best_setting, training_size_curve, tune
+from dmask.core import displacement, lambdas
+from dmask.datasets.synthetic import synthesize
+from dmask.evaluation.evaluate import evaluate
+from dmask.evaluation.metrics import write_results
+from dmask.evaluation.tune import best_setting, training_size_curve, tune
+from dmask.graph import fit_tasks
+from dmask.io import dataset_store
 
 GRID = (0.001, 0.01, 0.1, 0.4, 1.0, 10.0, 100.0)
 
@@ -104,24 +107,24 @@ def _halo(sources, field):
 def test_press_kernel_equals_refits(case):
     sources, targets, field, _, loo = case
     halo, t = _halo(sources, field), minmax(targets)[None]
-    stats = kernels.displacement_statistics(halo, t, field)
-    factors = kernels.spectral_factors(stats, field)
-    press = kernels.press_tile(factors, halo, t, field, GRID)
+    stats = displacement.displacement_statistics(halo, t, field)
+    factors = lambdas.spectral_factors(stats, field)
+    press = lambdas.press_tile(factors, halo, t, field, GRID)
     np.testing.assert_allclose(press[..., 0, :], loo, rtol=1e-8)
-    parts = kernels.press_tile(factors, halo[:4], t[:, :4], field, GRID)
-    parts += kernels.press_tile(factors, halo[4:], t[:, 4:], field, GRID)
+    parts = lambdas.press_tile(factors, halo[:4], t[:, :4], field, GRID)
+    parts += lambdas.press_tile(factors, halo[4:], t[:, 4:], field, GRID)
     np.testing.assert_allclose(parts, press, rtol=1e-12)
 
 
 def test_gcv_kernel_equals_brute_force(case):
     sources, targets, field, gcv, _ = case
     halo = _halo(sources, field)
-    stats = kernels.displacement_statistics(
+    stats = displacement.displacement_statistics(
         halo, minmax(targets)[None], field, squares=True
     )
-    factors = kernels.spectral_factors(stats, field)
+    factors = lambdas.spectral_factors(stats, field)
     squares = np.moveaxis(stats.target_squares, 0, -1)
-    scores = kernels.gcv_scores(
+    scores = lambdas.gcv_scores(
         factors.values, factors.projected, squares, stats.count, np.asarray(GRID)
     )
     np.testing.assert_allclose(scores[..., 0, :], gcv, rtol=1e-7)
@@ -148,7 +151,7 @@ def test_selection_tiled_equals_untiled(rng, criterion):
             tiled.bias(name).values, whole.bias(name).values, atol=1e-9, rtol=0
         )
     assert whole.dataset.attrs["lam"] == criterion
-    assert whole.dataset.attrs["lam_grid"] == list(kernels.DEFAULT_LAM_GRID)
+    assert whole.dataset.attrs["lam_grid"] == list(lambdas.DEFAULT_LAM_GRID)
     assert math.isnan(whole.lam)
 
 
@@ -172,12 +175,12 @@ def test_selection_to_store_and_back(rng, tmp_path):
 
 
 def test_selection_resumes_to_the_same_model(rng, tmp_path, monkeypatch):
-    from dmask import execution
+    from dmask.io import model_store
 
     sources, targets = random_pairs(rng, 8, 8, 8, 1)
     settings = {"field": 3, "lam": "gcv", "lam_grid": GRID, "tile_shape": (4, 4)}
     memory = dmask.fit(sources, targets, **settings)
-    real = execution.write_model_tile
+    real = model_store.write_model_tile
     calls = []
 
     def flaky(*args, **kwargs):
@@ -186,10 +189,10 @@ def test_selection_resumes_to_the_same_model(rng, tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(execution, "write_model_tile", flaky)
+    monkeypatch.setattr(fit_tasks, "write_model_tile", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         dmask.fit(sources, targets, **settings, store=tmp_path / "m")
-    monkeypatch.setattr(execution, "write_model_tile", real)
+    monkeypatch.setattr(fit_tasks, "write_model_tile", real)
     with pytest.raises(dmask.InputError, match="lam_grid"):
         dmask.fit(
             sources, targets, **{**settings, "lam_grid": (1.0,)},
@@ -211,7 +214,7 @@ def test_loo_on_cluster_equals_threaded(rng, cluster_client, tmp_path):
 
 
 def test_default_grid():
-    grid = kernels.DEFAULT_LAM_GRID
+    grid = lambdas.DEFAULT_LAM_GRID
     assert 0.4 in grid and grid[0] == 1e-3 and grid[-1] == 1e3 and len(grid) == 14
     assert list(grid) == sorted(grid)
 
@@ -269,7 +272,7 @@ def test_tune_covers_the_grid(faces, tmp_path):
 
 def test_tune_matches_fit_and_evaluate(faces):
     rows = tune(faces, targets=["angry"], fields=(3,), lams=(0.4,))
-    src, tgt = storage.stored_pairs(faces, "neutral", ["angry"], "train")
+    src, tgt = dataset_store.stored_pairs(faces, "neutral", ["angry"], "train")
     model = dmask.fit(src, tgt, field=3, lam=0.4)
     expected = evaluate(model, faces, targets=["angry"])[0]
     assert rows[0]["mse"] == pytest.approx(expected["mse_mr"], rel=1e-12)
@@ -316,8 +319,8 @@ def test_full_ridge_rows_match_a_direct_dual_solve(faces):
         faces, targets=["sad"], sizes=(4,), lam=0.4, include_full_ridge=True
     )
     ridge = next(r for r in rows if r["method"] == "full_ridge")
-    src, tgt = storage.pair_indices(faces, "neutral", ["sad"], "train")
-    test_src, test_tgt = storage.pair_indices(faces, "neutral", ["sad"], "test")
+    src, tgt = dataset_store.pair_indices(faces, "neutral", ["sad"], "train")
+    test_src, test_tgt = dataset_store.pair_indices(faces, "neutral", ["sad"], "test")
     images = faces["images"].values
 
     def flat(index):

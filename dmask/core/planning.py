@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dmask import compiled
-from dmask.kernels import displacements
+from dmask.core import _engine
+from dmask.core.windows import displacements
 
 __all__ = [
     "FitPlan",
@@ -218,7 +218,7 @@ def resolve_method(field: int, method: str = "auto") -> str:
     ``pipelines/bench_train.py --method``).
     """
     if method == "auto":
-        return "displacement" if field <= 3 or compiled.enabled() else "covariance"
+        return "displacement" if field <= 3 or _engine.enabled() else "covariance"
     if method not in ("covariance", "displacement"):
         raise ValueError(f"unknown statistics method {method!r}")
     return method
@@ -254,7 +254,7 @@ def plan_fit(
         Bytes one task may use.
     method : {"auto", "covariance", "displacement"}
         How statistics are accumulated (see :func:`resolve_method` and
-        :func:`dmask.kernels.tile_statistics`).
+        :func:`dmask.core.methods.tile_statistics`).
     n_lams : int
         Penalties each pixel chooses from (0: one fixed penalty); their factors
         and scores count against the budget too.

@@ -1,58 +1,34 @@
-"""Masked ridge regression against the paper's baselines on held-out subjects.
-
-:func:`compare` trains every method per target expression on a dataset's
-training subjects and scores it on its test subjects (MSE, PSNR, SSIM), with the
-number of parameters, the training time and the peak memory of training.
-
-How things are measured
------------------------
-- Images are min-max normalised per image to [0, 1] as dmask does; predictions
-  are scored unclipped against the normalised truth, with data range 1. MSE is
-  the mean over test images of the per-image MSE, PSNR the mean of per-image
-  PSNR, SSIM the mean of per-image SSIM (scikit-image, 7 x 7 windows).
-- Baselines run as dask tasks: one ``fit + predict + score`` task per method and
-  expression (lasso and OMP: one task per block of :data:`PIXEL_BLOCK` output
-  pixels, then a scoring task). Training time is the wall time of ``fit`` inside
-  its task (summed over pixel blocks); MR's is the wall time of
-  :func:`dmask.fit`, which also reads and normalises the training images from
-  the store on the cluster.
-- Peak memory is the highest climb, above its lowest level since training
-  started, of the bytes the process has allocated (glibc's ``mallinfo2``:
-  numpy arrays, BLAS and numba buffers, every thread; elsewhere the RSS),
-  sampled every 0.25 ms for the first 50 ms, then every 2 ms (shorter-lived
-  peaks can be missed; tracemalloc would slow scikit-learn's Python loops more
-  than tenfold). So that no two measured sections overlap, the tasks of
-  :func:`compare` run one at a time in each process (a lock: on the threaded
-  scheduler they do not run in parallel) and MR is trained alone before the
-  baselines start; for MR the rises of the client and of every worker process
-  are added up. Pixel-block methods report the largest block's.
-- MR is fitted once, untimed, per field before the timed fits, so that
-  compiling its kernels (numba) is not counted.
-"""
+"""MR against the paper's baselines: test error, parameters, time and memory."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import logging
 import math
 import os
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask
 import numpy as np
 import xarray as xr
 
-from dmask import baselines, execution, kernels, storage
+from dmask.core import minmax
 from dmask.errors import InputError
-from dmask.evaluate import psnr as image_psnr
-from dmask.evaluate import write_results
+from dmask.evaluation import baselines
+from dmask.evaluation.memory import (
+    _EXCLUSIVE,
+    _measured,
+    _sampling_start,
+    _sampling_stop,
+)
+from dmask.evaluation.metrics import psnr as image_psnr
+from dmask.evaluation.metrics import write_results
+from dmask.graph import runtime
+from dmask.io import dataset_store
 from dmask.model import check_settings
 from dmask.model import fit as fit_mr
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "COLUMNS",
@@ -64,7 +40,6 @@ __all__ = [
     "write_rows",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: Methods compared by default, in table order.
 METHODS = (
@@ -77,6 +52,7 @@ METHODS = (
     "identity",
     "mean_difference",
 )
+
 
 #: Keys of every row, in order.
 COLUMNS = (
@@ -93,8 +69,10 @@ COLUMNS = (
     "status",
 )
 
+
 #: Output pixels per task of the per-pixel (lasso, OMP) baselines.
 PIXEL_BLOCK = 512
+
 
 _BASELINES: dict[str, type[baselines.Baseline]] = {
     "full_ridge": baselines.FullRidge,
@@ -106,136 +84,16 @@ _BASELINES: dict[str, type[baselines.Baseline]] = {
     "mean_difference": baselines.MeanDifference,
 }
 
-# One measured section at a time per process (see the module docstring).
-_EXCLUSIVE = threading.Lock()
-# Set on each worker process by _sampling_start for _sampling_stop.
-_WORKER_SAMPLER: _PeakMemory | None = None
-
-
-# ------------------------------------------------------------------ measuring
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-@functools.cache
-def _heap_reader() -> Callable[[], int]:
-    """Bytes the process has allocated now: glibc's heap in use, else its RSS."""
-    try:
-        mallinfo2 = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
-        import psutil
-
-        process = psutil.Process()
-        return lambda: int(process.memory_info().rss)
-    mallinfo2.restype = _MallInfo2
-
-    def heap() -> int:
-        info = mallinfo2()
-        return int(info.uordblks + info.hblkhd)
-
-    return heap
-
-
-class _PeakMemory:
-    """Sample the process's allocated bytes every ``interval`` seconds.
-
-    The first 50 ms are sampled every ``start_interval`` seconds.
-
-    All threads' ``malloc`` counts (numpy arrays, BLAS buffers, numba, Python's
-    large objects). The rise is the largest climb of a sample above the lowest
-    sample before it, so that memory other threads free meanwhile does not hide
-    an allocation.
-    """
-
-    def __init__(self, interval: float = 0.002, start_interval: float = 2.5e-4):
-        self.interval = interval
-        self.start_interval = start_interval
-        self.read = _heap_reader()
-        self.stop = threading.Event()
-        self.low = self.read()
-        self.rise = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _sample(self) -> None:
-        now = self.read()
-        self.low = min(self.low, now)
-        self.rise = max(self.rise, now - self.low)
-
-    def _run(self) -> None:
-        # Fine at first, so that short fits are seen; then coarse and cheap.
-        start = time.perf_counter()
-        wait = self.start_interval
-        while not self.stop.wait(wait):
-            self._sample()
-            if time.perf_counter() - start > 0.05:
-                wait = self.interval
-
-    def close(self) -> int:
-        """Stop sampling; the peak rise in bytes."""
-        self.stop.set()
-        self.thread.join()
-        self._sample()
-        return int(self.rise)
-
-
-@contextlib.contextmanager
-def _measured() -> Iterator[dict[str, float]]:
-    """Measure the wall time and the peak memory rise of the block."""
-    usage: dict[str, float] = {}
-    sampler = _PeakMemory()
-    t0 = time.perf_counter()
-    try:
-        yield usage
-    finally:
-        usage["seconds"] = time.perf_counter() - t0
-        usage["peak"] = sampler.close()
-
-
-def _sampling_start() -> None:
-    """On a worker: start sampling memory for :func:`_sampling_stop`."""
-    global _WORKER_SAMPLER
-    if _WORKER_SAMPLER is not None:
-        _WORKER_SAMPLER.close()
-    _WORKER_SAMPLER = _PeakMemory()
-
-
-def _sampling_stop() -> dict[str, int]:
-    """On a worker: the peak rise since :func:`_sampling_start`, and the pid."""
-    global _WORKER_SAMPLER
-    peak = _WORKER_SAMPLER.close() if _WORKER_SAMPLER is not None else 0
-    _WORKER_SAMPLER = None
-    return {"pid": os.getpid(), "peak": int(peak)}
-
-
-# ---------------------------------------------------------------------- tasks
-
 
 def _load(images: Any) -> np.ndarray:
-    if isinstance(images, storage.StoredImages):
-        return storage.read_images(images.path, images.index)
+    if isinstance(images, dataset_store.StoredImages):
+        return dataset_store.read_images(images.path, images.index)
     return np.asarray(images)
 
 
 def _flat_normalized(images: np.ndarray) -> np.ndarray:
-    low, scale = kernels.minmax_parameters(images)
-    return kernels.normalize_block(images, low, scale).reshape(images.shape[0], -1)
+    low, scale = minmax.minmax_parameters(images)
+    return minmax.normalize_block(images, low, scale).reshape(images.shape[0], -1)
 
 
 def _prepare(
@@ -373,9 +231,6 @@ def _score_predicted(predicted: np.ndarray, data: dict[str, Any]) -> dict[str, f
         return _score_flat(np.asarray(predicted), data)
 
 
-# --------------------------------------------------------------------- driver
-
-
 def _check_arguments(
     methods: Sequence[str],
     fields: Sequence[int],
@@ -469,14 +324,14 @@ def _mean_row(method: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _images(dataset: xr.Dataset, source: str, name: str, split: str) -> Any:
     if "dmask_path" in dataset.encoding:
-        return storage.stored_pairs(dataset, source, [name], split)
-    src, tgt = storage.select_pairs(dataset, source, [name], split)
+        return dataset_store.stored_pairs(dataset, source, [name], split)
+    src, tgt = dataset_store.select_pairs(dataset, source, [name], split)
     return src.data, {name: tgt[name].data}
 
 
 def _train_mr(sources: Any, targets: Any, field: int, lam: float) -> Any:
     """Fit MR and measure it on the client and every worker process."""
-    client = execution.current_client()
+    client = runtime.current_client()
     if client is not None:
         client.run(_sampling_start)
     try:
@@ -510,7 +365,7 @@ def compare(
     Parameters
     ----------
     dataset : xarray.Dataset
-        A dataset store opened by :func:`dmask.storage.open_dataset` (or any
+        A dataset store opened by :func:`dmask.io.dataset_store.open_dataset` (or any
         dataset of that layout with a ``split`` coordinate).
     source : str
         Source expression.
@@ -526,7 +381,7 @@ def compare(
         Rank of reduced-rank ridge; default half the training pairs.
     memory_budget : int, optional
         Bytes one baseline's training may need (by its estimate) before it is
-        refused; default :func:`dmask.execution.task_memory_budget`.
+        refused; default :func:`dmask.graph.runtime.task_memory_budget`.
     options : mapping, optional
         Extra constructor settings per baseline, e.g.
         ``{"lasso": {"alpha": 0.01}, "omp": {"n_nonzero": 5}}``.
@@ -547,11 +402,11 @@ def compare(
     names = (
         list(targets)
         if targets is not None
-        else storage.other_expressions(dataset, source)
+        else dataset_store.other_expressions(dataset, source)
     )
     if not names:
         raise InputError("targets is empty: name at least one target expression")
-    budget = execution.task_memory_budget() if memory_budget is None else memory_budget
+    budget = runtime.task_memory_budget() if memory_budget is None else memory_budget
     _, height, width, channels = dataset["images"].shape
     d = height * width * channels
 
@@ -624,7 +479,7 @@ def _compare_mr(
             lazy = model.predict_lazy(test_src, name="test sources")
             predicted = lazy[model.targets[0]]
             pending.append(dask.delayed(_score_predicted)(predicted, data[name]))
-    scores = iter(execution.compute(*pending))
+    scores = iter(runtime.compute(*pending))
     for label in rows:
         for row in rows[label]:
             _fill(row, next(scores))
@@ -666,13 +521,10 @@ def _compare_baselines(
             task = dask.delayed(_fit_and_score, pure=True)(model, data[name])
         pending.append((row, task))
     if pending:
-        results = execution.compute(*[task for _, task in pending])
+        results = runtime.compute(*[task for _, task in pending])
         for (row, _), result in zip(pending, results, strict=True):
             _fill(row, result)
     return rows
-
-
-# -------------------------------------------------------------------- output
 
 
 def _number(value: Any, digits: int) -> str:

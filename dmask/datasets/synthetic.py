@@ -9,9 +9,10 @@ import dask
 import numpy as np
 import xarray as xr
 
-from dmask import execution, storage
+from dmask.datasets.drawing import EXPRESSIONS, render_face, subject_params
 from dmask.errors import InputError
-from dmask.faces import EXPRESSIONS, render_face, subject_params
+from dmask.graph import runtime
+from dmask.io import dataset_store, locks, stores
 
 __all__ = ["EXPRESSIONS", "render_samples", "synthesize"]
 
@@ -56,12 +57,12 @@ def render_and_write(
     width: int,
 ) -> tuple[int, int]:
     """Task: render one sample block and write the chunks it owns."""
-    return storage.write_dataset_block(
+    return dataset_store.write_dataset_block(
         path, start, render_samples(seed, n_subjects, start, stop, height, width)
     )
 
 
-@storage.locks_output("path")
+@locks.locks_output("path")
 def synthesize(
     path: str | os.PathLike,
     n_subjects: int,
@@ -118,7 +119,7 @@ def synthesize(
     ]
     tile = (min(height, CHUNK_SIDE), min(width, CHUNK_SIDE))
     block = int(max(1, min(n, CHUNK_BYTES // (tile[0] * tile[1] * 3))))
-    storage.create_dataset_template(
+    dataset_store.create_dataset_template(
         path,
         (n, height, width, 3),
         (block, *tile, 3),
@@ -144,6 +145,6 @@ def synthesize(
         len(tasks),
         path,
     )
-    execution.compute(*tasks)
-    storage.finalize_store(path)
-    return storage.open_dataset(path)
+    runtime.compute(*tasks)
+    stores.finalize_store(path)
+    return dataset_store.open_dataset(path)

@@ -1,29 +1,21 @@
-"""Folders of face photographs -> dataset store (``dmask ingest``).
-
-Layouts understood: KDEF and RaFD file names, the reference implementation's
-``trainA/``/``trainB/`` folders, and a CSV manifest. Two passes run as Dask
-tasks over blocks of files: the first reads every file and keeps only small
-metadata (status, size, crop box), the second crops, resizes and writes the
-kept samples chunk by chunk. The store is marked complete only at the end.
-"""
+"""Ingest of photographs into a dataset store: find faces, crop, resize, write."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import dask
 import numpy as np
 
-from dmask import execution, storage
+from dmask.datasets.layouts import LAYOUTS, ImageRecord, _display, scan
 from dmask.errors import InputError
-from dmask.imaging import (
+from dmask.graph import runtime
+from dmask.io import dataset_store, locations, locks, stores
+from dmask.io.photographs import (
     CROP_MODES,
     ImageReadError,
     crop_resize,
@@ -32,118 +24,30 @@ from dmask.imaging import (
     read_image,
 )
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
-    "KDEF_EXPRESSIONS",
-    "LAYOUTS",
+    "CHUNK_BYTES",
+    "CHUNK_SIDE",
     "FileInfo",
-    "ImageRecord",
     "IngestReport",
-    "Scan",
-    "detect_layout",
+    "SCAN_BLOCK",
     "ingest",
     "inspect_files",
-    "scan",
-    "scan_kdef",
-    "scan_manifest",
-    "scan_pairs",
-    "scan_rafd",
     "write_samples",
 ]
 
-logger = logging.getLogger(__name__)
 
-LAYOUTS: tuple[str, ...] = ("auto", "kdef", "rafd", "pairs", "manifest")
-#: KDEF expression codes.
-KDEF_EXPRESSIONS = {
-    "AF": "afraid",
-    "AN": "angry",
-    "DI": "disgusted",
-    "HA": "happy",
-    "NE": "neutral",
-    "SA": "sad",
-    "SU": "surprised",
-}
-#: Other spellings of expression names, mapped to dmask's vocabulary.
-SYNONYMS = {
-    "fearful": "afraid",
-    "fear": "afraid",
-    "anger": "angry",
-    "disgust": "disgusted",
-    "happiness": "happy",
-    "sadness": "sad",
-    "surprise": "surprised",
-    "contempt": "contemptuous",
-}
-RAFD_EXPRESSIONS = frozenset(
-    "angry contemptuous disgusted fearful happy neutral sad surprised".split()
-)
-SPLITS = ("train", "test")
-MANIFEST_COLUMNS = ["path", "subject", "expression", "split"]
-#: Bytes of one chunk of images aimed at (as :mod:`dmask.synth`).
+#: Bytes of one chunk of images aimed at (as :mod:`dmask.datasets.synthetic`).
 CHUNK_BYTES = 2 * 2**20
+
+
 #: Largest spatial chunk side.
 CHUNK_SIDE = 128
+
+
 #: Files per pass-1 task by default.
 SCAN_BLOCK = 16
-
-_KDEF = re.compile(r"([AB])([FM])(\d{2})(AF|AN|DI|HA|NE|SA|SU)(S|HL|HR|FL|FR)", re.I)
-_RAFD = re.compile(
-    r"rafd(\d{3})_(\d+)_([^_]+)_(female|male)_([a-z]+)_(frontal|left|right)", re.I
-)
-_PAIR_INDEX = re.compile(r"(?:^|_)(\d+)$")
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One photograph of a layout.
-
-    Attributes
-    ----------
-    path : str
-        Absolute file path.
-    subject : str
-        Identity whose faces form pairs (a KDEF session of one person).
-    person : str
-        The unit kept on one side of the train/test split.
-    expression : str
-        Expression name in dmask's vocabulary.
-    split : str or None
-        ``"train"`` or ``"test"`` when the layout says, else None.
-    """
-
-    path: str
-    subject: str
-    person: str
-    expression: str
-    split: str | None = None
-
-
-@dataclass
-class Scan:
-    """Records found by a layout scan and the problems met.
-
-    Attributes
-    ----------
-    layout : str
-        The layout scanned.
-    records : list of ImageRecord
-        Files taken, by path.
-    lines : list of str
-        One report line per problem.
-    files : int
-        Image files (or manifest rows) looked at.
-    skipped_views : int
-        Files of other camera views or gaze directions, left out silently.
-    unmatched : int
-        Files whose name does not follow the layout (or bad manifest rows).
-    """
-
-    layout: str
-    records: list[ImageRecord] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
-    files: int = 0
-    skipped_views: int = 0
-    unmatched: int = 0
 
 
 @dataclass(frozen=True)
@@ -226,247 +130,6 @@ class IngestReport:
         )
 
 
-# ------------------------------------------------------------------ scanning
-
-
-def _display(path: str | os.PathLike, folder: str | os.PathLike) -> str:
-    """A path relative to ``folder`` when inside it, else absolute (POSIX form)."""
-    path = Path(os.path.abspath(path))
-    try:
-        return path.relative_to(os.path.abspath(folder)).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-def _expression(name: str) -> str:
-    name = name.strip().lower()
-    return SYNONYMS.get(name, name)
-
-
-def scan_kdef(folder: str | os.PathLike) -> Scan:
-    """KDEF file names (``AF01NES.JPG``): straight views only.
-
-    ``subject`` is session, sex and identity (``AF01``: pairs within one
-    session), ``person`` sex and identity (``F01``).
-    """
-    result = Scan("kdef")
-    for path in image_files(folder):
-        result.files += 1
-        match = _KDEF.fullmatch(path.stem)
-        if match is None:
-            result.unmatched += 1
-            result.lines.append(f"not a KDEF file name: {_display(path, folder)}")
-            continue
-        session, sex, ident, code, view = (g.upper() for g in match.groups())
-        if view != "S":
-            result.skipped_views += 1
-            continue
-        result.records.append(
-            ImageRecord(
-                os.path.abspath(path),
-                f"{session}{sex}{ident}",
-                f"{sex}{ident}",
-                KDEF_EXPRESSIONS[code],
-            )
-        )
-    return result
-
-
-def scan_rafd(folder: str | os.PathLike) -> Scan:
-    """RaFD file names (``Rafd090_01_Caucasian_female_happy_frontal.jpg``).
-
-    Only camera angle 090 and frontal gaze are taken; ``subject`` and
-    ``person`` are ``rafd`` and the identity number.
-    """
-    result = Scan("rafd")
-    for path in image_files(folder):
-        result.files += 1
-        match = _RAFD.fullmatch(path.stem)
-        if match is None:
-            result.unmatched += 1
-            result.lines.append(f"not a RaFD file name: {_display(path, folder)}")
-            continue
-        angle, ident, _, _, expression, gaze = match.groups()
-        if angle != "090" or gaze.lower() != "frontal":
-            result.skipped_views += 1
-            continue
-        expression = expression.lower()
-        if expression not in RAFD_EXPRESSIONS:
-            result.unmatched += 1
-            result.lines.append(
-                f"unknown RaFD expression {expression!r}: {_display(path, folder)}"
-            )
-            continue
-        subject = f"rafd{ident}"
-        result.records.append(
-            ImageRecord(
-                os.path.abspath(path), subject, subject, _expression(expression)
-            )
-        )
-    return result
-
-
-def scan_pairs(
-    folder: str | os.PathLike, source: str = "neutral", target: str = "happy"
-) -> Scan:
-    """The reference layout: ``trainA/`` sources and ``trainB/`` targets.
-
-    Files pair by the number after the last underscore (``face_12.png``);
-    ``testA/`` and ``testB/`` form the test split.
-    """
-    if source == target:
-        raise InputError(f"source and target expressions are both {source!r}")
-    root = Path(folder)
-    if not any((root / a).is_dir() for a in ("trainA", "trainB", "testA", "testB")):
-        raise InputError(f"{folder} has no trainA/, trainB/, testA/ or testB/ folder")
-    result = Scan("pairs")
-    for split in SPLITS:
-        for side, expression in (("A", source), ("B", target)):
-            sub = root / f"{split}{side}"
-            if not sub.is_dir():
-                continue
-            for path in image_files(sub):
-                result.files += 1
-                match = _PAIR_INDEX.search(path.stem)
-                if match is None:
-                    result.unmatched += 1
-                    result.lines.append(
-                        f"no pair number in file name: {_display(path, folder)}"
-                    )
-                    continue
-                subject = f"{split}{int(match.group(1)):05d}"
-                result.records.append(
-                    ImageRecord(
-                        os.path.abspath(path), subject, subject, expression, split
-                    )
-                )
-    return result
-
-
-def scan_manifest(manifest: str | os.PathLike) -> Scan:
-    """A CSV manifest with header ``path,subject,expression[,split]``.
-
-    Paths are relative to the manifest's folder or absolute. Bad rows (wrong
-    field count, an empty field, a split other than train/test, a missing
-    file) become report lines; an empty ``split`` leaves the split to the seed.
-
-    Raises
-    ------
-    InputError
-        The manifest cannot be read, has another header, or has no usable row.
-    """
-    name = os.fspath(manifest)
-    base = Path(os.path.abspath(name)).parent
-    try:
-        with open(name, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise InputError(f"cannot read manifest {name}: {reason}") from exc
-    header = [h.strip().lower() for h in rows[0]] if rows else []
-    if header not in (MANIFEST_COLUMNS[:3], MANIFEST_COLUMNS):
-        raise InputError(
-            f"manifest {name} must start with the header "
-            "path,subject,expression[,split]"
-        )
-    result = Scan("manifest")
-    for number, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        result.files += 1
-        problem = _manifest_problem(row, header)
-        values = [cell.strip() for cell in row]
-        if problem is None:
-            path = Path(os.path.expanduser(values[0]))
-            path = path if path.is_absolute() else base / path
-            if not path.is_file():
-                problem = f"file not found: {values[0]}"
-        if problem is not None:
-            result.unmatched += 1
-            result.lines.append(f"manifest {name} line {number}: {problem}")
-            continue
-        split = values[3].lower() if len(values) > 3 and values[3] else None
-        result.records.append(
-            ImageRecord(
-                os.path.abspath(path),
-                values[1],
-                values[1],
-                _expression(values[2]),
-                split,
-            )
-        )
-    if not result.records:
-        raise InputError(
-            f"manifest {name} has no usable row ({len(result.lines)} bad rows)"
-        )
-    return result
-
-
-def _manifest_problem(row: list[str], header: list[str]) -> str | None:
-    if len(row) != len(header):
-        return f"expected {len(header)} fields, got {len(row)}"
-    for label, cell in zip(header[:3], row, strict=False):
-        if not cell.strip():
-            return f"empty {label}"
-    if len(header) == 4 and row[3].strip() and row[3].strip().lower() not in SPLITS:
-        return f"unknown split {row[3].strip()!r} (train or test)"
-    return None
-
-
-def detect_layout(folder: str | os.PathLike, manifest: str | None = None) -> str:
-    """The layout of a folder: manifest, pairs, or kdef/rafd by file names.
-
-    Raises
-    ------
-    InputError
-        Nothing in the folder matches a layout.
-    """
-    if manifest is not None:
-        return "manifest"
-    root = Path(folder)
-    if (root / "trainA").is_dir() and (root / "trainB").is_dir():
-        return "pairs"
-    stems = [p.stem for p in image_files(folder)]
-    kdef = sum(_KDEF.fullmatch(s) is not None for s in stems)
-    rafd = sum(_RAFD.fullmatch(s) is not None for s in stems)
-    if kdef == rafd == 0:
-        raise InputError(
-            f"cannot tell the layout of {folder}: no KDEF or RaFD file names and no "
-            "trainA/ and trainB/ folders (give a manifest)"
-        )
-    return "kdef" if kdef >= rafd else "rafd"
-
-
-def scan(
-    folder: str | os.PathLike,
-    layout: str = "auto",
-    manifest: str | os.PathLike | None = None,
-    source: str = "neutral",
-    target_expression: str = "happy",
-) -> Scan:
-    """Records of a folder in one of :data:`LAYOUTS`."""
-    if layout not in LAYOUTS:
-        raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if manifest is not None and layout not in ("auto", "manifest"):
-        raise InputError(
-            f"a manifest is read only with layout 'manifest', not {layout!r}"
-        )
-    if layout == "auto":
-        layout = detect_layout(
-            folder, None if manifest is None else os.fspath(manifest)
-        )
-    if layout == "manifest":
-        if manifest is None:
-            raise InputError("layout 'manifest' needs a manifest file")
-        return scan_manifest(manifest)
-    if layout == "pairs":
-        return scan_pairs(folder, source, target_expression)
-    return scan_kdef(folder) if layout == "kdef" else scan_rafd(folder)
-
-
-# --------------------------------------------------------------------- tasks
-
-
 def inspect_files(paths: Sequence[str], crop: str, margin: float) -> list[FileInfo]:
     """Task (pass 1): read files one by one and keep their metadata and crop box."""
     infos = []
@@ -506,10 +169,7 @@ def write_samples(
         if out.dtype == np.uint16 and face.dtype == np.uint8:
             face = face.astype(np.uint16) * 257
         out[i] = face
-    return storage.write_dataset_block(path, start, out)
-
-
-# ----------------------------------------------------------------- selection
+    return dataset_store.write_dataset_block(path, start, out)
 
 
 @dataclass
@@ -591,9 +251,6 @@ def _assign_splits(
     splits = {p: ("test" if p in test else "train") for p in free}
     splits.update(explicit)
     return splits, lines
-
-
-# --------------------------------------------------------------------- ingest
 
 
 def _check_arguments(
@@ -697,7 +354,7 @@ def _chunks(n: int, size: tuple[int, int], channels: int, itemsize: int) -> tupl
     return (block, *tile, channels)
 
 
-@storage.locks_output("out")
+@locks.locks_output("out")
 def ingest(
     folder: str | os.PathLike,
     out: str | os.PathLike,
@@ -731,7 +388,7 @@ def ingest(
         Stored ``(H, W)``. None: the common size with crop "none", else the
         smallest crop.
     crop : {"detect", "center", "none"}
-        Face crop (see :func:`dmask.imaging.prepare_face`).
+        Face crop (see :func:`dmask.io.photographs.prepare_face`).
     margin : float
         Margin around detected faces, a fraction of the face side.
     channels : {1, 3, None}
@@ -769,7 +426,7 @@ def ingest(
         raise InputError(f"block must be a positive integer, got {block!r}")
     _check_paths(folder, out)
     if not overwrite:
-        storage.prepare_output(out, overwrite=False)
+        stores.prepare_output(out, overwrite=False)
     if manifest is None and not image_files(folder):
         raise InputError(f"input folder {folder} has no image files")
 
@@ -783,7 +440,7 @@ def ingest(
         "ingest: %d files of layout %s in %s", len(found.records), found.layout, folder
     )
     report = IngestReport(
-        store=storage.store_path(out),
+        store=locations.store_path(out),
         report_path=_report_path(out),
         layout=found.layout,
         files=found.files,
@@ -796,7 +453,7 @@ def ingest(
     paths = [r.path for r in found.records]
     step = int(block) if block else SCAN_BLOCK
     task = dask.delayed(inspect_files, pure=True)
-    parts = execution.compute(
+    parts = runtime.compute(
         *[
             task(paths[i : i + step], crop, float(margin))
             for i in range(0, len(paths), step)
@@ -845,7 +502,7 @@ def ingest(
     report.test = sample_split.count("test")
     report.taken = n
     report_path = report.report_path
-    storage.create_dataset_template(
+    dataset_store.create_dataset_template(
         out,
         (n, *size, n_channels),
         chunks,
@@ -874,7 +531,7 @@ def ingest(
         overwrite=overwrite,
     )
     _remove_report(report_path)
-    path = storage.store_path(out)
+    path = locations.store_path(out)
     write = dask.delayed(write_samples, pure=True)
     tasks = [
         write(
@@ -898,10 +555,10 @@ def ingest(
         len(tasks),
         out,
     )
-    execution.compute(*tasks)
+    runtime.compute(*tasks)
 
     report.lines = [*lines, report.summary()]
     _write_text(report_path, "\n".join(report.lines) + "\n")
-    storage.finalize_store(out)
+    stores.finalize_store(out)
     logger.info("ingest: %s", report.summary())
     return report

@@ -12,8 +12,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dmask import execution, storage
 from dmask.errors import InputError
+from dmask.graph import runtime
+from dmask.io import dataset_store, locations, locks, stores
 from dmask.model import Model
 
 __all__ = ["apply_to_store", "write_pngs"]
@@ -40,7 +41,7 @@ def _source_samples(
     return index
 
 
-@storage.locks_output("out")
+@locks.locks_output("out")
 def apply_to_store(
     model: Model,
     dataset: xr.Dataset,
@@ -78,19 +79,19 @@ def apply_to_store(
     xarray.Dataset
         The output store, opened lazily.
     """
-    out = storage.store_path(out)
+    out = locations.store_path(out)
     for name, source_path in (
         ("dataset", dataset.encoding.get("dmask_path")),
         ("model", model.dataset.encoding.get("dmask_path")),
     ):
-        if storage.same_store(out, source_path):
+        if locations.same_store(out, source_path):
             raise InputError(f"output store {out} is the {name} store; choose another")
     index = _source_samples(dataset, source, split)
     names = list(targets) if targets else model.targets
     for name in names:
         model._target(name)
     if "dmask_path" in dataset.encoding:
-        sources: Any = storage.stored_images(dataset, index)
+        sources: Any = dataset_store.stored_images(dataset, index)
     else:
         sources = dataset["images"].isel(sample=index)
     lazy = model.predict_lazy(sources, sample_block, name="images")
@@ -112,7 +113,7 @@ def apply_to_store(
         "expression": np.repeat(np.asarray(names, dtype=str), index.size),
         "split": np.tile(splits, len(names)),
     }
-    storage.create_dataset_template(
+    dataset_store.create_dataset_template(
         out,
         images.shape,
         (block, th, tw, channels),
@@ -127,21 +128,21 @@ def apply_to_store(
         overwrite=overwrite,
     )
     region = xr.Dataset({"images": (("sample", "y", "x", "channel"), images)})
-    with storage.quiet_zarr():
+    with stores.quiet_zarr():
         delayed = region.to_zarr(
             str(out), mode="r+", compute=False, zarr_format=3, consolidated=False
         )
-    execution.compute(delayed)
-    storage.finalize_store(out)
+    runtime.compute(delayed)
+    stores.finalize_store(out)
     logger.info("wrote %d synthesised faces to %s", images.shape[0], out)
-    return storage.open_dataset(out)
+    return dataset_store.open_dataset(out)
 
 
 def _peak(model: Model, dataset: xr.Dataset) -> float:
     """Value of white in the predictions: 1 after min-max, else the data's own."""
     if model.normalize == "minmax":
         return 1.0
-    return storage.value_peak(dataset)
+    return dataset_store.value_peak(dataset)
 
 
 def _write_png_block(
@@ -175,4 +176,4 @@ def write_pngs(dataset: xr.Dataset, folder: str | os.PathLike) -> int:
         block = images[start : start + size]
         tasks.append(task(block, names[start : start + size], str(folder), peak))
         start += size
-    return int(sum(execution.compute(*tasks)))
+    return int(sum(runtime.compute(*tasks)))

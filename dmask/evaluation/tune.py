@@ -1,9 +1,9 @@
 """Choosing the receptive field and the penalty: sweeps and training-size curves.
 
 Both train on the training subjects of a dataset store and score on held-out
-subjects with :func:`dmask.evaluate.evaluate` (MSE and PSNR in the model's
+subjects with :func:`dmask.evaluation.evaluate.evaluate` (MSE and PSNR in the model's
 normalisation), and return JSON-able rows that
-:func:`dmask.evaluate.write_results` writes as CSV or JSON.
+:func:`dmask.evaluation.metrics.write_results` writes as CSV or JSON.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dmask import execution, kernels, storage
-from dmask.baselines import FullRidge
+from dmask.core import minmax
 from dmask.errors import InputError
-from dmask.evaluate import evaluate, psnr, write_results
+from dmask.evaluation.baselines import FullRidge
+from dmask.evaluation.evaluate import evaluate
+from dmask.evaluation.metrics import psnr, write_results
+from dmask.graph import runtime
+from dmask.io import dataset_store
 from dmask.model import check_settings, fit
 
 __all__ = ["best_setting", "training_size_curve", "tune", "write_rows"]
@@ -37,15 +40,17 @@ write_rows = write_results
 def _open(dataset: xr.Dataset | str | os.PathLike) -> xr.Dataset:
     if isinstance(dataset, xr.Dataset):
         if "dmask_path" not in dataset.encoding:
-            raise InputError("dataset must be opened with dmask.storage.open_dataset")
+            raise InputError(
+                "dataset must be opened with dmask.io.dataset_store.open_dataset"
+            )
         return dataset
-    return storage.open_dataset(dataset)
+    return dataset_store.open_dataset(dataset)
 
 
 def _target_names(ds: xr.Dataset, source: str, targets: Sequence[str] | None) -> list:
     if targets:
         return list(targets)
-    names = storage.other_expressions(ds, source)
+    names = dataset_store.other_expressions(ds, source)
     if not names:
         raise InputError(f"the dataset has no expression besides {source!r}")
     return names
@@ -102,10 +107,10 @@ def _score_mr(
 ) -> list[dict[str, Any]]:
     """Train MR on the training pairs (or ``index``) and score on ``test_split``."""
     if index is None:
-        src, tgt = storage.stored_pairs(ds, source, names, train_split)
+        src, tgt = dataset_store.stored_pairs(ds, source, names, train_split)
     else:
-        src = storage.stored_images(ds, index[0])
-        tgt = {name: storage.stored_images(ds, i) for name, i in index[1].items()}
+        src = dataset_store.stored_images(ds, index[0])
+        tgt = {name: dataset_store.stored_images(ds, i) for name, i in index[1].items()}
     model = fit(src, tgt, field=field, lam=lam)
     scored = evaluate(
         model, ds, source=source, split=test_split, train_split=train_split,
@@ -144,7 +149,7 @@ def tune(
     Parameters
     ----------
     dataset : xarray.Dataset or path
-        A dataset store (or one opened by :func:`dmask.storage.open_dataset`).
+        A dataset store (or one opened by :func:`dmask.io.dataset_store.open_dataset`).
     source : str
         Source expression.
     targets : sequence of str, optional
@@ -231,8 +236,8 @@ def best_setting(
 
 def _load(ds: xr.Dataset, index: np.ndarray) -> np.ndarray:
     """Samples ``index`` min-max normalised per image, ``(n, H * W * C)`` float64."""
-    (images,) = execution.compute(ds["images"].data[index])
-    normalized = kernels.normalize_block(images, *kernels.minmax_parameters(images))
+    (images,) = runtime.compute(ds["images"].data[index])
+    normalized = minmax.normalize_block(images, *minmax.minmax_parameters(images))
     return normalized.reshape(len(index), -1)
 
 
@@ -257,7 +262,9 @@ def _score_full_ridge(
     rows = []
     for name in names:
         model = FullRidge(lam=lam).fit(x_train, _load(ds, train[1][name]))
-        test_source, test_target = storage.pair_indices(ds, source, [name], "test")
+        test_source, test_target = dataset_store.pair_indices(
+            ds, source, [name], "test"
+        )
         mse, psnr = _image_scores(
             model.predict(_load(ds, test_source)), _load(ds, test_target[name])
         )
@@ -297,7 +304,7 @@ def training_size_curve(
     Parameters
     ----------
     dataset : xarray.Dataset or path
-        A dataset store (or one opened by :func:`dmask.storage.open_dataset`).
+        A dataset store (or one opened by :func:`dmask.io.dataset_store.open_dataset`).
     source : str
         Source expression.
     targets : sequence of str, optional
@@ -329,7 +336,7 @@ def training_size_curve(
         for s in sizes
     ):
         raise InputError(f"sizes must be positive integers, got {sizes!r}")
-    train = storage.pair_indices(ds, source, names, "train")
+    train = dataset_store.pair_indices(ds, source, names, "train")
     available = len(train[0])
     kept = sorted({int(s) for s in sizes if s <= available})
     if len(kept) < len(set(sizes)):

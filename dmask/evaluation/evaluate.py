@@ -1,12 +1,8 @@
-"""Evaluation on held-out subjects: MSE and PSNR against two trivial baselines."""
+"""Test error of a model against the identity and mean-difference baselines."""
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,12 +10,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dmask import execution, storage
+from dmask.evaluation.metrics import psnr
+from dmask.graph import inputs, runtime
+from dmask.io import dataset_store
 from dmask.model import Model
 
-__all__ = ["METHODS", "evaluate", "format_table", "psnr", "write_results"]
+__all__ = ["METHODS", "evaluate", "format_table"]
 
-logger = logging.getLogger(__name__)
 
 #: Methods compared, in table order.
 METHODS = ("mr", "identity", "mean_difference")
@@ -29,7 +26,7 @@ def _normalized(images: da.Array, minmax: bool) -> da.Array:
     data = images.astype(np.float64)
     if not minmax:
         return data
-    low, high = execution.minmax_bounds(data)
+    low, high = inputs.minmax_bounds(data)
     span = high - low
     scale = da.where(span > 0, 1.0 / da.where(span > 0, span, 1.0), 0.0)
     return (data - low[:, None, None, None]) * scale[:, None, None, None]
@@ -37,12 +34,6 @@ def _normalized(images: da.Array, minmax: bool) -> da.Array:
 
 def _per_image_mse(a: da.Array, b: da.Array) -> da.Array:
     return ((a - b) ** 2).mean(axis=(1, 2, 3))
-
-
-def psnr(mse: np.ndarray, peak: float = 1.0) -> np.ndarray:
-    """PSNR in dB of per-image mean squared errors (infinite where exact)."""
-    with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(peak**2 / np.asarray(mse, dtype=np.float64))
 
 
 def evaluate(
@@ -68,12 +59,12 @@ def evaluate(
     """
     minmax = model.normalize == "minmax"
     names = list(targets) if targets else model.targets
-    peak = 1.0 if minmax else storage.value_peak(dataset)
+    peak = 1.0 if minmax else dataset_store.value_peak(dataset)
     images = dataset["images"].data
     pending = []
     for name in names:
-        src_idx, tgt_idx = storage.pair_indices(dataset, source, [name], split)
-        train_src, train_tgt = storage.pair_indices(
+        src_idx, tgt_idx = dataset_store.pair_indices(dataset, source, [name], split)
+        train_src, train_tgt = dataset_store.pair_indices(
             dataset, source, [name], train_split
         )
         src = _normalized(images[src_idx], minmax)
@@ -83,7 +74,7 @@ def evaluate(
             - _normalized(images[train_src], minmax)
         ).mean(axis=0)
         test_source = (
-            storage.stored_images(dataset, src_idx)
+            dataset_store.stored_images(dataset, src_idx)
             if "dmask_path" in dataset.encoding
             else images[src_idx]
         )
@@ -99,7 +90,7 @@ def evaluate(
             )
         )
     flat = [arr for _, methods in pending for arr in methods.values()]
-    values = iter(execution.compute(*flat))
+    values = iter(runtime.compute(*flat))
     rows = []
     for name, methods in pending:
         row: dict[str, Any] = {"expression": name}
@@ -138,19 +129,3 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         "  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True))
         for line in lines
     )
-
-
-def write_results(
-    rows: Sequence[dict[str, Any]],
-    csv_path: str | os.PathLike | None = None,
-    json_path: str | os.PathLike | None = None,
-) -> None:
-    """Write evaluation rows as CSV and/or JSON."""
-    if csv_path is not None:
-        with open(csv_path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    if json_path is not None:
-        with open(json_path, "w") as handle:
-            json.dump(list(rows), handle, indent=2)

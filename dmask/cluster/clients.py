@@ -16,7 +16,7 @@ __all__ = ["ClusterOptions", "connect", "peak_worker_memory"]
 logger = logging.getLogger(__name__)
 
 
-_DEFAULTS = os.path.join(os.path.dirname(__file__), "dmask.yaml")
+_DEFAULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "dmask.yaml")
 
 
 def _register_defaults() -> None:

@@ -24,8 +24,10 @@ from typing import Any
 import dask
 import numpy as np
 
-from dmask import execution, imaging, kernels, storage
+from dmask.core import forward, minmax
 from dmask.errors import InputError
+from dmask.graph import runtime
+from dmask.io import locks, model_store, photographs
 from dmask.model import Model
 
 __all__ = ["BatchReport", "apply_to_folder", "read_synthesised", "scan_images"]
@@ -82,7 +84,7 @@ class BatchReport:
 def scan_images(folder: str | os.PathLike) -> list[str]:
     """Relative paths (POSIX separators) of the image files under a folder, sorted."""
     root = Path(folder)
-    return [p.relative_to(root).as_posix() for p in imaging.image_files(root)]
+    return [p.relative_to(root).as_posix() for p in photographs.image_files(root)]
 
 
 def _output_path(out: str, target: str, relative: str) -> str:
@@ -98,7 +100,7 @@ def _stored_arrays(
     ``version`` (the store's metadata modification time) keys the cache, so a
     store rewritten at the same path is read again.
     """
-    ds = storage.open_model_store(path).sel(target=list(names))
+    ds = model_store.open_model_store(path).sel(target=list(names))
     return ds["weight"].values, ds["bias"].values
 
 
@@ -135,8 +137,8 @@ def synthesize_files(
     notes: list[tuple[str, str]] = []
     for relative in relatives:
         try:
-            image = imaging.read_image(os.path.join(folder, relative))
-        except imaging.ImageReadError as exc:
+            image = photographs.read_image(os.path.join(folder, relative))
+        except photographs.ImageReadError as exc:
             problems.append((relative, f"unreadable: {exc}"))
             continue
         face, centred = _crop_face(image, (height, width), crop, margin, channels)
@@ -148,10 +150,10 @@ def synthesize_files(
         peak = float(np.iinfo(face.dtype).max) if face.dtype.kind in "ui" else 1.0
         x = face[None].astype(np.float64)
         if normalize:
-            x = kernels.normalize_block(x, *kernels.minmax_parameters(x))
+            x = minmax.normalize_block(x, *minmax.minmax_parameters(x))
             peak = 1.0
         halo = np.pad(x, ((0, 0), (b, b), (b, b), (0, 0)))
-        predicted = kernels.apply_tile(halo, weight, bias, field_size)[:, 0]
+        predicted = forward.apply_tile(halo, weight, bias, field_size)[:, 0]
         for name, values in zip(names, predicted, strict=True):
             _write_png(_output_path(out, name, relative), values, peak)
     return problems, notes
@@ -167,9 +169,9 @@ def _crop_face(
     """The face at the model's size, and whether ``auto`` fell back to the centre.
 
     ``auto`` detects the face and takes the centre where none is found; the
-    other modes are :func:`dmask.imaging.prepare_face`'s own.
+    other modes are :func:`dmask.io.photographs.prepare_face`'s own.
     """
-    face = imaging.prepare_face(
+    face = photographs.prepare_face(
         image,
         size,
         crop="detect" if crop == "auto" else crop,
@@ -177,7 +179,9 @@ def _crop_face(
         channels=channels,
     )
     if face is None and crop == "auto":
-        centred = imaging.prepare_face(image, size, crop="center", channels=channels)
+        centred = photographs.prepare_face(
+            image, size, crop="center", channels=channels
+        )
         return centred, True
     return face, False
 
@@ -209,7 +213,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
-@storage.locks_output("out")
+@locks.locks_output("out")
 def apply_to_folder(
     model: Model,
     folder: str | os.PathLike,
@@ -283,7 +287,7 @@ def apply_to_folder(
     else:
         ds = model.dataset.sel(target=names)
         pair = (np.asarray(ds["weight"].values), np.asarray(ds["bias"].values))
-        client = execution.current_client()
+        client = runtime.current_client()
         if client is not None:  # sent to every worker once, not with each wave
             arrays = client.scatter(pair, broadcast=True)
         else:
@@ -307,7 +311,7 @@ def apply_to_folder(
     )
     for wave in range(0, len(blocks), BLOCKS_IN_FLIGHT):
         parts = blocks[wave : wave + BLOCKS_IN_FLIGHT]
-        results = execution.compute(*[run_block(part) for part in parts])
+        results = runtime.compute(*[run_block(part) for part in parts])
         for part, (problems, notes) in zip(parts, results, strict=True):
             report.written += len(part) - len(problems)
             report.problems.extend(f"{f}: {why}" for f, why in problems)
@@ -339,12 +343,12 @@ def read_synthesised(
         if not all(os.path.exists(p) for p in paths.values()):
             continue
         try:
-            image = imaging.read_image(os.path.join(folder, relative))
-        except imaging.ImageReadError:
+            image = photographs.read_image(os.path.join(folder, relative))
+        except photographs.ImageReadError:
             continue
         face, _ = _crop_face(image, model.image_shape, "auto", 0.25, model.channels)
         x = face[None].astype(np.float64)
-        shown = kernels.normalize_block(x, *kernels.minmax_parameters(x))[0]
-        outputs = {t: imaging.read_image(p) / 255.0 for t, p in paths.items()}
+        shown = minmax.normalize_block(x, *minmax.minmax_parameters(x))[0]
+        outputs = {t: photographs.read_image(p) / 255.0 for t, p in paths.items()}
         found[str(Path(relative).with_suffix(""))] = (shown, outputs)
     return found

@@ -1,0 +1,1 @@
+"""Clusters: connecting to a local or existing Dask cluster, and SSH launches."""

@@ -1,0 +1,1 @@
+"""numpy only: the mathematics of masked ridge regression and its planning."""

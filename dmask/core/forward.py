@@ -1,0 +1,41 @@
+"""The model's forward pass on a halo tile: window weights times inputs plus bias."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dmask.core.windows import window_offsets
+
+__all__ = ["apply_tile"]
+
+
+def apply_tile(
+    halo: np.ndarray, weights: np.ndarray, bias: np.ndarray, field: int
+) -> np.ndarray:
+    """Predict one tile of every target from a halo block.
+
+    Parameters
+    ----------
+    halo : numpy.ndarray
+        ``(n, h + 2b, w + 2b, C)`` normalised, zero-padded source halo block.
+    weights : numpy.ndarray
+        ``(T, h, w, C, r * r)``.
+    bias : numpy.ndarray
+        ``(T, h, w, C)``.
+    field : int
+        Odd receptive field size ``r``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(T, n, h, w, C)`` float64.
+    """
+    n_targets, h, w, nc, _ = weights.shape
+    n = halo.shape[0]
+    out = np.empty((n_targets, n, h, w, nc))
+    out[:] = np.asarray(bias, dtype=np.float64)[:, None]
+    offsets = window_offsets(field) + field // 2
+    for a, (oy, ox) in enumerate(offsets):
+        window = halo[:, oy : oy + h, ox : ox + w]
+        out += weights[:, None, :, :, :, a] * window[None]
+    return out

@@ -1,0 +1,1 @@
+"""Datasets: synthetic faces, folder layouts, ingest of photographs."""

@@ -1,0 +1,1 @@
+"""Dask graphs: runtime, training tasks, prediction tasks."""

@@ -1,0 +1,249 @@
+"""The tasks of a fit: statistics, combine, solve, select, write."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from dmask.core import (
+    covariance,
+    displacement,
+    lambdas,
+    methods,
+    minmax,
+    windows,
+)
+from dmask.core.planning import COVARIANCE_SIDE, Tile
+from dmask.graph.taskgraph import _TaskMaker
+from dmask.graph.timing import _timed
+from dmask.io.dataset_store import StoredImages, compact_index, read_images
+from dmask.io.model_store import write_model_tile
+
+__all__ = [
+    "BlockBounds",
+    "combine",
+    "factor",
+    "place_tile",
+    "press",
+    "select",
+    "solve",
+    "statistics",
+    "statistics_and_solve",
+    "write_tile",
+]
+
+
+def _region(
+    images: da.Array | StoredImages | np.ndarray,
+    s0: int,
+    s1: int,
+    rows: slice,
+    cols: slice,
+    tasks: _TaskMaker,
+    pure: bool = True,
+) -> Any:
+    """What a task reads: samples ``s0:s1`` and a window, lazily (or a view).
+
+    ``pure=False`` makes a stored read a task of its own (a second pass reads
+    afresh instead of holding the first pass's block in memory meanwhile).
+    """
+    if isinstance(images, StoredImages):
+        return tasks(
+            read_images,
+            images.path,
+            compact_index(images.index[s0:s1]),
+            rows,
+            cols,
+            images.variable,
+            pure=pure,
+        )
+    return images[s0:s1, rows, cols, :]
+
+
+def _read_halo(
+    block: np.ndarray,
+    low: np.ndarray | None,
+    high: np.ndarray | None,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+) -> np.ndarray:
+    data = minmax.normalize_block(
+        block, low, None if low is None else minmax.minmax_scale(low, high)
+    )
+    (top, bottom), (left, right) = padding
+    if top or bottom or left or right:
+        data = np.pad(data, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    return data
+
+
+def _target_parameters(
+    targets: Sequence[np.ndarray],
+    target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
+) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    if target_bounds is None:
+        return [(None, None)] * len(targets)
+    return [(lo, minmax.minmax_scale(lo, hi)) for lo, hi in target_bounds]
+
+
+BlockBounds = tuple[
+    tuple[np.ndarray, np.ndarray] | None,
+    Sequence[tuple[np.ndarray, np.ndarray]] | None,
+]
+
+
+@_timed("statistics")
+def statistics(
+    source: np.ndarray,
+    targets: Sequence[np.ndarray],
+    bounds: BlockBounds,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    field: int,
+    method: str = "covariance",
+    squares: bool = False,
+) -> displacement.TileStatistics | covariance.CovarianceStatistics:
+    """Task: statistics of one tile over one block of samples.
+
+    ``bounds`` holds the block's per-sample ``(min, max)`` of the sources and of
+    each target (None: no normalisation). ``squares`` (displacement method
+    only) adds the sums of squared targets.
+    """
+    source_bounds, target_bounds = bounds
+    low, high = source_bounds if source_bounds is not None else (None, None)
+    target_params = _target_parameters(targets, target_bounds)
+    if method == "displacement":
+        scale = None if low is None else minmax.minmax_scale(low, high)
+        return displacement.raw_displacement_statistics(
+            source, targets, (low, scale), target_params, padding, field, squares
+        )
+    if squares:
+        raise ValueError("squared target sums need the displacement method")
+    halo = _read_halo(source, low, high, padding)
+    stacked = np.stack(
+        [
+            minmax.normalize_block(t, *p)
+            for t, p in zip(targets, target_params, strict=True)
+        ]
+    )
+    return methods.tile_statistics(
+        halo, stacked, field, method=method, side=COVARIANCE_SIDE
+    )
+
+
+@_timed("combine")
+def combine(*parts: Any) -> Any:
+    """Task: sum statistics of several sample blocks."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+@_timed("solve")
+def solve(
+    stats: displacement.TileStatistics | covariance.CovarianceStatistics,
+    tile: Tile,
+    image_shape: tuple[int, int],
+    field: int,
+    lam: float | str,
+    grid: Sequence[float] | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Task: solve every pixel of a tile (``lam="gcv"``: choosing from ``grid``)."""
+    validity = windows.window_validity(
+        tile.y0, tile.x0, *tile.shape, image_shape, field
+    )
+    if lam == "gcv":
+        return lambdas.solve_gcv(stats, field, np.asarray(grid), validity)
+    return methods.solve_tile(stats, field, lam, validity)
+
+
+def statistics_and_solve(
+    source: np.ndarray,
+    targets: Sequence[np.ndarray],
+    bounds: BlockBounds,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    field: int,
+    method: str,
+    tile: Tile,
+    image_shape: tuple[int, int],
+    lam: float | str,
+    grid: Sequence[float] | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Task: :func:`statistics` then :func:`solve`, when there is one sample block.
+
+    One task where two would wait on each other: no hand-over between them,
+    and the statistics are solved while still in cache.
+    """
+    stats = statistics(
+        source, targets, bounds, padding, field, method, squares=lam == "gcv"
+    )
+    return solve(stats, tile, image_shape, field, lam, grid)
+
+
+def factor(stats: displacement.TileStatistics, field: int) -> lambdas.SpectralFactors:
+    """Task: eigendecompose the Gram matrix of every pixel of a tile."""
+    return lambdas.spectral_factors(stats, field)
+
+
+def press(
+    factors: lambdas.SpectralFactors,
+    source: np.ndarray,
+    targets: Sequence[np.ndarray],
+    bounds: BlockBounds,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    field: int,
+    grid: Sequence[float],
+) -> np.ndarray:
+    """Task: leave-one-out squared errors of one tile over one block of samples."""
+    source_bounds, target_bounds = bounds
+    low, high = source_bounds if source_bounds is not None else (None, None)
+    halo = _read_halo(source, low, high, padding)
+    params = _target_parameters(targets, target_bounds)
+    stacked = np.stack(
+        [minmax.normalize_block(t, *p) for t, p in zip(targets, params, strict=True)]
+    )
+    return lambdas.press_tile(factors, halo, stacked, field, np.asarray(grid))
+
+
+def select(
+    factors: lambdas.SpectralFactors,
+    scores: np.ndarray,
+    tile: Tile,
+    image_shape: tuple[int, int],
+    field: int,
+    grid: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Task: solve every pixel of a tile with its penalty of least score."""
+    validity = windows.window_validity(
+        tile.y0, tile.x0, *tile.shape, image_shape, field
+    )
+    return lambdas.solve_selected(factors, scores, np.asarray(grid), validity)
+
+
+@_timed("write")
+def write_tile(
+    path: str, tile: Tile, solution: tuple[np.ndarray, ...]
+) -> tuple[int, int]:
+    """Task: write one solved tile (and its chosen penalties) to the model store."""
+    if len(solution) == 3:
+        weight, bias, lam_map = solution
+        return write_model_tile(path, tile, weight, bias, lam_map=lam_map)
+    weight, bias = solution
+    return write_model_tile(path, tile, weight, bias)
+
+
+@_timed("write")
+def place_tile(
+    arrays: tuple[np.ndarray, ...], tile: Tile, solution: tuple[np.ndarray, ...]
+) -> tuple[int, int]:
+    """Task: copy one solved tile into the model's arrays in this process's memory.
+
+    ``arrays`` are ``weight, bias`` (and ``lam_map``) of the whole image, in the
+    order of the solution's parts. Threads fill disjoint parts of them, so the
+    copies (and the first touch of fresh memory) run in parallel.
+    """
+    where = (slice(None), slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
+    for array, part in zip(arrays, solution, strict=True):
+        array[where] = part
+    return tile.index

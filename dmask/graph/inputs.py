@@ -1,0 +1,118 @@
+"""Image inputs as dask arrays or stored images, and their per-sample bounds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from dmask.core import (
+    minmax,
+)
+from dmask.errors import InputError
+from dmask.graph.runtime import current_client
+from dmask.io.dataset_store import StoredImages, compact_index, read_images
+
+__all__ = [
+    "as_dask_array",
+    "as_image_source",
+    "minmax_bounds",
+    "read_bounds",
+    "sample_bounds",
+]
+
+
+def _check_images(shape: tuple[int, ...], dtype: Any, name: str) -> None:
+    """Raise InputError unless ``shape`` and ``dtype`` are those of images."""
+    if len(shape) != 4:
+        raise InputError(
+            f"{name} must be 4-D (sample, y, x, channel), got shape {shape}"
+        )
+    if any(size == 0 for size in shape):
+        raise InputError(f"{name} is empty: shape {shape}")
+    complex_ = np.issubdtype(dtype, np.complexfloating)
+    real = np.issubdtype(dtype, np.number) and not complex_
+    if not real:
+        raise InputError(f"{name} must hold real numbers, got dtype {dtype}")
+
+
+def as_dask_array(array: Any, name: str) -> da.Array:
+    """A 4-D ``(sample, y, x, channel)`` dask array from numpy, dask or xarray.
+
+    Raises
+    ------
+    InputError
+        Not 4-D, empty, or not real numbers.
+    """
+    if isinstance(array, xr.DataArray):
+        array = array.data
+    if not isinstance(array, da.Array):
+        array = np.asarray(array)
+        _check_images(array.shape, array.dtype, name)
+        chunk = max(1, int(64 * 2**20 // max(1, array[0].nbytes)))
+        # name=False: no hashing of the whole array (seconds for large ones).
+        array = da.from_array(array, chunks=(chunk, -1, -1, -1), name=False)
+    _check_images(array.shape, array.dtype, name)
+    return array
+
+
+def as_image_source(
+    images: Any, name: str, keep_numpy: bool = False
+) -> da.Array | StoredImages | np.ndarray:
+    """Images to read inside tasks.
+
+    A stored reference stays as it is. With ``keep_numpy``, in-memory numpy
+    images stay numpy when no distributed client is active (for graphs computed
+    at once on the threaded scheduler: their tasks take views, with no graph of
+    array chunks to build). Anything else becomes a dask array.
+    """
+    if isinstance(images, StoredImages):
+        if any(size == 0 for size in images.shape):
+            raise InputError(f"{name} is empty: shape {images.shape}")
+        return images
+    data = images.data if isinstance(images, xr.DataArray) else images
+    if keep_numpy and isinstance(data, np.ndarray) and current_client() is None:
+        _check_images(data.shape, data.dtype, name)
+        return data
+    return as_dask_array(images, name)
+
+
+def minmax_bounds(array: da.Array) -> tuple[da.Array, da.Array]:
+    """Lazy per-sample minimum and maximum over all pixels and channels."""
+    return array.min(axis=(1, 2, 3)), array.max(axis=(1, 2, 3))
+
+
+def read_bounds(path: str, index: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+    """Task: per-sample minimum and maximum of stored images."""
+    return minmax.sample_bounds(read_images(path, index))
+
+
+def _concat_bounds(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+    )
+
+
+def _bounds_block(images: StoredImages) -> int:
+    per_sample = int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize
+    return int(max(1, 64 * 2**20 // max(1, per_sample)))
+
+
+def sample_bounds(images: da.Array | StoredImages) -> Any:
+    """Lazy ``(low, high)`` per-sample bounds of a dask array or stored images."""
+    if not isinstance(images, StoredImages):
+        return minmax_bounds(images)
+    block = _bounds_block(images)
+    task = dask.delayed(read_bounds, pure=True)
+    parts = [
+        task(images.path, compact_index(images.index[s0 : s0 + block]))
+        for s0 in range(0, images.shape[0], block)
+    ]
+    return dask.delayed(_concat_bounds, pure=True)(parts)

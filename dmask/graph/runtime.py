@@ -1,0 +1,129 @@
+"""Where computations run: the client, BLAS thread limits, progress, task memory."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+import dask.array as da
+
+__all__ = [
+    "compute",
+    "current_client",
+    "runs_locally",
+    "show_progress",
+    "task_memory_budget",
+]
+
+
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "dmask_progress", default=False
+)
+
+
+@contextlib.contextmanager
+def show_progress(enabled: bool = True) -> Iterator[None]:
+    """Show a console progress bar for computations run inside the block."""
+    token = _PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def current_client() -> Any | None:
+    """The distributed client in use, or None."""
+    if "distributed" not in sys.modules:  # no client without it; importing costs
+        return None  # half a second and 20 MiB
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, found once (~2 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def _threaded() -> Iterator[None]:
+    """Around a run on the threaded scheduler: one BLAS thread, progress if asked."""
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        if not _PROGRESS.get():
+            yield
+            return
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            yield
+
+
+def compute(*collections: Any) -> tuple[Any, ...]:
+    """Compute dask collections on the current client or the threaded scheduler.
+
+    On the threaded scheduler BLAS runs single-threaded, as in distributed's
+    worker processes: the threads already fill the cores, and the same BLAS
+    thread count gives the same floating-point sums everywhere.
+    """
+    client = current_client()
+    if client is None:
+        with _threaded():
+            return dask.compute(*collections, scheduler="threads")
+    futures = client.compute(list(collections))
+    if _PROGRESS.get():
+        from distributed import progress
+
+        progress(futures)
+    return tuple(client.gather(futures))
+
+
+def task_memory_budget() -> int:
+    """Bytes one task may use: a share of a worker's memory per thread.
+
+    On a distributed cluster, 40% of the smallest worker memory limit divided by
+    its threads (leaving room below distributed's spill and pause thresholds);
+    locally, a quarter of the available memory divided by the cores. Clamped to
+    128 MiB .. 2 GiB.
+    """
+    client = current_client()
+    budget = 0
+    if client is not None:
+        try:
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+            shares = [
+                0.4 * w["memory_limit"] / max(1, w["nthreads"])
+                for w in workers
+                if w.get("memory_limit")
+            ]
+            budget = int(min(shares)) if shares else 0
+        except Exception:  # an old or odd scheduler: fall back to local figures
+            budget = 0
+    if not budget:
+        import psutil
+
+        budget = int(psutil.virtual_memory().available / 4 / (os.cpu_count() or 1))
+    return int(min(2 * 2**30, max(128 * 2**20, budget)))
+
+
+def runs_locally(*images: Any) -> bool:
+    """Whether tasks on these inputs run in this process: threaded, plain graph.
+
+    True without a distributed client when none of them is a dask array.
+    """
+    return current_client() is None and not any(
+        isinstance(array, da.Array) for array in images
+    )

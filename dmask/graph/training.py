@@ -1,0 +1,165 @@
+"""The graph of a fit over tiles and sample blocks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from dmask.core.planning import COMBINE_FAN_IN, FitPlan, Tile
+from dmask.graph.fit_tasks import (
+    _region,
+    combine,
+    factor,
+    place_tile,
+    press,
+    select,
+    solve,
+    statistics,
+    statistics_and_solve,
+    write_tile,
+)
+from dmask.graph.runtime import runs_locally
+from dmask.graph.taskgraph import LocalTasks, _GraphMaker, _TaskMaker
+from dmask.io.dataset_store import StoredImages
+
+__all__ = ["fit_tiles"]
+
+
+def _tree_sum(
+    parts: list[Any], tasks: _TaskMaker, split_every: int = COMBINE_FAN_IN
+) -> Any:
+    while len(parts) > 1:
+        parts = [
+            tasks(combine, *parts[i : i + split_every], pure=True)
+            for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]
+
+
+def fit_tiles(
+    sources: da.Array | StoredImages,
+    targets: Sequence[da.Array | StoredImages],
+    source_bounds: tuple[np.ndarray, np.ndarray] | None,
+    target_bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
+    plan: FitPlan,
+    field: int,
+    lam: float | str,
+    store: str | os.PathLike | None = None,
+    lam_grid: Sequence[float] | None = None,
+    arrays: tuple[np.ndarray, ...] | None = None,
+) -> list[Any] | LocalTasks:
+    """Delayed per-tile results of training.
+
+    Parameters
+    ----------
+    sources, targets : dask.array.Array, StoredImages or numpy.ndarray
+        ``(N, H, W, C)`` raw images (numpy only for the threaded scheduler).
+    source_bounds, target_bounds : numpy.ndarray pairs or None
+        Per-sample ``(min, max)`` for min-max normalisation; None for none.
+    plan : FitPlan
+        Tiles and sample blocks (displacement method when choosing penalties).
+    field : int
+        Receptive field size.
+    lam : float or {"gcv", "loo"}
+        Ridge penalty, or the criterion each pixel chooses its penalty from
+        ``lam_grid`` by: generalised cross-validation (from the statistics) or
+        leave-one-out (a second pass over the samples: ``press`` tasks).
+    store : str or path, optional
+        Model store to write each tile to (then each result is the tile index);
+        otherwise each result is ``(weight, bias)``, and ``lam_map`` too when
+        penalties are chosen.
+    lam_grid : sequence of float, optional
+        Penalties to choose from (with ``lam="gcv"`` or ``"loo"``).
+    arrays : tuple of numpy.ndarray, optional
+        ``weight, bias`` (and ``lam_map``) of the whole image to place each
+        solved tile in, when :func:`runs_locally` and no store is written; each
+        result is then the tile index.
+
+    Returns
+    -------
+    list of dask.delayed.Delayed or LocalTasks
+        One result per tile, in plan order: delayed, or (inputs with no dask
+        array, no distributed client) the keys of a plain graph. :func:`run`
+        computes either.
+    """
+    halo_width = field // 2
+    selecting = lam in ("gcv", "loo")
+    grid = tuple(float(v) for v in lam_grid) if selecting and lam_grid else None
+    if selecting and (grid is None or plan.method != "displacement"):
+        raise ValueError("choosing penalties needs a grid and displacement statistics")
+    local = runs_locally(sources, *targets)
+    if arrays is not None and (store is not None or not local):
+        raise ValueError("arrays are for runs in this process that write no store")
+    # Not pure: hashing every argument (image views among them) costs more than
+    # the smaller tasks take; each call gets a unique key instead.
+    tasks = _GraphMaker() if local else _TaskMaker()
+    # One graph key per sample block for its bounds, shared by every tile: not
+    # a copy in each task (tens of MB of graph for large jobs with many targets).
+    block_bounds = []
+    for s0, s1 in plan.blocks:
+        sb = None if source_bounds is None else tuple(b[s0:s1] for b in source_bounds)
+        tb = (
+            None
+            if target_bounds is None
+            else [tuple(b[s0:s1] for b in pair) for pair in target_bounds]
+        )
+        block_bounds.append(tasks.value((sb, tb)))
+    results = []
+    for tile in plan.tiles:
+        rows, cols, padding = tile.halo(halo_width, plan.image_shape)
+        inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
+        reads = []
+        for (s0, s1), bounds in zip(plan.blocks, block_bounds, strict=True):
+            src = _region(sources, s0, s1, rows, cols, tasks)
+            tgt = [_region(t, s0, s1, *inner, tasks) for t in targets]
+            reads.append((src, tgt, bounds))
+        squares = lam == "gcv"
+        if len(reads) == 1 and lam != "loo":  # one task: statistics, then solve
+            solution = tasks(
+                statistics_and_solve, *reads[0], padding, field, plan.method, tile,
+                plan.image_shape, lam, grid,
+            )  # fmt: skip
+            results.append(_finish(tasks, solution, tile, store, arrays))
+            continue
+        parts = [
+            tasks(statistics, *read, padding, field, plan.method, squares)
+            for read in reads
+        ]
+        if lam == "loo":
+            factors = tasks(factor, _tree_sum(parts, tasks), field)
+            press_parts = []
+            for (s0, s1), (_, _, bounds) in zip(plan.blocks, reads, strict=True):
+                src = _region(sources, s0, s1, rows, cols, tasks, pure=False)
+                tgt = [_region(t, s0, s1, *inner, tasks, pure=False) for t in targets]
+                press_parts.append(
+                    tasks(press, factors, src, tgt, bounds, padding, field, grid)
+                )
+            scores = _tree_sum(press_parts, tasks)
+            solution = tasks(
+                select, factors, scores, tile, plan.image_shape, field, grid
+            )
+        else:
+            solution = tasks(
+                solve, _tree_sum(parts, tasks), tile, plan.image_shape, field, lam, grid
+            )
+        results.append(_finish(tasks, solution, tile, store, arrays))
+    return tasks.results(results)
+
+
+def _finish(
+    tasks: _TaskMaker,
+    solution: Any,
+    tile: Tile,
+    store: str | os.PathLike | None,
+    arrays: tuple[np.ndarray, ...] | None,
+) -> Any:
+    """The last task of a tile: its solution, written to a store or placed."""
+    if store is not None:
+        return tasks(write_tile, str(store), tile, solution)
+    if arrays is not None:
+        return tasks(place_tile, arrays, tile, solution)
+    return solution

@@ -1,0 +1,1 @@
+"""Stores and file formats: Zarr schemas, locks, photographs, reference weights."""

@@ -1,0 +1,226 @@
+"""Model stores: the schema, tile writes, progress for resume, reading."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from dmask.core.planning import Tile
+from dmask.errors import StoreError
+from dmask.io.locations import _is_local, store_path
+from dmask.io.stores import (
+    FORMAT_VERSION,
+    MODEL_FORMAT,
+    _open_store,
+    channel_names,
+    finalize_store,
+    prepare_output,
+    quiet_zarr,
+)
+
+__all__ = [
+    "ModelProgress",
+    "create_model_template",
+    "model_dataset",
+    "open_model_store",
+    "read_model_progress",
+    "write_model_store",
+    "write_model_tile",
+]
+
+
+def _model_coords(targets: Sequence[str], field: int, channels: int) -> dict[str, Any]:
+    b = field // 2
+    dy, dx = np.meshgrid(np.arange(-b, b + 1), np.arange(-b, b + 1), indexing="ij")
+    return {
+        "target": np.asarray(list(targets), dtype=str),
+        "offset_y": ("k", dy.ravel().astype(np.int32)),
+        "offset_x": ("k", dx.ravel().astype(np.int32)),
+        "channel": channel_names(channels),
+    }
+
+
+def model_dataset(
+    weight: Any,
+    bias: Any,
+    targets: Sequence[str],
+    field: int,
+    tile_complete: Any,
+    attrs: Mapping[str, Any],
+    lam_map: Any = None,
+) -> xr.Dataset:
+    """Assemble the xarray form of a model from (numpy or dask) arrays.
+
+    ``lam_map`` (like ``bias``), the penalty chosen per pixel, is added when given.
+    """
+    channels = weight.shape[3]
+    variables = {
+        "weight": (("target", "y", "x", "channel", "k"), weight),
+        "bias": (("target", "y", "x", "channel"), bias),
+        "tile_complete": (("tile_y", "tile_x"), tile_complete),
+    }
+    if lam_map is not None:
+        variables["lam_map"] = (("target", "y", "x", "channel"), lam_map)
+    return xr.Dataset(
+        variables,
+        coords=_model_coords(targets, field, channels),
+        attrs={"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **dict(attrs)},
+    )
+
+
+def create_model_template(
+    path: str | os.PathLike,
+    targets: Sequence[str],
+    image_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    tile_shape: tuple[int, int],
+    attrs: Mapping[str, Any],
+    overwrite: bool = False,
+    lam_map: bool = False,
+) -> None:
+    """Write the metadata of a model store whose tiles workers fill in later.
+
+    With ``lam_map``, the store also has the per-pixel penalty array.
+    """
+    import dask.array as da
+
+    prepare_output(path, overwrite)
+    n_targets = len(targets)
+    height, width = image_shape
+    th, tw = tile_shape
+    k = field * field
+    grid = (-(-height // th), -(-width // tw))
+
+    def per_pixel() -> da.Array:
+        return da.zeros(
+            (n_targets, height, width, channels),
+            chunks=(1, th, tw, channels),
+            dtype="f8",
+        )
+
+    ds = model_dataset(
+        da.zeros(
+            (n_targets, height, width, channels, k),
+            chunks=(1, th, tw, channels, k),
+            dtype="f8",
+        ),
+        per_pixel(),
+        targets,
+        field,
+        da.zeros(grid, chunks=(1, 1), dtype="u1"),
+        {**dict(attrs), "complete": False, "tile_shape": [th, tw]},
+        lam_map=per_pixel() if lam_map else None,
+    )
+    with quiet_zarr():
+        ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
+
+
+@dataclass
+class ModelProgress:
+    """How far a (possibly unfinished) model store got.
+
+    Attributes
+    ----------
+    attrs : dict
+        The store's attributes (training settings).
+    targets : list of str
+        Target names.
+    tile_complete : numpy.ndarray
+        ``(tile_y, tile_x)`` bool: tiles durably written.
+    complete : bool
+        Whether the whole run finished.
+    """
+
+    attrs: dict[str, Any]
+    targets: list[str]
+    tile_complete: np.ndarray
+    complete: bool
+
+
+def read_model_progress(path: str | os.PathLike) -> ModelProgress | None:
+    """Read a model store's settings and completed tiles; None if it is absent.
+
+    Raises
+    ------
+    StoreError
+        The path exists but is not a dmask model store.
+    """
+    if _is_local(path) and not os.path.exists(path):
+        return None
+    try:
+        with quiet_zarr():
+            group = zarr.open_group(str(path), mode="r")
+            attrs = dict(group.attrs)
+            done = np.asarray(group["tile_complete"][...]).astype(bool)
+            targets = [str(t) for t in group["target"][...]]
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # zarr raises many kinds here
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"cannot resume from {path}: {reason}") from exc
+    if attrs.get("format") != MODEL_FORMAT:
+        raise StoreError(f"cannot resume from {path}: not a dmask model store")
+    return ModelProgress(attrs, targets, done, bool(attrs.get("complete", False)))
+
+
+def write_model_tile(
+    path: str | os.PathLike,
+    tile: Tile,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    lam_map: np.ndarray | None = None,
+) -> tuple[int, int]:
+    """Write one tile's weights and bias (chunks it alone owns), then mark it done.
+
+    Parameters
+    ----------
+    path : str or path
+        Model store made by :func:`create_model_template`.
+    tile : Tile
+        Tile aligned with the store's chunks.
+    weight, bias : numpy.ndarray
+        ``(T, h, w, C, k)`` and ``(T, h, w, C)``.
+    lam_map : numpy.ndarray, optional
+        ``(T, h, w, C)`` penalties chosen per pixel (stores that have them).
+    """
+    with quiet_zarr():
+        group = zarr.open_group(str(path), mode="r+")
+        group["weight"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = weight
+        group["bias"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = bias
+        if lam_map is not None:
+            group["lam_map"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = lam_map
+        group["tile_complete"][tile.index] = 1
+    return tile.index
+
+
+def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) -> None:
+    """Write a whole model dataset (numpy or dask backed) to a new store."""
+    prepare_output(path, overwrite, inputs=[ds.encoding.get("dmask_path")])
+    th, tw = ds.attrs["tile_shape"]
+    channels, k = ds.sizes["channel"], ds.sizes["k"]
+    ds = ds.copy()
+    ds.attrs["complete"] = False
+    ds = ds.chunk({"target": 1, "y": th, "x": tw, "channel": channels, "k": k})
+    ds = ds.chunk({"tile_y": 1, "tile_x": 1})
+    for name in ds.variables:
+        ds[name].encoding = {}
+    with quiet_zarr():
+        ds.to_zarr(str(path), mode="w", zarr_format=3, consolidated=True)
+    finalize_store(path)
+
+
+def open_model_store(path: str | os.PathLike) -> xr.Dataset:
+    """Open a finished model store lazily and check its layout."""
+    ds = _open_store(path, "model", MODEL_FORMAT)
+    for name in ("weight", "bias"):
+        if name not in ds:
+            raise StoreError(f"model store {path} has no {name} array")
+    ds.encoding["dmask_path"] = store_path(path)
+    return ds

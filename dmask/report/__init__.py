@@ -1,0 +1,1 @@
+"""The HTML report: figures and the page (rendering only)."""

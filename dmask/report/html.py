@@ -1,0 +1,144 @@
+"""HTML pieces of the report: images as data URIs, heat maps, colour bars, tables."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_SIDE", "MIN_SIDE", "STYLE"]
+
+
+#: Faces larger than this (pixels per side) are downscaled for the page.
+MAX_SIDE = 256
+
+
+#: Faces smaller than this are shown enlarged, pixel for pixel.
+MIN_SIDE = 96
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
+h1, h2 { border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { padding: 2px 8px; text-align: left; vertical-align: middle; }
+table.data td, table.data th { border: 1px solid #ccc; }
+table.data td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.mr { background: #fff3c4; font-weight: bold; }
+img.px { image-rendering: pixelated; }
+.note { color: #555; font-size: 90%; }
+figure { display: inline-block; margin: 0.3em; }
+"""
+
+
+def _data_uri(pixels: np.ndarray) -> str:
+    """PNG data URI of ``(H, W)`` or ``(H, W, 3|4)`` uint8 pixels."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _figure_uri(figure: Any, tight: bool = False) -> str:
+    """PNG data URI of a matplotlib figure (``tight``: cropped to its content)."""
+    buffer = io.BytesIO()
+    figure.savefig(
+        buffer, format="png", dpi=100, bbox_inches="tight" if tight else None
+    )
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _as_pixels(image: np.ndarray) -> np.ndarray:
+    """``(H, W[, C])`` values in [0, 1] as uint8 grey ``(H, W)`` or RGB."""
+    array = np.asarray(image, dtype=np.float64)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    array = np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _fit_page(pixels: np.ndarray) -> np.ndarray:
+    """Downscale pixels whose longer side exceeds :data:`MAX_SIDE`."""
+    from PIL import Image
+
+    height, width = pixels.shape[:2]
+    if max(height, width) <= MAX_SIDE:
+        return pixels
+    ratio = MAX_SIDE / max(height, width)
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
+
+
+def _img(pixels: np.ndarray, alt: str) -> str:
+    """An ``<img>`` of uint8 pixels, small ones enlarged without smoothing."""
+    pixels = _fit_page(pixels)
+    height, width = pixels.shape[:2]
+    zoom = max(1, math.ceil(MIN_SIDE / max(height, width)))
+    css = ' class="px"' if zoom > 1 else ""
+    return (
+        f'<img src="{_data_uri(pixels)}" alt="{html.escape(alt)}" '
+        f'width="{width * zoom}" height="{height * zoom}"{css}>'
+    )
+
+
+def _heat(error: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
+    """RGB uint8 heat map of a 2-D array on the scale ``[0, vmax]``."""
+    import matplotlib
+
+    scaled = np.clip(error / vmax, 0.0, 1.0) if vmax > 0 else np.zeros_like(error)
+    rgba = matplotlib.colormaps[cmap](scaled, bytes=True)
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def _colour_bar(vmax: float, label: str, cmap: str = "inferno") -> str:
+    """Data URI of a vertical colour bar from 0 to ``vmax``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(1.1, 2.4))
+    axes = figure.add_axes((0.1, 0.05, 0.25, 0.9))
+    mappable = ScalarMappable(Normalize(0.0, vmax if vmax > 0 else 1.0), cmap)
+    figure.colorbar(mappable, cax=axes, label=label, extend="max")
+    return _figure_uri(figure, tight=True)
+
+
+def _figure(panels: int, aspect: float, row_height: float = 2.6) -> tuple[Any, Any]:
+    """A figure of ``panels`` axes side by side, each of ``width / height = aspect``."""
+    from matplotlib.figure import Figure
+
+    width = min(16.0, panels * (row_height * aspect + 1.2))
+    figure = Figure(figsize=(width, row_height + 0.6), layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    return figure, axes
+
+
+def _show_map(figure: Any, axes: Any, values: np.ndarray, title: str, signed: bool):
+    """Draw a 2-D map with its colour bar; signed maps centre 0 on white."""
+    finite = values[np.isfinite(values)]
+    if signed:
+        limit = float(np.max(np.abs(finite))) if finite.size else 1.0
+        limit = limit or 1.0
+        image = axes.imshow(
+            values, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest"
+        )
+    else:
+        image = axes.imshow(values, cmap="magma", interpolation="nearest")
+    axes.set_title(title, fontsize=9)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    figure.colorbar(image, ax=axes, shrink=0.85)
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> str:
+    body = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f'<table class="data">{body}</table>'

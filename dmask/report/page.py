@@ -1,0 +1,325 @@
+"""The report page: one self-contained HTML file of what a model learned."""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from dmask.errors import InputError, StoreError
+from dmask.model import Model
+from dmask.report.html import STYLE, _table
+from dmask.report.sections import (
+    _comparison_section,
+    _faces_section,
+    _fields_section,
+    _photographs_section,
+    _size_section,
+    _tuning_section,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_PIXELS", "write_report"]
+
+
+#: Pixels whose ``r x r`` field is drawn, as fractions ``(y / H, x / W)``.
+#: Placed on the average face of :mod:`dmask.datasets.drawing` (synthetic datasets).
+DEFAULT_PIXELS = {
+    "mouth corner": (0.66, 0.40),
+    "eye": (0.485, 0.39),
+    "cheek": (0.60, 0.35),
+}
+
+
+def _check_rows(
+    rows: Any, name: str, required: Sequence[str] = ()
+) -> list[Mapping[str, Any]]:
+    """Rows as a list of mappings holding ``required`` keys."""
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence):
+        raise InputError(f"{name} must be a list of rows (dicts), got {type(rows)}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise InputError(f"{name} row {i} must be a dict, got {type(row)}")
+        for key in required:
+            if key not in row:
+                raise InputError(f"{name} row {i} has no {key!r}")
+    return list(rows)
+
+
+def _check_pixels(
+    pixels: Mapping[str, Any] | None, shape: tuple[int, int]
+) -> dict[str, tuple[int, int]]:
+    """Named pixels ``(y, x)`` inside an image of ``shape``."""
+    height, width = shape
+    if pixels is None:
+        return {
+            name: (
+                min(height - 1, round(fy * height)),
+                min(width - 1, round(fx * width)),
+            )
+            for name, (fy, fx) in DEFAULT_PIXELS.items()
+        }
+    if not isinstance(pixels, Mapping):
+        raise InputError(f"pixels must map names to (y, x), got {type(pixels)}")
+    out = {}
+    for name, where in pixels.items():
+        try:
+            y, x = (int(v) for v in where)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"pixels[{name!r}] must be (y, x), got {where!r}"
+            ) from None
+        if not (0 <= y < height and 0 <= x < width):
+            raise InputError(
+                f"pixels[{name!r}] = ({y}, {x}) is outside the {height}x{width} image"
+            )
+        out[str(name)] = (y, x)
+    return out
+
+
+def _check_photographs(photographs: Any) -> list[tuple]:
+    """``(label, input, {target: output})`` with images as arrays."""
+    if not isinstance(photographs, Mapping):
+        raise InputError(
+            "photographs must map labels to (input, {target: image}), "
+            f"got {type(photographs)}"
+        )
+    out = []
+    for label, entry in photographs.items():
+        try:
+            image, outputs = entry
+        except (TypeError, ValueError):
+            raise InputError(
+                f"photographs[{label!r}] must be (input, {{target: image}})"
+            ) from None
+        if not isinstance(outputs, Mapping):
+            raise InputError(f"photographs[{label!r}] outputs must map targets")
+        arrays = {"input": image, **{str(t): v for t, v in outputs.items()}}
+        for key, value in arrays.items():
+            array = np.asarray(value)
+            good = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3))
+            if not good or not np.issubdtype(array.dtype, np.number):
+                raise InputError(
+                    f"photographs[{label!r}] {key} must be an (H, W[, 1|3]) image "
+                    f"in [0, 1], got shape {array.shape}"
+                )
+        outputs = {str(t): v for t, v in outputs.items()}
+        out.append((str(label), np.asarray(image), outputs))
+    return out
+
+
+def _header(model: Model, dataset: xr.Dataset, source: str, split: str) -> str:
+    attrs = model.dataset.attrs
+    height, width = model.image_shape
+    settings = [
+        ("targets", ", ".join(model.targets)),
+        ("receptive field r", model.field),
+        ("lambda", model.lam),
+        ("normalize", model.normalize),
+        ("image", f"{height} x {width} x {model.channels}"),
+        ("training pairs", attrs.get("n_samples", "?")),
+        ("training fingerprint", attrs.get("training_fingerprint", "?")),
+    ]
+    for key in ("statistics_method", "kernels", "tile_shape"):
+        if key in attrs:
+            settings.append((key.replace("_", " "), attrs[key]))
+    if "dmask_path" in model.dataset.encoding:
+        settings.append(("store", model.dataset.encoding["dmask_path"]))
+
+    images = dataset["images"]
+    subjects = np.asarray(dataset["subject"].values).astype(str)
+    expressions = np.asarray(dataset["expression"].values).astype(str)
+    names, counts = np.unique(expressions, return_counts=True)
+    summary = [
+        ("samples", images.shape[0]),
+        ("image", " x ".join(str(s) for s in images.shape[1:]) + f" {images.dtype}"),
+        ("subjects", len(set(subjects.tolist()))),
+        (
+            "expressions",
+            ", ".join(f"{n} ({c})" for n, c in zip(names, counts, strict=True)),
+        ),
+    ]
+    if "split" in dataset.coords:
+        splits = np.asarray(dataset["split"].values).astype(str)
+        parts = [
+            f"{s}: {len(set(subjects[splits == s].tolist()))} subjects"
+            for s in sorted(set(splits.tolist()))
+        ]
+        summary.append(("splits", ", ".join(parts)))
+    for key in ("origin", "layout", "seed"):
+        if key in dataset.attrs:
+            summary.append((key, dataset.attrs[key]))
+    if "dmask_path" in dataset.encoding:
+        summary.append(("store", dataset.encoding["dmask_path"]))
+    summary.append(("shown", f"{source} -> each target, split {split!r}"))
+    return (
+        "<h2 id='model'>Model</h2>"
+        + _table(settings)
+        + "<h2 id='dataset'>Dataset</h2>"
+        + _table(summary)
+    )
+
+
+def _check_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"report {target} is a folder; name an .html file")
+    if not target.parent.is_dir():
+        raise InputError(f"cannot write report {target}: no folder {target.parent}")
+    if target.exists() and not overwrite:
+        raise StoreError(f"output {target} already exists (pass --overwrite)")
+    return target
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name in the same folder, then rename."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_report(
+    path: str | os.PathLike,
+    model: Model,
+    dataset: xr.Dataset,
+    *,
+    source: str = "neutral",
+    split: str = "test",
+    subjects: int = 4,
+    comparison: Sequence[Mapping[str, Any]] | None = None,
+    tuning: Sequence[Mapping[str, Any]] | None = None,
+    size_curve: Sequence[Mapping[str, Any]] | None = None,
+    photographs: Mapping[str, Any] | None = None,
+    pixels: Mapping[str, tuple[int, int]] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write one self-contained HTML report of a model.
+
+    Parameters
+    ----------
+    path : str or path
+        Output ``.html`` file, written under a temporary name and then renamed.
+    model : Model
+        Trained model.
+    dataset : xarray.Dataset
+        Dataset store from :func:`dmask.io.dataset_store.open_dataset` of the model's
+        image shape.
+    source, split : str
+        Source expression and split of the held-out faces shown.
+    subjects : int
+        Held-out subjects shown per target.
+    comparison : sequence of dict, optional
+        Table rows with any of the keys :data:`COMPARISON_KEYS` (and others).
+    tuning : sequence of dict, optional
+        Rows with ``field``, ``lam``, ``expression``, ``mse``: plots of test MSE
+        against ``r`` and ``lambda``.
+    size_curve : sequence of dict, optional
+        Rows with ``method``, ``n``, ``mse``: test MSE against training size.
+    photographs : mapping, optional
+        ``label -> (input image, {target: synthesised image})``, arrays
+        ``(H, W[, 1|3])`` in [0, 1].
+    pixels : mapping of str to (int, int), optional
+        Named pixels ``(y, x)`` whose ``r x r`` field is drawn; by default a mouth
+        corner, an eye and a cheek (:data:`DEFAULT_PIXELS`).
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The report written.
+    """
+    if not isinstance(model, Model):
+        raise InputError(f"model must be a dmask.Model, got {type(model)}")
+    if not isinstance(dataset, xr.Dataset) or "images" not in dataset:
+        raise InputError("dataset must be a dataset store opened by open_dataset")
+    for name in ("subject", "expression"):
+        if name not in dataset.coords:
+            raise InputError(f"dataset has no {name} coordinate")
+    if isinstance(subjects, bool) or not isinstance(subjects, (int, np.integer)):
+        raise InputError(f"subjects must be a positive integer, got {subjects!r}")
+    if subjects < 1:
+        raise InputError(f"subjects must be a positive integer, got {subjects}")
+    shape = tuple(dataset["images"].shape[1:])
+    if shape != (*model.image_shape, model.channels):
+        raise InputError(
+            f"dataset has images of {'x'.join(map(str, shape))} but the model "
+            f"applies to {'x'.join(map(str, (*model.image_shape, model.channels)))}"
+        )
+    target = _check_output(path, overwrite)
+    chosen = _check_pixels(pixels, model.image_shape)
+    comparison_rows = (
+        None if comparison is None else _check_rows(comparison, "comparison")
+    )
+    tuning_rows = (
+        None
+        if tuning is None
+        else _check_rows(tuning, "tuning", ("field", "lam", "expression", "mse"))
+    )
+    size_rows = (
+        None
+        if size_curve is None
+        else _check_rows(size_curve, "size_curve", ("method", "n", "mse"))
+    )
+    entries = None if photographs is None else _check_photographs(photographs)
+
+    started = time.perf_counter()
+    sections = [_header(model, dataset, source, split)]
+    faces, mean_face = _faces_section(model, dataset, source, split, subjects)
+    sections.append(faces)
+    if entries:
+        sections.append(_photographs_section(entries, model.targets))
+    sections.append(_fields_section(model, mean_face, chosen))
+    if comparison_rows is not None:
+        sections.append(_comparison_section(comparison_rows))
+    if tuning_rows is not None:
+        sections.append(_tuning_section(tuning_rows, model))
+    if size_rows is not None:
+        sections.append(_size_section(size_rows))
+
+    links = [("model", "Model"), ("dataset", "Dataset"), ("faces", "Held-out faces")]
+    if entries:
+        links.append(("photographs", "Out-of-dataset images"))
+    links.append(("fields", "What MR learned"))
+    for rows, anchor, title in (
+        (comparison_rows, "comparison", "Comparison"),
+        (tuning_rows, "tuning", "Tuning"),
+        (size_rows, "size", "Training set size"),
+    ):
+        if rows is not None:
+            links.append((anchor, title))
+    nav = " | ".join(f"<a href='#{a}'>{t}</a>" for a, t in links)
+    title = (
+        f"dmask report: {', '.join(model.targets)} "
+        f"(r={model.field}, lambda={model.lam:g})"
+    )
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class='note'>Written "
+        f"{html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p><nav>{nav}</nav>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+    _write_atomic(target, page)
+    logger.info(
+        "report %s written (%.1f MB) in %.1f s",
+        target, len(page) / 2**20, time.perf_counter() - started,
+    )  # fmt: skip
+    return target
