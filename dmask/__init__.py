@@ -1,9 +1,26 @@
-"""dmask: masked ridge regression for facial expression synthesis on Dask and Zarr."""
+"""dmask: masked ridge regression for facial expression synthesis on Dask and Zarr.
+
+The whole public API is here; everything else is internal. Importing dmask is
+cheap: the numerical stack loads on first use of :func:`fit`, :func:`open_model`
+or :class:`Model`.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from dmask.errors import DmaskError, InputError, StoreError
-from dmask.model import Model, fit, open_model
+from dmask.options import set_options
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from dmask.model import Model, fit, open_model
+
+try:
+    __version__ = version("dmask")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
 
 __all__ = [
     "DmaskError",
@@ -13,4 +30,19 @@ __all__ = [
     "__version__",
     "fit",
     "open_model",
+    "set_options",
 ]
+
+_LAZY = {"Model": "dmask.model", "fit": "dmask.model", "open_model": "dmask.model"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dmask' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -313,7 +313,7 @@ def _build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _cluster(args: argparse.Namespace) -> Iterator[Any]:
     from dmask.cluster.clients import ClusterOptions, connect
-    from dmask.graph.runtime import show_progress
+    from dmask.options import set_options
 
     if args.config:
         _load_config(args.config)
@@ -337,7 +337,7 @@ def _cluster(args: argparse.Namespace) -> Iterator[Any]:
             from distributed import performance_report
 
             report = performance_report(filename=args.report)
-        with report, show_progress(True):
+        with report, set_options(progress=True):
             yield client
         if args.report:
             print(f"performance report: {args.report}")

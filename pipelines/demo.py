@@ -30,8 +30,9 @@ from dmask.evaluation.compare import compare, write_rows
 from dmask.evaluation.compare import format_table as format_comparison
 from dmask.evaluation.evaluate import evaluate, format_table
 from dmask.evaluation.metrics import write_results
-from dmask.graph.runtime import compute, show_progress
+from dmask.graph.runtime import compute
 from dmask.io import dataset_store, photographs
+from dmask.options import set_options
 from dmask.report.figures import comparison_grid, synthesis_grid
 from dmask.report.page import write_report
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         memory_limit=args.memory_limit,
     )
     started = time.perf_counter()
-    with connect(options) as client, show_progress(True):
+    with connect(options) as client, set_options(progress=True):
         print(f"dashboard: {client.dashboard_link}", flush=True)
         shape = (args.size, args.width or args.size)
         print(f"[1/7] synthesising {args.subjects} subjects x 7 faces at {shape}")

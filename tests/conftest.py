@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import dmask
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
@@ -29,8 +31,8 @@ def backend(request, monkeypatch) -> str:
 
     if request.param == "numba" and not _engine.AVAILABLE:
         pytest.skip("numba is not installed: compiled kernels unavailable")
-    monkeypatch.setenv("DMASK_KERNELS", request.param)
-    return request.param
+    with dmask.set_options(kernels=request.param):
+        yield request.param
 
 
 @pytest.fixture(scope="session")

@@ -16,21 +16,6 @@ __all__ = ["ClusterOptions", "connect", "peak_worker_memory"]
 logger = logging.getLogger(__name__)
 
 
-_DEFAULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "dmask.yaml")
-
-
-def _register_defaults() -> None:
-    """Add dmask's defaults to dask.config (once; user settings still win)."""
-    import dask.config
-    import yaml
-
-    with open(_DEFAULTS) as handle:
-        dask.config.update_defaults(yaml.safe_load(handle))
-
-
-_register_defaults()
-
-
 @dataclass(frozen=True)
 class ClusterOptions:
     """How to reach or start a cluster.
@@ -79,10 +64,7 @@ class ClusterOptions:
             Field values (for example from the command line); None means
             "not given" and leaves the configured value.
         """
-        import dask.config
-
-        def get(key: str) -> Any:
-            return dask.config.get(f"dmask.{key}", default=None)
+        from dmask.options import get
 
         values = {
             "scheduler": get("cluster.scheduler"),
@@ -98,17 +80,6 @@ class ClusterOptions:
         }
         values = {k: v for k, v in values.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("n_workers", "threads_per_worker"):
-            if name in values:
-                try:
-                    values[name] = int(values[name])
-                except (TypeError, ValueError):
-                    raise DmaskError(
-                        f"configuration dmask.cluster: {name} must be an integer, "
-                        f"got {values[name]!r}"
-                    ) from None
-        if isinstance(values.get("processes"), str):
-            values["processes"] = values["processes"].lower() in ("1", "true", "yes")
         return cls(**values)
 
     def security(self) -> Any:

@@ -2,14 +2,12 @@
 
 Numerical kernels on numpy arrays, like :mod:`dmask.kernels`, which uses them
 when numba imports and falls back to its numpy code otherwise (or when the
-environment variable ``DMASK_KERNELS`` is ``numpy``). Every function here
+option ``kernels`` is ``numpy``: see :mod:`dmask.options`). Every function here
 releases the GIL, so dask's threads run them in parallel. LAPACK comes from
 scipy's Cython bindings, called directly without the Python layer.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -44,7 +42,9 @@ LANES = 8
 
 def enabled() -> bool:
     """Whether :mod:`dmask.kernels` should use these kernels now."""
-    return AVAILABLE and os.environ.get("DMASK_KERNELS", "numba") != "numpy"
+    from dmask import options
+
+    return AVAILABLE and options.get("kernels") != "numpy"
 
 
 if AVAILABLE:

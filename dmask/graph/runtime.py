@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import os
 import sys
@@ -13,28 +12,14 @@ from typing import Any
 import dask
 import dask.array as da
 
+from dmask import options
+
 __all__ = [
     "compute",
     "current_client",
     "runs_locally",
-    "show_progress",
     "task_memory_budget",
 ]
-
-
-_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "dmask_progress", default=False
-)
-
-
-@contextlib.contextmanager
-def show_progress(enabled: bool = True) -> Iterator[None]:
-    """Show a console progress bar for computations run inside the block."""
-    token = _PROGRESS.set(enabled)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
 
 
 def current_client() -> Any | None:
@@ -63,7 +48,7 @@ def _blas_controller() -> Any:
 def _threaded() -> Iterator[None]:
     """Around a run on the threaded scheduler: one BLAS thread, progress if asked."""
     with _blas_controller().limit(limits=1, user_api="blas"):
-        if not _PROGRESS.get():
+        if not options.get("progress"):
             yield
             return
         from dask.diagnostics import ProgressBar
@@ -84,7 +69,7 @@ def compute(*collections: Any) -> tuple[Any, ...]:
         with _threaded():
             return dask.compute(*collections, scheduler="threads")
     futures = client.compute(list(collections))
-    if _PROGRESS.get():
+    if options.get("progress"):
         from distributed import progress
 
         progress(futures)

@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from dmask.core import field_maps
+from dmask.core.minmax import minmax_parameters, normalize_block
 from dmask.errors import InputError, StoreError
 from dmask.graph import runtime
 from dmask.io import dataset_store
@@ -77,8 +78,8 @@ def _load_all(*arrays: Any) -> list[np.ndarray]:
 def _display_scale(images: np.ndarray, minmax: bool, peak: float) -> np.ndarray:
     """Images in the model's scale (min-max per image, else ``/ peak``), float64."""
     if minmax:
-        return minmax.normalize_block(images, *minmax.minmax_parameters(images))
-    return minmax.normalize_block(images, None, None) / peak
+        return normalize_block(images, *minmax_parameters(images))
+    return normalize_block(images, None, None) / peak
 
 
 def _faces_section(

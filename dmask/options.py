@@ -1,0 +1,153 @@
+"""Every dmask setting: one dask.config key under ``dmask.``, validated here.
+
+The defaults live in ``dmask/dmask.yaml``. Users override them the ways dask
+documents: a YAML file in ``~/.config/dask/`` (or ``DASK_CONFIG``), environment
+variables such as ``DASK_DMASK__KERNELS=numpy`` or
+``DASK_DMASK__CLUSTER__WORKERS=4``, :func:`dask.config.set`, or
+:class:`set_options` here; the command line's options win over all of them.
+Distributed workers started by dmask inherit the client's configuration;
+workers started elsewhere read their own (set the environment variables there).
+
+========================== ==================================================
+key                        meaning
+========================== ==================================================
+``kernels``                ``numba`` (compiled kernels) or ``numpy``
+``progress``               show a progress bar for computations (bool)
+``cluster.scheduler``      address of an existing scheduler
+``cluster.scheduler-file`` scheduler file of an existing cluster
+``cluster.workers``        local cluster: worker processes (None: per core)
+``cluster.threads-per-worker`` local cluster: threads per worker
+``cluster.memory-limit``   local cluster: memory per worker (``4GB``)
+``cluster.processes``      local cluster: workers as processes (bool)
+``cluster.dashboard-address`` where the local dashboard listens
+``tls.ca-file``            CA certificate that signed every party's
+``tls.cert``, ``tls.key``  this client's certificate and private key
+========================== ==================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from dmask.errors import DmaskError
+
+__all__ = ["KEYS", "get", "set_options"]
+
+_DEFAULTS = os.path.join(os.path.dirname(__file__), "dmask.yaml")
+
+
+def _choice(*allowed: str) -> Callable[[str, Any], Any]:
+    def check(key: str, value: Any) -> Any:
+        if value not in allowed:
+            raise DmaskError(
+                f"configuration dmask.{key} must be one of {allowed}, got {value!r}"
+            )
+        return value
+
+    return check
+
+
+def _flag(key: str, value: Any) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _count(key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    name = key.rsplit(".", 1)[-1].replace("-", "_")
+    name = {"workers": "n_workers"}.get(name, name)
+    section = key.rsplit(".", 1)[0]
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise DmaskError(
+            f"configuration dmask.{section}: {name} must be an integer, got {value!r}"
+        ) from None
+    return number
+
+
+def _text(key: str, value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+#: Every key of the ``dmask`` section and how its value is checked.
+KEYS: dict[str, Callable[[str, Any], Any]] = {
+    "kernels": _choice("numba", "numpy"),
+    "progress": _flag,
+    "cluster.scheduler": _text,
+    "cluster.scheduler-file": _text,
+    "cluster.workers": _count,
+    "cluster.threads-per-worker": _count,
+    "cluster.memory-limit": _text,
+    "cluster.processes": _flag,
+    "cluster.dashboard-address": _text,
+    "tls.ca-file": _text,
+    "tls.cert": _text,
+    "tls.key": _text,
+}
+
+
+@functools.cache
+def _register_defaults() -> None:
+    """Add dmask's defaults to dask.config (once; user settings still win)."""
+    import dask.config
+    import yaml
+
+    with open(_DEFAULTS) as handle:
+        dask.config.update_defaults(yaml.safe_load(handle))
+
+
+def _canonical(key: str) -> str:
+    key = key.replace("__", ".").replace("_", "-")
+    if key.startswith("dmask."):
+        key = key[len("dmask.") :]
+    if key not in KEYS:
+        raise DmaskError(f"unknown dmask option {key!r}; known: {', '.join(KEYS)}")
+    return key
+
+
+def get(key: str) -> Any:
+    """The validated value of one setting, e.g. ``get("cluster.workers")``."""
+    import dask.config
+
+    _register_defaults()
+    key = _canonical(key)
+    return KEYS[key](key, dask.config.get(f"dmask.{key}", default=None))
+
+
+class set_options:
+    """Set dmask options, for a ``with`` block or (called plainly) from now on.
+
+    Keys are those of :data:`KEYS`, with ``_`` for ``-`` and ``__`` for ``.``
+    where they are keyword arguments: ``set_options(kernels="numpy")``,
+    ``set_options(cluster__workers=4)``, or ``set_options(**{"tls.cert": p})``.
+
+    Raises
+    ------
+    DmaskError
+        An unknown key or a value its check refuses.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        import dask.config
+
+        _register_defaults()
+        values = {}
+        for name, value in options.items():
+            key = _canonical(name)
+            KEYS[key](key, value)
+            values[f"dmask.{key}"] = value
+        self._set = dask.config.set(values)
+
+    def __enter__(self) -> set_options:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._set.__exit__(*exc)
