@@ -396,12 +396,12 @@ def _summary(client: Any, started: float, **figures: Any) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> None:
-    from dmask.datasets.synthetic import synthesize
+    from dmask.datasets.synthetic import make_synthetic_dataset
 
     shape = (args.size, args.width or args.size)
     with _cluster(args) as client:
         started = time.perf_counter()
-        ds = synthesize(
+        ds = make_synthetic_dataset(
             args.out,
             args.subjects,
             shape,

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import dmask
 from dmask.cluster.clients import ClusterOptions, connect, peak_worker_memory
 from dmask.datasets.drawing import EXPRESSIONS
-from dmask.datasets.synthetic import synthesize
+from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.io import dataset_store
 
 
@@ -62,7 +62,9 @@ def run_case(case: Case, folder: str, options: ClusterOptions) -> dict:
     with connect(options) as client:
         if not os.path.exists(faces):
             started = time.perf_counter()
-            synthesize(faces, case.n, (case.size, case.size), test_fraction=0)
+            make_synthetic_dataset(
+                faces, case.n, (case.size, case.size), test_fraction=0
+            )
             synth_s = time.perf_counter() - started
         else:
             synth_s = 0.0

@@ -80,7 +80,7 @@ class Faces:
 def make_faces(folder: str, size: int, n_images: int) -> Faces:
     """Synthesize ``n_images`` subjects; the first 40 form the train split."""
     n_subjects = max(n_images, TRAIN_SUBJECTS + 1)
-    store = dmask.datasets.synthetic.synthesize(
+    store = dmask.datasets.synthetic.make_synthetic_dataset(
         os.path.join(folder, f"faces{size}.zarr"),
         n_subjects,
         (size, size),

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as folder:
-        ds = dmask.datasets.synthetic.synthesize(
+        ds = dmask.datasets.synthetic.make_synthetic_dataset(
             os.path.join(folder, "faces.zarr"), args.subjects, (args.size, args.size)
         )
         pairs = dataset_store.stored_pairs(ds, "neutral", ["happy"], "train")

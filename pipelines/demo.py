@@ -25,7 +25,7 @@ from dmask.apply.folder import apply_to_folder, read_synthesised
 from dmask.apply.store import apply_to_store
 from dmask.cluster.clients import ClusterOptions, connect, peak_worker_memory
 from dmask.core import minmax
-from dmask.datasets.synthetic import EXPRESSIONS, synthesize
+from dmask.datasets.synthetic import EXPRESSIONS, make_synthetic_dataset
 from dmask.evaluation.compare import compare, write_rows
 from dmask.evaluation.compare import format_table as format_comparison
 from dmask.evaluation.evaluate import evaluate, format_table
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         shape = (args.size, args.width or args.size)
         print(f"[1/7] synthesising {args.subjects} subjects x 7 faces at {shape}")
         t0 = time.perf_counter()
-        ds = synthesize(
+        ds = make_synthetic_dataset(
             paths["faces.zarr"], args.subjects, shape, args.seed, overwrite=True
         )
         print(f"      {ds.sizes['sample']} images in {time.perf_counter() - t0:.1f} s")

@@ -23,7 +23,7 @@ import dmask
 from dmask import cli, errors
 from dmask.cli import main
 from dmask.cluster.clients import ClusterOptions
-from dmask.datasets.synthetic import synthesize
+from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.errors import DmaskError
 from dmask.io import dataset_store, model_store
 
@@ -98,7 +98,7 @@ def dask_processes(tmp_path_factory):
 def faces(tmp_path_factory):
     """A dataset store and the local (threaded) model of its training pairs."""
     path = tmp_path_factory.mktemp("faces") / "faces.zarr"
-    ds = synthesize(path, 8, (32, 32), seed=3)
+    ds = make_synthetic_dataset(path, 8, (32, 32), seed=3)
     return path, ds
 
 
@@ -297,7 +297,7 @@ def test_configuration_file_and_environment(tmp_path, monkeypatch):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dmask: [unclosed\n")
     faces_path = tmp_path / "f.zarr"
-    synthesize(faces_path, 3, (16, 16))
+    make_synthetic_dataset(faces_path, 3, (16, 16))
     code = main(["train", str(faces_path), "--out", str(tmp_path / "m.zarr"),
                  "--config", str(bad)])  # fmt: skip
     assert code == 2 and not (tmp_path / "m.zarr").exists()

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 import dmask
-from dmask.datasets.synthetic import synthesize
+from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.errors import InputError
 from dmask.evaluation.compare import COLUMNS, compare, format_table, score, write_rows
 from dmask.evaluation.evaluate import evaluate
@@ -34,7 +34,7 @@ LABELS = [
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    return synthesize(
+    return make_synthetic_dataset(
         tmp_path_factory.mktemp("compare") / "f.zarr", 8, (16, 16), seed=1
     )
 
@@ -150,7 +150,7 @@ def test_refused_method_has_a_clear_status(faces):
 
 
 def test_pixelwise_methods_are_refused_above_their_size_limit(tmp_path):
-    big = synthesize(tmp_path / "big.zarr", 3, (49, 48), seed=0)
+    big = make_synthetic_dataset(tmp_path / "big.zarr", 3, (49, 48), seed=0)
     out = compare(big, targets=["happy"], methods=("lasso", "omp"))
     for row in out:
         assert row["status"].startswith("refused: d = 7056 pixel values is over")

@@ -8,7 +8,7 @@ import pytest
 from dmask import errors
 from dmask.core import planning
 from dmask.datasets.drawing import EXPRESSIONS, render_face, subject_params
-from dmask.datasets.synthetic import render_samples, synthesize
+from dmask.datasets.synthetic import make_synthetic_dataset, render_samples
 from dmask.io import dataset_store
 
 
@@ -32,7 +32,9 @@ def test_synthetic_faces_are_deterministic_and_local():
 
 
 def test_dataset_store_layout_and_split(tmp_path):
-    ds = synthesize(tmp_path / "f.zarr", 8, (40, 24), seed=1, test_fraction=0.25)
+    ds = make_synthetic_dataset(
+        tmp_path / "f.zarr", 8, (40, 24), seed=1, test_fraction=0.25
+    )
     assert ds["images"].dims == ("sample", "y", "x", "channel")
     assert ds["images"].shape == (8 * 7, 40, 24, 3)
     assert ds["images"].dtype == np.uint8
@@ -54,10 +56,10 @@ def test_dataset_store_layout_and_split(tmp_path):
 
 
 def test_existing_dataset_store_is_refused(tmp_path):
-    synthesize(tmp_path / "f.zarr", 2, (16, 16))
+    make_synthetic_dataset(tmp_path / "f.zarr", 2, (16, 16))
     with pytest.raises(errors.StoreError, match="already exists"):
-        synthesize(tmp_path / "f.zarr", 2, (16, 16))
-    synthesize(tmp_path / "f.zarr", 3, (16, 16), overwrite=True)
+        make_synthetic_dataset(tmp_path / "f.zarr", 2, (16, 16))
+    make_synthetic_dataset(tmp_path / "f.zarr", 3, (16, 16), overwrite=True)
     assert dataset_store.open_dataset(tmp_path / "f.zarr").sizes["sample"] == 21
 
 
@@ -82,7 +84,9 @@ def test_task_memory_does_not_grow_with_image_or_samples():
 
 
 def test_stored_images_give_the_same_model_as_arrays(tmp_path):
-    ds = synthesize(tmp_path / "f.zarr", 9, (20, 18), seed=2, test_fraction=0.34)
+    ds = make_synthetic_dataset(
+        tmp_path / "f.zarr", 9, (20, 18), seed=2, test_fraction=0.34
+    )
     src_ref, tgt_ref = dataset_store.stored_pairs(
         ds, "neutral", ["sad", "afraid"], "train"
     )

@@ -7,7 +7,7 @@ from conftest import random_pairs
 
 import dmask
 from dmask.apply.store import apply_to_store
-from dmask.datasets.synthetic import synthesize
+from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.io import dataset_store
 
 
@@ -35,9 +35,11 @@ def test_fit_on_cluster_equals_threaded(rng, cluster_client, tmp_path):
 
 
 def test_dataset_pipeline_on_cluster_equals_local(cluster_client, tmp_path):
-    local_ds = synthesize(tmp_path / "local.zarr", 5, (20, 28), seed=7)
+    local_ds = make_synthetic_dataset(tmp_path / "local.zarr", 5, (20, 28), seed=7)
     with cluster_client.as_current():
-        remote_ds = synthesize(tmp_path / "remote.zarr", 5, (20, 28), seed=7)
+        remote_ds = make_synthetic_dataset(
+            tmp_path / "remote.zarr", 5, (20, 28), seed=7
+        )
     np.testing.assert_array_equal(remote_ds["images"].values, local_ds["images"].values)
 
     src, tgt = dataset_store.select_pairs(

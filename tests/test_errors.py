@@ -10,7 +10,7 @@ from conftest import random_pairs
 
 import dmask
 from dmask.cli import main
-from dmask.datasets.synthetic import synthesize
+from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.graph import fit_tasks
 from dmask.io import dataset_store, stores
 
@@ -34,7 +34,7 @@ def assert_one_line_error(code: int, err: str, *words: str) -> None:
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     path = tmp_path_factory.mktemp("faces") / "faces.zarr"
-    synthesize(path, 6, (24, 20), seed=3, test_fraction=0.34)
+    make_synthetic_dataset(path, 6, (24, 20), seed=3, test_fraction=0.34)
     return path
 
 
@@ -175,7 +175,7 @@ def test_cli_existing_output(capsys, faces, model_path):
 
 def test_cli_model_on_other_image_size(capsys, tmp_path, model_path):
     other = tmp_path / "other.zarr"
-    synthesize(other, 2, (32, 20), test_fraction=0)
+    make_synthetic_dataset(other, 2, (32, 20), test_fraction=0)
     code, _, err = run_cli(
         capsys, "apply", model_path, other, "--out", tmp_path / "o.zarr", *LOCAL
     )

@@ -16,7 +16,7 @@ from PIL import Image
 
 import dmask
 from dmask.core import field_maps, minmax, windows
-from dmask.datasets.synthetic import synthesize
+from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.errors import InputError, StoreError
 from dmask.io import dataset_store
 from dmask.report.html import MAX_SIDE
@@ -130,7 +130,7 @@ def _decode(src: str) -> Image.Image:
 def trained(tmp_path_factory):
     """A tiny synthetic dataset and a model stored on disk (lazy weights)."""
     folder = tmp_path_factory.mktemp("report")
-    synthesize(folder / "f.zarr", 8, (24, 20), seed=1)
+    make_synthetic_dataset(folder / "f.zarr", 8, (24, 20), seed=1)
     ds = dataset_store.open_dataset(folder / "f.zarr")
     sources, targets = dataset_store.stored_pairs(ds, "neutral", TARGETS, "train")
     model = dmask.fit(sources, targets, field=3, lam=0.4, store=folder / "m.zarr")

@@ -11,7 +11,7 @@ from reference import minmax, reference_fit
 
 import dmask
 from dmask.core import displacement, lambdas
-from dmask.datasets.synthetic import synthesize
+from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.evaluation.evaluate import evaluate
 from dmask.evaluation.metrics import write_results
 from dmask.evaluation.tune import best_setting, training_size_curve, tune
@@ -238,7 +238,9 @@ def test_selection_rejects_bad_settings(rng):
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    return synthesize(tmp_path_factory.mktemp("tune") / "f.zarr", 8, (16, 16), seed=1)
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("tune") / "f.zarr", 8, (16, 16), seed=1
+    )
 
 
 def test_tune_covers_the_grid(faces, tmp_path):

@@ -108,7 +108,7 @@ def _store_version(path: str) -> int:
     return os.stat(os.path.join(path, "zarr.json")).st_mtime_ns
 
 
-def synthesize_files(
+def predict_files(
     relatives: Sequence[str],
     folder: str,
     out: str,
@@ -292,7 +292,7 @@ def apply_to_folder(
             arrays = client.scatter(pair, broadcast=True)
         else:
             arrays = dask.delayed(pair, traverse=False)
-    task = dask.delayed(synthesize_files, pure=False)
+    task = dask.delayed(predict_files, pure=False)
     blocks = [todo[i : i + block] for i in range(0, len(todo), block)]
     logger.info(
         "%d files, %d already done, %d blocks of %d to synthesise into %s",

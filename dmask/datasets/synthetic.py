@@ -14,7 +14,7 @@ from dmask.errors import InputError
 from dmask.graph import runtime
 from dmask.io import dataset_store, locks, stores
 
-__all__ = ["EXPRESSIONS", "render_samples", "synthesize"]
+__all__ = ["EXPRESSIONS", "render_samples", "make_synthetic_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def render_and_write(
 
 
 @locks.locks_output("path")
-def synthesize(
+def make_synthetic_dataset(
     path: str | os.PathLike,
     n_subjects: int,
     image_shape: tuple[int, int] = (128, 128),
