@@ -14,24 +14,23 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from dmask.core.planning import tile_grid
 from dmask.errors import InputError
-from dmask.io import model_store
+from dmask.io import atomic, model_store
 from dmask.io.reference import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
-    FIELD_LAYOUT,
     MANIFEST,
     UNKNOWN_LAM,
     _check_field,
     _check_image_shape,
     _check_lam,
     _json_lam,
-    _load,
     _matrix_shape,
     _peek_shape,
     _reach,
     _read_manifest,
-    _replace,
+    _read_matrix,
     _safe_name,
     _unpack,
     _window_csr,
@@ -131,7 +130,7 @@ def export_reference(
         }
         with open(partial / MANIFEST, "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2)
-        _replace(partial, out_dir, overwrite)
+        atomic.replace_directory(partial, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -254,7 +253,7 @@ def import_reference(
     shape = shapes[0][1]
 
     if field is None:
-        reach = max(_reach(_load(p, shape), width) for p, _ in shapes)
+        reach = max(_reach(_read_matrix(p, shape), width) for p, _ in shapes)
         field = 2 * reach + 1
         if field > 2 * max(height, width) - 1:
             raise InputError(
@@ -269,7 +268,7 @@ def import_reference(
         worst = None
         for c, path in enumerate(paths[name]):
             weight[t, :, :, c], bias[t, :, :, c], first = _unpack(
-                _load(path, shape), height, width, field
+                _read_matrix(path, shape), height, width, field
             )
             if first is not None and (worst is None or first[0] < worst[0][0]):
                 worst = (first, c, path)
@@ -282,22 +281,20 @@ def import_reference(
             )
 
     tile_shape = [min(IMPORT_TILE, height), min(IMPORT_TILE, width)]
-    grid = (-(-height // tile_shape[0]), -(-width // tile_shape[1]))
-    attrs = {
-        "field": field,
-        "lam": float(lam),
-        "normalize": normalize,
-        "channel_mode": "independent",
-        "field_layout": FIELD_LAYOUT,
-        "height": height,
-        "width": width,
-        "channels": channels,
-        "n_samples": 0,
-        "single_target": single,
-        "training_fingerprint": "reference-import",
-        "tile_shape": tile_shape,
-        "complete": True,
-    }
+    grid = tile_grid((height, width), tile_shape)
+    attrs = model_store.ModelAttrs(
+        field=field,
+        lam=float(lam),
+        normalize=normalize,
+        height=height,
+        width=width,
+        channels=channels,
+        n_samples=0,
+        single_target=single,
+        training_fingerprint="reference-import",
+        tile_shape=tuple(tile_shape),
+    ).to_dict()
+    attrs["complete"] = True
     dataset = model_store.model_dataset(
         weight, bias, names, field, np.ones(grid, dtype="u1"), attrs
     )

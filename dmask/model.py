@@ -15,7 +15,12 @@ import numpy as np
 import xarray as xr
 
 from dmask.core import _engine, lambdas, minmax
-from dmask.core.planning import plan_fit, plan_tiles, prediction_tile_shape
+from dmask.core.planning import (
+    plan_fit,
+    plan_tiles,
+    prediction_tile_shape,
+    tile_grid,
+)
 from dmask.errors import InputError
 from dmask.graph import fit_tasks, inputs, prediction, runtime, taskgraph, training
 from dmask.io import dataset_store, locations, locks, model_store, stores
@@ -299,26 +304,22 @@ def _fit_planned(
         len(names), n, height, width, channels, len(plan.tiles),
         plan.tile_shape, plan.sample_block, plan.task_bytes / 2**20,
     )  # fmt: skip
-    attrs = {
-        "field": field,
-        "lam": lam,
-        "normalize": normalize,
-        "channel_mode": "independent",
-        "field_layout": "row-major window offsets (offset_y, offset_x); "
-        "weights of offsets outside the image are 0",
-        "height": height,
-        "width": width,
-        "channels": channels,
-        "n_samples": n,
-        "single_target": single,
-        "training_fingerprint": fingerprint,
-        "tile_shape": list(plan.tile_shape),
-        "sample_block": plan.sample_block,
-        "statistics_method": plan.method,
-        "kernels": "numba" if _engine.enabled() else "numpy",
-    }
-    if lam_grid:
-        attrs["lam_grid"] = list(lam_grid)
+    attrs = model_store.ModelAttrs(
+        field=field,
+        lam=lam,
+        normalize=normalize,
+        height=height,
+        width=width,
+        channels=channels,
+        n_samples=n,
+        single_target=single,
+        training_fingerprint=fingerprint,
+        tile_shape=tuple(plan.tile_shape),
+        sample_block=plan.sample_block,
+        statistics_method=plan.method,
+        kernels="numba" if _engine.enabled() else "numpy",
+        lam_grid=tuple(lam_grid) if lam_grid else None,
+    ).to_dict()
     if store is not None:
         if previous is not None:
             _check_resumable(store, previous, attrs, names)
@@ -506,9 +507,8 @@ class Model:
             )
         th, tw = prediction_tile_shape(self.image_shape, self.tile_shape)
         tiles = plan_tiles(self.image_shape, (th, tw))
-        grid = [
-            [t for t in tiles if t.index[0] == row] for row in range(-(-height // th))
-        ]
+        rows, _ = tile_grid(self.image_shape, (th, tw))
+        grid = [[t for t in tiles if t.index[0] == row] for row in range(rows)]
         if sample_block is None:
             per_sample = (
                 8

@@ -30,9 +30,10 @@ from PIL import Image
 import dmask
 from dmask.apply.folder import apply_to_folder
 from dmask.cluster.clients import ClusterOptions, connect, peak_worker_memory
+from dmask.datasets import samples
 from dmask.datasets.drawing import render_face, subject_params
 from dmask.datasets.ingest import ingest
-from dmask.io import dataset_store, photographs
+from dmask.io import dataset_store
 
 CODES = {"neutral": "NE", "happy": "HA", "sad": "SA"}
 
@@ -57,7 +58,7 @@ def photo_folder(root: str, count: int) -> int:
     os.makedirs(root, exist_ok=True)
     photos = [
         p
-        for name, p in photographs.sample_photographs().items()
+        for name, p in samples.sample_photographs().items()
         if name in ("astronaut", "grace_hopper")
     ]
     rng = np.random.default_rng(0)

@@ -25,13 +25,14 @@ from dmask.apply.folder import apply_to_folder, read_synthesised
 from dmask.apply.store import apply_to_store
 from dmask.cluster.clients import ClusterOptions, connect, peak_worker_memory
 from dmask.core import minmax
+from dmask.datasets import samples
 from dmask.datasets.synthetic import EXPRESSIONS, make_synthetic_dataset
 from dmask.evaluation.compare import compare, write_rows
 from dmask.evaluation.compare import format_table as format_comparison
 from dmask.evaluation.evaluate import evaluate, format_table
 from dmask.evaluation.metrics import write_results
 from dmask.graph.runtime import compute
-from dmask.io import dataset_store, photographs
+from dmask.io import dataset_store
 from dmask.options import set_options
 from dmask.report.figures import comparison_grid, synthesis_grid
 from dmask.report.page import write_report
@@ -64,10 +65,10 @@ def _out_of_dataset(model, out: str):
     folder = os.path.join(out, "photographs")
     synthesised = os.path.join(out, "photographs_synthesised")
     os.makedirs(folder, exist_ok=True)
-    for name, photo in photographs.sample_photographs().items():
+    for name, photo in samples.sample_photographs().items():
         for label, image in (
             (name, photo),
-            (f"{name}_sketch", photographs.sketch(photo)),
+            (f"{name}_sketch", samples.sketch(photo)),
         ):
             pixels = image[..., 0] if image.shape[-1] == 1 else image
             Image.fromarray(pixels).save(os.path.join(folder, f"{label}.png"))

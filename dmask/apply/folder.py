@@ -27,7 +27,7 @@ import numpy as np
 from dmask.core import forward, minmax
 from dmask.errors import InputError
 from dmask.graph import runtime
-from dmask.io import locks, model_store, photographs
+from dmask.io import face_crops, locks, model_store, photographs
 from dmask.model import Model
 
 __all__ = ["BatchReport", "apply_to_folder", "read_synthesised", "scan_images"]
@@ -150,7 +150,7 @@ def predict_files(
         peak = float(np.iinfo(face.dtype).max) if face.dtype.kind in "ui" else 1.0
         x = face[None].astype(np.float64)
         if normalize:
-            x = minmax.normalize_block(x, *minmax.minmax_parameters(x))
+            x = minmax.normalize_images(x)
             peak = 1.0
         halo = np.pad(x, ((0, 0), (b, b), (b, b), (0, 0)))
         predicted = forward.apply_tile(halo, weight, bias, field_size)[:, 0]
@@ -169,9 +169,9 @@ def _crop_face(
     """The face at the model's size, and whether ``auto`` fell back to the centre.
 
     ``auto`` detects the face and takes the centre where none is found; the
-    other modes are :func:`dmask.io.photographs.prepare_face`'s own.
+    other modes are :func:`dmask.io.face_crops.prepare_face`'s own.
     """
-    face = photographs.prepare_face(
+    face = face_crops.prepare_face(
         image,
         size,
         crop="detect" if crop == "auto" else crop,
@@ -179,30 +179,13 @@ def _crop_face(
         channels=channels,
     )
     if face is None and crop == "auto":
-        centred = photographs.prepare_face(
-            image, size, crop="center", channels=channels
-        )
+        centred = face_crops.prepare_face(image, size, crop="center", channels=channels)
         return centred, True
     return face, False
 
 
 def _write_png(path: str, values: np.ndarray, peak: float) -> None:
-    """Write 8-bit PNG atomically: a temporary name, then a rename."""
-    from PIL import Image
-
-    pixels = np.rint(np.clip(values / peak, 0.0, 1.0) * 255.0).astype(np.uint8)
-    if pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = path + ".partial"
-    try:
-        # Fast zlib level: at the default the encoding took half of each file's time.
-        Image.fromarray(pixels).save(partial, format="PNG", compress_level=1)
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
+    photographs.write_png(path, values, peak)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -348,7 +331,7 @@ def read_synthesised(
             continue
         face, _ = _crop_face(image, model.image_shape, "auto", 0.25, model.channels)
         x = face[None].astype(np.float64)
-        shown = minmax.normalize_block(x, *minmax.minmax_parameters(x))[0]
+        shown = minmax.normalize_images(x)[0]
         outputs = {t: photographs.read_image(p) / 255.0 for t, p in paths.items()}
         found[str(Path(relative).with_suffix(""))] = (shown, outputs)
     return found

@@ -14,7 +14,7 @@ import xarray as xr
 
 from dmask.errors import InputError
 from dmask.graph import runtime
-from dmask.io import dataset_store, locations, locks, stores
+from dmask.io import dataset_store, locations, locks, photographs, stores
 from dmask.model import Model
 
 __all__ = ["apply_to_store", "write_pngs"]
@@ -148,13 +148,8 @@ def _peak(model: Model, dataset: xr.Dataset) -> float:
 def _write_png_block(
     images: np.ndarray, names: Sequence[str], folder: str, peak: float = 1.0
 ) -> int:
-    from PIL import Image
-
     for image, name in zip(images, names, strict=True):
-        pixels = np.rint(np.clip(image / peak, 0.0, 1.0) * 255.0).astype(np.uint8)
-        if pixels.shape[-1] == 1:
-            pixels = pixels[..., 0]
-        Image.fromarray(pixels).save(os.path.join(folder, name))
+        photographs.write_png(os.path.join(folder, name), image, peak)
     return len(names)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dmask.core import _engine
-from dmask.core.windows import subtiles
+from dmask.core.planning import subtiles
 
 __all__ = ["CovarianceStatistics", "covariance_statistics", "solve_covariance"]
 

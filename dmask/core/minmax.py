@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["minmax_parameters", "minmax_scale", "normalize_block", "sample_bounds"]
+__all__ = [
+    "normalize_images",
+    "minmax_parameters",
+    "minmax_scale",
+    "normalize_block",
+    "sample_bounds",
+]
 
 
 def minmax_parameters(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,3 +67,8 @@ def normalize_block(
         out -= np.asarray(low, dtype=np.float64).reshape(shape)
         out *= np.asarray(scale, dtype=np.float64).reshape(shape)
     return out
+
+
+def normalize_images(images: np.ndarray) -> np.ndarray:
+    """Each image min-max scaled to ``[0, 1]`` over all its pixels, as float64."""
+    return normalize_block(images, *minmax_parameters(images))

@@ -7,6 +7,7 @@ solves, which source pixels it reads, and how many samples it holds at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dmask.core import _engine
@@ -23,6 +24,8 @@ __all__ = [
     "plan_fit",
     "plan_tiles",
     "sample_blocks",
+    "subtiles",
+    "tile_grid",
 ]
 
 #: Bytes one task may hold when nothing else is said.
@@ -81,6 +84,17 @@ class Tile:
             (cols.start - xa, xb - cols.stop),
         )
         return rows, cols, padding
+
+
+def tile_grid(image_shape: Sequence[int], tile_shape: Sequence[int]) -> tuple[int, int]:
+    """Rows and columns of tiles that cut an ``(H, W)`` image (last ones smaller)."""
+    (height, width), (th, tw) = image_shape, tile_shape
+    return -(-height // th), -(-width // tw)
+
+
+def subtiles(height: int, width: int, side: int) -> list[tuple[int, int, int, int]]:
+    """``(y0, y1, x0, x1)`` of the squares of ``side`` that cut an ``H x W`` tile."""
+    return [(t.y0, t.y1, t.x0, t.x1) for t in plan_tiles((height, width), (side, side))]
 
 
 def plan_tiles(image_shape: tuple[int, int], tile_shape: tuple[int, int]) -> list[Tile]:
@@ -143,11 +157,10 @@ def estimate_statistics_bytes(
         )
     side = COVARIANCE_SIDE
     total = 0
-    for y0 in range(0, h, side):
-        for x0 in range(0, w, side):
-            hb, wb = min(side, h - y0), min(side, w - x0)
-            m1 = (hb + b2) * (wb + b2) + 1
-            total += 8 * channels * m1 * (m1 + n_targets * hb * wb)
+    for y0, y1, x0, x1 in subtiles(h, w, side):
+        hb, wb = y1 - y0, x1 - x0
+        m1 = (hb + b2) * (wb + b2) + 1
+        total += 8 * channels * m1 * (m1 + n_targets * hb * wb)
     return total
 
 

@@ -6,7 +6,7 @@ from functools import cache
 
 import numpy as np
 
-__all__ = ["displacements", "subtiles", "window_offsets", "window_validity"]
+__all__ = ["displacements", "window_offsets", "window_validity"]
 
 
 def window_offsets(field: int) -> np.ndarray:
@@ -75,12 +75,3 @@ def window_validity(
     ys = np.arange(y0, y0 + height)[:, None, None] + offsets[None, None, :, 0]
     xs = np.arange(x0, x0 + width)[None, :, None] + offsets[None, None, :, 1]
     return (ys >= 0) & (ys < image_shape[0]) & (xs >= 0) & (xs < image_shape[1])
-
-
-def subtiles(height: int, width: int, side: int) -> list[tuple[int, int, int, int]]:
-    """Half-open ``(y0, y1, x0, x1)`` blocks of at most ``side`` x ``side`` pixels."""
-    return [
-        (y0, min(height, y0 + side), x0, min(width, x0 + side))
-        for y0 in range(0, height, side)
-        for x0 in range(0, width, side)
-    ]

@@ -14,15 +14,9 @@ import numpy as np
 from dmask.datasets.layouts import LAYOUTS, ImageRecord, _display, scan
 from dmask.errors import InputError
 from dmask.graph import runtime
-from dmask.io import dataset_store, locations, locks, stores
-from dmask.io.photographs import (
-    CROP_MODES,
-    ImageReadError,
-    crop_resize,
-    find_crop,
-    image_files,
-    read_image,
-)
+from dmask.io import atomic, dataset_store, locations, locks, stores
+from dmask.io.face_crops import CROP_MODES, crop_resize, find_crop
+from dmask.io.photographs import ImageReadError, image_files, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -303,20 +297,6 @@ def _report_path(out: str | os.PathLike) -> str:
     return str(out).rstrip("/").rstrip(os.sep) + ".report.txt"
 
 
-def _write_text(path: str, text: str) -> None:
-    """Write a file so that it appears whole or not at all."""
-    if "://" in path:
-        import fsspec
-
-        with fsspec.open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        return
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
 def _remove_report(path: str) -> None:
     if "://" not in path and os.path.lexists(path):
         os.remove(path)
@@ -388,7 +368,7 @@ def ingest(
         Stored ``(H, W)``. None: the common size with crop "none", else the
         smallest crop.
     crop : {"detect", "center", "none"}
-        Face crop (see :func:`dmask.io.photographs.prepare_face`).
+        Face crop (see :func:`dmask.io.face_crops.prepare_face`).
     margin : float
         Margin around detected faces, a fraction of the face side.
     channels : {1, 3, None}
@@ -558,7 +538,7 @@ def ingest(
     runtime.compute(*tasks)
 
     report.lines = [*lines, report.summary()]
-    _write_text(report_path, "\n".join(report.lines) + "\n")
+    atomic.write_text(report_path, "\n".join(report.lines) + "\n")
     stores.finalize_store(out)
     logger.info("ingest: %s", report.summary())
     return report

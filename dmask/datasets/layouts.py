@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dmask.errors import InputError
-from dmask.io.photographs import (
-    image_files,
-)
+from dmask.io.photographs import image_files
 
 __all__ = [
     "ImageRecord",

@@ -23,7 +23,7 @@ from dmask.evaluation.memory import (
 )
 from dmask.evaluation.metrics import psnr as image_psnr
 from dmask.evaluation.metrics import write_results
-from dmask.graph import runtime
+from dmask.graph import inputs, runtime
 from dmask.io import dataset_store
 from dmask.model import check_settings
 from dmask.model import fit as fit_mr
@@ -85,15 +85,8 @@ _BASELINES: dict[str, type[baselines.Baseline]] = {
 }
 
 
-def _load(images: Any) -> np.ndarray:
-    if isinstance(images, dataset_store.StoredImages):
-        return dataset_store.read_images(images.path, images.index)
-    return np.asarray(images)
-
-
 def _flat_normalized(images: np.ndarray) -> np.ndarray:
-    low, scale = minmax.minmax_parameters(images)
-    return minmax.normalize_block(images, low, scale).reshape(images.shape[0], -1)
+    return minmax.normalize_images(images).reshape(images.shape[0], -1)
 
 
 def _prepare(
@@ -101,11 +94,11 @@ def _prepare(
 ) -> dict[str, Any]:
     """Task: the normalised, flattened training and test images of one target."""
     with _EXCLUSIVE:
-        test_truth = _load(test_tgt)
+        test_truth = inputs.as_numpy(test_tgt)[0]
         return {
-            "x_train": _flat_normalized(_load(train_src)),
-            "y_train": _flat_normalized(_load(train_tgt)),
-            "x_test": _flat_normalized(_load(test_src)),
+            "x_train": _flat_normalized(inputs.as_numpy(train_src)[0]),
+            "y_train": _flat_normalized(inputs.as_numpy(train_tgt)[0]),
+            "x_test": _flat_normalized(inputs.as_numpy(test_src)[0]),
             "y_test": _flat_normalized(test_truth),
             "shape": test_truth.shape[1:],
         }

@@ -26,10 +26,7 @@ def _normalized(images: da.Array, minmax: bool) -> da.Array:
     data = images.astype(np.float64)
     if not minmax:
         return data
-    low, high = inputs.minmax_bounds(data)
-    span = high - low
-    scale = da.where(span > 0, 1.0 / da.where(span > 0, span, 1.0), 0.0)
-    return (data - low[:, None, None, None]) * scale[:, None, None, None]
+    return inputs.normalized(data)
 
 
 def _per_image_mse(a: da.Array, b: da.Array) -> da.Array:

@@ -22,7 +22,7 @@ from dmask.errors import InputError
 from dmask.evaluation.baselines import FullRidge
 from dmask.evaluation.evaluate import evaluate
 from dmask.evaluation.metrics import psnr, write_results
-from dmask.graph import runtime
+from dmask.graph import inputs
 from dmask.io import dataset_store
 from dmask.model import check_settings, fit
 
@@ -234,10 +234,10 @@ def best_setting(
     return {key: best[key] for key in ("field", "lam", "mse", "psnr")}
 
 
-def _load(ds: xr.Dataset, index: np.ndarray) -> np.ndarray:
+def _normalized_rows(ds: xr.Dataset, index: np.ndarray) -> np.ndarray:
     """Samples ``index`` min-max normalised per image, ``(n, H * W * C)`` float64."""
-    (images,) = runtime.compute(ds["images"].data[index])
-    normalized = minmax.normalize_block(images, *minmax.minmax_parameters(images))
+    (images,) = inputs.as_numpy(ds["images"].data[index])
+    normalized = minmax.normalize_images(images)
     return normalized.reshape(len(index), -1)
 
 
@@ -258,15 +258,16 @@ def _score_full_ridge(
 
     Trained on the pairs ``train``, scored on the test pairs of each target.
     """
-    x_train = _load(ds, train[0])
+    x_train = _normalized_rows(ds, train[0])
     rows = []
     for name in names:
-        model = FullRidge(lam=lam).fit(x_train, _load(ds, train[1][name]))
+        model = FullRidge(lam=lam).fit(x_train, _normalized_rows(ds, train[1][name]))
         test_source, test_target = dataset_store.pair_indices(
             ds, source, [name], "test"
         )
         mse, psnr = _image_scores(
-            model.predict(_load(ds, test_source)), _load(ds, test_target[name])
+            model.predict(_normalized_rows(ds, test_source)),
+            _normalized_rows(ds, test_target[name]),
         )
         rows.append(
             {

@@ -14,10 +14,12 @@ from dmask.core import (
     minmax,
 )
 from dmask.errors import InputError
-from dmask.graph.runtime import current_client
+from dmask.graph.runtime import compute, current_client
 from dmask.io.dataset_store import StoredImages, compact_index, read_images
 
 __all__ = [
+    "as_numpy",
+    "normalized",
     "as_dask_array",
     "as_image_source",
     "minmax_bounds",
@@ -116,3 +118,39 @@ def sample_bounds(images: da.Array | StoredImages) -> Any:
         for s0 in range(0, images.shape[0], block)
     ]
     return dask.delayed(_concat_bounds, pure=True)(parts)
+
+
+def normalized(images: da.Array) -> da.Array:
+    """Lazy per-image min-max normalisation of a dask array (core's formula)."""
+    low, high = minmax_bounds(images)
+    scale = da.map_blocks(minmax.minmax_scale, low, high, dtype=np.float64)
+    return da.blockwise(
+        minmax.normalize_block,
+        "syxc",
+        images,
+        "syxc",
+        low,
+        "s",
+        scale,
+        "s",
+        dtype=np.float64,
+    )
+
+
+def as_numpy(*arrays: Any) -> list[np.ndarray]:
+    """Numpy arrays of numpy arrays, dask arrays or stored images.
+
+    Stored images are read; the dask arrays are computed together, in one
+    computation on the current client or the threaded scheduler.
+    """
+    lazy = [a for a in arrays if isinstance(a, da.Array)]
+    done = iter(compute(*lazy) if lazy else ())
+    out = []
+    for array in arrays:
+        if isinstance(array, da.Array):
+            out.append(np.asarray(next(done)))
+        elif isinstance(array, StoredImages):
+            out.append(read_images(array.path, array.index))
+        else:
+            out.append(np.asarray(array))
+    return out

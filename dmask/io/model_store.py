@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dmask.core.planning import Tile
+from dmask.core.planning import Tile, tile_grid
 from dmask.errors import StoreError
 from dmask.io.locations import _is_local, store_path
 from dmask.io.stores import (
@@ -25,6 +25,8 @@ from dmask.io.stores import (
 )
 
 __all__ = [
+    "FIELD_LAYOUT",
+    "ModelAttrs",
     "ModelProgress",
     "create_model_template",
     "model_dataset",
@@ -33,6 +35,55 @@ __all__ = [
     "write_model_store",
     "write_model_tile",
 ]
+
+#: How the ``k`` axis of the weights is laid out (stored in every model).
+FIELD_LAYOUT = (
+    "row-major window offsets (offset_y, offset_x); "
+    "weights of offsets outside the image are 0"
+)
+
+
+@dataclass(frozen=True)
+class ModelAttrs:
+    """A model's settings as stored in its attributes (one schema for all writers).
+
+    Trained models record how they were trained (``sample_block``,
+    ``statistics_method``, ``kernels``, and ``lam_grid`` for penalties chosen
+    per pixel); imported ones leave those out.
+    """
+
+    field: int
+    lam: float | str
+    normalize: str
+    height: int
+    width: int
+    channels: int
+    n_samples: int
+    single_target: bool
+    training_fingerprint: str
+    tile_shape: tuple[int, int]
+    sample_block: int | None = None
+    statistics_method: str | None = None
+    kernels: str | None = None
+    lam_grid: tuple[float, ...] | None = None
+    channel_mode: str = "independent"
+    field_layout: str = FIELD_LAYOUT
+
+    def to_dict(self) -> dict[str, Any]:
+        """The attributes to store: JSON types, unset optional ones left out."""
+        order = (
+            "field", "lam", "normalize", "channel_mode", "field_layout", "height",
+            "width", "channels", "n_samples", "single_target",
+            "training_fingerprint", "tile_shape", "sample_block",
+            "statistics_method", "kernels", "lam_grid",
+        )  # fmt: skip
+        out: dict[str, Any] = {}
+        for key in order:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
 
 
 def _model_coords(targets: Sequence[str], field: int, channels: int) -> dict[str, Any]:
@@ -96,7 +147,7 @@ def create_model_template(
     height, width = image_shape
     th, tw = tile_shape
     k = field * field
-    grid = (-(-height // th), -(-width // tw))
+    grid = tile_grid(image_shape, tile_shape)
 
     def per_pixel() -> da.Array:
         return da.zeros(

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ import scipy.sparse as sp
 
 from dmask.errors import InputError
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "FIELD_LAYOUT", "MANIFEST", "UNKNOWN_LAM"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "MANIFEST", "UNKNOWN_LAM"]
 
 
 MANIFEST = "manifest.json"
@@ -33,12 +30,6 @@ EXPORT_VERSION = 1
 
 UNKNOWN_LAM = -1.0
 """``lam`` of an imported model whose penalty is unknown."""
-
-
-FIELD_LAYOUT = (
-    "row-major window offsets (offset_y, offset_x); "
-    "weights of offsets outside the image are 0"
-)
 
 
 def _window_csr(weight: np.ndarray, bias: np.ndarray, offsets: np.ndarray) -> Any:
@@ -78,23 +69,6 @@ def _json_lam(value: Any) -> float:
     return lam if math.isfinite(lam) else UNKNOWN_LAM
 
 
-def _replace(partial: Path, out_dir: Path, overwrite: bool) -> None:
-    """Rename ``partial`` to ``out_dir``, moving an existing one aside first."""
-    if not os.path.lexists(out_dir):
-        partial.rename(out_dir)
-        return
-    if not overwrite:
-        raise InputError(f"output directory {out_dir} already exists (pass overwrite)")
-    if out_dir.is_dir() and not out_dir.is_symlink():
-        old = partial.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
-        out_dir.rename(old)
-        partial.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out_dir.unlink()
-        partial.rename(out_dir)
-
-
 def _unreadable(path: Path, exc: Exception) -> InputError:
     lines = str(exc).splitlines()
     reason = lines[0] if lines else type(exc).__name__
@@ -117,7 +91,7 @@ def _peek_shape(path: Path) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _load(path: Path, shape: tuple[int, int]) -> Any:
+def _read_matrix(path: Path, shape: tuple[int, int]) -> Any:
     """Load one sparse file as canonical float64 CSR, or raise InputError."""
     try:
         matrix = sp.load_npz(path)

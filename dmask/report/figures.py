@@ -7,12 +7,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from dmask.io.photographs import to_uint8
+
 __all__ = ["comparison_grid", "synthesis_grid"]
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
-    pixels = np.rint(np.clip(np.asarray(image, dtype=np.float64), 0, 1) * 255)
-    pixels = pixels.astype(np.uint8)
+    pixels = to_uint8(image)
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)
     return pixels

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from dmask.io.photographs import to_uint8
+
 __all__ = ["MAX_SIDE", "MIN_SIDE", "STYLE"]
 
 
@@ -56,11 +58,10 @@ def _figure_uri(figure: Any, tight: bool = False) -> str:
 
 def _as_pixels(image: np.ndarray) -> np.ndarray:
     """``(H, W[, C])`` values in [0, 1] as uint8 grey ``(H, W)`` or RGB."""
-    array = np.asarray(image, dtype=np.float64)
+    array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    array = np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return to_uint8(array)
 
 
 def _fit_page(pixels: np.ndarray) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from dmask.errors import InputError, StoreError
+from dmask.io import atomic
 from dmask.model import Model
 from dmask.report.html import STYLE, _table
 from dmask.report.sections import (
@@ -180,20 +180,6 @@ def _check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     return target
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name in the same folder, then rename."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "x", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     path: str | os.PathLike,
     model: Model,
@@ -317,7 +303,7 @@ def write_report(
         + "".join(sections)
         + "</body></html>\n"
     )
-    _write_atomic(target, page)
+    atomic.write_text(target, page, sync=True)
     logger.info(
         "report %s written (%.1f MB) in %.1f s",
         target, len(page) / 2**20, time.perf_counter() - started,

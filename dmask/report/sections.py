@@ -12,9 +12,9 @@ import numpy as np
 import xarray as xr
 
 from dmask.core import field_maps
-from dmask.core.minmax import minmax_parameters, normalize_block
+from dmask.core.minmax import normalize_block, normalize_images
 from dmask.errors import InputError, StoreError
-from dmask.graph import runtime
+from dmask.graph import inputs
 from dmask.io import dataset_store
 from dmask.model import Model
 from dmask.report.html import (
@@ -63,22 +63,10 @@ def _number(row: Mapping[str, Any], key: str, name: str, i: int) -> float:
         ) from None
 
 
-def _load(array: Any) -> np.ndarray:
-    """A numpy array from a numpy or dask array."""
-    return _load_all(array)[0]
-
-
-def _load_all(*arrays: Any) -> list[np.ndarray]:
-    """Numpy arrays from numpy or dask arrays, the lazy ones in one computation."""
-    lazy = [a for a in arrays if not isinstance(a, np.ndarray)]
-    done = iter(runtime.compute(*lazy) if lazy else ())
-    return [a if isinstance(a, np.ndarray) else np.asarray(next(done)) for a in arrays]
-
-
 def _display_scale(images: np.ndarray, minmax: bool, peak: float) -> np.ndarray:
     """Images in the model's scale (min-max per image, else ``/ peak``), float64."""
     if minmax:
-        return normalize_block(images, *minmax_parameters(images))
+        return normalize_images(images)
     return normalize_block(images, None, None) / peak
 
 
@@ -108,7 +96,7 @@ def _faces_section(
         src_idx, truth_idx = src_idx[:subjects], tgt_idx[target][:subjects]
         key = tuple(src_idx.tolist())
         if key not in cache:
-            raw = _load(images[src_idx])
+            raw = inputs.as_numpy(images[src_idx])[0]
             predicted = model.predict(raw)
             if not isinstance(predicted, Mapping):
                 predicted = {model.targets[0]: predicted}
@@ -116,7 +104,7 @@ def _faces_section(
             scale = 1.0 if minmax else peak
             cache[key] = shown, {t: np.asarray(v) / scale for t, v in predicted.items()}
         shown, predicted = cache[key]
-        truth = _display_scale(_load(images[truth_idx]), minmax, peak)
+        truth = _display_scale(inputs.as_numpy(images[truth_idx])[0], minmax, peak)
         error = np.abs(predicted[target] - truth).mean(axis=-1)
         found.append((target, names[src_idx], shown, predicted[target], truth, error))
 
@@ -177,7 +165,7 @@ def _mean_face(
     """Mean of some source faces in the model's scale, read a block at a time."""
     total = np.zeros(images.shape[1:])
     for start in range(0, len(index), block):
-        block_images = _load(images[index[start : start + block]])
+        block_images = inputs.as_numpy(images[index[start : start + block]])[0]
         total += _display_scale(block_images, minmax, peak).sum(axis=0)
     return total / max(1, len(index))
 
@@ -219,10 +207,14 @@ def _weight_maps(model: Model, target: str) -> tuple[np.ndarray, ...]:
     centre = np.empty((height, width))
     mass = np.empty((height, width))
     for y0 in range(0, height, rows):
-        strip = _load(weight[position, y0 : y0 + rows, :, 0, :])
+        strip = inputs.as_numpy(weight[position, y0 : y0 + rows, :, 0, :])[0]
         centre[y0 : y0 + rows] = field_maps.centre_weight(strip, model.field)
         mass[y0 : y0 + rows] = field_maps.off_centre_mass(strip, model.field)
-    return centre, mass, np.asarray(_load(bias[position, :, :, 0]), dtype=np.float64)
+    return (
+        centre,
+        mass,
+        np.asarray(inputs.as_numpy(bias[position, :, :, 0])[0], dtype=np.float64),
+    )
 
 
 def _marked_face(face: np.ndarray | None, pixels: dict[str, tuple[int, int]]) -> str:
@@ -269,7 +261,7 @@ def _fields_section(
         _show_map(figure, axes[1], mass, "off-centre mass sum |w|", signed=False)
         _show_map(figure, axes[2], bias, "bias", signed=True)
         maps = _figure_uri(figure)
-        slabs = _load_all(
+        slabs = inputs.as_numpy(
             *(weight[position, y : y + 1, x : x + 1, 0, :] for y, x in pixels.values())
         )
         windows = {

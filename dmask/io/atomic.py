@@ -1,0 +1,77 @@
+"""Atomic writes: a file or a folder appears whole at its path, or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from dmask.errors import InputError
+
+__all__ = ["atomic_path", "replace_directory", "write_text"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary name beside ``path`` to write to; renamed onto it on success.
+
+    The temporary name starts with a dot and ends in ``.partial``, so that a
+    crash leaves nothing that looks like the finished file; on any error (or an
+    interruption) the temporary file is removed and the error goes on.
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    temporary = os.path.join(
+        folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    )
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str, sync: bool = False) -> None:
+    """Write a text file atomically (through fsspec for ``scheme://`` paths).
+
+    ``sync`` flushes the data to disk before the rename, for files that must
+    survive a power cut (reports), at the cost of a few milliseconds.
+    """
+    path = os.fspath(path)
+    if "://" in path:
+        import fsspec
+
+        with fsspec.open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
+    with atomic_path(path) as temporary, open(temporary, "x", encoding="utf-8") as f:
+        f.write(text)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def replace_directory(partial: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename the finished folder ``partial`` to ``out_dir``.
+
+    An existing ``out_dir`` is refused unless ``overwrite``; then it is moved
+    aside first and removed only once the new one is in place.
+    """
+    if not os.path.lexists(out_dir):
+        partial.rename(out_dir)
+        return
+    if not overwrite:
+        raise InputError(f"output directory {out_dir} already exists (pass overwrite)")
+    if out_dir.is_dir() and not out_dir.is_symlink():
+        old = partial.parent / f".{out_dir.name}.old-{secrets.token_hex(6)}"
+        out_dir.rename(old)
+        partial.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out_dir.unlink()
+        partial.rename(out_dir)

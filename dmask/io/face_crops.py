@@ -1,0 +1,305 @@
+"""Faces in photographs: detection (LBP cascade), square crops, resizing, channels."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dmask.errors import InputError
+from dmask.io.photographs import _peak
+
+__all__ = [
+    "Box",
+    "CASCADE_WINDOW",
+    "CROP_MODES",
+    "DETECT_SIDE",
+    "LUMA",
+    "LUMA_709",
+    "center_box",
+    "convert_channels",
+    "crop_box",
+    "crop_face",
+    "crop_resize",
+    "detect_face",
+    "find_crop",
+    "prepare_face",
+    "resize_image",
+]
+
+
+#: How faces are cropped: found by the cascade, the centred square, or not at all.
+CROP_MODES: tuple[str, ...] = ("detect", "center", "none")
+
+
+#: Short side of the copy the detector works on (large photos are downscaled).
+DETECT_SIDE = 400
+
+
+#: The LBP cascade's window side: no smaller face can be found.
+CASCADE_WINDOW = 24
+
+
+#: Luminance weights (ITU-R 601-2, as Pillow's ``L`` conversion) for ``channels=1``.
+LUMA = (0.299, 0.587, 0.114)
+
+
+#: Luminance weights for detection and sketches (ITU-R 709, as scikit-image).
+LUMA_709 = (0.2125, 0.7154, 0.0721)
+
+
+Box = tuple[int, int, int, int]
+
+
+def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3) or 0 in image.shape:
+        raise InputError(
+            f"{name} must be (H, W) or (H, W, C) with C 1 or 3, got {image.shape}"
+        )
+    return image
+
+
+def _luminance(image: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Luminance as float64 in the image's own units."""
+    if image.shape[2] == 1:
+        return image[..., 0].astype(np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    return image.astype(np.float64) @ w
+
+
+@functools.cache
+def _cascade() -> Any:
+    """scikit-image's LBP frontal-face cascade, loaded once per process."""
+    from skimage.data import lbp_frontal_face_cascade_filename
+    from skimage.feature import Cascade
+
+    return Cascade(lbp_frontal_face_cascade_filename())
+
+
+def detect_face(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The largest frontal face in a photograph.
+
+    Uses scikit-image's LBP frontal-face cascade on a grey copy whose short
+    side is at most :data:`DETECT_SIDE` pixels.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)``.
+
+    Returns
+    -------
+    tuple of int or None
+        ``(y, x, h, w)`` of the face in ``image``'s pixels, or None.
+    """
+    from skimage.transform import resize
+
+    image = _check_image(image)
+    gray = _luminance(image, LUMA_709) / _peak(image.dtype)
+    height, width = gray.shape
+    scale = min(1.0, DETECT_SIDE / min(height, width))
+    if scale < 1.0:
+        shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+        gray = resize(gray, shape, anti_aliasing=True)
+    short = min(gray.shape)
+    low = max(CASCADE_WINDOW, short // 8)
+    if low > short:
+        return None
+    found = _cascade().detect_multi_scale(
+        gray,
+        scale_factor=1.2,
+        step_ratio=1,
+        min_size=(low, low),
+        max_size=(short, short),
+    )
+    if not found:
+        return None
+    best = max(found, key=lambda d: (d["width"] * d["height"], -d["r"], -d["c"]))
+    sy, sx = height / gray.shape[0], width / gray.shape[1]
+    y = min(height - 1, max(0, round(best["r"] * sy)))
+    x = min(width - 1, max(0, round(best["c"] * sx)))
+    h = max(1, min(height - y, round(best["height"] * sy)))
+    w = max(1, min(width - x, round(best["width"] * sx)))
+    return int(y), int(x), int(h), int(w)
+
+
+def _place(center: float, side: int, extent: int) -> int:
+    start = math.floor(center - side / 2 + 0.5)
+    if side <= extent:
+        return min(max(start, 0), extent - side)
+    return min(max(start, extent - side), 0)
+
+
+def crop_box(
+    shape: Sequence[int], box: tuple[int, int, int, int], margin: float = 0.25
+) -> Box:
+    """A square around a face box, enlarged by ``margin`` on each side.
+
+    The square is shifted to lie inside the image where it fits. Along an
+    axis where it is longer than the image it covers the whole axis and
+    reaches beyond it (:func:`crop_face` fills that part with edge values).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Image shape, ``(H, W, ...)``.
+    box : tuple of int
+        Face box ``(y, x, h, w)``.
+    margin : float
+        Added on each side, as a fraction of the face box side.
+
+    Returns
+    -------
+    tuple of int
+        ``(y0, y1, x0, x1)``, with ``y1 - y0 == x1 - x0``.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    y, x, h, w = (int(v) for v in box)
+    if margin < 0 or not math.isfinite(margin):
+        raise InputError(f"margin must be a non-negative number, got {margin}")
+    if h < 1 or w < 1:
+        raise InputError(f"face box must have a positive size, got {box}")
+    side = max(1, round(max(h, w) * (1 + 2 * margin)))
+    y0 = _place(y + h / 2, side, height)
+    x0 = _place(x + w / 2, side, width)
+    return y0, y0 + side, x0, x0 + side
+
+
+def center_box(shape: Sequence[int]) -> Box:
+    """The largest centred square of an image: ``(y0, y1, x0, x1)``."""
+    height, width = int(shape[0]), int(shape[1])
+    side = min(height, width)
+    y0, x0 = (height - side) // 2, (width - side) // 2
+    return y0, y0 + side, x0, x0 + side
+
+
+def crop_face(image: np.ndarray, box: Box) -> np.ndarray:
+    """Cut ``box`` out of ``image``; parts outside it repeat the edge pixels."""
+    y0, y1, x0, x1 = (int(v) for v in box)
+    height, width = image.shape[:2]
+    if y1 <= max(0, y0) or x1 <= max(0, x0) or y0 >= height or x0 >= width:
+        raise InputError(f"crop box {box} does not overlap the {height}x{width} image")
+    part = image[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)]
+    pad = [(max(0, -y0), max(0, y1 - height)), (max(0, -x0), max(0, x1 - width))]
+    if any(p for pair in pad for p in pair):
+        pad += [(0, 0)] * (image.ndim - 2)
+        part = np.pad(part, pad, mode="edge")
+    return part
+
+
+def find_crop(
+    image: np.ndarray, crop: str = "detect", margin: float = 0.25
+) -> Box | None:
+    """The crop box of a crop mode (see :data:`CROP_MODES`), None if no face."""
+    if crop not in CROP_MODES:
+        raise InputError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+    height, width = image.shape[:2]
+    if crop == "none":
+        return 0, height, 0, width
+    if crop == "center":
+        return center_box(image.shape)
+    face = detect_face(image)
+    return None if face is None else crop_box(image.shape, face, margin)
+
+
+def _check_size(size: Sequence[int]) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise InputError(f"size must be (height, width), got {size!r}") from None
+    if height < 1 or width < 1:
+        raise InputError(f"size must be positive, got {height}x{width}")
+    return height, width
+
+
+def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize to ``size = (H, W)`` with Lanczos filtering, keeping the dtype."""
+    image = _check_image(image)
+    height, width = _check_size(size)
+    if image.shape[:2] == (height, width):
+        return image.copy()
+    if image.dtype == np.uint8:
+        mode = "L" if image.shape[2] == 1 else "RGB"
+        pil = Image.fromarray(image[..., 0] if mode == "L" else image, mode)
+        out = np.asarray(pil.resize((width, height), Image.Resampling.LANCZOS))
+        return out.reshape(height, width, image.shape[2])
+    if image.dtype != np.uint16:
+        raise InputError(f"image dtype must be uint8 or uint16, got {image.dtype}")
+    planes = []
+    for c in range(image.shape[2]):
+        pil = Image.fromarray(image[..., c].astype(np.float32), "F")
+        planes.append(np.asarray(pil.resize((width, height), Image.Resampling.LANCZOS)))
+    out = np.rint(np.clip(np.stack(planes, axis=-1), 0, 65535))
+    return out.astype(np.uint16)
+
+
+def convert_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
+    """1 (luminance), 3 (grey replicated) or None (as is) channels."""
+    image = _check_image(image)
+    if channels is None or image.shape[2] == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=2)
+    if channels == 1:
+        luma = np.rint(_luminance(image, LUMA))
+        return np.clip(luma, 0, _peak(image.dtype)).astype(image.dtype)[..., None]
+    raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
+
+
+def crop_resize(
+    image: np.ndarray,
+    box: Box,
+    size: Sequence[int],
+    channels: int | None = None,
+) -> np.ndarray:
+    """Crop ``box`` (edge-padded), resize to ``size`` and convert the channels."""
+    if channels not in (None, 1, 3):
+        raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
+    image = _check_image(image)
+    return convert_channels(resize_image(crop_face(image, box), size), channels)
+
+
+def prepare_face(
+    image: np.ndarray,
+    size: tuple[int, int],
+    crop: str = "detect",
+    margin: float = 0.25,
+    channels: int | None = None,
+) -> np.ndarray | None:
+    """Crop a face photograph and resize it for a dataset.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W, C)`` uint8 or uint16, as from :func:`read_image`.
+    size : tuple of int
+        Output ``(H, W)``.
+    crop : {"detect", "center", "none"}
+        The detected face's square enlarged by ``margin``, the largest centred
+        square, or the whole image (only resized).
+    margin : float
+        Margin around a detected face, a fraction of its side on each side.
+    channels : {1, 3, None}
+        Luminance, grey replicated to RGB, or as read.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(H, W, C)`` of the input dtype; None when ``crop="detect"`` finds no
+        face.
+    """
+    image = _check_image(image)
+    _check_size(size)
+    if channels not in (None, 1, 3):
+        raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
+    box = find_crop(image, crop, margin)
+    if box is None:
+        return None
+    return crop_resize(image, box, size, channels)
