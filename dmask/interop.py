@@ -22,18 +22,18 @@ from dmask.io.reference import (
     EXPORT_VERSION,
     MANIFEST,
     UNKNOWN_LAM,
-    _check_field,
-    _check_image_shape,
-    _check_lam,
-    _json_lam,
-    _matrix_shape,
-    _peek_shape,
-    _reach,
-    _read_manifest,
-    _read_matrix,
-    _safe_name,
-    _unpack,
-    _window_csr,
+    check_field,
+    check_image_shape,
+    check_lam,
+    field_reach,
+    json_lam,
+    matrix_shape,
+    peek_shape,
+    read_manifest,
+    read_matrix,
+    safe_name,
+    unpack,
+    window_csr,
 )
 from dmask.model import NORMALIZATIONS, SINGLE_TARGET, Model
 
@@ -82,7 +82,7 @@ def export_reference(
             raise InputError(f"target {target!r} is not in the model (has {names})")
         names = [target]
     for name in names:
-        _safe_name(name)
+        safe_name(name)
     if os.path.lexists(out_dir) and not overwrite:
         raise InputError(f"output directory {out_dir} already exists (pass overwrite)")
     height, width = model.image_shape
@@ -107,7 +107,7 @@ def export_reference(
             files[name] = []
             for c in range(channels):
                 relative = f"{name}/channel_{c}.npz"
-                matrix = _window_csr(weight[:, :, c], bias[:, :, c], offsets)
+                matrix = window_csr(weight[:, :, c], bias[:, :, c], offsets)
                 sp.save_npz(partial / relative, matrix, compressed=False)
                 files[name].append(relative)
             logger.info("exported target %s (%d channel(s))", name, channels)
@@ -119,7 +119,7 @@ def export_reference(
             "channels": channels,
             "targets": names,
             "field": model.field,
-            "lam": _json_lam(model.lam),
+            "lam": json_lam(model.lam),
             "normalize": model.normalize,
             "single_target": bool(model.dataset.attrs.get("single_target", False))
             and len(names) == 1,
@@ -183,7 +183,7 @@ def import_reference(
     manifest: dict[str, Any] = {}
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         directory = Path(source)
-        manifest = _read_manifest(directory)
+        manifest = read_manifest(directory)
         names = list(manifest["targets"])
         if targets is not None:
             for name in targets:
@@ -199,11 +199,8 @@ def import_reference(
             name: [directory / f for f in manifest["files"][name]] for name in names
         }
         single = bool(manifest.get("single_target", False)) and len(names) == 1
-        manifest_shape = _check_image_shape([manifest["height"], manifest["width"]])
-        if (
-            image_shape is not None
-            and _check_image_shape(image_shape) != manifest_shape
-        ):
+        manifest_shape = check_image_shape([manifest["height"], manifest["width"]])
+        if image_shape is not None and check_image_shape(image_shape) != manifest_shape:
             raise InputError(
                 f"image_shape {tuple(image_shape)} differs from {manifest_shape} "
                 f"in {directory / MANIFEST}"
@@ -224,16 +221,16 @@ def import_reference(
         single = targets is None
         paths = {names[0]: [Path(p) for p in listed]}
         if image_shape is not None:
-            image_shape = _check_image_shape(image_shape)
+            image_shape = check_image_shape(image_shape)
 
     if field is None and manifest.get("field") is not None:
-        field = _check_field(manifest["field"], f"field in {MANIFEST}")
+        field = check_field(manifest["field"], f"field in {MANIFEST}")
     elif field is not None:
-        field = _check_field(field, "field")
+        field = check_field(field, "field")
     if lam is not None:
-        lam = _check_lam(lam, "lam", allow_unknown=False)
+        lam = check_lam(lam, "lam", allow_unknown=False)
     elif manifest.get("lam") is not None:
-        lam = _check_lam(manifest["lam"], f"lam in {MANIFEST}", allow_unknown=True)
+        lam = check_lam(manifest["lam"], f"lam in {MANIFEST}", allow_unknown=True)
     else:
         lam = UNKNOWN_LAM
     if normalize is None:
@@ -248,12 +245,12 @@ def import_reference(
         raise InputError(
             f"{MANIFEST} says {manifest['channels']} channel(s), files give {channels}"
         )
-    shapes = [(p, _peek_shape(p)) for name in names for p in paths[name]]
-    height, width = _matrix_shape(shapes, image_shape)
+    shapes = [(p, peek_shape(p)) for name in names for p in paths[name]]
+    height, width = matrix_shape(shapes, image_shape)
     shape = shapes[0][1]
 
     if field is None:
-        reach = max(_reach(_read_matrix(p, shape), width) for p, _ in shapes)
+        reach = max(field_reach(read_matrix(p, shape), width) for p, _ in shapes)
         field = 2 * reach + 1
         if field > 2 * max(height, width) - 1:
             raise InputError(
@@ -267,8 +264,8 @@ def import_reference(
     for t, name in enumerate(names):
         worst = None
         for c, path in enumerate(paths[name]):
-            weight[t, :, :, c], bias[t, :, :, c], first = _unpack(
-                _read_matrix(path, shape), height, width, field
+            weight[t, :, :, c], bias[t, :, :, c], first = unpack(
+                read_matrix(path, shape), height, width, field
             )
             if first is not None and (worst is None or first[0] < worst[0][0]):
                 worst = (first, c, path)

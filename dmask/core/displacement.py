@@ -261,9 +261,7 @@ def _gram_table(field: int) -> np.ndarray:
     return table
 
 
-def _gram_rows(
-    stats: TileStatistics, field: int, rows: slice, lam: float
-) -> np.ndarray:
+def gram_rows(stats: TileStatistics, field: int, rows: slice, lam: float) -> np.ndarray:
     """Regularised Gram matrices ``(rows, w, C, k + 1, k + 1)`` of some tile rows."""
     offsets = window_offsets(field) + field // 2
     k = len(offsets)
@@ -293,7 +291,7 @@ def _gram_rows(
     return gram
 
 
-def _rhs(stats: TileStatistics) -> np.ndarray:
+def rhs_of(stats: TileStatistics) -> np.ndarray:
     """Right-hand sides ``A^T t`` of every pixel, ``(h, w, C, k + 1, T)``."""
     rhs = np.concatenate([stats.cross_sums, stats.target_sums[:, None]], axis=1)
     return np.moveaxis(rhs, (0, 1), (-1, -2))
@@ -347,10 +345,10 @@ def solve_displacement(
             return weights, np.ascontiguousarray(solution[..., k])
     weights = np.empty((n_targets, h, w, nc, k))
     bias = np.empty((n_targets, h, w, nc))
-    rhs_all = _rhs(stats)
+    rhs_all = rhs_of(stats)
     for i0 in range(0, h, rows_per_batch):
         rows = slice(i0, min(h, i0 + rows_per_batch))
-        gram = _gram_rows(stats, field, rows, lam)
+        gram = gram_rows(stats, field, rows, lam)
         solution = solve_spd(gram, rhs_all[rows])  # (rows, w, C, k + 1, T)
         solution = np.moveaxis(solution, -1, 0)
         weights[:, rows] = solution[..., :k]

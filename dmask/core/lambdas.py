@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dmask.core.displacement import TileStatistics, _gram_rows, _rhs
+from dmask.core.displacement import TileStatistics, gram_rows, rhs_of
 
 __all__ = [
     "DEFAULT_LAM_GRID",
@@ -63,7 +63,7 @@ def _spectral_rows(
     stats: TileStatistics, field: int, rows: slice, rhs: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eigenvalues, eigenvectors and projected right-hand sides of some tile rows."""
-    values, vectors = np.linalg.eigh(_gram_rows(stats, field, rows, 0.0))
+    values, vectors = np.linalg.eigh(gram_rows(stats, field, rows, 0.0))
     np.maximum(values, 0.0, out=values)
     projected = np.swapaxes(vectors, -1, -2) @ rhs[rows]
     return values, vectors, projected
@@ -91,7 +91,7 @@ def spectral_factors(
     values = np.empty((h, w, nc, k + 1))
     vectors = np.empty((h, w, nc, k + 1, k + 1))
     projected = np.empty((h, w, nc, k + 1, n_targets))
-    rhs = _rhs(stats)
+    rhs = rhs_of(stats)
     for i0 in range(0, h, rows_per_batch):
         rows = slice(i0, min(h, i0 + rows_per_batch))
         values[rows], vectors[rows], projected[rows] = _spectral_rows(
@@ -322,7 +322,7 @@ def solve_gcv(
     squares = np.moveaxis(stats.target_squares, 0, -1)  # (h, w, C, T)
     solution = np.empty((h, w, nc, k + 1, n_targets))
     lam = np.empty((h, w, nc, n_targets))
-    rhs = _rhs(stats)
+    rhs = rhs_of(stats)
     for i0 in range(0, h, rows_per_batch):
         rows = slice(i0, min(h, i0 + rows_per_batch))
         values, vectors, projected = _spectral_rows(stats, field, rows, rhs)

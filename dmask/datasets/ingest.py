@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import dask
 import numpy as np
 
-from dmask.datasets.layouts import LAYOUTS, ImageRecord, _display, scan
+from dmask.datasets.layouts import LAYOUTS, ImageRecord, display, scan
 from dmask.errors import InputError
 from dmask.graph import runtime
 from dmask.io import atomic, dataset_store, locations, locks, stores
@@ -187,8 +187,8 @@ def _select(
         if key in chosen:
             duplicates += 1
             lines.append(
-                f"duplicate: {_display(record.path, folder)} (subject {key[0]}, "
-                f"{key[1]}; keeping {_display(chosen[key].path, folder)})"
+                f"duplicate: {display(record.path, folder)} (subject {key[0]}, "
+                f"{key[1]}; keeping {display(chosen[key].path, folder)})"
             )
         else:
             chosen[key] = record
@@ -318,8 +318,8 @@ def _resolve_size(
             other = infos[record.path].shape
             if other != shape:
                 raise InputError(
-                    f"images differ in size: {_display(first.path, folder)} is "
-                    f"{shape[0]}x{shape[1]}, {_display(record.path, folder)} is "
+                    f"images differ in size: {display(first.path, folder)} is "
+                    f"{shape[0]}x{shape[1]}, {display(record.path, folder)} is "
                     f"{other[0]}x{other[1]} (give a size or crop 'center')"
                 )
         return shape
@@ -445,10 +445,10 @@ def ingest(
         info = infos[record.path]
         if info.status == "unreadable":
             report.unreadable += 1
-            lines.append(f"unreadable: {_display(record.path, folder)}: {info.message}")
+            lines.append(f"unreadable: {display(record.path, folder)}: {info.message}")
         elif info.status == "no_face":
             report.no_face += 1
-            lines.append(f"no face found: {_display(record.path, folder)}")
+            lines.append(f"no face found: {display(record.path, folder)}")
         else:
             usable.append(record)
 
@@ -491,7 +491,7 @@ def ingest(
             "expression": [r.expression for r in samples],
             "split": sample_split,
             "person": [r.person for r in samples],
-            "file": [_display(r.path, folder) for r in samples],
+            "file": [display(r.path, folder) for r in samples],
         },
         {
             "origin": "dmask ingest",

@@ -132,7 +132,7 @@ class Scan:
     unmatched: int = 0
 
 
-def _display(path: str | os.PathLike, folder: str | os.PathLike) -> str:
+def display(path: str | os.PathLike, folder: str | os.PathLike) -> str:
     """A path relative to ``folder`` when inside it, else absolute (POSIX form)."""
     path = Path(os.path.abspath(path))
     try:
@@ -158,7 +158,7 @@ def scan_kdef(folder: str | os.PathLike) -> Scan:
         match = _KDEF.fullmatch(path.stem)
         if match is None:
             result.unmatched += 1
-            result.lines.append(f"not a KDEF file name: {_display(path, folder)}")
+            result.lines.append(f"not a KDEF file name: {display(path, folder)}")
             continue
         session, sex, ident, code, view = (g.upper() for g in match.groups())
         if view != "S":
@@ -187,7 +187,7 @@ def scan_rafd(folder: str | os.PathLike) -> Scan:
         match = _RAFD.fullmatch(path.stem)
         if match is None:
             result.unmatched += 1
-            result.lines.append(f"not a RaFD file name: {_display(path, folder)}")
+            result.lines.append(f"not a RaFD file name: {display(path, folder)}")
             continue
         angle, ident, _, _, expression, gaze = match.groups()
         if angle != "090" or gaze.lower() != "frontal":
@@ -197,7 +197,7 @@ def scan_rafd(folder: str | os.PathLike) -> Scan:
         if expression not in RAFD_EXPRESSIONS:
             result.unmatched += 1
             result.lines.append(
-                f"unknown RaFD expression {expression!r}: {_display(path, folder)}"
+                f"unknown RaFD expression {expression!r}: {display(path, folder)}"
             )
             continue
         subject = f"rafd{ident}"
@@ -234,7 +234,7 @@ def scan_pairs(
                 if match is None:
                     result.unmatched += 1
                     result.lines.append(
-                        f"no pair number in file name: {_display(path, folder)}"
+                        f"no pair number in file name: {display(path, folder)}"
                     )
                     continue
                 subject = f"{split}{int(match.group(1)):05d}"

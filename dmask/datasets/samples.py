@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
-from dmask.io.face_crops import LUMA_709, _check_image, _luminance
-from dmask.io.photographs import _peak, _reason, read_image
+from dmask.io.face_crops import LUMA_709, check_image, luminance_of
+from dmask.io.photographs import dtype_peak, failure_reason, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ def sketch(image: np.ndarray) -> np.ndarray:
     """
     from skimage.filters import gaussian
 
-    image = _check_image(image)
-    gray = _luminance(image, LUMA_709) * (255.0 / _peak(image.dtype))
+    image = check_image(image)
+    gray = luminance_of(image, LUMA_709) * (255.0 / dtype_peak(image.dtype))
     sigma = max(1.0, min(gray.shape) / 60.0)
     blurred = gaussian(255.0 - gray, sigma=sigma, preserve_range=True)
     room = np.maximum(255.0 - blurred, 1e-6)
@@ -66,7 +66,9 @@ def sample_photographs() -> dict[str, np.ndarray]:
         ("grace_hopper", grace_hopper),
     ):
         try:
-            photos[name] = _check_image(np.asarray(load()))
+            photos[name] = check_image(np.asarray(load()))
         except Exception as exc:  # missing package or data file
-            logger.warning("sample photograph %s unavailable: %s", name, _reason(exc))
+            logger.warning(
+                "sample photograph %s unavailable: %s", name, failure_reason(exc)
+            )
     return photos

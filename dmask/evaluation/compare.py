@@ -16,10 +16,10 @@ from dmask.core import minmax
 from dmask.errors import InputError
 from dmask.evaluation import baselines
 from dmask.evaluation.memory import (
-    _EXCLUSIVE,
-    _measured,
-    _sampling_start,
-    _sampling_stop,
+    EXCLUSIVE,
+    measured_memory,
+    sampling_start,
+    sampling_stop,
 )
 from dmask.evaluation.metrics import psnr as image_psnr
 from dmask.evaluation.metrics import write_results
@@ -93,7 +93,7 @@ def _prepare(
     train_src: Any, train_tgt: Any, test_src: Any, test_tgt: Any
 ) -> dict[str, Any]:
     """Task: the normalised, flattened training and test images of one target."""
-    with _EXCLUSIVE:
+    with EXCLUSIVE:
         test_truth = inputs.as_numpy(test_tgt)[0]
         return {
             "x_train": _flat_normalized(inputs.as_numpy(train_src)[0]),
@@ -167,9 +167,9 @@ def _failure(error: BaseException) -> dict[str, Any]:
 
 def _fit_and_score(model: baselines.Baseline, data: dict[str, Any]) -> dict[str, Any]:
     """Task: train one baseline, predict the test sources and score them."""
-    with _EXCLUSIVE:
+    with EXCLUSIVE:
         try:
-            with _measured() as usage:
+            with measured_memory() as usage:
                 model.fit(data["x_train"], data["y_train"])
             predicted = model.predict(data["x_test"])
         except (MemoryError, np.linalg.LinAlgError) as error:
@@ -185,9 +185,9 @@ def _fit_and_score(model: baselines.Baseline, data: dict[str, Any]) -> dict[str,
 
 def _fit_block(model: Any, data: dict[str, Any], start: int, stop: int) -> Any:
     """Task: train a per-pixel baseline on output pixels ``start:stop``."""
-    with _EXCLUSIVE:
+    with EXCLUSIVE:
         try:
-            with _measured() as usage:
+            with measured_memory() as usage:
                 pixels = np.arange(start, stop)
                 model.fit(data["x_train"], data["y_train"], pixels=pixels)
             predicted = model.predict(data["x_test"])
@@ -204,7 +204,7 @@ def _fit_block(model: Any, data: dict[str, Any], start: int, stop: int) -> Any:
 
 def _join_blocks(blocks: list[dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
     """Task: score the joined predictions of the pixel blocks."""
-    with _EXCLUSIVE:
+    with EXCLUSIVE:
         for block in blocks:
             if block["status"] != "ok":
                 return block
@@ -220,7 +220,7 @@ def _join_blocks(blocks: list[dict[str, Any]], data: dict[str, Any]) -> dict[str
 
 def _score_predicted(predicted: np.ndarray, data: dict[str, Any]) -> dict[str, float]:
     """Task: score MR's predictions ``(N, H, W, C)``."""
-    with _EXCLUSIVE:
+    with EXCLUSIVE:
         return _score_flat(np.asarray(predicted), data)
 
 
@@ -326,12 +326,12 @@ def _train_mr(sources: Any, targets: Any, field: int, lam: float) -> Any:
     """Fit MR and measure it on the client and every worker process."""
     client = runtime.current_client()
     if client is not None:
-        client.run(_sampling_start)
+        client.run(sampling_start)
     try:
-        with _measured() as usage:
+        with measured_memory() as usage:
             model = fit_mr(sources, targets, field=field, lam=lam)
     finally:
-        peaks = client.run(_sampling_stop) if client is not None else {}
+        peaks = client.run(sampling_stop) if client is not None else {}
     peak = usage["peak"] + sum(
         value["peak"] for value in peaks.values() if value["pid"] != os.getpid()
     )

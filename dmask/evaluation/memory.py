@@ -14,10 +14,10 @@ __all__ = []
 
 
 # One measured section at a time per process (see the module docstring).
-_EXCLUSIVE = threading.Lock()
+EXCLUSIVE = threading.Lock()
 
 
-# Set on each worker process by _sampling_start for _sampling_stop.
+# Set on each worker process by sampling_start for sampling_stop.
 _WORKER_SAMPLER: _PeakMemory | None = None
 
 
@@ -102,7 +102,7 @@ class _PeakMemory:
 
 
 @contextlib.contextmanager
-def _measured() -> Iterator[dict[str, float]]:
+def measured_memory() -> Iterator[dict[str, float]]:
     """Measure the wall time and the peak memory rise of the block."""
     usage: dict[str, float] = {}
     sampler = _PeakMemory()
@@ -114,16 +114,16 @@ def _measured() -> Iterator[dict[str, float]]:
         usage["peak"] = sampler.close()
 
 
-def _sampling_start() -> None:
-    """On a worker: start sampling memory for :func:`_sampling_stop`."""
+def sampling_start() -> None:
+    """On a worker: start sampling memory for :func:`sampling_stop`."""
     global _WORKER_SAMPLER
     if _WORKER_SAMPLER is not None:
         _WORKER_SAMPLER.close()
     _WORKER_SAMPLER = _PeakMemory()
 
 
-def _sampling_stop() -> dict[str, int]:
-    """On a worker: the peak rise since :func:`_sampling_start`, and the pid."""
+def sampling_stop() -> dict[str, int]:
+    """On a worker: the peak rise since :func:`sampling_start`, and the pid."""
     global _WORKER_SAMPLER
     peak = _WORKER_SAMPLER.close() if _WORKER_SAMPLER is not None else 0
     _WORKER_SAMPLER = None

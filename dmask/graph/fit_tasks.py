@@ -17,8 +17,8 @@ from dmask.core import (
     windows,
 )
 from dmask.core.planning import COVARIANCE_SIDE, Tile
-from dmask.graph.taskgraph import _TaskMaker
-from dmask.graph.timing import _timed
+from dmask.graph.taskgraph import TaskMaker
+from dmask.graph.timing import timed_phase
 from dmask.io.dataset_store import StoredImages, compact_index, read_images
 from dmask.io.model_store import write_model_tile
 
@@ -36,13 +36,13 @@ __all__ = [
 ]
 
 
-def _region(
+def region(
     images: da.Array | StoredImages | np.ndarray,
     s0: int,
     s1: int,
     rows: slice,
     cols: slice,
-    tasks: _TaskMaker,
+    tasks: TaskMaker,
     pure: bool = True,
 ) -> Any:
     """What a task reads: samples ``s0:s1`` and a window, lazily (or a view).
@@ -63,7 +63,7 @@ def _region(
     return images[s0:s1, rows, cols, :]
 
 
-def _read_halo(
+def read_halo(
     block: np.ndarray,
     low: np.ndarray | None,
     high: np.ndarray | None,
@@ -93,7 +93,7 @@ BlockBounds = tuple[
 ]
 
 
-@_timed("statistics")
+@timed_phase("statistics")
 def statistics(
     source: np.ndarray,
     targets: Sequence[np.ndarray],
@@ -119,7 +119,7 @@ def statistics(
         )
     if squares:
         raise ValueError("squared target sums need the displacement method")
-    halo = _read_halo(source, low, high, padding)
+    halo = read_halo(source, low, high, padding)
     stacked = np.stack(
         [
             minmax.normalize_block(t, *p)
@@ -131,7 +131,7 @@ def statistics(
     )
 
 
-@_timed("combine")
+@timed_phase("combine")
 def combine(*parts: Any) -> Any:
     """Task: sum statistics of several sample blocks."""
     total = parts[0]
@@ -140,7 +140,7 @@ def combine(*parts: Any) -> Any:
     return total
 
 
-@_timed("solve")
+@timed_phase("solve")
 def solve(
     stats: displacement.TileStatistics | covariance.CovarianceStatistics,
     tile: Tile,
@@ -198,7 +198,7 @@ def press(
     """Task: leave-one-out squared errors of one tile over one block of samples."""
     source_bounds, target_bounds = bounds
     low, high = source_bounds if source_bounds is not None else (None, None)
-    halo = _read_halo(source, low, high, padding)
+    halo = read_halo(source, low, high, padding)
     params = _target_parameters(targets, target_bounds)
     stacked = np.stack(
         [minmax.normalize_block(t, *p) for t, p in zip(targets, params, strict=True)]
@@ -221,7 +221,7 @@ def select(
     return lambdas.solve_selected(factors, scores, np.asarray(grid), validity)
 
 
-@_timed("write")
+@timed_phase("write")
 def write_tile(
     path: str, tile: Tile, solution: tuple[np.ndarray, ...]
 ) -> tuple[int, int]:
@@ -233,7 +233,7 @@ def write_tile(
     return write_model_tile(path, tile, weight, bias)
 
 
-@_timed("write")
+@timed_phase("write")
 def place_tile(
     arrays: tuple[np.ndarray, ...], tile: Tile, solution: tuple[np.ndarray, ...]
 ) -> tuple[int, int]:

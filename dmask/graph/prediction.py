@@ -13,9 +13,9 @@ from dmask.core import (
 )
 from dmask.core.planning import Tile
 from dmask.errors import InputError
-from dmask.graph.fit_tasks import _read_halo, _region
+from dmask.graph.fit_tasks import read_halo, region
 from dmask.graph.inputs import minmax_bounds, read_bounds
-from dmask.graph.taskgraph import _TaskMaker
+from dmask.graph.taskgraph import TaskMaker
 from dmask.io.dataset_store import StoredImages, compact_index
 
 __all__ = ["apply", "predict_tiles"]
@@ -36,7 +36,7 @@ def apply(
             f"non-finite pixels in the images to predict (samples from {start})"
         )
     low, high = bounds if bounds is not None else (None, None)
-    halo = _read_halo(source, low, high, padding)
+    halo = read_halo(source, low, high, padding)
     return forward.apply_tile(halo, weight, bias, field)
 
 
@@ -89,7 +89,7 @@ def predict_tiles(
             for tile in row:
                 rows, cols, padding = tile.halo(halo_width, (height, width))
                 part = apply_task(
-                    _region(sources, s0, s1, rows, cols, _TaskMaker()),
+                    region(sources, s0, s1, rows, cols, TaskMaker()),
                     bounds,
                     padding,
                     weight[:, tile.y0 : tile.y1, tile.x0 : tile.x1],

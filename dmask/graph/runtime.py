@@ -45,7 +45,7 @@ def _blas_controller() -> Any:
 
 
 @contextlib.contextmanager
-def _threaded() -> Iterator[None]:
+def threaded_run() -> Iterator[None]:
     """Around a run on the threaded scheduler: one BLAS thread, progress if asked."""
     with _blas_controller().limit(limits=1, user_api="blas"):
         if not options.get("progress"):
@@ -66,7 +66,7 @@ def compute(*collections: Any) -> tuple[Any, ...]:
     """
     client = current_client()
     if client is None:
-        with _threaded():
+        with threaded_run():
             return dask.compute(*collections, scheduler="threads")
     futures = client.compute(list(collections))
     if options.get("progress"):

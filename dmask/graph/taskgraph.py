@@ -9,12 +9,12 @@ from typing import Any
 
 import dask
 
-from dmask.graph.runtime import _threaded, compute
+from dmask.graph.runtime import compute, threaded_run
 
 __all__ = ["LocalTasks", "run"]
 
 
-class _TaskMaker:
+class TaskMaker:
     """Makes the tasks of a graph: ``tasks(func, *args)`` is a handle on the result.
 
     This one makes ``dask.delayed`` calls, which take dask collections as
@@ -40,7 +40,7 @@ class LocalTasks:
     keys: list[Any]
 
 
-class _GraphMaker(_TaskMaker):
+class GraphMaker(TaskMaker):
     """Makes entries of a plain graph (dask's documented tuple form) instead.
 
     For inputs that are no dask collections, run without a distributed client:
@@ -86,5 +86,5 @@ def run(tasks: list[Any] | LocalTasks) -> tuple[Any, ...]:
     # hand-overs through the scheduler's thread, which for jobs of a few
     # milliseconds per task measured 6% of the wall time.
     chunk = 2 if len(tasks.keys) >= 2 * workers else 1
-    with _threaded():
+    with threaded_run():
         return tuple(dask.threaded.get(tasks.graph, tasks.keys, chunksize=chunk))

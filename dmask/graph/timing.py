@@ -46,7 +46,7 @@ def phase_seconds() -> Iterator[dict[str, float]]:
             _PHASES.remove(phases)
 
 
-def _timed(phase: str) -> Any:
+def timed_phase(phase: str) -> Any:
     """Decorator: add a task function's run time to ``phase``."""
 
     def decorate(func: Any) -> Any:

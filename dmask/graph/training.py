@@ -11,11 +11,11 @@ import numpy as np
 
 from dmask.core.planning import COMBINE_FAN_IN, FitPlan, Tile
 from dmask.graph.fit_tasks import (
-    _region,
     combine,
     factor,
     place_tile,
     press,
+    region,
     select,
     solve,
     statistics,
@@ -23,14 +23,14 @@ from dmask.graph.fit_tasks import (
     write_tile,
 )
 from dmask.graph.runtime import runs_locally
-from dmask.graph.taskgraph import LocalTasks, _GraphMaker, _TaskMaker
+from dmask.graph.taskgraph import GraphMaker, LocalTasks, TaskMaker
 from dmask.io.dataset_store import StoredImages
 
 __all__ = ["fit_tiles"]
 
 
 def _tree_sum(
-    parts: list[Any], tasks: _TaskMaker, split_every: int = COMBINE_FAN_IN
+    parts: list[Any], tasks: TaskMaker, split_every: int = COMBINE_FAN_IN
 ) -> Any:
     while len(parts) > 1:
         parts = [
@@ -96,7 +96,7 @@ def fit_tiles(
         raise ValueError("arrays are for runs in this process that write no store")
     # Not pure: hashing every argument (image views among them) costs more than
     # the smaller tasks take; each call gets a unique key instead.
-    tasks = _GraphMaker() if local else _TaskMaker()
+    tasks = GraphMaker() if local else TaskMaker()
     # One graph key per sample block for its bounds, shared by every tile: not
     # a copy in each task (tens of MB of graph for large jobs with many targets).
     block_bounds = []
@@ -114,8 +114,8 @@ def fit_tiles(
         inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
         reads = []
         for (s0, s1), bounds in zip(plan.blocks, block_bounds, strict=True):
-            src = _region(sources, s0, s1, rows, cols, tasks)
-            tgt = [_region(t, s0, s1, *inner, tasks) for t in targets]
+            src = region(sources, s0, s1, rows, cols, tasks)
+            tgt = [region(t, s0, s1, *inner, tasks) for t in targets]
             reads.append((src, tgt, bounds))
         squares = lam == "gcv"
         if len(reads) == 1 and lam != "loo":  # one task: statistics, then solve
@@ -133,8 +133,8 @@ def fit_tiles(
             factors = tasks(factor, _tree_sum(parts, tasks), field)
             press_parts = []
             for (s0, s1), (_, _, bounds) in zip(plan.blocks, reads, strict=True):
-                src = _region(sources, s0, s1, rows, cols, tasks, pure=False)
-                tgt = [_region(t, s0, s1, *inner, tasks, pure=False) for t in targets]
+                src = region(sources, s0, s1, rows, cols, tasks, pure=False)
+                tgt = [region(t, s0, s1, *inner, tasks, pure=False) for t in targets]
                 press_parts.append(
                     tasks(press, factors, src, tgt, bounds, padding, field, grid)
                 )
@@ -151,7 +151,7 @@ def fit_tiles(
 
 
 def _finish(
-    tasks: _TaskMaker,
+    tasks: TaskMaker,
     solution: Any,
     tile: Tile,
     store: str | os.PathLike | None,

@@ -16,8 +16,8 @@ from dmask.io.locations import store_path
 from dmask.io.stores import (
     DATASET_FORMAT,
     FORMAT_VERSION,
-    _open_store,
     channel_names,
+    open_store,
     prepare_output,
     quiet_zarr,
 )
@@ -118,7 +118,7 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
     StoreError
         Missing, unreadable, incomplete or not a dataset store.
     """
-    ds = _open_store(path, "dataset", DATASET_FORMAT)
+    ds = open_store(path, "dataset", DATASET_FORMAT)
     if "images" not in ds or ds["images"].dims != ("sample", "y", "x", "channel"):
         raise StoreError(f"dataset store {path} has no images (sample, y, x, channel)")
     for name in ("subject", "expression"):

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from dmask.errors import InputError
-from dmask.io.photographs import _peak
+from dmask.io.photographs import dtype_peak
 
 __all__ = [
     "Box",
@@ -55,7 +55,7 @@ LUMA_709 = (0.2125, 0.7154, 0.0721)
 Box = tuple[int, int, int, int]
 
 
-def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
@@ -66,7 +66,7 @@ def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
-def _luminance(image: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+def luminance_of(image: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     """Luminance as float64 in the image's own units."""
     if image.shape[2] == 1:
         return image[..., 0].astype(np.float64)
@@ -101,8 +101,8 @@ def detect_face(image: np.ndarray) -> tuple[int, int, int, int] | None:
     """
     from skimage.transform import resize
 
-    image = _check_image(image)
-    gray = _luminance(image, LUMA_709) / _peak(image.dtype)
+    image = check_image(image)
+    gray = luminance_of(image, LUMA_709) / dtype_peak(image.dtype)
     height, width = gray.shape
     scale = min(1.0, DETECT_SIDE / min(height, width))
     if scale < 1.0:
@@ -221,7 +221,7 @@ def _check_size(size: Sequence[int]) -> tuple[int, int]:
 
 def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Resize to ``size = (H, W)`` with Lanczos filtering, keeping the dtype."""
-    image = _check_image(image)
+    image = check_image(image)
     height, width = _check_size(size)
     if image.shape[:2] == (height, width):
         return image.copy()
@@ -242,14 +242,14 @@ def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 def convert_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
     """1 (luminance), 3 (grey replicated) or None (as is) channels."""
-    image = _check_image(image)
+    image = check_image(image)
     if channels is None or image.shape[2] == channels:
         return image
     if channels == 3:
         return np.repeat(image, 3, axis=2)
     if channels == 1:
-        luma = np.rint(_luminance(image, LUMA))
-        return np.clip(luma, 0, _peak(image.dtype)).astype(image.dtype)[..., None]
+        luma = np.rint(luminance_of(image, LUMA))
+        return np.clip(luma, 0, dtype_peak(image.dtype)).astype(image.dtype)[..., None]
     raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
 
 
@@ -262,7 +262,7 @@ def crop_resize(
     """Crop ``box`` (edge-padded), resize to ``size`` and convert the channels."""
     if channels not in (None, 1, 3):
         raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
-    image = _check_image(image)
+    image = check_image(image)
     return convert_channels(resize_image(crop_face(image, box), size), channels)
 
 
@@ -295,7 +295,7 @@ def prepare_face(
         ``(H, W, C)`` of the input dtype; None when ``crop="detect"`` finds no
         face.
     """
-    image = _check_image(image)
+    image = check_image(image)
     _check_size(size)
     if channels not in (None, 1, 3):
         raise InputError(f"channels must be 1, 3 or None, got {channels!r}")

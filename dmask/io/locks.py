@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from dmask.errors import StoreError
-from dmask.io.locations import _is_local, store_path
+from dmask.io.locations import is_local, store_path
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +24,11 @@ __all__ = ["F", "locks_output", "output_lock"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _lock_path(path: str | os.PathLike) -> str:
+def lock_path(path: str | os.PathLike) -> str:
     return store_path(path).rstrip("/" + os.sep) + ".lock"
 
 
-def _read_lock(lock: str) -> dict[str, Any] | None:
+def read_lock(lock: str) -> dict[str, Any] | None:
     """The holder recorded in a lock file; None when there is no file."""
     try:
         with open(lock) as handle:
@@ -39,13 +39,13 @@ def _read_lock(lock: str) -> dict[str, Any] | None:
         return {"pid": -1, "host": "?", "started": "?"}
 
 
-def _is_self(holder: dict[str, Any]) -> bool:
+def is_self(holder: dict[str, Any]) -> bool:
     return (
         holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
     )
 
 
-def _alive(holder: dict[str, Any]) -> bool:
+def alive(holder: dict[str, Any]) -> bool:
     """Whether the holder may still run (always, for another host's or unreadable)."""
     if holder.get("host") != socket.gethostname():
         return True
@@ -58,11 +58,11 @@ def _alive(holder: dict[str, Any]) -> bool:
     return True
 
 
-def _refuse_locked(path: str | os.PathLike, holder: dict[str, Any]) -> None:
+def refuse_locked(path: str | os.PathLike, holder: dict[str, Any]) -> None:
     raise StoreError(
         f"{path} is being written by another run (pid {holder.get('pid')} on "
         f"{holder.get('host')} since {holder.get('started')}); wait for it, or "
-        f"remove {_lock_path(path)} if that run is gone"
+        f"remove {lock_path(path)} if that run is gone"
     )
 
 
@@ -79,10 +79,10 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
     StoreError
         Another live run holds the lock.
     """
-    if not _is_local(path):
+    if not is_local(path):
         yield
         return
-    lock = _lock_path(path)
+    lock = lock_path(path)
     os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
     me = {
         "pid": os.getpid(),
@@ -94,13 +94,13 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            holder = _read_lock(lock)
+            holder = read_lock(lock)
             if holder is None:
                 continue  # released meanwhile: try again
-            if _is_self(holder):
+            if is_self(holder):
                 break  # nested in this process: the outer block holds it
-            if _alive(holder):
-                _refuse_locked(path, holder)
+            if alive(holder):
+                refuse_locked(path, holder)
             logger.warning("taking over the stale lock %s (%s)", lock, holder)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(lock)

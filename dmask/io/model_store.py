@@ -13,13 +13,13 @@ import zarr
 
 from dmask.core.planning import Tile, tile_grid
 from dmask.errors import StoreError
-from dmask.io.locations import _is_local, store_path
+from dmask.io.locations import is_local, store_path
 from dmask.io.stores import (
     FORMAT_VERSION,
     MODEL_FORMAT,
-    _open_store,
     channel_names,
     finalize_store,
+    open_store,
     prepare_output,
     quiet_zarr,
 )
@@ -203,7 +203,7 @@ def read_model_progress(path: str | os.PathLike) -> ModelProgress | None:
     StoreError
         The path exists but is not a dmask model store.
     """
-    if _is_local(path) and not os.path.exists(path):
+    if is_local(path) and not os.path.exists(path):
         return None
     try:
         with quiet_zarr():
@@ -269,7 +269,7 @@ def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) 
 
 def open_model_store(path: str | os.PathLike) -> xr.Dataset:
     """Open a finished model store lazily and check its layout."""
-    ds = _open_store(path, "model", MODEL_FORMAT)
+    ds = open_store(path, "model", MODEL_FORMAT)
     for name in ("weight", "bias"):
         if name not in ds:
             raise StoreError(f"model store {path} has no {name} array")

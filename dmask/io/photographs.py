@@ -55,7 +55,7 @@ def _read_error(path: str, reason: str) -> ImageReadError:
     return error
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return "no such file"
     if isinstance(exc, IsADirectoryError):
@@ -185,7 +185,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         struct.error,
         Image.DecompressionBombError,
     ) as exc:
-        raise _read_error(path, _reason(exc)) from exc
+        raise _read_error(path, failure_reason(exc)) from exc
 
 
 def _orient(data: np.ndarray, image: Image.Image) -> np.ndarray:
@@ -203,7 +203,7 @@ def _orient(data: np.ndarray, image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(ops.get(orientation, lambda a: a)(data))
 
 
-def _peak(dtype: np.dtype) -> float:
+def dtype_peak(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 

@@ -32,7 +32,7 @@ UNKNOWN_LAM = -1.0
 """``lam`` of an imported model whose penalty is unknown."""
 
 
-def _window_csr(weight: np.ndarray, bias: np.ndarray, offsets: np.ndarray) -> Any:
+def window_csr(weight: np.ndarray, bias: np.ndarray, offsets: np.ndarray) -> Any:
     """One channel's CSR ``d x (d + 1)`` from weights ``(H, W, k)`` and bias.
 
     Every in-image window entry is stored (zeros too), then the bias, so the
@@ -58,13 +58,13 @@ def _window_csr(weight: np.ndarray, bias: np.ndarray, offsets: np.ndarray) -> An
     return sp.csr_matrix((values[keep], columns[keep], indptr), shape=(d, d + 1))
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise InputError(f"target name {name!r} cannot be used as a directory name")
     return name
 
 
-def _json_lam(value: Any) -> float:
+def json_lam(value: Any) -> float:
     lam = float(value)
     return lam if math.isfinite(lam) else UNKNOWN_LAM
 
@@ -78,7 +78,7 @@ def _unreadable(path: Path, exc: Exception) -> InputError:
     )
 
 
-def _peek_shape(path: Path) -> tuple[int, int]:
+def peek_shape(path: Path) -> tuple[int, int]:
     """The matrix shape recorded in a ``save_npz`` file, without its data."""
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -91,7 +91,7 @@ def _peek_shape(path: Path) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _read_matrix(path: Path, shape: tuple[int, int]) -> Any:
+def read_matrix(path: Path, shape: tuple[int, int]) -> Any:
     """Load one sparse file as canonical float64 CSR, or raise InputError."""
     try:
         matrix = sp.load_npz(path)
@@ -111,7 +111,7 @@ def _read_matrix(path: Path, shape: tuple[int, int]) -> Any:
     return matrix
 
 
-def _check_field(field: Any, where: str) -> int:
+def check_field(field: Any, where: str) -> int:
     if isinstance(field, bool) or not isinstance(field, (int, np.integer)):
         raise InputError(f"{where} must be an odd integer >= 1, got {field!r}")
     if field < 1 or field % 2 == 0:
@@ -119,7 +119,7 @@ def _check_field(field: Any, where: str) -> int:
     return int(field)
 
 
-def _check_lam(lam: Any, where: str, allow_unknown: bool) -> float:
+def check_lam(lam: Any, where: str, allow_unknown: bool) -> float:
     try:
         value = float(lam)
     except (TypeError, ValueError):
@@ -131,7 +131,7 @@ def _check_lam(lam: Any, where: str, allow_unknown: bool) -> float:
     return value
 
 
-def _check_image_shape(image_shape: Any) -> tuple[int, int]:
+def check_image_shape(image_shape: Any) -> tuple[int, int]:
     if (
         not isinstance(image_shape, (tuple, list))
         or len(image_shape) != 2
@@ -146,7 +146,7 @@ def _check_image_shape(image_shape: Any) -> tuple[int, int]:
     return int(image_shape[0]), int(image_shape[1])
 
 
-def _read_manifest(directory: Path) -> dict[str, Any]:
+def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
         raise InputError(f"{directory} has no {MANIFEST} (not a reference export)")
@@ -187,7 +187,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def _matrix_shape(
+def matrix_shape(
     shapes: Sequence[tuple[Path, tuple[int, int]]],
     image_shape: tuple[int, int] | None,
 ) -> tuple[int, int]:
@@ -241,7 +241,7 @@ def _entries(matrix: Any, width: int) -> tuple[np.ndarray, ...]:
     return rows, cols, matrix.data, dy, dx
 
 
-def _reach(matrix: Any, width: int) -> int:
+def field_reach(matrix: Any, width: int) -> int:
     """Largest ``max(|dy|, |dx|)`` of the non-zero weights (0 if none)."""
     _, cols, values, dy, dx = _entries(matrix, width)
     use = (cols < matrix.shape[0]) & (values != 0)
@@ -250,7 +250,7 @@ def _reach(matrix: Any, width: int) -> int:
     return int(np.maximum(np.abs(dy[use]), np.abs(dx[use])).max())
 
 
-def _unpack(
+def unpack(
     matrix: Any, height: int, width: int, field: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None]:
     """Weights ``(H, W, r*r)`` and bias ``(H, W)`` of one channel.

@@ -14,8 +14,8 @@ import xarray as xr
 import zarr
 
 from dmask.errors import StoreError
-from dmask.io.locations import _is_local, same_store
-from dmask.io.locks import _alive, _is_self, _lock_path, _read_lock, _refuse_locked
+from dmask.io.locations import is_local, same_store
+from dmask.io.locks import alive, is_self, lock_path, read_lock, refuse_locked
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +75,16 @@ def prepare_output(
         The path exists and ``overwrite`` is false, it is one of the inputs, or
         another live run is writing it.
     """
-    if _is_local(path):
-        holder = _read_lock(_lock_path(path))
-        if holder is not None and not _is_self(holder) and _alive(holder):
-            _refuse_locked(path, holder)
+    if is_local(path):
+        holder = read_lock(lock_path(path))
+        if holder is not None and not is_self(holder) and alive(holder):
+            refuse_locked(path, holder)
     for source in inputs:
         if same_store(path, source):
             raise StoreError(
                 f"output store {path} is also an input of this run; choose another"
             )
-    if not _is_local(path):
+    if not is_local(path):
         import fsspec
 
         fs, location = fsspec.core.url_to_fs(str(path))
@@ -105,8 +105,8 @@ def prepare_output(
             os.remove(path)
 
 
-def _open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.Dataset:
-    if _is_local(path) and not os.path.exists(path):
+def open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.Dataset:
+    if is_local(path) and not os.path.exists(path):
         raise StoreError(f"{kind} store {path} does not exist")
     try:
         with quiet_zarr():

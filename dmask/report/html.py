@@ -47,7 +47,7 @@ def _data_uri(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _figure_uri(figure: Any, tight: bool = False) -> str:
+def figure_uri(figure: Any, tight: bool = False) -> str:
     """PNG data URI of a matplotlib figure (``tight``: cropped to its content)."""
     buffer = io.BytesIO()
     figure.savefig(
@@ -56,7 +56,7 @@ def _figure_uri(figure: Any, tight: bool = False) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _as_pixels(image: np.ndarray) -> np.ndarray:
+def as_pixels(image: np.ndarray) -> np.ndarray:
     """``(H, W[, C])`` values in [0, 1] as uint8 grey ``(H, W)`` or RGB."""
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -76,7 +76,7 @@ def _fit_page(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
 
 
-def _img(pixels: np.ndarray, alt: str) -> str:
+def img_tag(pixels: np.ndarray, alt: str) -> str:
     """An ``<img>`` of uint8 pixels, small ones enlarged without smoothing."""
     pixels = _fit_page(pixels)
     height, width = pixels.shape[:2]
@@ -88,7 +88,7 @@ def _img(pixels: np.ndarray, alt: str) -> str:
     )
 
 
-def _heat(error: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
+def heat_map(error: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
     """RGB uint8 heat map of a 2-D array on the scale ``[0, vmax]``."""
     import matplotlib
 
@@ -97,7 +97,7 @@ def _heat(error: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
     return np.ascontiguousarray(rgba[..., :3])
 
 
-def _colour_bar(vmax: float, label: str, cmap: str = "inferno") -> str:
+def colour_bar_img(vmax: float, label: str, cmap: str = "inferno") -> str:
     """Data URI of a vertical colour bar from 0 to ``vmax``."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -107,10 +107,10 @@ def _colour_bar(vmax: float, label: str, cmap: str = "inferno") -> str:
     axes = figure.add_axes((0.1, 0.05, 0.25, 0.9))
     mappable = ScalarMappable(Normalize(0.0, vmax if vmax > 0 else 1.0), cmap)
     figure.colorbar(mappable, cax=axes, label=label, extend="max")
-    return _figure_uri(figure, tight=True)
+    return figure_uri(figure, tight=True)
 
 
-def _figure(panels: int, aspect: float, row_height: float = 2.6) -> tuple[Any, Any]:
+def new_figure(panels: int, aspect: float, row_height: float = 2.6) -> tuple[Any, Any]:
     """A figure of ``panels`` axes side by side, each of ``width / height = aspect``."""
     from matplotlib.figure import Figure
 
@@ -120,7 +120,7 @@ def _figure(panels: int, aspect: float, row_height: float = 2.6) -> tuple[Any, A
     return figure, axes
 
 
-def _show_map(figure: Any, axes: Any, values: np.ndarray, title: str, signed: bool):
+def show_map(figure: Any, axes: Any, values: np.ndarray, title: str, signed: bool):
     """Draw a 2-D map with its colour bar; signed maps centre 0 on white."""
     finite = values[np.isfinite(values)]
     if signed:
@@ -137,7 +137,7 @@ def _show_map(figure: Any, axes: Any, values: np.ndarray, title: str, signed: bo
     figure.colorbar(image, ax=axes, shrink=0.85)
 
 
-def _table(rows: Sequence[tuple[str, Any]]) -> str:
+def table_html(rows: Sequence[tuple[str, Any]]) -> str:
     body = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in rows

@@ -16,14 +16,14 @@ import xarray as xr
 from dmask.errors import InputError, StoreError
 from dmask.io import atomic
 from dmask.model import Model
-from dmask.report.html import STYLE, _table
+from dmask.report.html import STYLE, table_html
 from dmask.report.sections import (
-    _comparison_section,
-    _faces_section,
-    _fields_section,
-    _photographs_section,
-    _size_section,
-    _tuning_section,
+    comparison_section,
+    faces_section,
+    fields_section,
+    photographs_section,
+    size_section,
+    tuning_section,
 )
 
 logger = logging.getLogger(__name__)
@@ -163,9 +163,9 @@ def _header(model: Model, dataset: xr.Dataset, source: str, split: str) -> str:
     summary.append(("shown", f"{source} -> each target, split {split!r}"))
     return (
         "<h2 id='model'>Model</h2>"
-        + _table(settings)
+        + table_html(settings)
         + "<h2 id='dataset'>Dataset</h2>"
-        + _table(summary)
+        + table_html(summary)
     )
 
 
@@ -267,17 +267,17 @@ def write_report(
 
     started = time.perf_counter()
     sections = [_header(model, dataset, source, split)]
-    faces, mean_face = _faces_section(model, dataset, source, split, subjects)
+    faces, mean_face = faces_section(model, dataset, source, split, subjects)
     sections.append(faces)
     if entries:
-        sections.append(_photographs_section(entries, model.targets))
-    sections.append(_fields_section(model, mean_face, chosen))
+        sections.append(photographs_section(entries, model.targets))
+    sections.append(fields_section(model, mean_face, chosen))
     if comparison_rows is not None:
-        sections.append(_comparison_section(comparison_rows))
+        sections.append(comparison_section(comparison_rows))
     if tuning_rows is not None:
-        sections.append(_tuning_section(tuning_rows, model))
+        sections.append(tuning_section(tuning_rows, model))
     if size_rows is not None:
-        sections.append(_size_section(size_rows))
+        sections.append(size_section(size_rows))
 
     links = [("model", "Model"), ("dataset", "Dataset"), ("faces", "Held-out faces")]
     if entries:

@@ -18,13 +18,13 @@ from dmask.graph import inputs
 from dmask.io import dataset_store
 from dmask.model import Model
 from dmask.report.html import (
-    _as_pixels,
-    _colour_bar,
-    _figure,
-    _figure_uri,
-    _heat,
-    _img,
-    _show_map,
+    as_pixels,
+    colour_bar_img,
+    figure_uri,
+    heat_map,
+    img_tag,
+    new_figure,
+    show_map,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def _display_scale(images: np.ndarray, minmax: bool, peak: float) -> np.ndarray:
     return normalize_block(images, None, None) / peak
 
 
-def _faces_section(
+def faces_section(
     model: Model, dataset: xr.Dataset, source: str, split: str, subjects: int
 ) -> tuple[str, np.ndarray | None]:
     """Held-out grids per target and the mean source face (None if no pairs)."""
@@ -114,7 +114,7 @@ def _faces_section(
     else:
         errors = np.concatenate([item[5].ravel() for item in found])
         vmax = float(np.percentile(errors, ERROR_PERCENTILE)) or float(errors.max())
-        bar = _colour_bar(vmax, "mean |error| over channels")
+        bar = colour_bar_img(vmax, "mean |error| over channels")
         parts.append(
             f"<p class='note'>{html.escape(source)} faces of split "
             f"{html.escape(split)!r}, as the model sees them "
@@ -130,10 +130,10 @@ def _faces_section(
         ]
         for i, label in enumerate(labels):
             cells = [
-                _img(_as_pixels(shown[i]), f"{label} {source}"),
-                _img(_as_pixels(predicted[i]), f"{label} {target} synthesised"),
-                _img(_as_pixels(truth[i]), f"{label} {target} true"),
-                _img(_heat(error[i], vmax), f"{label} {target} absolute error"),
+                img_tag(as_pixels(shown[i]), f"{label} {source}"),
+                img_tag(as_pixels(predicted[i]), f"{label} {target} synthesised"),
+                img_tag(as_pixels(truth[i]), f"{label} {target} true"),
+                img_tag(heat_map(error[i], vmax), f"{label} {target} absolute error"),
             ]
             colour_bar = ""
             if i == 0:
@@ -170,7 +170,7 @@ def _mean_face(
     return total / max(1, len(index))
 
 
-def _photographs_section(entries: list[tuple], targets: list[str]) -> str:
+def photographs_section(entries: list[tuple], targets: list[str]) -> str:
     columns = list(dict.fromkeys(t for _, _, outs in entries for t in outs))
     order = [t for t in targets if t in columns] + [
         t for t in columns if t not in targets
@@ -178,11 +178,11 @@ def _photographs_section(entries: list[tuple], targets: list[str]) -> str:
     head = "".join(f"<th>{html.escape(t)}</th>" for t in ["", "input", *order])
     rows = [f"<tr>{head}</tr>"]
     for label, image, outputs in entries:
-        cells = [_img(_as_pixels(image), f"{label} input")]
+        cells = [img_tag(as_pixels(image), f"{label} input")]
         for target in order:
             if target in outputs:
                 cells.append(
-                    _img(_as_pixels(outputs[target]), f"{label} {target} synthesised")
+                    img_tag(as_pixels(outputs[target]), f"{label} {target} synthesised")
                 )
             else:
                 cells.append("")
@@ -219,9 +219,9 @@ def _weight_maps(model: Model, target: str) -> tuple[np.ndarray, ...]:
 
 def _marked_face(face: np.ndarray | None, pixels: dict[str, tuple[int, int]]) -> str:
     """Data URI of the mean face with the chosen pixels marked and named."""
-    figure, (axes,) = _figure(1, 1.0, row_height=3.6)
+    figure, (axes,) = new_figure(1, 1.0, row_height=3.6)
     if face is not None:
-        pixels01 = _as_pixels(face)
+        pixels01 = as_pixels(face)
         axes.imshow(pixels01, cmap="gray" if pixels01.ndim == 2 else None)
         axes.set_title("mean input face", fontsize=9)
     axes.set_xticks([])
@@ -233,10 +233,10 @@ def _marked_face(face: np.ndarray | None, pixels: dict[str, tuple[int, int]]) ->
             name, (x, y), xytext=(6, -6), textcoords="offset points", fontsize=8,
             color="#00e5ff", fontweight="bold",
         )  # fmt: skip
-    return _figure_uri(figure)
+    return figure_uri(figure)
 
 
-def _fields_section(
+def fields_section(
     model: Model, mean_face: np.ndarray | None, pixels: dict[str, tuple[int, int]]
 ) -> str:
     height, width = model.image_shape
@@ -256,11 +256,11 @@ def _fields_section(
     for target in model.targets:
         position = model.targets.index(target)
         centre, mass, bias = _weight_maps(model, target)
-        figure, axes = _figure(3, width / height)
-        _show_map(figure, axes[0], centre, "centre weight", signed=True)
-        _show_map(figure, axes[1], mass, "off-centre mass sum |w|", signed=False)
-        _show_map(figure, axes[2], bias, "bias", signed=True)
-        maps = _figure_uri(figure)
+        figure, axes = new_figure(3, width / height)
+        show_map(figure, axes[0], centre, "centre weight", signed=True)
+        show_map(figure, axes[1], mass, "off-centre mass sum |w|", signed=False)
+        show_map(figure, axes[2], bias, "bias", signed=True)
+        maps = figure_uri(figure)
         slabs = inputs.as_numpy(
             *(weight[position, y : y + 1, x : x + 1, 0, :] for y, x in pixels.values())
         )
@@ -285,7 +285,7 @@ def _windows_figure(
     from matplotlib.patches import Rectangle
 
     limit = max(float(np.max(np.abs(w))) for w in windows.values()) or 1.0
-    figure, axes = _figure(len(windows), 1.0, row_height=2.4)
+    figure, axes = new_figure(len(windows), 1.0, row_height=2.4)
     image = None
     b = field // 2
     for ax, (name, values) in zip(axes, windows.items(), strict=True):
@@ -310,7 +310,7 @@ def _windows_figure(
                         color="white" if abs(value) > 0.6 * limit else "black",
                     )  # fmt: skip
     figure.colorbar(image, ax=list(axes), shrink=0.85)
-    return _figure_uri(figure)
+    return figure_uri(figure)
 
 
 def _format_cell(key: str, value: Any) -> tuple[str, bool]:
@@ -337,7 +337,7 @@ def _is_mr(method: Any) -> bool:
     return text == "mr" or text.startswith(("mr ", "mr-", "mr_", "mr(", "dmask"))
 
 
-def _comparison_section(rows: list[Mapping[str, Any]]) -> str:
+def comparison_section(rows: list[Mapping[str, Any]]) -> str:
     present = {key for row in rows for key in row}
     columns = [k for k in COMPARISON_KEYS if k in present]
     columns += [
@@ -366,7 +366,7 @@ def _mean_by(points: list[tuple[Any, float]]) -> dict[Any, float]:
     return {key: float(np.mean(values)) for key, values in sums.items()}
 
 
-def _tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
+def tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
     points = []
     for i, row in enumerate(rows):
         field = _number(row, "field", "tuning", i)
@@ -387,7 +387,7 @@ def _tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
     fields_ = sorted({f for f, _ in table})
     lams = sorted({lam for _, lam in table})
     (best_f, best_lam), best = min(table.items(), key=lambda item: item[1])
-    figure, axes = _figure(2, 1.35, row_height=3.2)
+    figure, axes = new_figure(2, 1.35, row_height=3.2)
     for lam in lams:
         xs = [f for f in fields_ if (f, lam) in table]
         axes[0].plot(xs, [table[f, lam] for f in xs], marker="o", label=f"λ={lam:g}")
@@ -413,7 +413,7 @@ def _tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     parts.append(
-        f'<img src="{_figure_uri(figure)}" alt="test MSE against r and lambda">'
+        f'<img src="{figure_uri(figure)}" alt="test MSE against r and lambda">'
     )
     parts.append(
         f"<p class='note'>Lowest test MSE: r = {best_f}, lambda = {best_lam:g} "
@@ -424,7 +424,7 @@ def _tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
     return "".join(parts)
 
 
-def _size_section(rows: list[Mapping[str, Any]]) -> str:
+def size_section(rows: list[Mapping[str, Any]]) -> str:
     points = []
     for i, row in enumerate(rows):
         n = _number(row, "n", "size_curve", i)
@@ -435,7 +435,7 @@ def _size_section(rows: list[Mapping[str, Any]]) -> str:
     head = "<h2 id='size'>Training set size</h2>"
     if not table:
         return head + "<p>No size-curve rows with a finite MSE.</p>"
-    figure, (axes,) = _figure(1, 1.6, row_height=3.4)
+    figure, (axes,) = new_figure(1, 1.6, row_height=3.4)
     methods = list(dict.fromkeys(m for m, _ in table))
     for method in methods:
         ns = sorted(n for m, n in table if m == method)
@@ -452,4 +452,4 @@ def _size_section(rows: list[Mapping[str, Any]]) -> str:
     axes.set_title("test MSE against N", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    return head + f'<img src="{_figure_uri(figure)}" alt="test MSE against N">'
+    return head + f'<img src="{figure_uri(figure)}" alt="test MSE against N">'
