@@ -16,7 +16,7 @@ from functools import cache
 
 import numpy as np
 
-from dmask.core import _engine
+from dmask.core import _engine, _engine_sums
 from dmask.core.cholesky import solve_spd
 from dmask.core.windows import displacements, window_offsets
 
@@ -233,7 +233,7 @@ def raw_displacement_statistics(
     low, scale = params(source_params)
     target_low, target_scale = zip(*(params(p) for p in target_params), strict=True)
     pair_sums, sums, cross_sums, target_sums, target_squares = (
-        _engine.rolling_displacement_sums(
+        _engine_sums.rolling_displacement_sums(
             source, low, scale, np.stack(targets), np.stack(target_low),
             np.stack(target_scale), padding, field, squares,
         )

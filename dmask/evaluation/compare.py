@@ -14,7 +14,7 @@ import xarray as xr
 
 from dmask.core import minmax
 from dmask.errors import InputError
-from dmask.evaluation import baselines
+from dmask.evaluation import baselines, pixelwise
 from dmask.evaluation.memory import (
     EXCLUSIVE,
     measured_memory,
@@ -78,8 +78,8 @@ _BASELINES: dict[str, type[baselines.Baseline]] = {
     "full_ridge": baselines.FullRidge,
     "reduced_rank": baselines.ReducedRankRidge,
     "kernel_ridge": baselines.KernelRidge,
-    "lasso": baselines.PixelLasso,
-    "omp": baselines.PixelOMP,
+    "lasso": pixelwise.PixelLasso,
+    "omp": pixelwise.PixelOMP,
     "identity": baselines.Identity,
     "mean_difference": baselines.MeanDifference,
 }
@@ -494,15 +494,15 @@ def _compare_baselines(
         n_train, n_test = int(train_src.shape[0]), int(test_src.shape[0])
         row = _row(method, name, n_train, n_test)
         rows.setdefault(method, []).append(row)
-        pixelwise = isinstance(model, baselines.Pixelwise)
-        outputs = min(PIXEL_BLOCK, d) if pixelwise else None
+        is_pixelwise = isinstance(model, pixelwise.Pixelwise)
+        outputs = min(PIXEL_BLOCK, d) if is_pixelwise else None
         try:
             model.check(n_train, d, budget, outputs)
         except InputError as error:
             row["status"] = f"refused: {error}"
             logger.info("%s for %s refused: %s", method, name, error)
             continue
-        if pixelwise:
+        if is_pixelwise:
             blocks = [
                 dask.delayed(_fit_block, pure=True)(
                     model, data[name], start, min(d, start + PIXEL_BLOCK)
