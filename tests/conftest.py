@@ -1,4 +1,8 @@
-"""Shared fixtures: small random images and a real multi-process Dask cluster."""
+"""Shared fixtures: a random generator, both kernel backends, a real Dask cluster.
+
+Non-fixture helpers (random_pairs, tolerances, assert_model_close,
+CountingScheduler) are in helpers.py.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,6 @@ import dmask
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
-
-
-def random_pairs(
-    rng: np.random.Generator, n: int, height: int, width: int, channels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random sources and targets where the target depends locally on the source."""
-    sources = rng.random((n, height, width, channels)) * 200 + 10
-    noise = rng.random((n, height, width, channels)) * 50
-    shifted = np.roll(sources, 1, axis=2)
-    targets = 0.6 * sources + 0.3 * shifted + noise
-    return sources, targets
 
 
 @pytest.fixture(params=["numba", "numpy"])

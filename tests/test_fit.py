@@ -6,7 +6,14 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import random_pairs
+from helpers import (
+    EXACT,
+    REFERENCE,
+    REORDERED,
+    CountingScheduler,
+    assert_model_close,
+    random_pairs,
+)
 from reference import minmax, reference_fit, reference_predict
 
 import dmask
@@ -23,12 +30,11 @@ def test_fit_predict_match_reference(rng, field, shape, lam, method, backend):
         sources, targets, field=field, lam=lam, tile_shape=(4, 4), method=method
     )
     ref_w, ref_b = reference_fit(minmax(sources), minmax(targets), field, lam)
-    np.testing.assert_allclose(model.weights().values, ref_w, rtol=0, atol=1e-8)
-    np.testing.assert_allclose(model.bias().values, ref_b, rtol=0, atol=1e-8)
+    assert_model_close(model, (ref_w, ref_b), atol=REFERENCE)
     predicted = model.predict(new)
     assert isinstance(predicted, np.ndarray) and predicted.shape == new.shape
     expected = reference_predict(minmax(new), ref_w, ref_b, field)
-    np.testing.assert_allclose(predicted, expected, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(predicted, expected, rtol=0, atol=REFERENCE)
 
 
 def test_normalize_none_matches_reference(rng):
@@ -36,10 +42,11 @@ def test_normalize_none_matches_reference(rng):
     sources, targets = sources / 255, targets / 255
     model = dmask.fit(sources, targets, field=3, lam=0.4, normalize="none")
     ref_w, ref_b = reference_fit(sources, targets, 3, 0.4)
-    np.testing.assert_allclose(model.weights().values, ref_w, atol=1e-8, rtol=0)
-    np.testing.assert_allclose(model.bias().values, ref_b, atol=1e-8, rtol=0)
+    assert_model_close(model, (ref_w, ref_b), atol=REFERENCE)
     np.testing.assert_allclose(
-        model.predict(sources), reference_predict(sources, ref_w, ref_b, 3), atol=1e-8
+        model.predict(sources),
+        reference_predict(sources, ref_w, ref_b, 3),
+        atol=REFERENCE,
     )
 
 
@@ -58,14 +65,9 @@ def test_tiled_equals_untiled(rng, tile_shape, sample_block, method):
         sources, targets, field=5, tile_shape=tile_shape, sample_block=sample_block,
         method=method,
     )  # fmt: skip
+    assert_model_close(tiled, whole, atol=REORDERED)
     np.testing.assert_allclose(
-        tiled.weights().values, whole.weights().values, rtol=0, atol=1e-11
-    )
-    np.testing.assert_allclose(
-        tiled.bias().values, whole.bias().values, rtol=0, atol=1e-11
-    )
-    np.testing.assert_allclose(
-        tiled.predict(sources, sample_block=2), whole.predict(sources), atol=1e-11
+        tiled.predict(sources, sample_block=2), whole.predict(sources), atol=REORDERED
     )
 
 
@@ -76,8 +78,8 @@ def test_several_targets_share_statistics(rng):
     assert joint.targets == ["happy", "sad"]
     for name, target in (("happy", happy), ("sad", sad)):
         alone = dmask.fit(sources, target, field=3)
-        np.testing.assert_allclose(
-            joint.weights(name).values, alone.weights().values, atol=1e-11, rtol=0
+        assert_model_close(
+            joint, alone, name, expected_target=None, atol=REORDERED, bias=False
         )
     predicted = joint.predict(sources[:2])
     assert set(predicted) == {"happy", "sad"}
@@ -90,20 +92,18 @@ def test_dask_and_xarray_inputs(rng):
     lazy_src = da.from_array(sources, chunks=(3, 4, 5, 3))
     lazy_tgt = da.from_array(targets, chunks=(5, 6, 2, 3))
     from_dask = dmask.fit(lazy_src, lazy_tgt, field=3, tile_shape=(4, 4))
-    np.testing.assert_allclose(
-        from_dask.weights().values, reference.weights().values, atol=1e-11, rtol=0
-    )
+    assert_model_close(from_dask, reference, atol=REORDERED, bias=False)
     dims = ("sample", "y", "x", "channel")
     xr_src = xr.DataArray(sources, dims=dims)
     from_xr = dmask.fit(xr_src, {"t": xr.DataArray(targets, dims=dims)}, field=3)
-    np.testing.assert_allclose(
-        from_xr.weights("t").values, reference.weights().values, atol=1e-11, rtol=0
+    assert_model_close(
+        from_xr, reference, "t", expected_target=None, atol=REORDERED, bias=False
     )
     out_dask = reference.predict(lazy_src)
     assert isinstance(out_dask, da.Array)
     out_xr = from_xr.predict(xr_src)["t"]
     assert isinstance(out_xr, xr.DataArray) and out_xr.dims == dims
-    np.testing.assert_allclose(out_xr.values, out_dask.compute(), atol=1e-11)
+    np.testing.assert_allclose(out_xr.values, out_dask.compute(), atol=REORDERED)
 
 
 def test_save_open_round_trip(rng, tmp_path):
@@ -114,7 +114,7 @@ def test_save_open_round_trip(rng, tmp_path):
     assert opened.targets == ["a", "b"]
     assert (opened.field, opened.lam, opened.normalize) == (3, 0.4, "minmax")
     assert isinstance(opened.dataset["weight"].data, da.Array)
-    np.testing.assert_array_equal(opened.weights("a").values, model.weights("a").values)
+    assert_model_close(opened, model, "a", atol=0, bias=False)
     a = model.predict(sources)
     b = opened.predict(sources)
     np.testing.assert_array_equal(a["b"], b["b"])
@@ -128,7 +128,7 @@ def test_fit_to_store_equals_in_memory(rng, tmp_path):
     )
     assert stored.dataset.attrs["complete"] is True
     assert int(stored.dataset["tile_complete"].sum()) == 3 * 3
-    np.testing.assert_array_equal(stored.weights().values, memory.weights().values)
+    assert_model_close(stored, memory, atol=0, bias=False)
     np.testing.assert_array_equal(stored.predict(sources), memory.predict(sources))
 
 
@@ -150,15 +150,52 @@ def test_predict_is_lazy_until_computed(rng, tmp_path):
     assert np.isfinite(out.compute(scheduler="sync")).all()
 
 
+def test_opened_model_computes_nothing_until_asked(rng, tmp_path):
+    """open_model, weights and predict of dask or xarray images build graphs only.
+
+    The counter sees every computation: the configured scheduler's and those
+    dmask runs itself on the threaded one (a numpy prediction: exactly one for
+    all targets), so zero means nothing was computed.
+    """
+    sources, targets = random_pairs(rng, 6, 8, 8, 3)
+    named = {"a": targets, "b": np.sqrt(sources)}
+    dmask.fit(sources, named, field=3, tile_shape=(4, 4), store=tmp_path / "m.zarr")
+    dims = ("sample", "y", "x", "channel")
+    with CountingScheduler() as counter:
+        model = dmask.open_model(tmp_path / "m.zarr")
+        weights, bias = model.weights("b"), model.bias("b")
+        lam_map = model.lam_map("a")
+        lazy = da.from_array(sources, chunks=(2, 8, 8, 3))
+        from_dask = model.predict(lazy)
+        from_lazy_xr = model.predict(xr.DataArray(lazy, dims=dims))
+        from_numpy_xr = model.predict(xr.DataArray(sources, dims=dims))
+        assert counter.calls == 0
+        for array in (weights, bias, lam_map):
+            assert isinstance(array.data, da.Array)
+        assert set(from_dask) == set(from_lazy_xr) == set(from_numpy_xr) == {"a", "b"}
+        for name in ("a", "b"):
+            assert isinstance(from_dask[name], da.Array)
+            for out in (from_lazy_xr[name], from_numpy_xr[name]):
+                assert isinstance(out, xr.DataArray) and out.dims == dims
+                assert isinstance(out.data, da.Array)
+        assert counter.calls == 0
+
+        computed = from_dask["a"].compute()
+        assert counter.calls == 1
+        from_lazy_xr["b"].compute()
+        assert counter.calls == 2
+        expected = model.predict(sources)  # numpy in, numpy out: computed at once
+        assert counter.calls == 3
+    np.testing.assert_allclose(computed, expected["a"], rtol=0, atol=REORDERED)
+
+
 def test_covariance_blocks_across_a_large_tile(rng):
     """Tiles larger than the 16-pixel GEMM blocks, with partial blocks at edges."""
     sources, targets = random_pairs(rng, 9, 37, 21, 2)
     reference = dmask.fit(sources, targets, field=7, method="displacement")
     for tile_shape in ((37, 21), (20, 13), (33, 17)):
         model = dmask.fit(sources, targets, field=7, tile_shape=tile_shape)
-        np.testing.assert_allclose(
-            model.weights().values, reference.weights().values, atol=1e-10, rtol=0
-        )
+        assert_model_close(model, reference, atol=EXACT, bias=False)
 
 
 def test_phase_seconds_time_the_tasks(rng):

@@ -13,7 +13,7 @@ import dmask
 from dmask.apply import folder
 from dmask.datasets.drawing import render_face, subject_params
 from dmask.errors import InputError
-from dmask.io import photographs
+from dmask.io import face_crops, photographs
 
 
 def _face(subject: int, expression: str, height: int, width: int) -> np.ndarray:
@@ -58,7 +58,7 @@ GOOD = ["a.png", "d.PNG", "nested/b.jpg", "nested/deeper/c.png"]
 def _expected(model, folder, relative: str, target: str) -> np.ndarray:
     """The slow way: prepare, normalise and predict with the per-pixel loops."""
     image = photographs.read_image(os.path.join(folder, relative))
-    face = photographs.prepare_face(image, model.image_shape, crop="center", channels=3)
+    face = face_crops.prepare_face(image, model.image_shape, crop="center", channels=3)
     weights = model.weights(target).values
     bias = model.bias(target).values
     predicted = reference_predict(minmax(face[None]), weights, bias, model.field)[0]

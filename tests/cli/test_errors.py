@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import random_pairs
+from helpers import random_pairs
 
 import dmask
 from dmask.cli import main

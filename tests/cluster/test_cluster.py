@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import ROOT, assert_model_close
 
 import dmask
 from dmask import cli, errors
@@ -27,7 +27,6 @@ from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.errors import DmaskError
 from dmask.io import dataset_store, model_store
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TARGETS = ["happy", "sad"]
 
@@ -114,12 +113,7 @@ def _local_model(ds, field: int, tile: tuple[int, int], block: int):
 def _assert_same_model(path: Path, local) -> None:
     trained = dmask.open_model(path)
     for target in TARGETS:
-        np.testing.assert_array_equal(
-            trained.weights(target).values, local.weights(target).values
-        )
-        np.testing.assert_array_equal(
-            trained.bias(target).values, local.bias(target).values
-        )
+        assert_model_close(trained, local, target, atol=0)
 
 
 TRAIN = ["--field", "5", "--tile", "8", "8", "--sample-block", "3",

@@ -28,14 +28,13 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import random_pairs
 from dask.utils import parse_bytes
+from helpers import ROOT, assert_model_close, random_pairs
 
 import dmask
 from dmask.cluster.ssh import ssh_cluster
 from dmask.errors import DmaskError
 
-ROOT = Path(__file__).resolve().parents[1]
 KUBE = ROOT / "cluster" / "kubernetes"
 DOCKERFILE = ROOT / "cluster" / "docker" / "Dockerfile"
 START = ROOT / "cluster" / "start-local.sh"
@@ -91,12 +90,7 @@ def _fit_pair(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarra
 
 def _assert_same_models(remote: Any, local: Any) -> None:
     for name in ("a", "b"):
-        np.testing.assert_array_equal(
-            np.asarray(remote.weights(name)), np.asarray(local.weights(name))
-        )
-        np.testing.assert_array_equal(
-            np.asarray(remote.bias(name)), np.asarray(local.bias(name))
-        )
+        assert_model_close(remote, local, name, atol=0)
 
 
 FIT_OPTIONS: dict[str, Any] = {"field": 3, "tile_shape": (4, 4), "sample_block": 4}

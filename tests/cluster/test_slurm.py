@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
+from helpers import ROOT, assert_model_close
 
 import dmask
 from dmask.io import dataset_store
 
-SLURM = Path(__file__).resolve().parents[1] / "cluster" / "slurm"
+SLURM = ROOT / "cluster" / "slurm"
 SETUP_TIMEOUT = 240  # seconds, apt-get included
 JOB_TIMEOUT = 180
 TILE = ["--tile", "12", "12"]
@@ -130,12 +130,7 @@ def _assert_same_as_local_fit(model_path: Path, faces: Path) -> None:
     )
     assert trained.targets == local.targets and len(trained.targets) == 6
     for target in trained.targets:
-        np.testing.assert_array_equal(
-            trained.weights(target).values, local.weights(target).values
-        )
-        np.testing.assert_array_equal(
-            trained.bias(target).values, local.bias(target).values
-        )
+        assert_model_close(trained, local, target, atol=0)
 
 
 def _logs(folder: Path) -> str:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_pairs
+from helpers import (
+    EXACT,
+    REFERENCE,
+    ROUNDOFF,
+    SOLVER,
+    TIGHT,
+    assert_model_close,
+    random_pairs,
+)
 from reference import reference_fit, reference_predict
 
 from dmask.core import (
@@ -38,11 +46,10 @@ def test_solve_matches_reference(rng, field, shape, method, side, backend):
     halo, weights, bias = _fit_whole(sources, targets, field, 0.4, method, side)
     ref_w, ref_b = reference_fit(sources, targets, field, 0.4)
     scale = np.abs(ref_w).max() + np.abs(ref_b).max()
-    np.testing.assert_allclose(weights, ref_w, rtol=0, atol=1e-8 * scale)
-    np.testing.assert_allclose(bias, ref_b, rtol=0, atol=1e-8 * scale)
+    assert_model_close((weights, bias), (ref_w, ref_b), atol=REFERENCE * scale)
     predicted = forward.apply_tile(halo, weights[None], bias[None], field)[0]
     expected = reference_predict(sources, ref_w, ref_b, field)
-    np.testing.assert_allclose(predicted, expected, rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(predicted, expected, rtol=EXACT, atol=REFERENCE)
 
 
 def test_out_of_image_weights_are_exactly_zero(rng):
@@ -61,8 +68,8 @@ def test_statistics_add_over_sample_blocks(rng):
         methods.tile_statistics(halo[4:], targets[None, 4:], 3)
     )
     assert parts.count == whole.count == 10
-    np.testing.assert_allclose(parts.pair_sums, whole.pair_sums, rtol=1e-13)
-    np.testing.assert_allclose(parts.cross_sums, whole.cross_sums, rtol=1e-13)
+    np.testing.assert_allclose(parts.pair_sums, whole.pair_sums, rtol=ROUNDOFF)
+    np.testing.assert_allclose(parts.cross_sums, whole.cross_sums, rtol=ROUNDOFF)
 
 
 def test_displacements_cover_every_offset_pair():
@@ -98,8 +105,7 @@ def test_indefinite_systems_fall_back_to_lu(rng, field, backend):
     _, weights, bias = _fit_whole(sources, targets, field, -0.3)
     ref_w, ref_b = reference_fit(sources, targets, field, -0.3)
     scale = np.abs(ref_w).max() + np.abs(ref_b).max()
-    np.testing.assert_allclose(weights, ref_w, rtol=0, atol=1e-8 * scale)
-    np.testing.assert_allclose(bias, ref_b, rtol=0, atol=1e-8 * scale)
+    assert_model_close((weights, bias), (ref_w, ref_b), atol=REFERENCE * scale)
 
 
 @pytest.mark.parametrize("size", [2, 9, 17, 40])
@@ -110,7 +116,7 @@ def test_solve_spd_mixed_batch(rng, size, backend):
     rhs = rng.random((5, size, 3))
     before = gram.copy(), rhs.copy()
     solution = cholesky.solve_spd(gram, rhs)
-    np.testing.assert_allclose(solution, np.linalg.solve(gram, rhs), rtol=1e-9)
+    np.testing.assert_allclose(solution, np.linalg.solve(gram, rhs), rtol=SOLVER)
     np.testing.assert_array_equal(gram, before[0])
     np.testing.assert_array_equal(rhs, before[1])
 
@@ -184,7 +190,7 @@ def test_raw_displacement_statistics_match_loops(rng, field, shape, padding, bac
         stats.target_squares,
     )
     for value, reference in zip(got, expected, strict=True):
-        np.testing.assert_allclose(value, reference, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(value, reference, rtol=TIGHT, atol=SOLVER)
     assert stats.count == n
 
 

@@ -16,7 +16,8 @@ from dmask.datasets.ingest import ingest
 from dmask.datasets.layouts import scan
 from dmask.errors import InputError, StoreError
 from dmask.io import dataset_store
-from dmask.io.photographs import prepare_face, read_image
+from dmask.io.face_crops import prepare_face
+from dmask.io.photographs import read_image
 
 SIZE = (24, 24)
 KDEF = {"neutral": "NE", "happy": "HA", "sad": "SA"}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import EXACT, LOOSE, REORDERED, SOLVER
 from sklearn.linear_model import Lasso, LassoLars, OrthogonalMatchingPursuit
 
 from dmask.errors import InputError
-from dmask.evaluation import baselines
+from dmask.evaluation import baselines, pixelwise
 
 
 def _data(rng, n, d, n_test=4):
@@ -37,9 +38,14 @@ def test_full_ridge_dual_primal_and_reference_agree(rng, n, d):
     assert auto.solved_dual_ == (n < d + 1)
     for form in ("auto", "primal", "dual"):
         model = baselines.FullRidge(0.4, form=form).fit(x, y)
-        np.testing.assert_allclose(model.weights(), expected, rtol=1e-9, atol=1e-11)
         np.testing.assert_allclose(
-            model.predict(x_test), _augment(x_test) @ expected, rtol=1e-9, atol=1e-11
+            model.weights(), expected, rtol=SOLVER, atol=REORDERED
+        )
+        np.testing.assert_allclose(
+            model.predict(x_test),
+            _augment(x_test) @ expected,
+            rtol=SOLVER,
+            atol=REORDERED,
         )
         assert model.n_parameters == d * (d + 1)
 
@@ -57,9 +63,9 @@ def test_reduced_rank_full_rank_is_full_ridge(rng, n, d):
     x, y, x_test = _data(rng, n, d)
     full = baselines.FullRidge(0.4).fit(x, y)
     reduced = baselines.ReducedRankRidge(0.4, rank=min(n, d)).fit(x, y)
-    np.testing.assert_allclose(reduced.weights(), full.weights(), atol=1e-10)
+    np.testing.assert_allclose(reduced.weights(), full.weights(), atol=EXACT)
     np.testing.assert_allclose(
-        reduced.predict(x_test), full.predict(x_test), atol=1e-10
+        reduced.predict(x_test), full.predict(x_test), atol=EXACT
     )
 
 
@@ -70,7 +76,7 @@ def test_reduced_rank_projects_onto_top_output_directions(rng, n, d):
     _, _, vt = np.linalg.svd(_augment(x) @ w)
     p = vt[:2].T
     model = baselines.ReducedRankRidge(0.4, rank=2).fit(x, y)
-    np.testing.assert_allclose(model.weights(), w @ p @ p.T, atol=1e-10)
+    np.testing.assert_allclose(model.weights(), w @ p @ p.T, atol=EXACT)
     assert np.linalg.matrix_rank(model.weights()) == 2
     assert np.linalg.matrix_rank(model.predict(x_test)) == 2
     assert model.n_parameters == 2 * (d + 1) + 2 * d
@@ -95,27 +101,27 @@ def test_kernel_ridge_matches_the_direct_formula(rng, gamma):
     model = baselines.KernelRidge(0.4, gamma=gamma).fit(x, y)
     assert model.gamma_ == pytest.approx(g)
     np.testing.assert_allclose(
-        model.predict(x_test), k(x_test, x) @ alpha + mean, rtol=1e-10
+        model.predict(x_test), k(x_test, x) @ alpha + mean, rtol=EXACT
     )
     assert model.n_parameters == 7 * 5 + 5
 
 
 def test_lasso_is_sklearn_per_pixel_and_splits(rng):
     x, y, x_test = _data(rng, 8, 10)
-    model = baselines.PixelLasso(alpha=0.002).fit(x, y)
+    model = pixelwise.PixelLasso(alpha=0.002).fit(x, y)
     for j in range(y.shape[1]):
         one = LassoLars(alpha=0.002, fit_intercept=True).fit(x, y[:, j])
-        np.testing.assert_allclose(model.coef_[[j]].toarray()[0], one.coef_, atol=1e-10)
-        assert model.intercept_[j] == pytest.approx(one.intercept_, abs=1e-10)
+        np.testing.assert_allclose(model.coef_[[j]].toarray()[0], one.coef_, atol=EXACT)
+        assert model.intercept_[j] == pytest.approx(one.intercept_, abs=EXACT)
         np.testing.assert_allclose(
-            model.predict(x_test)[:, j], one.predict(x_test), atol=1e-10
+            model.predict(x_test)[:, j], one.predict(x_test), atol=EXACT
         )
     assert model.n_parameters == model.coef_.nnz + y.shape[1]
     parts = [
-        baselines.PixelLasso(alpha=0.002).fit(x, y, pixels=np.arange(0, 4)),
-        baselines.PixelLasso(alpha=0.002).fit(x, y, pixels=np.arange(4, 10)),
+        pixelwise.PixelLasso(alpha=0.002).fit(x, y, pixels=np.arange(0, 4)),
+        pixelwise.PixelLasso(alpha=0.002).fit(x, y, pixels=np.arange(4, 10)),
     ]
-    joined = baselines.PixelLasso.concatenate(parts)
+    joined = pixelwise.PixelLasso.concatenate(parts)
     np.testing.assert_array_equal(joined.pixels_, np.arange(10))
     np.testing.assert_allclose(joined.predict(x_test), model.predict(x_test))
     np.testing.assert_allclose(
@@ -126,22 +132,22 @@ def test_lasso_is_sklearn_per_pixel_and_splits(rng):
 def test_lasso_solves_the_lasso_problem(rng):
     # Well conditioned (N > d): coordinate descent's solution is the same one.
     x, y, _ = _data(rng, 60, 5)
-    model = baselines.PixelLasso(alpha=0.001).fit(x, y)
+    model = pixelwise.PixelLasso(alpha=0.001).fit(x, y)
     for j in range(y.shape[1]):
         cd = Lasso(alpha=0.001, tol=1e-12, max_iter=100_000).fit(x, y[:, j])
-        np.testing.assert_allclose(model.coef_[[j]].toarray()[0], cd.coef_, atol=1e-7)
+        np.testing.assert_allclose(model.coef_[[j]].toarray()[0], cd.coef_, atol=LOOSE)
 
 
 def test_omp_is_sklearn_per_pixel_and_splits(rng):
     x, y, x_test = _data(rng, 9, 12)
-    model = baselines.PixelOMP(n_nonzero=3).fit(x, y)
+    model = pixelwise.PixelOMP(n_nonzero=3).fit(x, y)
     dense = model.coef_.toarray()
     for j in range(y.shape[1]):
         one = OrthogonalMatchingPursuit(n_nonzero_coefs=3).fit(x, y[:, j])
-        np.testing.assert_allclose(dense[j], one.coef_, atol=1e-9)
-        assert model.intercept_[j] == pytest.approx(one.intercept_, abs=1e-9)
+        np.testing.assert_allclose(dense[j], one.coef_, atol=SOLVER)
+        assert model.intercept_[j] == pytest.approx(one.intercept_, abs=SOLVER)
     assert (np.count_nonzero(dense, axis=1) <= 3).all()
-    odd = baselines.PixelOMP(n_nonzero=3).fit(x, y, pixels=[1, 5, 7])
+    odd = pixelwise.PixelOMP(n_nonzero=3).fit(x, y, pixels=[1, 5, 7])
     np.testing.assert_allclose(odd.predict(x_test), model.predict(x_test)[:, [1, 5, 7]])
 
 
@@ -156,8 +162,8 @@ def test_trivial_baselines(rng):
 
 
 def test_refusals_name_the_problem(rng):
-    limit = baselines.MAX_PIXELWISE_FEATURES
-    for cls in (baselines.PixelLasso, baselines.PixelOMP):
+    limit = pixelwise.MAX_PIXELWISE_FEATURES
+    for cls in (pixelwise.PixelLasso, pixelwise.PixelOMP):
         with pytest.raises(InputError, match=f"d = {limit + 1} .* limit of {limit}"):
             cls().check(10, limit + 1)
         with pytest.raises(InputError, match="limit"):
@@ -181,7 +187,7 @@ def test_refusals_name_the_problem(rng):
         (lambda: baselines.FullRidge(lam=0), "lam must be a positive"),
         (lambda: baselines.KernelRidge(gamma=-1), "gamma must be a positive"),
         (lambda: baselines.ReducedRankRidge(rank=0), "rank must be a positive"),
-        (lambda: baselines.PixelOMP(n_nonzero=2.5), "n_nonzero must be a positive"),
+        (lambda: pixelwise.PixelOMP(n_nonzero=2.5), "n_nonzero must be a positive"),
         (lambda: baselines.FullRidge().fit(np.zeros(3), np.zeros(3)), "X must be"),
         (lambda: baselines.FullRidge().fit(np.zeros((3, 2)), np.zeros((4, 2))), "3 s"),
         (
@@ -198,7 +204,7 @@ def test_refusals_name_the_problem(rng):
             "X has 3 pixels but the fit had 2",
         ),
         (
-            lambda: baselines.PixelLasso().fit(
+            lambda: pixelwise.PixelLasso().fit(
                 np.ones((3, 2)), np.ones((3, 2)), pixels=[2]
             ),
             r"pixels must lie in \[0, 2\)",

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import xarray as xr
+from helpers import REFERENCE, SOLVER
 
 import dmask
 from dmask.datasets.synthetic import make_synthetic_dataset
@@ -93,8 +94,8 @@ def test_figures_agree_with_evaluate(faces, rows):
         ("mean_difference", "mean_difference"),
     ]:
         row = _by(rows, label, "happy")
-        assert row["mse"] == pytest.approx(expected[f"mse_{method}"], rel=1e-9)
-        assert row["psnr"] == pytest.approx(expected[f"psnr_{method}"], rel=1e-9)
+        assert row["mse"] == pytest.approx(expected[f"mse_{method}"], rel=SOLVER)
+        assert row["psnr"] == pytest.approx(expected[f"psnr_{method}"], rel=SOLVER)
 
 
 def _local_dataset(rng, n_subjects=20, size=12):
@@ -210,6 +211,6 @@ def test_on_a_distributed_cluster_equals_local(faces, rows, cluster_client):
     for label in ("mr r=3", "full_ridge", "omp", "identity"):
         for key in ("mse", "ssim", "n_parameters"):
             assert _by(remote, label, "happy")[key] == pytest.approx(
-                _by(rows, label, "happy")[key], rel=1e-8
+                _by(rows, label, "happy")[key], rel=REFERENCE
             )
     assert _by(remote, "mr r=3", "happy")["peak_mib"] > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import random_pairs
+from helpers import assert_model_close, random_pairs
 
 import dmask
 from dmask.apply.store import apply_to_store
@@ -27,9 +27,8 @@ def test_fit_on_cluster_equals_threaded(rng, cluster_client, tmp_path):
         )
         remote_pred = stored.predict(sources)
     for name in ("a", "b"):
-        np.testing.assert_array_equal(remote.weights(name).values, local.weights(name))
-        np.testing.assert_array_equal(stored.weights(name).values, local.weights(name))
-        np.testing.assert_array_equal(stored.bias(name).values, local.bias(name))
+        assert_model_close(remote, local, name, atol=0, bias=False)
+        assert_model_close(stored, local, name, atol=0)
     local_pred = local.predict(sources)
     np.testing.assert_array_equal(remote_pred["a"], local_pred["a"])
 
@@ -53,9 +52,7 @@ def test_dataset_pipeline_on_cluster_equals_local(cluster_client, tmp_path):
         remote_out = apply_to_store(
             remote_model, remote_ds, tmp_path / "out.zarr", split="test"
         )
-    np.testing.assert_array_equal(
-        remote_model.weights("angry").values, local_model.weights("angry").values
-    )
+    assert_model_close(remote_model, local_model, "angry", atol=0, bias=False)
     test_src, _ = dataset_store.select_pairs(local_ds, "neutral", ["happy"], "test")
     expected = local_model.predict(test_src.values)
     got = remote_out["images"].values

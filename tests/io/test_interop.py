@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import random_pairs
+from helpers import EXACT, TIGHT, assert_model_close, random_pairs
 from reference import minmax
 
 import dmask
@@ -113,7 +113,7 @@ def test_export_matches_dense_reference(rng, tmp_path, field, shape, n_targets):
             augmented = np.hstack([scaled[:, :, c], np.ones((len(new), 1))])
             out[:, :, c] = (matrix @ augmented.T).T
         np.testing.assert_allclose(
-            out.reshape(new.shape), predicted[name], rtol=0, atol=1e-10
+            out.reshape(new.shape), predicted[name], rtol=0, atol=EXACT
         )
 
 
@@ -155,17 +155,16 @@ def test_round_trip_file_list(rng, tmp_path, field):
     back = import_reference(files[:-1], image_shape=(7, 10))
     assert back.targets == ["target"] and back.field == field
     assert back.lam == reference.UNKNOWN_LAM and back.normalize == "minmax"
-    np.testing.assert_array_equal(back.weights().values, model.weights("sad").values)
-    np.testing.assert_array_equal(back.bias().values, model.bias("sad").values)
+    assert_model_close(back, model, expected_target="sad", atol=0)
     predicted = back.predict(sources)
     assert isinstance(predicted, np.ndarray)
     np.testing.assert_allclose(
-        predicted, model.predict(sources)["sad"], rtol=0, atol=1e-12
+        predicted, model.predict(sources)["sad"], rtol=0, atol=TIGHT
     )
     # an unknown lam survives another export and import
     again = import_reference(export_reference(back, tmp_path / "again")[-1].parent)
     assert again.lam == reference.UNKNOWN_LAM and again.targets == ["target"]
-    np.testing.assert_array_equal(again.weights().values, back.weights().values)
+    assert_model_close(again, back, atol=0, bias=False)
     named = import_reference(
         [str(p) for p in files[:-1]], image_shape=(7, 10), field=7, targets=["sad"],
         lam=2.5, normalize="none",
@@ -186,7 +185,7 @@ def test_square_images_and_directory_target_subset(rng, tmp_path):
     files = export_reference(model, tmp_path / "ref")
     single = import_reference(files[0])
     assert single.image_shape == (6, 6) and single.field == 3
-    np.testing.assert_array_equal(single.weights().values, model.weights("happy"))
+    assert_model_close(single, model, expected_target="happy", atol=0, bias=False)
     subset = import_reference(tmp_path / "ref", targets=["sad"])
     assert subset.targets == ["sad"] and subset.lam == 0.4
     np.testing.assert_array_equal(subset.bias("sad").values, model.bias("sad").values)

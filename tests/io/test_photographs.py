@@ -7,10 +7,12 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import HALF_LEVEL, JPEG_LEVELS
 from PIL import Image
 
+from dmask.datasets import samples
 from dmask.errors import InputError
-from dmask.io import photographs
+from dmask.io import face_crops, photographs
 from dmask.io.photographs import ImageReadError
 
 
@@ -43,7 +45,7 @@ def write_png16(path, array: np.ndarray, filter_type: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, np.ndarray]:
-    return photographs.sample_photographs()
+    return samples.sample_photographs()
 
 
 # ------------------------------------------------------------------- reading
@@ -116,7 +118,7 @@ def test_read_jpeg_and_exif_orientation(tmp_path):
     Image.fromarray(smooth).save(tmp_path / "r.jpg", quality=95, exif=exif)
     turned = photographs.read_image(tmp_path / "r.jpg")
     assert turned.shape == (60, 40, 3)
-    np.testing.assert_allclose(turned, np.rot90(out, -1), atol=8)
+    np.testing.assert_allclose(turned, np.rot90(out, -1), atol=JPEG_LEVELS)
 
 
 @pytest.mark.parametrize("kind", ["truncated", "text", "missing", "empty"])
@@ -141,7 +143,7 @@ def test_unreadable_files_name_the_file(tmp_path, rng, kind):
 
 
 def test_detect_face_on_real_portraits(photos):
-    box = photographs.detect_face(photos["astronaut"])
+    box = face_crops.detect_face(photos["astronaut"])
     assert box is not None
     y, x, h, w = box
     # Astronaut's face lies around rows 30-200, columns 150-330.
@@ -149,44 +151,44 @@ def test_detect_face_on_real_portraits(photos):
     assert y >= 20 and y + h <= 210 and x >= 140 and x + w <= 340
     assert 60 <= h <= 170
 
-    y, x, h, w = photographs.detect_face(photos["grace_hopper"])
+    y, x, h, w = face_crops.detect_face(photos["grace_hopper"])
     # Grace Hopper's face: rows about 110-330, columns 150-380 of 600x512.
     assert 110 <= y + h / 2 <= 330 and 150 <= x + w / 2 <= 380
-    assert photographs.detect_face(photos["chelsea"]) is None  # a cat
+    assert face_crops.detect_face(photos["chelsea"]) is None  # a cat
 
 
 def test_detect_face_flat_large_and_16_bit(photos):
-    assert photographs.detect_face(np.full((200, 160), 128, np.uint8)) is None
+    assert face_crops.detect_face(np.full((200, 160), 128, np.uint8)) is None
     small = photos["astronaut"]
-    box = np.array(photographs.detect_face(small))
+    box = np.array(face_crops.detect_face(small))
     # On a big photo detection runs on a downscaled copy, mapped back.
     big = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
-    big_box = np.array(photographs.detect_face(big))
+    big_box = np.array(face_crops.detect_face(big))
     assert np.all(np.abs(big_box - 2 * box) <= 0.15 * 2 * box[2])
     # 16 bits: the same grey values found the same way.
-    assert photographs.detect_face(small.astype(np.uint16) * 257) == tuple(box)
+    assert face_crops.detect_face(small.astype(np.uint16) * 257) == tuple(box)
 
 
 # -------------------------------------------------------------------- crops
 
 
 def test_crop_box_square_shifted_inside():
-    y0, y1, x0, x1 = photographs.crop_box((100, 200), (40, 90, 20, 20), margin=0.25)
+    y0, y1, x0, x1 = face_crops.crop_box((100, 200), (40, 90, 20, 20), margin=0.25)
     assert (y1 - y0, x1 - x0) == (30, 30)
     assert (y0, x0) == (35, 85)  # centred on the face
-    y0, y1, x0, x1 = photographs.crop_box((100, 200), (0, 0, 20, 30), margin=0.5)
+    y0, y1, x0, x1 = face_crops.crop_box((100, 200), (0, 0, 20, 30), margin=0.5)
     assert (y0, x0) == (0, 0) and y1 - y0 == x1 - x0 == 60  # shifted inside
-    y0, y1, x0, x1 = photographs.crop_box((100, 200), (70, 180, 30, 20), margin=0.5)
+    y0, y1, x0, x1 = face_crops.crop_box((100, 200), (70, 180, 30, 20), margin=0.5)
     assert (y1, x1) == (100, 200)  # shifted inside from the far corner
 
 
 def test_crop_box_larger_than_image_is_padded_with_edges():
     image = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30, 1)
-    box = photographs.crop_box(image.shape, (2, 5, 16, 16), margin=0.25)
+    box = face_crops.crop_box(image.shape, (2, 5, 16, 16), margin=0.25)
     y0, y1, x0, x1 = box
     assert y1 - y0 == x1 - x0 == 24
     assert y0 <= 0 and y1 >= 20 and 0 <= x0 and x1 <= 30  # covers all rows
-    crop = photographs.crop_face(image, box)
+    crop = face_crops.crop_face(image, box)
     assert crop.shape == (24, 24, 1)
     inside = slice(-y0, -y0 + 20)
     np.testing.assert_array_equal(crop[inside], image[:, x0:x1])
@@ -194,12 +196,12 @@ def test_crop_box_larger_than_image_is_padded_with_edges():
         crop[:-y0, :, 0], np.repeat(image[:1, x0:x1, 0], -y0, 0)
     )
     with pytest.raises(InputError, match="margin"):
-        photographs.crop_box(image.shape, (2, 5, 16, 16), margin=-1)
+        face_crops.crop_box(image.shape, (2, 5, 16, 16), margin=-1)
 
 
 def test_center_box():
-    assert photographs.center_box((100, 60, 3)) == (20, 80, 0, 60)
-    assert photographs.center_box((50, 51)) == (0, 50, 0, 50)
+    assert face_crops.center_box((100, 60, 3)) == (20, 80, 0, 60)
+    assert face_crops.center_box((50, 51)) == (0, 50, 0, 50)
 
 
 # ---------------------------------------------------------- prepare_face
@@ -207,52 +209,50 @@ def test_center_box():
 
 def test_prepare_face_modes(photos, rng):
     astronaut = photos["astronaut"]
-    face = photographs.prepare_face(astronaut, (64, 48))
+    face = face_crops.prepare_face(astronaut, (64, 48))
     assert face.shape == (64, 48, 3) and face.dtype == np.uint8
-    y0, y1, x0, x1 = photographs.crop_box(
-        astronaut.shape, photographs.detect_face(astronaut), 0.25
+    y0, y1, x0, x1 = face_crops.crop_box(
+        astronaut.shape, face_crops.detect_face(astronaut), 0.25
     )
     np.testing.assert_array_equal(
-        face, photographs.resize_image(astronaut[y0:y1, x0:x1], (64, 48))
+        face, face_crops.resize_image(astronaut[y0:y1, x0:x1], (64, 48))
     )
 
     wide = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
-    centre = photographs.prepare_face(wide, (30, 30), crop="center")
+    centre = face_crops.prepare_face(wide, (30, 30), crop="center")
     np.testing.assert_array_equal(centre, wide[:, 10:40])  # no resize needed
-    whole = photographs.prepare_face(wide, (15, 25), crop="none")
+    whole = face_crops.prepare_face(wide, (15, 25), crop="none")
     assert whole.shape == (15, 25, 3)
     expected = Image.fromarray(wide).resize((25, 15), Image.Resampling.LANCZOS)
     np.testing.assert_array_equal(whole, np.asarray(expected))
 
-    assert (
-        photographs.prepare_face(np.full((80, 80, 3), 90, np.uint8), (32, 32)) is None
-    )
+    assert face_crops.prepare_face(np.full((80, 80, 3), 90, np.uint8), (32, 32)) is None
     with pytest.raises(InputError, match="crop"):
-        photographs.prepare_face(wide, (8, 8), crop="middle")
+        face_crops.prepare_face(wide, (8, 8), crop="middle")
     with pytest.raises(InputError, match="channels"):
-        photographs.prepare_face(wide, (8, 8), crop="none", channels=2)
+        face_crops.prepare_face(wide, (8, 8), crop="none", channels=2)
 
 
 def test_prepare_face_channels_and_dtypes(rng):
     rgb = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
-    gray = photographs.prepare_face(rgb, (10, 10), crop="none", channels=1)
+    gray = face_crops.prepare_face(rgb, (10, 10), crop="none", channels=1)
     assert gray.shape == (10, 10, 1) and gray.dtype == np.uint8
-    small = photographs.resize_image(rgb, (10, 10)).astype(float)
+    small = face_crops.resize_image(rgb, (10, 10)).astype(float)
     luma = small @ np.array([0.299, 0.587, 0.114])
-    np.testing.assert_allclose(gray[..., 0], luma, atol=0.51)
+    np.testing.assert_allclose(gray[..., 0], luma, atol=HALF_LEVEL)
 
     single = rng.integers(0, 256, (20, 20, 1), dtype=np.uint8)
-    three = photographs.prepare_face(single, (20, 20), crop="none", channels=3)
+    three = face_crops.prepare_face(single, (20, 20), crop="none", channels=3)
     assert three.shape == (20, 20, 3)
     np.testing.assert_array_equal(three, np.repeat(single, 3, axis=2))
 
     deep = rng.integers(0, 65536, (24, 32, 3), dtype=np.uint16)
-    out = photographs.prepare_face(deep, (12, 12), crop="center")
+    out = face_crops.prepare_face(deep, (12, 12), crop="center")
     assert out.dtype == np.uint16 and out.shape == (12, 12, 3)
     # The 16-bit path and the 8-bit path agree on 8-bit content scaled by 257.
     eight = (deep >> 8).astype(np.uint8)
-    a = photographs.prepare_face(eight.astype(np.uint16) * 257, (12, 12), crop="center")
-    b = photographs.prepare_face(eight, (12, 12), crop="center")
+    a = face_crops.prepare_face(eight.astype(np.uint16) * 257, (12, 12), crop="center")
+    b = face_crops.prepare_face(eight, (12, 12), crop="center")
     assert np.abs(a / 257.0 - b).max() <= 1.0
 
 
@@ -261,12 +261,12 @@ def test_prepare_face_channels_and_dtypes(rng):
 
 def test_sketch(photos):
     photo = photos["grace_hopper"]
-    out = photographs.sketch(photo)
+    out = samples.sketch(photo)
     assert out.shape == (*photo.shape[:2], 1) and out.dtype == np.uint8
     assert out.min() < 60 and out.max() == 255
     assert np.median(out) > 200  # mostly paper, dark strokes
-    np.testing.assert_array_equal(out, photographs.sketch(photo))
-    flat = photographs.sketch(np.full((32, 32, 3), 100, np.uint8))
+    np.testing.assert_array_equal(out, samples.sketch(photo))
+    flat = samples.sketch(np.full((32, 32, 3), 100, np.uint8))
     assert np.all(flat == 255)  # no edges, no strokes
 
 

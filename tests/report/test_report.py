@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import HALF_LEVEL, NEAR_ZERO, TIGHT
 from PIL import Image
 
 import dmask
@@ -46,7 +47,7 @@ def test_field_maps_match_plain_loops(rng, field):
                         assert centre[y, x, c] == weights[y, x, c, a]
                     else:
                         total += abs(weights[y, x, c, a])
-                assert mass[y, x, c] == pytest.approx(total, rel=1e-12, abs=1e-15)
+                assert mass[y, x, c] == pytest.approx(total, rel=TIGHT, abs=NEAR_ZERO)
             window = field_maps.field_at(weights, field, y, x)
             assert window.shape == (channels, field, field)
             for c in range(channels):
@@ -220,9 +221,9 @@ def test_report_shows_the_models_predictions(report, trained):
     by_alt = {a["alt"]: a for a in page.images}
     shown = np.asarray(_decode(by_alt[f"{subject} sad synthesised"]["src"]))
     assert shown.shape == expected.shape
-    np.testing.assert_allclose(shown, np.clip(expected, 0, 1) * 255, atol=0.51)
+    np.testing.assert_allclose(shown, np.clip(expected, 0, 1) * 255, atol=HALF_LEVEL)
     true = np.asarray(_decode(by_alt[f"{subject} sad true"]["src"]))
-    np.testing.assert_allclose(true, truth * 255, atol=0.51)
+    np.testing.assert_allclose(true, truth * 255, atol=HALF_LEVEL)
     # small faces are enlarged on the page, pixel for pixel
     assert by_alt[f"{subject} sad true"]["width"] == str(20 * 4)
     error = np.asarray(_decode(by_alt[f"{subject} sad absolute error"]["src"]))
@@ -251,7 +252,7 @@ def test_report_options_and_refusals(trained, tmp_path):
     np.testing.assert_array_equal(true, test_targets["happy"].values[0])
     expected = model.predict(test_sources.values[:1])["happy"][0]
     shown = np.asarray(_decode(by_alt[f"{subject} happy synthesised"]))
-    np.testing.assert_allclose(shown, np.clip(expected, 0, 255), atol=0.51)
+    np.testing.assert_allclose(shown, np.clip(expected, 0, 255), atol=HALF_LEVEL)
 
     with pytest.raises(StoreError, match="already exists"):
         write_report(path, model, ds)
