@@ -20,7 +20,8 @@ import pytest
 from helpers import ROOT, assert_model_close
 
 import dmask
-from dmask import cli, errors
+from dmask import errors
+from dmask.cli import common as cli
 from dmask.cli import main
 from dmask.cluster.clients import ClusterOptions
 from dmask.datasets.synthetic import make_synthetic_dataset

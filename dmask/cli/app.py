@@ -1,0 +1,91 @@
+"""The top-level parser, the dispatch to each command's handler and the exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from dmask import __version__
+from dmask.cli import (
+    apply,
+    cluster,
+    compare,
+    evaluate,
+    ingest,
+    interop,
+    report,
+    synth,
+    train,
+    tune,
+)
+from dmask.errors import DmaskError
+
+__all__ = ["main"]
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# The subcommands in the order --help lists them.
+PARSERS = (
+    synth,
+    train,
+    ingest,
+    apply,
+    interop,
+    cluster,
+    compare,
+    tune,
+    report,
+    evaluate,
+)
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "synth": synth.run,
+    "ingest": ingest.run,
+    "train": train.run,
+    "apply": apply.run,
+    "export": interop.run_export,
+    "import": interop.run_import,
+    "cluster": cluster.run,
+    "compare": compare.run,
+    "tune": tune.run,
+    "report": report.run,
+    "evaluate": evaluate.run,
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmask",
+        description="Masked ridge regression for facial expression synthesis.",
+    )
+    parser.add_argument("--version", action="version", version=f"dmask {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in PARSERS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    try:
+        COMMANDS[args.command](args)
+    except DmaskError as exc:
+        print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # unwritable output, full disk, unreachable scheduler
+        print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"dmask {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,121 @@
+"""dmask apply: synthesise faces from a dataset store or a folder of photographs."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from dmask.cli.common import (
+    _add_cluster_options,
+    _cluster,
+    _is_store,
+    _positive_int,
+    _split_names,
+    _summary,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    apply = sub.add_parser("apply", help="synthesise faces with a stored model")
+    apply.add_argument("model", help="model store")
+    apply.add_argument(
+        "dataset", help="dataset store of source faces, or a folder of photographs"
+    )
+    apply.add_argument(
+        "--out",
+        required=True,
+        help="output store (from a store) or output folder of PNGs (from a folder)",
+    )
+    apply.add_argument("--source", default="neutral", help="('' for every sample)")
+    apply.add_argument("--split", default="", help="only this split ('' for all)")
+    apply.add_argument("--targets", help="comma-separated subset of model targets")
+    apply.add_argument("--png", help="also write PNG files to this folder")
+    apply.add_argument("--sample-block", type=_positive_int, help="samples per task")
+    apply.add_argument(
+        "--crop",
+        default="auto",
+        choices=["auto", "detect", "center", "none"],
+        help="folders: face crop (auto: detect, else the centre)",
+    )
+    apply.add_argument("--margin", type=float, default=0.25, help="around a face")
+    apply.add_argument(
+        "--files-per-task", type=_positive_int, default=16, help="folders: files/task"
+    )
+    apply.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output store; for folders, redo files already done",
+    )
+    _add_cluster_options(apply)
+
+
+def run(args: argparse.Namespace) -> None:
+    import os
+
+    from dmask.apply.store import apply_to_store, write_pngs
+    from dmask.io.dataset_store import open_dataset
+    from dmask.io.stores import prepare_output
+    from dmask.model import open_model
+
+    if os.path.isdir(args.dataset) and not _is_store(args.dataset):
+        _run_folder(args)
+        return
+    prepare_output(args.out, args.overwrite, inputs=[args.model, args.dataset])
+    model = open_model(args.model)
+    ds = open_dataset(args.dataset)
+    with _cluster(args) as client:
+        started = time.perf_counter()
+        out = apply_to_store(
+            model,
+            ds,
+            args.out,
+            source=args.source or None,
+            split=args.split or None,
+            targets=_split_names(args.targets),
+            overwrite=True,
+            sample_block=args.sample_block,
+        )
+        count = out.sizes["sample"]
+        if args.png:
+            write_pngs(out, args.png)
+            print(f"PNG files: {args.png}")
+        wall = time.perf_counter() - started
+        _summary(
+            client,
+            started,
+            images_synthesised=count,
+            throughput=f"{count / max(wall, 1e-9):.1f} images/s",
+        )
+    print(f"synthesised faces: {args.out}")
+
+
+def _run_folder(args: argparse.Namespace) -> None:
+    from dmask.apply.folder import apply_to_folder
+    from dmask.model import open_model
+
+    model = open_model(args.model)
+    with _cluster(args) as client:
+        started = time.perf_counter()
+        report = apply_to_folder(
+            model,
+            args.dataset,
+            args.out,
+            targets=_split_names(args.targets),
+            crop=args.crop,
+            margin=args.margin,
+            block=args.files_per_task,
+            resume=not args.overwrite,
+        )
+        for line in report.problems[:20]:
+            print(f"  skipped {line}")
+        wall = time.perf_counter() - started
+        _summary(
+            client,
+            started,
+            image_files=report.scanned,
+            already_done=report.already_done,
+            images_synthesised=report.written,
+            skipped=len(report.problems),
+            throughput=f"{report.written / max(wall, 1e-9):.1f} images/s",
+        )
+    print(f"synthesised faces: {args.out} (report: {args.out}/report.txt)")

@@ -1,0 +1,75 @@
+"""dmask export and dmask import: the reference implementation's format."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dmask.cli.common import _image_size, _positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = sub.add_parser(
+        "export", help="write a model in the reference implementation's format"
+    )
+    export.add_argument("model", help="model store")
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--format", default="reference", choices=["reference"])
+    export.add_argument("--target", help="one target (default: all)")
+    export.add_argument("--overwrite", action="store_true")
+
+    import_ = sub.add_parser(
+        "import", help="read a reference-format model into a model store"
+    )
+    import_.add_argument(
+        "source", nargs="+", help="export folder, or one .npz file per channel"
+    )
+    import_.add_argument("--out", required=True, help="output model store")
+    import_.add_argument("--format", default="reference", choices=["reference"])
+    import_.add_argument(
+        "--size", type=_positive_int, nargs="+", metavar="N", help="H [W] of images"
+    )
+    import_.add_argument("--field", type=int, help="receptive field r (default: found)")
+    import_.add_argument("--target", default="target", help="target name (.npz files)")
+    import_.add_argument("--lam", type=float, help="ridge penalty, for the record")
+    import_.add_argument(
+        "--normalize",
+        choices=["minmax", "none"],
+        help="input normalisation (default: the export's, else minmax)",
+    )
+    import_.add_argument("--overwrite", action="store_true")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from dmask.interop import export_reference
+    from dmask.model import open_model
+
+    written = export_reference(
+        open_model(args.model), args.out, target=args.target, overwrite=args.overwrite
+    )
+    print(f"reference-format model: {args.out} ({len(written)} files)")
+
+
+def run_import(args: argparse.Namespace) -> None:
+    import os
+
+    from dmask.interop import import_reference
+    from dmask.io.stores import prepare_output
+
+    prepare_output(args.out, args.overwrite, inputs=args.source)
+    if len(args.source) == 1 and os.path.isdir(args.source[0]):
+        source: Any = args.source[0]
+        targets = None
+    else:
+        source = list(args.source)
+        targets = [args.target]
+    model = import_reference(
+        source,
+        image_shape=_image_size(args.size, None),
+        field=args.field,
+        targets=targets,
+        lam=args.lam,
+        normalize=args.normalize,
+    )
+    model.save(args.out, overwrite=True)
+    print(f"model: {args.out} ({model})")

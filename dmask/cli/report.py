@@ -1,0 +1,59 @@
+"""dmask report: one self-contained HTML report."""
+
+from __future__ import annotations
+
+import argparse
+
+from dmask.cli.common import _add_cluster_options, _cluster, _json_rows, _positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = sub.add_parser("report", help="one self-contained HTML report")
+    report.add_argument("model", help="model store")
+    report.add_argument("dataset", help="dataset store")
+    report.add_argument("--out", required=True, help="output HTML file")
+    report.add_argument("--source", default="neutral")
+    report.add_argument("--split", default="test", help="held-out split shown")
+    report.add_argument("--subjects", type=_positive_int, default=4)
+    report.add_argument("--comparison", help="JSON rows from dmask compare")
+    report.add_argument("--tuning", help="JSON rows from dmask tune")
+    report.add_argument("--size-curve", help="JSON rows of MSE against N")
+    report.add_argument(
+        "--photographs",
+        nargs=2,
+        metavar=("FOLDER", "SYNTHESISED"),
+        help="a folder given to dmask apply, and that run's output folder",
+    )
+    report.add_argument("--overwrite", action="store_true")
+    _add_cluster_options(report)
+
+
+def run(args: argparse.Namespace) -> None:
+    from dmask.apply.folder import read_synthesised
+    from dmask.io.dataset_store import open_dataset
+    from dmask.model import open_model
+    from dmask.report.page import write_report
+
+    model = open_model(args.model)
+    ds = open_dataset(args.dataset)
+    comparison = _json_rows(args.comparison)
+    tuning = _json_rows(args.tuning)
+    size_curve = _json_rows(args.size_curve)
+    with _cluster(args):
+        photographs = (
+            read_synthesised(model, *args.photographs) if args.photographs else None
+        )
+        path = write_report(
+            args.out,
+            model,
+            ds,
+            source=args.source,
+            split=args.split,
+            subjects=args.subjects,
+            comparison=comparison,
+            tuning=tuning,
+            size_curve=size_curve,
+            photographs=photographs,
+            overwrite=args.overwrite,
+        )
+    print(f"report: {path}")

@@ -1,0 +1,108 @@
+"""dmask train: fit a model from a dataset store."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from dmask.cli.common import (
+    _add_cluster_options,
+    _cluster,
+    _lam,
+    _positive_int,
+    _split_names,
+    _summary,
+)
+from dmask.errors import DmaskError
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = sub.add_parser("train", help="train a model from a dataset store")
+    train.add_argument("dataset", help="dataset store")
+    train.add_argument("--out", required=True, help="output model store")
+    train.add_argument("--source", default="neutral", help="source expression")
+    train.add_argument(
+        "--targets", help="comma-separated target expressions (default: all others)"
+    )
+    train.add_argument("--split", default="train", help="training split ('' for all)")
+    train.add_argument("--field", type=int, default=3, help="odd receptive field r")
+    train.add_argument(
+        "--lam",
+        type=_lam,
+        default=0.4,
+        help="ridge penalty, or loo / gcv: chosen per pixel from --lam-grid",
+    )
+    train.add_argument(
+        "--lam-grid", type=float, nargs="+", help="penalties for --lam loo|gcv"
+    )
+    train.add_argument("--normalize", default="minmax", choices=["minmax", "none"])
+    train.add_argument(
+        "--tile", type=_positive_int, nargs=2, metavar=("H", "W"), help="tile shape"
+    )
+    train.add_argument("--sample-block", type=_positive_int, help="samples per task")
+    train.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "covariance", "displacement"],
+        help="how statistics are accumulated (same model either way)",
+    )
+    train.add_argument("--overwrite", action="store_true")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run: solve only the tiles not yet written",
+    )
+    _add_cluster_options(train)
+
+
+def run(args: argparse.Namespace) -> None:
+    from dmask.datasets.drawing import EXPRESSIONS
+    from dmask.io.dataset_store import open_dataset, other_expressions, stored_pairs
+    from dmask.io.locations import same_store
+    from dmask.io.stores import prepare_output
+    from dmask.model import check_settings, fit
+
+    check_settings(args.field, args.lam, args.normalize)
+    if args.resume and args.overwrite:
+        raise DmaskError("give --resume or --overwrite, not both")
+    if not args.resume:
+        prepare_output(args.out, args.overwrite, inputs=[args.dataset])
+    elif same_store(args.out, args.dataset):
+        raise DmaskError(f"output store {args.out} is the dataset; choose another")
+    ds = open_dataset(args.dataset)
+    targets = _split_names(args.targets)
+    if targets is None:
+        present = other_expressions(ds, args.source)
+        targets = [e for e in EXPRESSIONS if e in present] + [
+            e for e in present if e not in EXPRESSIONS
+        ]
+    sources, target_arrays = stored_pairs(ds, args.source, targets, args.split or None)
+    with _cluster(args) as client:
+        started = time.perf_counter()
+        model = fit(
+            sources,
+            target_arrays,
+            field=args.field,
+            lam=args.lam,
+            normalize=args.normalize,
+            store=args.out,
+            overwrite=True,
+            tile_shape=tuple(args.tile) if args.tile else None,
+            sample_block=args.sample_block,
+            method=args.method,
+            resume=args.resume,
+            lam_grid=args.lam_grid,
+        )
+        height, width = model.image_shape
+        pixels = height * width * model.channels * len(model.targets)
+        wall = time.perf_counter() - started
+        _summary(
+            client,
+            started,
+            targets=len(model.targets),
+            training_pairs=sources.shape[0],
+            tiles=int(model.dataset.sizes["tile_y"] * model.dataset.sizes["tile_x"]),
+            problems_solved=pixels,
+            throughput=f"{pixels / max(wall, 1e-9):.0f} problems/s",
+        )
+    print(f"model: {args.out}")
