@@ -27,9 +27,8 @@ from dmask.cluster.clients import ClusterOptions, connect, peak_worker_memory
 from dmask.core import minmax
 from dmask.datasets import samples
 from dmask.datasets.synthetic import EXPRESSIONS, make_synthetic_dataset
-from dmask.evaluation.compare import compare, write_rows
-from dmask.evaluation.compare import format_table as format_comparison
-from dmask.evaluation.evaluate import evaluate, format_table
+from dmask.evaluation.compare import compare, format_comparison
+from dmask.evaluation.evaluate import evaluate, format_evaluation
 from dmask.evaluation.metrics import write_results
 from dmask.graph.runtime import compute
 from dmask.io import dataset_store
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print("[4/7] evaluating on held-out subjects")
         rows = evaluate(model, ds, split="test")
-        print(format_table(rows))
+        print(format_evaluation(rows))
         write_results(
             rows,
             os.path.join(args.out, "evaluation.csv"),
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         comparison = compare(ds, source="neutral", targets=targets, lam=args.lam)
         print(format_comparison(comparison, means_only=True))
-        write_rows(comparison, None, os.path.join(args.out, "comparison.json"))
+        write_results(comparison, None, os.path.join(args.out, "comparison.json"))
         report_path = write_report(
             os.path.join(args.out, "report.html"),
             model,

@@ -38,11 +38,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> None:
-    from dmask.evaluation.compare import METHODS, compare, format_table, write_rows
+    from dmask.evaluation.compare import COMPARED_METHODS, compare, format_comparison
+    from dmask.evaluation.metrics import write_results
     from dmask.io.dataset_store import open_dataset
 
     ds = open_dataset(args.dataset)
-    methods = _split_names(args.methods) or list(METHODS)
+    methods = _split_names(args.methods) or list(COMPARED_METHODS)
     with _cluster(args) as client:
         started = time.perf_counter()
         rows = compare(
@@ -54,8 +55,8 @@ def run(args: argparse.Namespace) -> None:
             methods=methods,
             rank=args.rank,
         )
-        print(format_table(rows, means_only=not args.all_rows))
-        write_rows(rows, args.csv, args.json)
+        print(format_comparison(rows, means_only=not args.all_rows))
+        write_results(rows, args.csv, args.json)
         _summary(client, started, methods=len(methods))
     for path in (args.csv, args.json):
         if path:

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> None:
-    from dmask.evaluation.evaluate import evaluate, format_table
+    from dmask.evaluation.evaluate import evaluate, format_evaluation
     from dmask.evaluation.metrics import write_results
     from dmask.io.dataset_store import open_dataset
     from dmask.model import open_model
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> None:
     ds = open_dataset(args.dataset)
     with _cluster(args):
         rows = evaluate(model, ds, source=args.source, split=args.split)
-    print(format_table(rows))
+    print(format_evaluation(rows))
     write_results(rows, args.csv, args.json)
     for path in (args.csv, args.json):
         if path:

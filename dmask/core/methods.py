@@ -15,11 +15,11 @@ from dmask.core.displacement import (
     solve_displacement,
 )
 
-__all__ = ["METHODS", "solve_tile", "tile_statistics"]
+__all__ = ["STATISTICS_METHODS", "solve_tile", "tile_statistics"]
 
 
 #: Ways of accumulating the statistics.
-METHODS = ("displacement", "covariance")
+STATISTICS_METHODS = ("displacement", "covariance")
 
 
 def tile_statistics(
@@ -49,7 +49,9 @@ def tile_statistics(
         return displacement_statistics(halo, targets, field)
     if method == "covariance":
         return covariance_statistics(halo, targets, field, side)
-    raise ValueError(f"unknown statistics method {method!r}; expected {METHODS}")
+    raise ValueError(
+        f"unknown statistics method {method!r}; expected {STATISTICS_METHODS}"
+    )
 
 
 def solve_tile(

@@ -22,7 +22,7 @@ from dmask.evaluation.memory import (
     sampling_stop,
 )
 from dmask.evaluation.metrics import psnr as image_psnr
-from dmask.evaluation.metrics import write_results
+from dmask.evaluation.metrics import text_table
 from dmask.graph import inputs, runtime
 from dmask.io import dataset_store
 from dmask.model import check_settings
@@ -32,17 +32,16 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "COLUMNS",
-    "METHODS",
+    "COMPARED_METHODS",
     "PIXEL_BLOCK",
     "compare",
-    "format_table",
+    "format_comparison",
     "score",
-    "write_rows",
 ]
 
 
 #: Methods compared by default, in table order.
-METHODS = (
+COMPARED_METHODS = (
     "mr",
     "full_ridge",
     "reduced_rank",
@@ -234,11 +233,11 @@ def _check_arguments(
 ) -> None:
     if isinstance(methods, str) or not methods:
         raise InputError("methods must be a non-empty sequence of method names")
-    known = set(METHODS)
+    known = set(COMPARED_METHODS)
     for method in methods:
         if method not in known:
             raise InputError(
-                f"methods has unknown method {method!r} (known: {METHODS})"
+                f"methods has unknown method {method!r} (known: {COMPARED_METHODS})"
             )
     if len(set(methods)) != len(methods):
         raise InputError(f"methods names a method twice: {list(methods)}")
@@ -345,7 +344,7 @@ def compare(
     targets: Sequence[str] | None = None,
     fields: Sequence[int] = (1, 3, 5),
     lam: float = 0.4,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = COMPARED_METHODS,
     rank: int | None = None,
     memory_budget: int | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -369,7 +368,7 @@ def compare(
     lam : float
         Ridge penalty of MR, full ridge, reduced-rank and kernel ridge.
     methods : sequence of str
-        Among :data:`METHODS`.
+        Among :data:`COMPARED_METHODS`.
     rank : int, optional
         Rank of reduced-rank ridge; default half the training pairs.
     memory_budget : int, optional
@@ -537,7 +536,7 @@ def _count(value: Any) -> str:
     return str(value)
 
 
-def format_table(rows: Sequence[dict[str, Any]], means_only: bool = False) -> str:
+def format_comparison(rows: Sequence[dict[str, Any]], means_only: bool = False) -> str:
     """A plain-text table of :func:`compare` rows.
 
     Parameters
@@ -579,20 +578,4 @@ def format_table(rows: Sequence[dict[str, Any]], means_only: bool = False) -> st
                 str(row["status"]),
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(
-            [cell.rjust(w) for cell, w in zip(line[:-1], widths, strict=True)]
-            + [line[-1]]
-        )
-        for line in lines
-    )
-
-
-def write_rows(
-    rows: Sequence[dict[str, Any]],
-    csv_path: str | os.PathLike | None = None,
-    json_path: str | os.PathLike | None = None,
-) -> None:
-    """Write :func:`compare` rows as CSV and/or JSON (None values: empty / null)."""
-    write_results(rows, csv_path, json_path)
+    return text_table(lines, free_last=True)

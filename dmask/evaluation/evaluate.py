@@ -10,16 +10,16 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from dmask.evaluation.metrics import psnr
+from dmask.evaluation.metrics import psnr, text_table
 from dmask.graph import inputs, runtime
 from dmask.io import dataset_store
 from dmask.model import Model
 
-__all__ = ["METHODS", "evaluate", "format_table"]
+__all__ = ["EVALUATED_METHODS", "evaluate", "format_evaluation"]
 
 
 #: Methods compared, in table order.
-METHODS = ("mr", "identity", "mean_difference")
+EVALUATED_METHODS = ("mr", "identity", "mean_difference")
 
 
 def _normalized(images: da.Array, minmax: bool) -> da.Array:
@@ -106,23 +106,19 @@ def evaluate(
     return rows
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
+def format_evaluation(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of evaluation rows."""
     header = ["expression", "n"]
-    for method in METHODS:
+    for method in EVALUATED_METHODS:
         header += [f"MSE {method}", f"PSNR {method}"]
     lines = [header]
     for row in rows:
         line = [str(row["expression"]), str(row["n_test"])]
-        for method in METHODS:
+        for method in EVALUATED_METHODS:
             psnr = row[f"psnr_{method}"]
             line += [
                 f"{row[f'mse_{method}']:.5f}",
                 "inf" if math.isinf(psnr) else f"{psnr:.2f}",
             ]
         lines.append(line)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True))
-        for line in lines
-    )
+    return text_table(lines)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["psnr", "write_results"]
+__all__ = ["text_table", "psnr", "write_results"]
 
 
 def psnr(mse: np.ndarray, peak: float = 1.0) -> np.ndarray:
@@ -33,3 +33,20 @@ def write_results(
     if json_path is not None:
         with open(json_path, "w") as handle:
             json.dump(list(rows), handle, indent=2)
+
+
+def text_table(lines: Sequence[Sequence[str]], free_last: bool = False) -> str:
+    """Plain-text table of rows of cells (the first row is the header).
+
+    Every column is right-aligned to its widest cell; with ``free_last`` the last
+    column (free text such as a status) is left as it is.
+    """
+    aligned = len(lines[0]) - (1 if free_last else 0)
+    widths = [max(len(line[i]) for line in lines) for i in range(aligned)]
+    return "\n".join(
+        "  ".join(
+            [cell.rjust(w) for cell, w in zip(line[:aligned], widths, strict=True)]
+            + list(line[aligned:])
+        )
+        for line in lines
+    )

@@ -21,20 +21,17 @@ from dmask.core import minmax
 from dmask.errors import InputError
 from dmask.evaluation.baselines import FullRidge
 from dmask.evaluation.evaluate import evaluate
-from dmask.evaluation.metrics import psnr, write_results
+from dmask.evaluation.metrics import psnr
 from dmask.graph import inputs
 from dmask.io import dataset_store
 from dmask.model import check_settings, fit
 
-__all__ = ["best_setting", "training_size_curve", "tune", "write_rows"]
+__all__ = ["best_setting", "training_size_curve", "tune"]
 
 logger = logging.getLogger(__name__)
 
 #: Split name given to the held-out part of the training subjects.
 VALIDATION = "validation"
-
-#: Writes rows as CSV and/or JSON (``write_rows(rows, csv_path, json_path)``).
-write_rows = write_results
 
 
 def _open(dataset: xr.Dataset | str | os.PathLike) -> xr.Dataset:

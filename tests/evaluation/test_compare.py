@@ -14,8 +14,9 @@ from helpers import REFERENCE, SOLVER
 import dmask
 from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.errors import InputError
-from dmask.evaluation.compare import COLUMNS, compare, format_table, score, write_rows
+from dmask.evaluation.compare import COLUMNS, compare, format_comparison, score
 from dmask.evaluation.evaluate import evaluate
+from dmask.evaluation.metrics import write_results
 from dmask.io import dataset_store
 
 EXPRESSIONS = ["happy", "sad", "surprised", "angry", "afraid", "disgusted"]
@@ -147,7 +148,7 @@ def test_refused_method_has_a_clear_status(faces):
             assert row["mse"] is None and row["n_parameters"] is None
         else:
             assert row["status"] == "ok"
-    assert "refused: needs" in format_table(out)
+    assert "refused: needs" in format_comparison(out)
 
 
 def test_pixelwise_methods_are_refused_above_their_size_limit(tmp_path):
@@ -158,7 +159,7 @@ def test_pixelwise_methods_are_refused_above_their_size_limit(tmp_path):
 
 
 def test_written_rows_parse_back(rows, tmp_path):
-    write_rows(rows, tmp_path / "c.csv", tmp_path / "c.json")
+    write_results(rows, tmp_path / "c.csv", tmp_path / "c.json")
     assert json.loads((tmp_path / "c.json").read_text()) == rows
     with open(tmp_path / "c.csv", newline="") as handle:
         read = list(csv.DictReader(handle))
@@ -168,7 +169,7 @@ def test_written_rows_parse_back(rows, tmp_path):
         assert back["method"] == row["method"]
         assert float(back["mse"]) == pytest.approx(row["mse"])
         assert int(back["n_parameters"]) == row["n_parameters"]
-    table = format_table(rows, means_only=True)
+    table = format_comparison(rows, means_only=True)
     assert len(table.splitlines()) == 1 + len(LABELS)
 
 
