@@ -214,7 +214,7 @@ def fit(
     originals = [sources, *named.values()]
     arrays = [src, *tgts.values()]
     lazy = [
-        inputs.sample_bounds(a)
+        inputs.lazy_sample_bounds(a)
         for a, o in zip(arrays, originals, strict=True)
         if not isinstance(o, np.ndarray)
     ]

@@ -24,7 +24,7 @@ __all__ = [
     "as_image_source",
     "minmax_bounds",
     "read_bounds",
-    "sample_bounds",
+    "lazy_sample_bounds",
 ]
 
 
@@ -107,7 +107,7 @@ def _bounds_block(images: StoredImages) -> int:
     return int(max(1, 64 * 2**20 // max(1, per_sample)))
 
 
-def sample_bounds(images: da.Array | StoredImages) -> Any:
+def lazy_sample_bounds(images: da.Array | StoredImages) -> Any:
     """Lazy ``(low, high)`` per-sample bounds of a dask array or stored images."""
     if not isinstance(images, StoredImages):
         return minmax_bounds(images)

@@ -12,6 +12,7 @@ import xarray as xr
 import zarr
 
 from dmask.core.planning import Tile, tile_grid
+from dmask.core.windows import window_offsets
 from dmask.errors import StoreError
 from dmask.io.locations import is_local, store_path
 from dmask.io.stores import (
@@ -87,12 +88,11 @@ class ModelAttrs:
 
 
 def _model_coords(targets: Sequence[str], field: int, channels: int) -> dict[str, Any]:
-    b = field // 2
-    dy, dx = np.meshgrid(np.arange(-b, b + 1), np.arange(-b, b + 1), indexing="ij")
+    offsets = window_offsets(field).astype(np.int32)
     return {
         "target": np.asarray(list(targets), dtype=str),
-        "offset_y": ("k", dy.ravel().astype(np.int32)),
-        "offset_x": ("k", dx.ravel().astype(np.int32)),
+        "offset_y": ("k", offsets[:, 0]),
+        "offset_x": ("k", offsets[:, 1]),
         "channel": channel_names(channels),
     }
 
