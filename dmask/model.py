@@ -333,17 +333,18 @@ def _fit_planned(
             logger.info(
                 "resuming %s: %d of %d tiles left", store, len(plan.tiles), done.size
             )
+            written = store
         else:
-            model_store.create_model_template(
+            written = model_store.create_model_template(
                 store, names, (height, width), channels, field, plan.tile_shape,
                 attrs, overwrite=overwrite, lam_map=bool(lam_grid),
             )  # fmt: skip
         tasks = training.fit_tiles(
             src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
-            store=store, lam_grid=lam_grid,
+            store=written, lam_grid=lam_grid,
         )  # fmt: skip
         taskgraph.run(tasks)
-        stores.finalize_store(store)
+        stores.finalize_store(written)
         logger.info("model written to %s", store)
         return open_model(store)
 

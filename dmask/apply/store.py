@@ -113,7 +113,7 @@ def apply_to_store(
         "expression": np.repeat(np.asarray(names, dtype=str), index.size),
         "split": np.tile(splits, len(names)),
     }
-    dataset_store.create_dataset_template(
+    written = dataset_store.create_dataset_template(
         out,
         images.shape,
         (block, th, tw, channels),
@@ -130,10 +130,10 @@ def apply_to_store(
     region = xr.Dataset({"images": (("sample", "y", "x", "channel"), images)})
     with stores.quiet_zarr():
         delayed = region.to_zarr(
-            str(out), mode="r+", compute=False, zarr_format=3, consolidated=False
+            written, mode="r+", compute=False, zarr_format=3, consolidated=False
         )
     runtime.compute(delayed)
-    stores.finalize_store(out)
+    stores.finalize_store(written)
     logger.info("wrote %d synthesised faces to %s", images.shape[0], out)
     return dataset_store.open_dataset(out)
 

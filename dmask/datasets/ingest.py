@@ -482,7 +482,7 @@ def ingest(
     report.test = sample_split.count("test")
     report.taken = n
     report_path = report.report_path
-    dataset_store.create_dataset_template(
+    written = dataset_store.create_dataset_template(
         out,
         (n, *size, n_channels),
         chunks,
@@ -511,7 +511,7 @@ def ingest(
         overwrite=overwrite,
     )
     _remove_report(report_path)
-    path = locations.store_path(out)
+    path = locations.store_path(written)
     write = dask.delayed(write_samples, pure=True)
     tasks = [
         write(
@@ -539,6 +539,6 @@ def ingest(
 
     report.lines = [*lines, report.summary()]
     atomic.write_text(report_path, "\n".join(report.lines) + "\n")
-    stores.finalize_store(out)
+    stores.finalize_store(written)
     logger.info("ingest: %s", report.summary())
     return report

@@ -119,7 +119,7 @@ def make_synthetic_dataset(
     ]
     tile = (min(height, CHUNK_SIDE), min(width, CHUNK_SIDE))
     block = int(max(1, min(n, CHUNK_BYTES // (tile[0] * tile[1] * 3))))
-    dataset_store.create_dataset_template(
+    written = dataset_store.create_dataset_template(
         path,
         (n, height, width, 3),
         (block, *tile, 3),
@@ -134,7 +134,7 @@ def make_synthetic_dataset(
     )
     task = dask.delayed(render_and_write, pure=True)
     tasks = [
-        task(str(path), int(seed), n_subjects, s0, min(n, s0 + block), height, width)
+        task(written, int(seed), n_subjects, s0, min(n, s0 + block), height, width)
         for s0 in range(0, n, block)
     ]
     logger.info(
@@ -146,5 +146,5 @@ def make_synthetic_dataset(
         path,
     )
     runtime.compute(*tasks)
-    stores.finalize_store(path)
+    stores.finalize_store(written)
     return dataset_store.open_dataset(path)

@@ -46,7 +46,7 @@ def create_dataset_template(
     attrs: Mapping[str, Any],
     dtype: str = "uint8",
     overwrite: bool = False,
-) -> None:
+) -> str:
     """Write the metadata and coordinates of a dataset store, no pixels yet.
 
     Parameters
@@ -66,7 +66,7 @@ def create_dataset_template(
     """
     import dask.array as da
 
-    prepare_output(path, overwrite)
+    path = prepare_output(path, overwrite)
     n, _, _, channels = shape
     sample_coords = {
         name: ("sample", np.asarray(values, dtype=str))
@@ -94,6 +94,7 @@ def create_dataset_template(
     )
     with quiet_zarr():
         ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
+    return path
 
 
 def write_dataset_block(

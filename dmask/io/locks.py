@@ -28,6 +28,15 @@ def lock_path(path: str | os.PathLike) -> str:
     return store_path(path).rstrip("/" + os.sep) + ".lock"
 
 
+def check_parent(path: str | os.PathLike) -> None:
+    """Refuse an output whose folder is a file (or sits below one)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.lexists(parent):
+        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
+    if parent and not os.path.isdir(parent):
+        raise StoreError(f"cannot write {path}: {parent} is a file, not a folder")
+
+
 def read_lock(lock: str) -> dict[str, Any] | None:
     """The holder recorded in a lock file; None when there is no file."""
     try:
@@ -82,6 +91,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
     if not is_local(path):
         yield
         return
+    check_parent(path)
     lock = lock_path(path)
     os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
     me = {

@@ -135,14 +135,15 @@ def create_model_template(
     attrs: Mapping[str, Any],
     overwrite: bool = False,
     lam_map: bool = False,
-) -> None:
+) -> str:
     """Write the metadata of a model store whose tiles workers fill in later.
 
-    With ``lam_map``, the store also has the per-pixel penalty array.
+    With ``lam_map``, the store also has the per-pixel penalty array. Returns
+    the store to write the tiles to (see :func:`prepare_output`).
     """
     import dask.array as da
 
-    prepare_output(path, overwrite)
+    path = prepare_output(path, overwrite)
     n_targets = len(targets)
     height, width = image_shape
     th, tw = tile_shape
@@ -171,6 +172,7 @@ def create_model_template(
     )
     with quiet_zarr():
         ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
+    return path
 
 
 @dataclass
@@ -253,7 +255,7 @@ def write_model_tile(
 
 def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) -> None:
     """Write a whole model dataset (numpy or dask backed) to a new store."""
-    prepare_output(path, overwrite, inputs=[ds.encoding.get("dmask_path")])
+    target = prepare_output(path, overwrite, inputs=[ds.encoding.get("dmask_path")])
     th, tw = ds.attrs["tile_shape"]
     channels, k = ds.sizes["channel"], ds.sizes["k"]
     ds = ds.copy()
@@ -263,8 +265,8 @@ def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) 
     for name in ds.variables:
         ds[name].encoding = {}
     with quiet_zarr():
-        ds.to_zarr(str(path), mode="w", zarr_format=3, consolidated=True)
-    finalize_store(path)
+        ds.to_zarr(target, mode="w", zarr_format=3, consolidated=True)
+    finalize_store(target)
 
 
 def open_model_store(path: str | os.PathLike) -> xr.Dataset:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,14 @@ import zarr
 
 from dmask.errors import StoreError
 from dmask.io.locations import is_local, same_store
-from dmask.io.locks import alive, is_self, lock_path, read_lock, refuse_locked
+from dmask.io.locks import (
+    alive,
+    check_parent,
+    is_self,
+    lock_path,
+    read_lock,
+    refuse_locked,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +35,8 @@ __all__ = [
     "finalize_store",
     "prepare_output",
     "quiet_zarr",
+    "replaced_path",
+    "staging_path",
 ]
 
 
@@ -53,12 +63,80 @@ def channel_names(channels: int) -> list[str]:
     return ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
 
 
+#: Suffix of the store a run writes beside an existing output it replaces.
+STAGING_SUFFIX = ".dmask-staging"
+
+
+def staging_path(path: str | os.PathLike) -> str:
+    """Where a run writes a store that replaces ``path``: a hidden sibling."""
+    text = str(path).rstrip("/" + os.sep)
+    head, sep, name = text.rpartition("/" if "://" in text else os.sep)
+    return f"{head}{sep}.{name}{STAGING_SUFFIX}"
+
+
+def replaced_path(path: str | os.PathLike) -> str | None:
+    """The output a staging store replaces, or None for any other store."""
+    text = str(path).rstrip("/" + os.sep)
+    head, sep, name = text.rpartition("/" if "://" in text else os.sep)
+    if name.startswith(".") and name.endswith(STAGING_SUFFIX):
+        return f"{head}{sep}{name[1 : -len(STAGING_SUFFIX)]}"
+    return None
+
+
+def _exists(path: str) -> bool:
+    if is_local(path):
+        return os.path.lexists(path)
+    import fsspec
+
+    fs, location = fsspec.core.url_to_fs(path)
+    return fs.exists(location)
+
+
+def _remove(path: str) -> None:
+    if is_local(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        return
+    import fsspec
+
+    fs, location = fsspec.core.url_to_fs(path)
+    if fs.exists(location):
+        fs.rm(location, recursive=True)
+
+
+def _swap_in(staged: str, final: str) -> None:
+    """Put the finished store ``staged`` at ``final``; the old one goes last."""
+    if is_local(final):
+        old = None
+        if os.path.lexists(final):
+            old = f"{staged[: -len(STAGING_SUFFIX)]}.dmask-old-{secrets.token_hex(4)}"
+            os.replace(final, old)
+        os.replace(staged, final)
+        if old is not None:
+            _remove(old)
+        return
+    import fsspec
+
+    fs, location = fsspec.core.url_to_fs(final)
+    _, staged_location = fsspec.core.url_to_fs(staged)
+    if fs.exists(location):  # object stores have no rename: copy, then delete
+        fs.rm(location, recursive=True)
+    fs.mv(staged_location, location, recursive=True)
+
+
 def prepare_output(
     path: str | os.PathLike,
     overwrite: bool,
     inputs: Sequence[str | os.PathLike | None] = (),
-) -> None:
-    """Refuse an existing output store, or remove it when ``overwrite``.
+) -> str:
+    """Check an output store and say where to write it; nothing is deleted.
+
+    A new output is written in place. An existing one (with ``overwrite``) is
+    left as it is: the run writes a staging store beside it
+    (:func:`staging_path`), and :func:`finalize_store` swaps that in only when
+    it is complete, so every failure before then leaves the old output whole.
 
     Parameters
     ----------
@@ -69,13 +147,20 @@ def prepare_output(
     inputs : sequence of str or path
         Stores the run reads: the output may never be one of them.
 
+    Returns
+    -------
+    str
+        The store to write: ``path``, or its staging store.
+
     Raises
     ------
     StoreError
         The path exists and ``overwrite`` is false, it is one of the inputs, or
         another live run is writing it.
     """
+    path = str(path)
     if is_local(path):
+        check_parent(path)
         holder = read_lock(lock_path(path))
         if holder is not None and not is_self(holder) and alive(holder):
             refuse_locked(path, holder)
@@ -84,25 +169,16 @@ def prepare_output(
             raise StoreError(
                 f"output store {path} is also an input of this run; choose another"
             )
-    if not is_local(path):
-        import fsspec
-
-        fs, location = fsspec.core.url_to_fs(str(path))
-        if fs.exists(location):
-            if not overwrite:
-                raise StoreError(
-                    f"output store {path} already exists (pass --overwrite)"
-                )
-            fs.rm(location, recursive=True)
-        return
-    if os.path.lexists(path):
-        if not overwrite:
-            raise StoreError(f"output store {path} already exists (pass --overwrite)")
-        logger.info("removing existing store %s", path)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    if not _exists(path):
+        return path
+    if not overwrite:
+        raise StoreError(f"output store {path} already exists (pass --overwrite)")
+    staged = staging_path(path)
+    _remove(staged)  # what a failed earlier run left
+    logger.info(
+        "writing beside %s; it is replaced when the new store is complete", path
+    )
+    return staged
 
 
 def open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.Dataset:
@@ -130,9 +206,19 @@ def open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.D
     return ds
 
 
-def finalize_store(path: str | os.PathLike, **attrs: Any) -> None:
-    """Set attributes, mark the store complete and consolidate its metadata."""
+def finalize_store(path: str | os.PathLike, **attrs: Any) -> str:
+    """Set attributes, mark the store complete and consolidate its metadata.
+
+    A staging store (from :func:`prepare_output`) then replaces the output it
+    was written for. Returns where the finished store is.
+    """
     with quiet_zarr():
         group = zarr.open_group(str(path), mode="r+")
         group.attrs.update({**attrs, "complete": True})
         zarr.consolidate_metadata(str(path))
+    final = replaced_path(path)
+    if final is None:
+        return str(path)
+    _swap_in(str(path), final)
+    logger.info("replaced %s", final)
+    return final
