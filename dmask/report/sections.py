@@ -369,6 +369,8 @@ def _mean_by(points: list[tuple[Any, float]]) -> dict[Any, float]:
 def tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
     points = []
     for i, row in enumerate(rows):
+        if row["lam"] in ("gcv", "loo"):  # a penalty per pixel: no point on the axis
+            continue
         field = _number(row, "field", "tuning", i)
         lam = _number(row, "lam", "tuning", i)
         mse = _number(row, "mse", "tuning", i)
@@ -418,7 +420,7 @@ def tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
     parts.append(
         f"<p class='note'>Lowest test MSE: r = {best_f}, lambda = {best_lam:g} "
         f"(MSE {best:.5g}); {len(points)} rows used"
-        + (f", {left} without a finite MSE left out" if left else "")
+        + (f", {left} left out (no finite MSE, or a penalty per pixel)" if left else "")
         + ".</p>"
     )
     return "".join(parts)
@@ -427,7 +429,7 @@ def tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
 def size_section(rows: list[Mapping[str, Any]]) -> str:
     points = []
     for i, row in enumerate(rows):
-        n = _number(row, "n", "size_curve", i)
+        n = _number(row, "n_train" if "n_train" in row else "n", "size_curve", i)
         mse = _number(row, "mse", "size_curve", i)
         if math.isfinite(n) and math.isfinite(mse):
             points.append(((str(row["method"]), n), mse))

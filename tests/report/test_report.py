@@ -355,3 +355,26 @@ def test_every_image_loads_in_chromium(report, chromium, tmp_path):
         encoding="utf-8",
     )
     assert _loaded_in_browser(chromium, broken, tmp_path) == f"{total - 1}/{total}"
+
+
+def test_report_reads_the_size_curve_dmask_tune_writes(trained, tmp_path):
+    """Rows of training_size_curve (``n_train``) plot as they are."""
+    from dmask.evaluation.tune import training_size_curve
+
+    ds, model = trained
+    curve = training_size_curve(
+        ds, targets=["happy"], sizes=[1, 2], include_full_ridge=False
+    )
+    assert curve and all("n_train" in row for row in curve)
+    path = tmp_path / "curve.html"
+    write_report(path, model, ds, size_curve=curve)
+    assert "id='size'" in path.read_text(encoding="utf-8")
+
+
+def test_report_reads_tuning_rows_with_penalties_chosen_per_pixel(trained, tmp_path):
+    """``dmask tune --lams 0.4 gcv`` rows: the per-pixel ones are left off the plot."""
+    ds, model = trained
+    rows = [*TUNING, {"field": 3, "lam": "gcv", "expression": "mean", "mse": 0.01}]
+    path = tmp_path / "gcv.html"
+    write_report(path, model, ds, tuning=rows)
+    assert "id='tuning'" in path.read_text(encoding="utf-8")
