@@ -19,6 +19,7 @@ from dmask.cli import (
     synth,
     train,
     tune,
+    verify,
 )
 from dmask.errors import DmaskError
 
@@ -39,6 +40,7 @@ PARSERS = (
     tune,
     report,
     evaluate,
+    verify,
 )
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -53,6 +55,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "tune": tune.run,
     "report": report.run,
     "evaluate": evaluate.run,
+    "verify": verify.run,
 }
 
 

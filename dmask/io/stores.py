@@ -15,6 +15,7 @@ import xarray as xr
 import zarr
 
 from dmask.errors import StoreError
+from dmask.io import integrity
 from dmask.io.locations import is_local, same_store
 from dmask.io.locks import (
     alive,
@@ -203,6 +204,7 @@ def open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.D
         raise StoreError(
             f"{kind} store {path} is incomplete (the run that wrote it did not finish)"
         )
+    integrity.check_manifest(path, kind)
     return ds
 
 
@@ -216,6 +218,7 @@ def finalize_store(path: str | os.PathLike, **attrs: Any) -> str:
         group = zarr.open_group(str(path), mode="r+")
         group.attrs.update({**attrs, "complete": True})
         zarr.consolidate_metadata(str(path))
+    integrity.write_manifest(path)
     final = replaced_path(path)
     if final is None:
         return str(path)

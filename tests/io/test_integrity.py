@@ -1,0 +1,108 @@
+"""A missing or damaged chunk is an error naming the store and the chunk.
+
+Zarr reads a missing chunk as its fill value, so without a manifest a model
+that lost a weight chunk predicts NaN, and a dataset that lost an image chunk
+trains on black faces, both with exit code 0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dmask
+from dmask.cli import main
+from dmask.datasets.synthetic import make_synthetic_dataset
+from dmask.io import dataset_store, integrity
+
+LOCAL = ["--workers", "1", "--threads", "--dashboard-address", ":0"]
+
+
+@pytest.fixture
+def faces(tmp_path):
+    path = tmp_path / "faces.zarr"
+    make_synthetic_dataset(path, 6, (24, 20), seed=3, test_fraction=0.34)
+    return path
+
+
+@pytest.fixture
+def model_path(faces, tmp_path):
+    ds = dataset_store.open_dataset(faces)
+    src, tgt = dataset_store.select_pairs(ds, "neutral", ["happy", "sad"], "train")
+    path = tmp_path / "model.zarr"
+    dmask.fit(src, tgt, field=3, store=path, tile_shape=(12, 10))
+    return path
+
+
+def _chunks(store: Path, array: str) -> list[Path]:
+    return sorted(
+        p for p in (store / array).rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
+
+
+def _one_line(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    return code, err[0]
+
+
+def test_finished_stores_record_their_chunks(faces, model_path):
+    for store in (faces, model_path):
+        manifest = json.loads((store / integrity.MANIFEST).read_text())
+        recorded = manifest["chunks"]
+        assert recorded and all(size > 0 for size in recorded.values())
+        for key, size in recorded.items():
+            assert (store / key).stat().st_size == size
+    assert integrity.check_manifest(model_path) == len(
+        json.loads((model_path / integrity.MANIFEST).read_text())["chunks"]
+    )
+
+
+def test_a_missing_weight_chunk_is_refused_before_anything_is_written(
+    capsys, faces, model_path, tmp_path
+):
+    lost = _chunks(model_path, "weight")[-1]
+    lost.unlink()
+    key = lost.relative_to(model_path).as_posix()
+    with pytest.raises(dmask.StoreError, match=f"missing chunk {key}"):
+        dmask.open_model(model_path)
+    out = tmp_path / "out.zarr"
+    code, message = _one_line(capsys, "apply", model_path, faces, "--out", out, *LOCAL)
+    assert code != 0 and str(model_path) in message and key in message
+    assert not out.exists()
+    code, message = _one_line(capsys, "evaluate", model_path, faces, *LOCAL)
+    assert code != 0 and "missing chunk" in message
+
+
+def test_a_missing_image_chunk_is_refused_before_training(capsys, faces, tmp_path):
+    lost = _chunks(faces, "images")[0]
+    lost.unlink()
+    out = tmp_path / "m.zarr"
+    code, message = _one_line(capsys, "train", faces, "--out", out, *LOCAL)
+    assert code != 0 and "missing chunk" in message and str(faces) in message
+    assert not out.exists()
+
+
+def test_verify_decodes_every_chunk(capsys, model_path):
+    assert main(["verify", str(model_path)]) == 0
+    assert "ok" in capsys.readouterr().out
+    damaged = _chunks(model_path, "bias")[0]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)  # same size, garbled
+    damaged.write_bytes(bytes(data))
+    code, message = _one_line(capsys, "verify", model_path)
+    assert code != 0 and "bias" in message and "cannot be read" in message
+    truncated = _chunks(model_path, "weight")[0]
+    truncated.write_bytes(truncated.read_bytes()[:10])
+    code, message = _one_line(capsys, "verify", model_path)
+    assert code != 0 and "damaged chunk" in message
+
+
+def test_stores_without_a_manifest_still_open(model_path):
+    (model_path / integrity.MANIFEST).unlink()
+    model = dmask.open_model(model_path)
+    assert np.isfinite(model.weights("happy").values).all()
