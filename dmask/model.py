@@ -14,8 +14,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from dmask import options
 from dmask.core import _engine, lambdas, minmax
 from dmask.core.planning import (
+    check_field,
+    check_plan,
     plan_fit,
     plan_tiles,
     prediction_tile_shape,
@@ -209,6 +212,7 @@ def fit(
             )
         tgts[name] = array
     n, height, width, channels = src.shape
+    check_field(field, (height, width), "sources")
     names = list(tgts)
 
     originals = [sources, *named.values()]
@@ -298,6 +302,7 @@ def _fit_planned(
         method=method,
         n_lams=len(lam_grid) if lam_grid else 0,
     )
+    check_plan(plan, options.get("max-tasks"), runtime.memory_per_thread())
     logger.info(
         "training %d target(s) on %d pairs of %dx%dx%d: %d tiles of %s, "
         "sample blocks of %d, about %.0f MB per task",

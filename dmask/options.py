@@ -13,6 +13,7 @@ key                        meaning
 ========================== ==================================================
 ``kernels``                ``numba`` (compiled kernels) or ``numpy``
 ``progress``               show a progress bar for computations (bool)
+``max-tasks``              most tasks one fit's graph may hold
 ``cluster.scheduler``      address of an existing scheduler
 ``cluster.scheduler-file`` scheduler file of an existing cluster
 ``cluster.workers``        local cluster: worker processes (None: per core)
@@ -81,6 +82,7 @@ def _text(key: str, value: Any) -> str | None:
 KEYS: dict[str, Callable[[str, Any], Any]] = {
     "kernels": _choice("numba", "numpy"),
     "progress": _flag,
+    "max-tasks": _count,
     "cluster.scheduler": _text,
     "cluster.scheduler-file": _text,
     "cluster.workers": _count,

@@ -56,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> None:
+    from dmask.core.planning import check_field
     from dmask.datasets.drawing import EXPRESSIONS
     from dmask.io.dataset_store import open_dataset, other_expressions, stored_pairs
     from dmask.io.locations import same_store
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> None:
             e for e in present if e not in EXPRESSIONS
         ]
     sources, target_arrays = stored_pairs(ds, args.source, targets, args.split or None)
+    check_field(args.field, sources.shape[1:3], f"images of {args.dataset}")
     with _cluster(args) as client:
         started = time.perf_counter()
         model = fit(

@@ -14,6 +14,7 @@ from dmask.core.displacement import (
     displacement_statistics,
     solve_displacement,
 )
+from dmask.errors import InputError
 
 __all__ = ["STATISTICS_METHODS", "solve_tile", "tile_statistics"]
 
@@ -69,6 +70,12 @@ def solve_tile(
     bias : numpy.ndarray
         ``(T, h, w, C)`` float64.
     """
-    if isinstance(stats, CovarianceStatistics):
-        return solve_covariance(stats, field, lam, validity)
-    return solve_displacement(stats, field, lam, validity)
+    try:
+        if isinstance(stats, CovarianceStatistics):
+            return solve_covariance(stats, field, lam, validity)
+        return solve_displacement(stats, field, lam, validity)
+    except np.linalg.LinAlgError as exc:
+        raise InputError(
+            f"lam = {lam:g} leaves a pixel's ridge system singular ({exc}); "
+            "use a larger lam"
+        ) from None

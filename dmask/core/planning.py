@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from dmask.core import _engine
 from dmask.core.windows import displacements
+from dmask.errors import InputError
 
 __all__ = [
     "FitPlan",
@@ -23,7 +24,11 @@ __all__ = [
     "estimate_statistics_bytes",
     "plan_fit",
     "plan_tiles",
+    "check_field",
+    "check_plan",
+    "format_bytes",
     "sample_blocks",
+    "task_count",
     "subtiles",
     "tile_grid",
 ]
@@ -331,3 +336,56 @@ def prediction_tile_shape(
         min(size, tile * max(1, -(-PREDICT_TILE_SIDE // tile)))
         for size, tile in zip(image_shape, model_tile, strict=True)
     )
+
+
+def format_bytes(n: float) -> str:
+    """Bytes as a short human string (``"1.2 GB"``, decimal units)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def check_field(field: int, image_shape: Sequence[int], name: str = "images") -> None:
+    """Refuse a receptive field larger than the image it is trained on."""
+    height, width = image_shape
+    if field > max(height, width):
+        raise InputError(
+            f"field {field} is larger than the {height}x{width} {name}: "
+            f"use a field of at most {max(height, width)}"
+        )
+
+
+def task_count(plan: FitPlan) -> int:
+    """Tasks of a fit: per tile, one per sample block, their sums, a solve."""
+    blocks = len(plan.blocks)
+    per_tile = 1 if blocks == 1 else 2 * blocks
+    return len(plan.tiles) * per_tile
+
+
+def check_plan(plan: FitPlan, max_tasks: int, memory_per_task: int | None) -> None:
+    """Refuse a fit that cannot finish: too many tasks, or tasks too large.
+
+    Parameters
+    ----------
+    plan : FitPlan
+        The fit's plan.
+    max_tasks : int
+        Most tasks one graph may hold (option ``max-tasks``).
+    memory_per_task : int, optional
+        Bytes a worker thread has (a worker's memory limit over its threads).
+    """
+    tasks = task_count(plan)
+    if tasks > max_tasks:
+        raise InputError(
+            f"this fit would make {tasks:,} tasks ({len(plan.tiles):,} tiles of "
+            f"{plan.tile_shape[0]}x{plan.tile_shape[1]}, {len(plan.blocks):,} sample "
+            f"blocks of {plan.sample_block}), over the limit of {max_tasks:,} "
+            "(option max-tasks): use larger tiles or sample blocks"
+        )
+    if memory_per_task is not None and plan.task_bytes > memory_per_task:
+        raise InputError(
+            f"one task of this fit needs about {format_bytes(plan.task_bytes)} but "
+            f"a worker thread has {format_bytes(memory_per_task)}: give the "
+            "workers more memory, or use smaller tiles, sample blocks or field"
+        )

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
+from dmask.core.planning import format_bytes
 from dmask.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -32,19 +33,10 @@ __all__ = [
     "KernelRidge",
     "MeanDifference",
     "ReducedRankRidge",
-    "format_bytes",
 ]
 
 
 _FLOAT = 8  # bytes per float64
-
-
-def format_bytes(n: float) -> str:
-    """Bytes as a short human string (``"1.2 GB"``, decimal units)."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def _as_matrix(value: Any, name: str) -> np.ndarray:

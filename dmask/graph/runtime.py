@@ -18,6 +18,7 @@ __all__ = [
     "compute",
     "current_client",
     "runs_locally",
+    "memory_per_thread",
     "task_memory_budget",
 ]
 
@@ -74,6 +75,30 @@ def compute(*collections: Any) -> tuple[Any, ...]:
 
         progress(futures)
     return tuple(client.gather(futures))
+
+
+def memory_per_thread() -> int:
+    """Bytes one task may hold at most: the smallest worker memory per thread.
+
+    On a distributed cluster, the smallest ``memory_limit / nthreads`` of its
+    workers (those with a limit); locally, the available memory over the cores.
+    """
+    client = current_client()
+    if client is not None:
+        try:
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+            shares = [
+                w["memory_limit"] / max(1, w["nthreads"])
+                for w in workers
+                if w.get("memory_limit")
+            ]
+            if shares:
+                return int(min(shares))
+        except Exception:  # an old or odd scheduler: fall back to local figures
+            pass
+    import psutil
+
+    return int(psutil.virtual_memory().available / (os.cpu_count() or 1))
 
 
 def task_memory_budget() -> int:

@@ -1,0 +1,67 @@
+"""Runs that cannot finish are refused up front, with the figure that is needed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from helpers import random_pairs
+
+import dmask
+from dmask.cli import main
+from dmask.datasets.synthetic import make_synthetic_dataset
+
+LOCAL = ["--workers", "1", "--threads", "--dashboard-address", "127.0.0.1:0"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    path = tmp_path_factory.mktemp("faces") / "faces.zarr"
+    make_synthetic_dataset(path, 6, (16, 16), seed=3, test_fraction=0.34)
+    return path
+
+
+def _refused(capsys, *argv, seconds=30.0):
+    started = time.perf_counter()
+    code = main([str(a) for a in argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(err) == 1, err
+    assert time.perf_counter() - started < seconds
+    return err[0]
+
+
+def test_a_field_larger_than_the_image(capsys, small, tmp_path, rng):
+    out = tmp_path / "m.zarr"
+    message = _refused(capsys, "train", small, "--out", out, "--field", "33", *LOCAL)
+    assert "field 33" in message and "16x16" in message and "at most 16" in message
+    assert not out.exists()
+    sources, targets = random_pairs(rng, 4, 48, 40, 1)
+    with pytest.raises(dmask.InputError, match="field 101 is larger than the 48x40"):
+        dmask.fit(sources, targets, field=101)
+
+
+def test_a_graph_too_large(capsys, small, tmp_path):
+    out = tmp_path / "m.zarr"
+    with dmask.set_options(max_tasks=1000):
+        message = _refused(
+            capsys, "train", small, "--out", out, "--tile", "1", "1",
+            "--sample-block", "1", *LOCAL,
+        )  # fmt: skip
+    assert "tasks" in message and "max-tasks" in message and "1,000" in message
+    assert not out.exists()
+
+
+def test_workers_with_too_little_memory(capsys, small, tmp_path):
+    out = tmp_path / "m.zarr"
+    message = _refused(
+        capsys, "train", small, "--out", out, "--field", "9", "--memory-limit",
+        "1MB", "--threads-per-worker", "1", *LOCAL,
+    )  # fmt: skip
+    assert "needs about" in message and "worker thread has 1.0 MB" in message
+
+
+def test_a_penalty_that_leaves_systems_singular(rng):
+    sources, targets = random_pairs(rng, 3, 8, 8, 1)
+    with pytest.raises(dmask.InputError, match=r"singular.*larger lam"):
+        dmask.fit(sources, targets, field=5, lam=1e-300)
