@@ -253,6 +253,7 @@ for i in $(seq 0 $((WORKERS - 1))); do
         --nthreads "$THREADS" \
         --memory-limit "$MEMORY_LIMIT" \
         --no-dashboard \
+        --dashboard-address "$HOST:0" \
         --local-directory "$DIR/worker-$i" \
         --death-timeout 60
 done

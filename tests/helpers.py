@@ -7,6 +7,7 @@ implementation). Fixtures live in ``conftest.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,36 @@ class CountingScheduler:
         assert self._callback is not None and self._config is not None
         self._callback.__exit__(*exc)
         self._config.__exit__(*exc)
+
+
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def listening_sockets(pids: Iterable[int]) -> list[tuple[int, str, int]]:
+    """``(pid, address, port)`` of every listening socket of these processes."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            connections = process.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        found += [
+            (pid, c.laddr.ip, c.laddr.port)
+            for c in connections
+            if c.status == psutil.CONN_LISTEN
+        ]
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [pid, *(p.pid for p in root.children(recursive=True))]
+    except psutil.Error:
+        return []

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ssh.add_argument("--threads", type=_positive_int, default=1, help="per worker")
     ssh.add_argument("--memory-limit", default="auto", help="per worker, e.g. 4GB")
     ssh.add_argument("--port", type=int, default=8786, help="scheduler port")
-    ssh.add_argument("--dashboard-address", default=":8787")
+    ssh.add_argument("--dashboard-address", default="127.0.0.1:8787")
     ssh.add_argument(
         "--remote-python", help="Python with dmask on the hosts (default: this one)"
     )

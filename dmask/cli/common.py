@@ -102,9 +102,12 @@ def _dashboard_link(client: Any, options: Any) -> str:
     """
     from urllib.parse import urlsplit, urlunsplit
 
+    from dmask.cluster.clients import bind_address
+
     link = str(client.dashboard_link)
     local = not (options.scheduler or options.scheduler_file)
-    if local and str(options.dashboard_address or "").startswith("127.0.0.1:"):
+    bound = bind_address(options.dashboard_address) or ""
+    if local and bound.startswith("127.0.0.1:"):
         parts = urlsplit(link)
         if parts.port is not None:
             link = urlunsplit(parts._replace(netloc=f"127.0.0.1:{parts.port}"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from dmask.errors import DmaskError
 
-__all__ = ["ClusterOptions", "connect", "peak_worker_memory"]
+__all__ = ["ClusterOptions", "bind_address", "connect", "peak_worker_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,22 @@ class ClusterOptions:
         )
 
 
+def bind_address(address: str | None) -> str | None:
+    """Where a server listens: ``":8787"`` (no host) means ``127.0.0.1:8787``.
+
+    dmask's servers listen on loopback unless a host is named; distributed
+    reads an empty host as every interface.
+    """
+    if address is None:
+        return None
+    text = str(address).strip()
+    if text.isdigit():
+        return f"127.0.0.1:{text}"
+    if text.startswith(":"):
+        return f"127.0.0.1{text}"
+    return text
+
+
 @contextlib.contextmanager
 def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
     """Yield a distributed Client, starting a LocalCluster if none is named.
@@ -154,10 +170,14 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
             client.close()
         return
     kwargs: dict[str, Any] = {
-        "dashboard_address": options.dashboard_address,
+        "dashboard_address": bind_address(options.dashboard_address),
+        # every worker has an HTTP server (metrics at least): on loopback too
+        "worker_dashboard_address": "127.0.0.1:0",
         "processes": options.processes,
         "silence_logs": logging.ERROR if options.quiet else logging.INFO,
     }
+    if kwargs["dashboard_address"] is None:  # its HTTP server (health) still runs
+        kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
     if options.processes:
         # Threaded workers talk in-process; worker processes listen on loopback.
         kwargs["host"] = "127.0.0.1"

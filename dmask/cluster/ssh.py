@@ -18,9 +18,11 @@ import importlib.util
 import ipaddress
 import logging
 import re
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dmask.cluster.clients import bind_address
 from dmask.errors import DmaskError
 
 if TYPE_CHECKING:
@@ -185,7 +187,7 @@ def ssh_cluster(
     threads: int = 1,
     memory_limit: str | int = "auto",
     scheduler_port: int = 8786,
-    dashboard_address: str | None = ":8787",
+    dashboard_address: str | None = "127.0.0.1:8787",
     remote_python: str | Sequence[str] | None = None,
     connect_options: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
 ) -> SpecCluster:
@@ -268,8 +270,8 @@ def ssh_cluster(
     scheduler_options: dict[str, Any] = {"port": scheduler_port}
     if dashboard_address is None:
         scheduler_options["dashboard"] = False
-    else:
-        scheduler_options["dashboard_address"] = dashboard_address
+    else:  # on the scheduler's loopback unless a host is named (reach it by SSH)
+        scheduler_options["dashboard_address"] = bind_address(dashboard_address)
     worker_options: dict[str, Any] = {
         "n_workers": workers_per_host,
         "nthreads": threads,
@@ -280,6 +282,9 @@ def ssh_cluster(
         worker_options["host"] = "127.0.0.1"
     elif _is_ip(spread[0]):
         scheduler_options["host"] = spread[0]
+    else:  # a host name: listen on the address it names, not on every interface
+        with contextlib.suppress(OSError):
+            scheduler_options["host"] = socket.gethostbyname(spread[0])
 
     where = ", ".join(dict.fromkeys(names))
     logger.info(

@@ -29,7 +29,14 @@ import numpy as np
 import pytest
 import yaml
 from dask.utils import parse_bytes
-from helpers import ROOT, assert_model_close, random_pairs
+from helpers import (
+    LOOPBACK,
+    ROOT,
+    assert_model_close,
+    listening_sockets,
+    process_tree,
+    random_pairs,
+)
 
 import dmask
 from dmask.cluster.ssh import ssh_cluster
@@ -424,6 +431,9 @@ def test_start_local_script_runs_a_cluster_that_fits_exactly(
         assert started.returncode == 0, started.stdout + started.stderr
         pids = [int(p.read_text()) for p in state.glob("*.pid")]
         assert len(pids) == 3
+        sockets = listening_sockets(q for p in pids for q in process_tree(p))
+        assert sockets, "no listening sockets found"
+        assert all(ip in LOOPBACK for _, ip, _ in sockets), sockets
         match = re.search(r"^scheduler: (tcp://\S+)$", started.stdout, re.MULTILINE)
         assert match, started.stdout
         address = match.group(1)
@@ -725,6 +735,23 @@ def test_ssh_cluster_on_loopback_fits_exactly(sshd, rng):
     while _marked_processes(sshd["mark"]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _marked_processes(sshd["mark"]), "processes left after close()"
+
+
+def test_ssh_cluster_listens_on_loopback_only(sshd):
+    """With the default dashboard too: 127.0.0.1 everywhere, as printed."""
+    cluster = ssh_cluster(
+        ["127.0.0.1"],
+        scheduler_port=0,
+        remote_python=sys.executable,
+        connect_options=sshd["connect_options"],
+    )
+    try:
+        sockets = listening_sockets(_marked_processes(sshd["mark"]))
+        assert sockets, "no listening sockets found"
+        assert all(ip in LOOPBACK for _, ip, _ in sockets), sockets
+        assert "127.0.0.1" in cluster.dashboard_link
+    finally:
+        cluster.close()
 
 
 def test_ssh_cluster_reports_what_a_failed_remote_process_said(sshd, tmp_path):
