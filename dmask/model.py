@@ -599,4 +599,6 @@ def open_model(path: str | os.PathLike) -> Model:
     -------
     Model
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"open_model needs the path of a model store, got {path!r}")
     return Model(model_store.open_model_store(path))

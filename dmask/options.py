@@ -121,6 +121,14 @@ def get(key: str) -> Any:
 
     _register_defaults()
     key = _canonical(key)
+    if "." in key:
+        section = key.rsplit(".", 1)[0]
+        found = dask.config.get(f"dmask.{section}", default=None)
+        if found is not None and not isinstance(found, dict):
+            raise DmaskError(
+                f"configuration dmask.{section} must be a mapping of settings "
+                f"(such as {key.rsplit('.', 1)[1]}), got {found!r}"
+            )
     return KEYS[key](key, dask.config.get(f"dmask.{key}", default=None))
 
 

@@ -241,6 +241,9 @@ def apply_to_folder(
         raise InputError(f"input folder {folder} does not exist or is not a folder")
     if _inside(destination, source):
         raise InputError(f"output folder {out} is inside the input folder {folder}")
+    for place in (destination, *destination.parents):
+        if (place / "zarr.json").is_file():
+            raise InputError(f"output folder {out} is inside the Zarr store {place}")
     if crop not in ("auto", "detect", "center", "none"):
         raise InputError(
             f"crop must be 'auto', 'detect', 'center' or 'none', got {crop!r}"

@@ -26,6 +26,7 @@ from dmask.errors import DmaskError
 __all__ = ["main"]
 
 EXIT_ERROR = 2
+EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 # The subcommands in the order --help lists them.
@@ -91,4 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dmask {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a failure while running: one line, traceback with -v
+        if args.verbose:
+            raise
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"dmask {args.command}: error: {type(exc).__name__}: {text} "
+            "(-v shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0

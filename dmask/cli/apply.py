@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _check_writable,
     _cluster,
     _is_store,
     _positive_int,
@@ -50,7 +52,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> None:
-    import os
 
     from dmask.apply.store import apply_to_store, write_pngs
     from dmask.io.dataset_store import open_dataset
@@ -60,6 +61,10 @@ def run(args: argparse.Namespace) -> None:
     if os.path.isdir(args.dataset) and not _is_store(args.dataset):
         _run_folder(args)
         return
+    if args.png:
+        _check_writable(
+            os.path.join(args.png, "x.png") if os.path.isdir(args.png) else args.png
+        )
     prepare_output(args.out, args.overwrite, inputs=[args.model, args.dataset])
     model = open_model(args.model)
     ds = open_dataset(args.dataset)

@@ -81,6 +81,7 @@ def _cluster(args: argparse.Namespace) -> Iterator[Any]:
         tls_key=args.tls_key,
         quiet=not args.verbose,
     )
+    _check_writable(getattr(args, "report", None))
     with connect(options) as client:
         print(f"dashboard: {_dashboard_link(client, options)}", flush=True)
         report: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -180,3 +181,28 @@ def _json_rows(path: str | None) -> list[dict[str, Any]] | None:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise DmaskError(f"{path} must hold a list of rows (JSON objects)")
     return rows
+
+
+def _check_writable(*paths: str | None) -> None:
+    """Refuse, before any work, an output file that cannot be written."""
+    import os
+
+    for path in paths:
+        if not path or "://" in str(path):
+            continue
+        if os.path.isdir(path):
+            raise DmaskError(f"cannot write {path}: it is a folder")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise DmaskError(f"cannot write {path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise DmaskError(f"cannot write {path}: folder {parent} is not writable")
+
+
+def _check_folders(*folders: str | None) -> None:
+    """Refuse input folders that are not there."""
+    import os
+
+    for folder in folders:
+        if folder and not os.path.isdir(folder):
+            raise DmaskError(f"folder {folder} does not exist")

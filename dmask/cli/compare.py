@@ -7,6 +7,7 @@ import time
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _check_writable,
     _cluster,
     _positive_int,
     _split_names,
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> None:
     from dmask.evaluation.metrics import write_results
     from dmask.io.dataset_store import open_dataset
 
+    _check_writable(args.csv, args.json)
     ds = open_dataset(args.dataset)
     methods = _split_names(args.methods) or list(COMPARED_METHODS)
     with _cluster(args) as client:

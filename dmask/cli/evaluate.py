@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dmask.cli.common import _add_cluster_options, _cluster
+from dmask.cli.common import _add_cluster_options, _check_writable, _cluster
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> None:
     from dmask.io.dataset_store import open_dataset
     from dmask.model import open_model
 
+    _check_writable(args.csv, args.json)
     model = open_model(args.model)
     ds = open_dataset(args.dataset)
     with _cluster(args):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from dmask.cli.common import _add_cluster_options, _cluster, _json_rows, _positive_int
+from dmask.cli.common import (
+    _add_cluster_options,
+    _check_folders,
+    _check_writable,
+    _cluster,
+    _json_rows,
+    _positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +41,8 @@ def run(args: argparse.Namespace) -> None:
     from dmask.model import open_model
     from dmask.report.page import write_report
 
+    _check_writable(args.out)
+    _check_folders(*(args.photographs or ()))
     model = open_model(args.model)
     ds = open_dataset(args.dataset)
     comparison = _json_rows(args.comparison)

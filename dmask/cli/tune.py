@@ -7,11 +7,13 @@ import time
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _check_writable,
     _cluster,
     _lam,
     _split_names,
     _summary,
 )
+from dmask.errors import DmaskError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,6 +41,9 @@ def run(args: argparse.Namespace) -> None:
     from dmask.evaluation.tune import best_setting, training_size_curve, tune
     from dmask.io.dataset_store import open_dataset
 
+    _check_writable(args.csv, args.json, args.size_json)
+    if args.sizes and min(args.sizes) < 1:
+        raise DmaskError(f"--sizes must be positive, got {min(args.sizes)}")
     ds = open_dataset(args.dataset)
     with _cluster(args) as client:
         started = time.perf_counter()

@@ -120,6 +120,23 @@ class ClusterOptions:
         )
 
 
+def _check_scheduler_file(path: str) -> None:
+    """Refuse a scheduler file that is missing or names no scheduler address."""
+    import json
+
+    if not os.path.exists(path):
+        raise DmaskError(f"scheduler file {path} does not exist")
+    try:
+        with open(path) as handle:
+            content = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise DmaskError(f"scheduler file {path} is not readable JSON: {exc}") from None
+    if not isinstance(content, dict) or not isinstance(content.get("address"), str):
+        raise DmaskError(
+            f"scheduler file {path} names no scheduler address (no 'address' key)"
+        )
+
+
 def bind_address(address: str | None) -> str | None:
     """Where a server listens: ``":8787"`` (no host) means ``127.0.0.1:8787``.
 
@@ -146,12 +163,12 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     options = options or ClusterOptions()
-    if options.quiet:
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+    if options.quiet:  # a failed task's error is reported once, by dmask
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
     if options.scheduler and options.scheduler_file:
         raise DmaskError("give --scheduler or --scheduler-file, not both")
-    if options.scheduler_file and not os.path.exists(options.scheduler_file):
-        raise DmaskError(f"scheduler file {options.scheduler_file} does not exist")
+    if options.scheduler_file:
+        _check_scheduler_file(options.scheduler_file)
     security = options.security()
     if options.scheduler or options.scheduler_file:
         try:
@@ -174,7 +191,7 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
         # every worker has an HTTP server (metrics at least): on loopback too
         "worker_dashboard_address": "127.0.0.1:0",
         "processes": options.processes,
-        "silence_logs": logging.ERROR if options.quiet else logging.INFO,
+        "silence_logs": logging.CRITICAL if options.quiet else logging.INFO,
     }
     if kwargs["dashboard_address"] is None:  # its HTTP server (health) still runs
         kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}

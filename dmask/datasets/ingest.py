@@ -404,6 +404,13 @@ def ingest(
     )
     if block is not None and int(block) < 1:
         raise InputError(f"block must be a positive integer, got {block!r}")
+    if size is not None:  # a task holds its files' faces resized, as float64
+        first = _chunks(1 << 30, size, channels or 3, 2)[0]
+        span = first * max(1, round(int(block) / first)) if block else first
+        runtime.check_task_memory(
+            span * size[0] * size[1] * (channels or 3) * 8 * 2,
+            f"faces of {size[0]}x{size[1]}",
+        )
     _check_paths(folder, out)
     if not overwrite:
         stores.prepare_output(out, overwrite=False)

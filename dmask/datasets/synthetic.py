@@ -119,6 +119,11 @@ def make_synthetic_dataset(
     ]
     tile = (min(height, CHUNK_SIDE), min(width, CHUNK_SIDE))
     block = int(max(1, min(n, CHUNK_BYTES // (tile[0] * tile[1] * 3))))
+    # a task draws its block of faces: uint8 pixels, and float64 canvases per face
+    runtime.check_task_memory(
+        block * height * width * 3 + 8 * 8 * height * width,
+        f"drawing faces of {height}x{width}",
+    )
     written = dataset_store.create_dataset_template(
         path,
         (n, height, width, 3),

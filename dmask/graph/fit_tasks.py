@@ -21,6 +21,7 @@ from dmask.graph.taskgraph import TaskMaker
 from dmask.graph.timing import timed_phase
 from dmask.io.dataset_store import StoredImages, compact_index, read_images
 from dmask.io.model_store import write_model_tile
+from dmask.io.stores import replaced_path
 
 __all__ = [
     "BlockBounds",
@@ -226,11 +227,18 @@ def write_tile(
     path: str, tile: Tile, solution: tuple[np.ndarray, ...]
 ) -> tuple[int, int]:
     """Task: write one solved tile (and its chosen penalties) to the model store."""
-    if len(solution) == 3:
-        weight, bias, lam_map = solution
-        return write_model_tile(path, tile, weight, bias, lam_map=lam_map)
-    weight, bias = solution
-    return write_model_tile(path, tile, weight, bias)
+    try:
+        if len(solution) == 3:
+            weight, bias, lam_map = solution
+            return write_model_tile(path, tile, weight, bias, lam_map=lam_map)
+        weight, bias = solution
+        return write_model_tile(path, tile, weight, bias)
+    except OSError as exc:  # a full disk: say which store
+        where = replaced_path(path) or path
+        reason = exc.strerror or str(exc)
+        raise OSError(
+            exc.errno, f"{reason}, writing tile {tile.index} of {where}"
+        ) from exc
 
 
 @timed_phase("write")

@@ -18,6 +18,7 @@ __all__ = [
     "compute",
     "current_client",
     "runs_locally",
+    "check_task_memory",
     "memory_per_thread",
     "task_memory_budget",
 ]
@@ -99,6 +100,19 @@ def memory_per_thread() -> int:
     import psutil
 
     return int(psutil.virtual_memory().available / (os.cpu_count() or 1))
+
+
+def check_task_memory(needed: int, what: str) -> None:
+    """Refuse work whose tasks need more memory than a worker thread has."""
+    from dmask.core.planning import format_bytes
+    from dmask.errors import InputError
+
+    have = memory_per_thread()
+    if needed > have:
+        raise InputError(
+            f"{what} needs about {format_bytes(needed)} per task, but a worker "
+            f"thread has {format_bytes(have)}"
+        )
 
 
 def task_memory_budget() -> int:

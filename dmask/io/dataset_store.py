@@ -290,8 +290,15 @@ def read_images(
     variable: str = "images",
 ) -> np.ndarray:
     """Read samples ``index`` and a spatial window of a dataset store's images."""
-    with quiet_zarr():
-        array = zarr.open_array(str(path), path=variable, mode="r")
-        return array.get_orthogonal_selection(
-            (compact_index(index), rows, cols, slice(None))
-        )
+    try:
+        with quiet_zarr():
+            array = zarr.open_array(str(path), path=variable, mode="r")
+            return array.get_orthogonal_selection(
+                (compact_index(index), rows, cols, slice(None))
+            )
+    except (RuntimeError, ValueError, OSError) as exc:  # a damaged chunk's codec error
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(
+            f"cannot read {variable} of {path}: {reason} (dmask verify {path} "
+            "finds the damaged chunk)"
+        ) from None

@@ -80,6 +80,13 @@ def _unreadable(path: Path, exc: Exception) -> InputError:
 
 def peek_shape(path: Path) -> tuple[int, int]:
     """The matrix shape recorded in a ``save_npz`` file, without its data."""
+    import zipfile
+
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise InputError(
+            f"cannot read reference weights {path}: not a scipy.sparse .npz file "
+            "(save_npz writes a zip archive)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             shape = tuple(int(v) for v in archive["shape"])

@@ -1,0 +1,173 @@
+"""Failures that used to end in a traceback, a hang or silence: one line each."""
+
+from __future__ import annotations
+
+import time
+
+import dask
+import numpy as np
+import pytest
+from PIL import Image
+
+import dmask
+from dmask.cli import main
+from dmask.cluster.clients import ClusterOptions
+from dmask.datasets.synthetic import make_synthetic_dataset
+from dmask.graph import fit_tasks
+from dmask.io import dataset_store
+
+LOCAL = ["--workers", "1", "--threads", "--dashboard-address", "127.0.0.1:0"]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    path = tmp_path_factory.mktemp("faces") / "faces.zarr"
+    make_synthetic_dataset(path, 6, (24, 20), seed=3, test_fraction=0.34)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_path(faces, tmp_path_factory):
+    ds = dataset_store.open_dataset(faces)
+    src, tgt = dataset_store.select_pairs(ds, "neutral", ["happy"], "train")
+    path = tmp_path_factory.mktemp("model") / "model.zarr"
+    dmask.fit(src, tgt, field=3, store=path)
+    return path
+
+
+def _one_line(capsys, *argv, code=2, seconds=60.0):
+    started = time.perf_counter()
+    got = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert got == code, captured.err
+    assert len(lines) == 1, captured.err
+    assert time.perf_counter() - started < seconds
+    return lines[0]
+
+
+def test_a_damaged_image_chunk_names_the_store(capsys, faces, tmp_path):
+    damaged = tmp_path / "damaged.zarr"
+    make_synthetic_dataset(damaged, 6, (24, 20), seed=3, test_fraction=0.34)
+    chunks = (damaged / "images").rglob("*")
+    chunk = sorted(p for p in chunks if p.is_file() and p.name != "zarr.json")[0]
+    data = bytearray(chunk.read_bytes())
+    data[8:] = bytes(len(data) - 8)  # the same size: only decoding finds it
+    chunk.write_bytes(bytes(data))
+    message = _one_line(
+        capsys, "train", damaged, "--out", tmp_path / "m.zarr", "--targets", "happy",
+        *LOCAL,
+    )  # fmt: skip
+    assert str(damaged) in message and "verify" in message
+
+
+def test_a_scheduler_file_without_an_address(capsys, faces, tmp_path):
+    empty = tmp_path / "s.json"
+    empty.write_text("{}")
+    message = _one_line(
+        capsys, "train", faces, "--out", tmp_path / "m.zarr", "--scheduler-file", empty
+    )
+    assert str(empty) in message and "no scheduler address" in message
+
+
+def test_images_too_large_for_memory_are_refused_at_once(capsys, tmp_path):
+    message = _one_line(
+        capsys, "synth", "--out", tmp_path / "f.zarr", "--subjects", "2", "--size",
+        "100000", *LOCAL, seconds=20,
+    )  # fmt: skip
+    assert "100000x100000" in message and "needs about" in message
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photos / "AF01NES.JPG")
+    message = _one_line(
+        capsys, "ingest", photos, "--out", tmp_path / "i.zarr", "--size", "100000",
+        *LOCAL, seconds=20,
+    )  # fmt: skip
+    assert "100000x100000" in message and "needs about" in message
+
+
+def test_open_model_of_nothing():
+    with pytest.raises(dmask.InputError, match="path of a model store, got None"):
+        dmask.open_model(None)
+
+
+def test_a_failing_task_is_one_line_without_worker_logs(capsys, faces, tmp_path):
+    message = _one_line(
+        capsys, "train", faces, "--out", tmp_path / "m.zarr", "--lam", "1e-300",
+        "--field", "5", "--targets", "happy", *LOCAL,
+    )  # fmt: skip
+    assert "singular" in message
+
+
+def test_an_unexpected_failure_is_one_line_with_exit_1(
+    capsys, faces, model_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("something unforeseen")
+
+    monkeypatch.setattr("dmask.evaluation.evaluate.evaluate", broken)
+    message = _one_line(capsys, "evaluate", model_path, faces, *LOCAL, code=1)
+    assert "RuntimeError: something unforeseen" in message
+
+
+def test_a_full_disk_names_the_store(faces, tmp_path, monkeypatch):
+    ds = dataset_store.open_dataset(faces)
+    src, tgt = dataset_store.select_pairs(ds, "neutral", ["happy"], "train")
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fit_tasks, "write_model_tile", full)
+    with pytest.raises(
+        OSError, match=r"No space left on device, writing tile .* of .*m\.zarr"
+    ):
+        dmask.fit(src, tgt, store=tmp_path / "m.zarr")
+
+
+def test_outputs_and_inputs_checked_before_the_work(
+    capsys, faces, model_path, tmp_path
+):
+    nowhere = tmp_path / "no" / "such" / "folder"
+    message = _one_line(
+        capsys, "evaluate", model_path, faces, "--csv", nowhere / "e.csv", *LOCAL
+    )
+    assert "does not exist" in message and "e.csv" in message
+    message = _one_line(
+        capsys, "train", faces, "--out", tmp_path / "m.zarr", "--report",
+        nowhere / "r.html", *LOCAL,
+    )  # fmt: skip
+    assert "r.html" in message and not (tmp_path / "m.zarr").exists()
+    message = _one_line(capsys, "tune", faces, "--sizes", "0", *LOCAL)
+    assert "--sizes" in message
+    message = _one_line(
+        capsys, "report", model_path, faces, "--out", tmp_path / "r.html",
+        "--photographs", nowhere, tmp_path, *LOCAL,
+    )  # fmt: skip
+    assert str(nowhere) in message
+
+
+def test_a_configuration_section_that_is_not_a_mapping():
+    with (
+        dask.config.set({"dmask.cluster": 5}),
+        pytest.raises(dmask.DmaskError, match=r"dmask\.cluster must be a mapping"),
+    ):
+        ClusterOptions.from_config()
+
+
+def test_a_text_file_given_as_weights(capsys, tmp_path):
+    text = tmp_path / "weights.npz"
+    text.write_text("a note, not weights")
+    message = _one_line(
+        capsys, "import", text, "--out", tmp_path / "m.zarr", "--size", "24", "20"
+    )
+    assert "not a scipy.sparse .npz file" in message
+
+
+def test_pngs_are_never_written_inside_a_store(capsys, model_path, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(photos / "a.png")
+    message = _one_line(
+        capsys, "apply", model_path, photos, "--out", model_path / "pngs", *LOCAL
+    )
+    assert "inside the Zarr store" in message
