@@ -17,6 +17,7 @@ import xarray as xr
 from dmask import options
 from dmask.core import _engine, lambdas, minmax
 from dmask.core.planning import (
+    FitPlan,
     check_field,
     check_plan,
     plan_fit,
@@ -214,6 +215,11 @@ def fit(
     n, height, width, channels = src.shape
     check_field(field, (height, width), "sources")
     names = list(tgts)
+    if not resume:  # before any work (a resumed run's recorded plan: later)
+        _checked_plan(
+            n, (height, width), channels, field, len(names), tile_shape,
+            sample_block, memory_limit, method, lam_grid,
+        )  # fmt: skip
 
     originals = [sources, *named.values()]
     arrays = [src, *tgts.values()]
@@ -288,21 +294,10 @@ def _fit_planned(
     previous: model_store.ModelProgress | None,
 ) -> Model:
     """The part of :func:`fit` after inputs and bounds are known."""
-    if memory_limit is None:
-        memory_limit = runtime.task_memory_budget()
-    plan = plan_fit(
-        n,
-        (height, width),
-        channels,
-        field,
-        len(names),
-        tile_shape=tile_shape,
-        sample_block=sample_block,
-        memory_limit=memory_limit,
-        method=method,
-        n_lams=len(lam_grid) if lam_grid else 0,
-    )
-    check_plan(plan, options.get("max-tasks"), runtime.memory_per_thread())
+    plan = _checked_plan(
+        n, (height, width), channels, field, len(names), tile_shape, sample_block,
+        memory_limit, method, lam_grid,
+    )  # fmt: skip
     logger.info(
         "training %d target(s) on %d pairs of %dx%dx%d: %d tiles of %s, "
         "sample blocks of %d, about %.0f MB per task",
@@ -382,6 +377,35 @@ def _fit_planned(
 
 
 #: Attributes that must match for a run to resume another's store.
+def _checked_plan(
+    n: int,
+    image_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    n_targets: int,
+    tile_shape: tuple[int, int] | None,
+    sample_block: int | None,
+    memory_limit: int | None,
+    method: str,
+    lam_grid: tuple[float, ...] | None,
+) -> FitPlan:
+    """The fit's plan, refused if it cannot finish (too many or too large tasks)."""
+    plan = plan_fit(
+        n,
+        image_shape,
+        channels,
+        field,
+        n_targets,
+        tile_shape=tile_shape,
+        sample_block=sample_block,
+        memory_limit=memory_limit or runtime.task_memory_budget(),
+        method=method,
+        n_lams=len(lam_grid) if lam_grid else 0,
+    )
+    check_plan(plan, options.get("max-tasks"), runtime.memory_per_thread())
+    return plan
+
+
 RESUME_KEYS = (
     "field", "lam", "normalize", "height", "width", "channels", "n_samples",
     "training_fingerprint", "tile_shape", "sample_block", "statistics_method",

@@ -14,6 +14,7 @@ key                        meaning
 ``kernels``                ``numba`` (compiled kernels) or ``numpy``
 ``progress``               show a progress bar for computations (bool)
 ``max-tasks``              most tasks one fit's graph may hold
+``stall-timeout``          seconds without any task progress before a run stops
 ``cluster.scheduler``      address of an existing scheduler
 ``cluster.scheduler-file`` scheduler file of an existing cluster
 ``cluster.workers``        local cluster: worker processes (None: per core)
@@ -74,6 +75,20 @@ def _count(key: str, value: Any) -> int | None:
     return number
 
 
+def _seconds(key: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DmaskError(
+            f"configuration dmask.{key} must be a number of seconds, got {value!r}"
+        ) from None
+    if not number >= 0:
+        raise DmaskError(f"configuration dmask.{key} must be >= 0, got {value!r}")
+    return number
+
+
 def _text(key: str, value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -83,6 +98,7 @@ KEYS: dict[str, Callable[[str, Any], Any]] = {
     "kernels": _choice("numba", "numpy"),
     "progress": _flag,
     "max-tasks": _count,
+    "stall-timeout": _seconds,
     "cluster.scheduler": _text,
     "cluster.scheduler-file": _text,
     "cluster.workers": _count,

@@ -6,6 +6,8 @@ import contextlib
 import functools
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +15,7 @@ import dask
 import dask.array as da
 
 from dmask import options
+from dmask.errors import DmaskError
 
 __all__ = [
     "compute",
@@ -71,11 +74,72 @@ def compute(*collections: Any) -> tuple[Any, ...]:
         with threaded_run():
             return dask.compute(*collections, scheduler="threads")
     futures = client.compute(list(collections))
-    if options.get("progress"):
-        from distributed import progress
+    with _watchdog(client, futures) as stalled:
+        try:
+            if options.get("progress"):
+                from distributed import progress
 
-        progress(futures)
-    return tuple(client.gather(futures))
+                progress(futures)
+            return tuple(client.gather(futures))
+        except Exception:
+            if stalled():
+                raise DmaskError(
+                    f"no task made progress for {options.get('stall-timeout'):g} s "
+                    "(option stall-timeout): the workers may be paused for lack of "
+                    "memory, or gone; see the dashboard"
+                ) from None
+            raise
+
+
+@contextlib.contextmanager
+def _watchdog(client: Any, futures: Any) -> Iterator[Any]:
+    """Cancel a distributed computation in which no task changes state for long.
+
+    A thread asks the scheduler every few seconds for its count of task
+    transitions and for the tasks running on workers that are not paused; when
+    the count has not moved for ``stall-timeout`` seconds and nothing runs
+    (paused or lost workers, a cluster without workers) the futures are
+    cancelled. A long task that is running counts as progress. Yields a
+    function telling whether the computation was cancelled so.
+    """
+    timeout = options.get("stall-timeout")
+    stalled = threading.Event()
+    if not timeout:
+        yield stalled.is_set
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        last, since = None, time.monotonic()
+        while not done.wait(min(5.0, timeout / 4)):
+            try:  # a lambda: the scheduler need not have dmask installed
+                count, running = client.run_on_scheduler(
+                    lambda dask_scheduler: (
+                        dask_scheduler.transition_counter,
+                        sum(
+                            len(ws.processing)
+                            for ws in dask_scheduler.workers.values()
+                            if ws.status.name == "running"
+                        ),
+                    )
+                )
+            except Exception:  # an old scheduler, or one going away: no watch
+                continue
+            now = time.monotonic()
+            if count != last or running:
+                last, since = count, now
+            elif now - since >= timeout:
+                stalled.set()
+                client.cancel(futures)
+                return
+
+    thread = threading.Thread(target=watch, name="dmask-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield stalled.is_set
+    finally:
+        done.set()
+        thread.join(timeout=10)
 
 
 def memory_per_thread() -> int:

@@ -65,3 +65,30 @@ def test_a_penalty_that_leaves_systems_singular(rng):
     sources, targets = random_pairs(rng, 3, 8, 8, 1)
     with pytest.raises(dmask.InputError, match=r"singular.*larger lam"):
         dmask.fit(sources, targets, field=5, lam=1e-300)
+
+
+def test_a_run_that_makes_no_progress_stops(rng):
+    """A cluster whose workers cannot run anything: a clear error, not a hang."""
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    sources, targets = random_pairs(rng, 4, 8, 8, 1)
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+        dmask.set_options(stall_timeout=2),
+    ):
+        assert client.scheduler_info()["workers"] == {}
+        started = time.perf_counter()
+        with pytest.raises(dmask.DmaskError, match=r"no task made progress for 2 s"):
+            dmask.fit(da.from_array(sources), da.from_array(targets))
+        assert time.perf_counter() - started < 30
+
+
+def test_worker_processes_with_too_little_memory(capsys, small, tmp_path):
+    """The case that used to hang at 0%: refused before the first computation."""
+    message = _refused(
+        capsys, "train", small, "--out", tmp_path / "m.zarr", "--memory-limit", "1MB",
+        "--workers", "1", "--dashboard-address", "127.0.0.1:0",
+    )  # fmt: skip
+    assert "worker thread has" in message
