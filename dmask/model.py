@@ -109,6 +109,13 @@ def _check_bounds(name: str, low: np.ndarray, high: np.ndarray) -> None:
         raise InputError(
             f"{name} has NaN or infinite pixels (sample {int(np.flatnonzero(bad)[0])})"
         )
+    flat = np.flatnonzero(low == high)
+    if flat.size:  # min-max scales them to zeros: say so, they teach nothing
+        logger.warning(
+            "%s has %d constant image(s) (sample %d first): min-max normalisation "
+            "makes them all zeros",
+            name, flat.size, int(flat[0]),
+        )  # fmt: skip
 
 
 def fit(

@@ -56,10 +56,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> None:
-    from dmask.core.planning import check_field
+    from dmask.core.planning import check_field, plan_tiles
     from dmask.datasets.drawing import EXPRESSIONS
     from dmask.io.dataset_store import open_dataset, other_expressions, stored_pairs
     from dmask.io.locations import same_store
+    from dmask.io.model_store import read_model_progress
     from dmask.io.stores import prepare_output
     from dmask.model import check_settings, fit
 
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> None:
             e for e in present if e not in EXPRESSIONS
         ]
     sources, target_arrays = stored_pairs(ds, args.source, targets, args.split or None)
+    before = read_model_progress(args.out) if args.resume else None
     check_field(args.field, sources.shape[1:3], f"images of {args.dataset}")
     with _cluster(args) as client:
         started = time.perf_counter()
@@ -97,6 +99,15 @@ def run(args: argparse.Namespace) -> None:
         )
         height, width = model.image_shape
         pixels = height * width * model.channels * len(model.targets)
+        if before is not None and before.tile_complete.shape == (
+            model.dataset.sizes["tile_y"],
+            model.dataset.sizes["tile_x"],
+        ):  # a resumed run solved only the tiles left
+            done = [
+                t for t in plan_tiles(model.image_shape, model.tile_shape)
+                if before.tile_complete[t.index]
+            ]  # fmt: skip
+            pixels -= sum(t.pixels for t in done) * model.channels * len(model.targets)
         wall = time.perf_counter() - started
         _summary(
             client,

@@ -171,3 +171,32 @@ def test_pngs_are_never_written_inside_a_store(capsys, model_path, tmp_path):
         capsys, "apply", model_path, photos, "--out", model_path / "pngs", *LOCAL
     )
     assert "inside the Zarr store" in message
+
+
+def test_a_resumed_run_counts_the_problems_it_solved(
+    capsys, faces, tmp_path, monkeypatch
+):
+    from dmask.io.model_store import read_model_progress
+
+    ds = dataset_store.open_dataset(faces)
+    src, tgt = dataset_store.stored_pairs(ds, "neutral", ["happy"], "train")
+    out = tmp_path / "m.zarr"
+    real = fit_tasks.write_model_tile
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("interrupted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_tasks, "write_model_tile", flaky)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        dmask.fit(src, tgt, store=out, tile_shape=(12, 10))
+    monkeypatch.undo()
+    done = int(read_model_progress(out).tile_complete.sum())
+    assert 0 < done < 4
+    argv = ["train", faces, "--out", out, "--targets", "happy", "--resume", *LOCAL]
+    assert main([str(a) for a in argv]) == 0
+    summary = next(x for x in capsys.readouterr().out.splitlines() if "summary" in x)
+    assert f"problems solved {(4 - done) * 12 * 10 * 3}," in summary, summary
