@@ -86,9 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DmaskError as exc:
         print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except OSError as exc:  # unwritable output, full disk, unreachable scheduler
+    except OSError as exc:  # a full disk, a network failure: the run failed
         print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"dmask {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
