@@ -36,7 +36,7 @@ from typing import Any
 
 from dmask.errors import DmaskError
 
-__all__ = ["KEYS", "get", "set_options"]
+__all__ = ["KEYS", "get", "load_file", "set_options"]
 
 _DEFAULTS = os.path.join(os.path.dirname(__file__), "dmask.yaml")
 
@@ -120,6 +120,30 @@ def _register_defaults() -> None:
 
     with open(_DEFAULTS) as handle:
         dask.config.update_defaults(yaml.safe_load(handle))
+
+
+def load_file(path: str | os.PathLike) -> None:
+    """Merge a YAML settings file into dask.config; it wins over other files.
+
+    dmask's defaults are registered first, so that they cannot replace what
+    the file sets (a wrong ``cluster: 5`` stays, and :func:`get` refuses it).
+    """
+    import dask.config
+    import yaml
+
+    _register_defaults()
+    try:
+        with open(path) as handle:
+            settings = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as exc:
+        raise DmaskError(
+            f"configuration file {path} is not valid YAML: {exc}"
+        ) from None
+    except OSError as exc:
+        raise DmaskError(f"cannot read configuration file {path}: {exc}") from None
+    if not isinstance(settings, dict):
+        raise DmaskError(f"configuration file {path} must hold a mapping")
+    dask.config.update(dask.config.config, settings, priority="new")
 
 
 def _canonical(key: str) -> str:

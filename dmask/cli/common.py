@@ -117,19 +117,9 @@ def _dashboard_link(client: Any, options: Any) -> str:
 
 def _load_config(path: str) -> None:
     """Merge a YAML settings file into dask.config (it wins over other files)."""
-    import dask.config
-    import yaml
+    from dmask.options import load_file
 
-    try:
-        with open(path) as handle:
-            settings = yaml.safe_load(handle) or {}
-    except yaml.YAMLError as exc:
-        raise DmaskError(
-            f"configuration file {path} is not valid YAML: {exc}"
-        ) from None
-    if not isinstance(settings, dict):
-        raise DmaskError(f"configuration file {path} must hold a mapping")
-    dask.config.update(dask.config.config, settings, priority="new")
+    load_file(path)
 
 
 def _split_names(text: str | None) -> list[str] | None:

@@ -200,3 +200,14 @@ def test_a_resumed_run_counts_the_problems_it_solved(
     assert main([str(a) for a in argv]) == 0
     summary = next(x for x in capsys.readouterr().out.splitlines() if "summary" in x)
     assert f"problems solved {(4 - done) * 12 * 10 * 3}," in summary, summary
+
+
+def test_a_configuration_file_with_a_section_that_is_not_a_mapping(
+    capsys, faces, tmp_path
+):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dmask:\n  cluster: 5\n")
+    message = _one_line(
+        capsys, "train", faces, "--out", tmp_path / "m.zarr", "--config", bad, *LOCAL
+    )
+    assert "dmask.cluster must be a mapping" in message
