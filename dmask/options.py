@@ -119,7 +119,24 @@ def _register_defaults() -> None:
     import yaml
 
     with open(_DEFAULTS) as handle:
-        dask.config.update_defaults(yaml.safe_load(handle))
+        defaults = yaml.safe_load(handle)
+    dask.config.defaults.append(defaults)  # for dask.config.refresh
+    _fill(dask.config.config, defaults)
+
+
+def _fill(config: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Add the defaults that ``config`` lacks; never replace what it holds.
+
+    (dask's ``update_defaults`` replaces a value that is not a mapping where the
+    defaults have one, which would hide a user's ``cluster: 5`` from the checks.)
+    """
+    import copy
+
+    for key, value in defaults.items():
+        if key not in config or (config[key] is None and isinstance(value, dict)):
+            config[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(config[key], dict):
+            _fill(config[key], value)
 
 
 def load_file(path: str | os.PathLike) -> None:

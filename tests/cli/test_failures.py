@@ -207,7 +207,11 @@ def test_a_configuration_file_with_a_section_that_is_not_a_mapping(
 ):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dmask:\n  cluster: 5\n")
-    message = _one_line(
-        capsys, "train", faces, "--out", tmp_path / "m.zarr", "--config", bad, *LOCAL
-    )
+    try:
+        message = _one_line(
+            capsys, "train", faces, "--out", tmp_path / "m.zarr", "--config", bad,
+            *LOCAL,
+        )  # fmt: skip
+    finally:
+        dask.config.refresh()  # the file was merged into this process's config
     assert "dmask.cluster must be a mapping" in message
