@@ -221,3 +221,27 @@ def process_tree(pid: int) -> list[int]:
         return [pid, *(p.pid for p in root.children(recursive=True))]
     except psutil.Error:
         return []
+
+
+#: Command-line options for a one-worker cluster of threads in this process.
+LOCAL_CLUSTER = ["--workers", "1", "--threads", "--dashboard-address", "127.0.0.1:0"]
+
+
+def cli_error(capsys: Any, *argv: Any, code: int = 2, seconds: float = 60.0) -> str:
+    """Run ``dmask`` in this process; it must fail with ``code`` and one line.
+
+    Returns that line of stderr. ``seconds`` bounds how long the failure may
+    take (refusals come before the work).
+    """
+    import time
+
+    from dmask.cli import main
+
+    started = time.perf_counter()
+    got = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert got == code, captured.err
+    assert len(lines) == 1, captured.err
+    assert time.perf_counter() - started < seconds
+    return lines[0]

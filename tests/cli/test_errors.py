@@ -32,13 +32,6 @@ def assert_one_line_error(code: int, err: str, *words: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def faces(tmp_path_factory):
-    path = tmp_path_factory.mktemp("faces") / "faces.zarr"
-    make_synthetic_dataset(path, 6, (24, 20), seed=3, test_fraction=0.34)
-    return path
-
-
-@pytest.fixture(scope="module")
 def model_path(faces, tmp_path_factory):
     ds = dataset_store.open_dataset(faces)
     src, tgt = dataset_store.select_pairs(ds, "neutral", ["happy", "sad"], "train")

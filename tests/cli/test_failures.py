@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import dask
 import numpy as np
 import pytest
+from helpers import LOCAL_CLUSTER, cli_error
 from PIL import Image
 
 import dmask
@@ -15,15 +14,6 @@ from dmask.cluster.clients import ClusterOptions
 from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.graph import fit_tasks
 from dmask.io import dataset_store
-
-LOCAL = ["--workers", "1", "--threads", "--dashboard-address", "127.0.0.1:0"]
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory):
-    path = tmp_path_factory.mktemp("faces") / "faces.zarr"
-    make_synthetic_dataset(path, 6, (24, 20), seed=3, test_fraction=0.34)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +25,6 @@ def model_path(faces, tmp_path_factory):
     return path
 
 
-def _one_line(capsys, *argv, code=2, seconds=60.0):
-    started = time.perf_counter()
-    got = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert got == code, captured.err
-    assert len(lines) == 1, captured.err
-    assert time.perf_counter() - started < seconds
-    return lines[0]
-
-
 def test_a_damaged_image_chunk_names_the_store(capsys, faces, tmp_path):
     damaged = tmp_path / "damaged.zarr"
     make_synthetic_dataset(damaged, 6, (24, 20), seed=3, test_fraction=0.34)
@@ -54,9 +33,9 @@ def test_a_damaged_image_chunk_names_the_store(capsys, faces, tmp_path):
     data = bytearray(chunk.read_bytes())
     data[8:] = bytes(len(data) - 8)  # the same size: only decoding finds it
     chunk.write_bytes(bytes(data))
-    message = _one_line(
+    message = cli_error(
         capsys, "train", damaged, "--out", tmp_path / "m.zarr", "--targets", "happy",
-        *LOCAL,
+        *LOCAL_CLUSTER,
     )  # fmt: skip
     assert str(damaged) in message and "verify" in message
 
@@ -64,24 +43,24 @@ def test_a_damaged_image_chunk_names_the_store(capsys, faces, tmp_path):
 def test_a_scheduler_file_without_an_address(capsys, faces, tmp_path):
     empty = tmp_path / "s.json"
     empty.write_text("{}")
-    message = _one_line(
+    message = cli_error(
         capsys, "train", faces, "--out", tmp_path / "m.zarr", "--scheduler-file", empty
     )
     assert str(empty) in message and "no scheduler address" in message
 
 
 def test_images_too_large_for_memory_are_refused_at_once(capsys, tmp_path):
-    message = _one_line(
+    message = cli_error(
         capsys, "synth", "--out", tmp_path / "f.zarr", "--subjects", "2", "--size",
-        "100000", *LOCAL, seconds=20,
+        "100000", *LOCAL_CLUSTER, seconds=20,
     )  # fmt: skip
     assert "100000x100000" in message and "needs about" in message
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photos / "AF01NES.JPG")
-    message = _one_line(
+    message = cli_error(
         capsys, "ingest", photos, "--out", tmp_path / "i.zarr", "--size", "100000",
-        *LOCAL, seconds=20,
+        *LOCAL_CLUSTER, seconds=20,
     )  # fmt: skip
     assert "100000x100000" in message and "needs about" in message
 
@@ -92,9 +71,9 @@ def test_open_model_of_nothing():
 
 
 def test_a_failing_task_is_one_line_without_worker_logs(capsys, faces, tmp_path):
-    message = _one_line(
+    message = cli_error(
         capsys, "train", faces, "--out", tmp_path / "m.zarr", "--lam", "1e-300",
-        "--field", "5", "--targets", "happy", *LOCAL,
+        "--field", "5", "--targets", "happy", *LOCAL_CLUSTER,
     )  # fmt: skip
     assert "singular" in message
 
@@ -106,7 +85,7 @@ def test_an_unexpected_failure_is_one_line_with_exit_1(
         raise RuntimeError("something unforeseen")
 
     monkeypatch.setattr("dmask.evaluation.evaluate.evaluate", broken)
-    message = _one_line(capsys, "evaluate", model_path, faces, *LOCAL, code=1)
+    message = cli_error(capsys, "evaluate", model_path, faces, *LOCAL_CLUSTER, code=1)
     assert "RuntimeError: something unforeseen" in message
 
 
@@ -128,20 +107,26 @@ def test_outputs_and_inputs_checked_before_the_work(
     capsys, faces, model_path, tmp_path
 ):
     nowhere = tmp_path / "no" / "such" / "folder"
-    message = _one_line(
-        capsys, "evaluate", model_path, faces, "--csv", nowhere / "e.csv", *LOCAL
+    message = cli_error(
+        capsys,
+        "evaluate",
+        model_path,
+        faces,
+        "--csv",
+        nowhere / "e.csv",
+        *LOCAL_CLUSTER,
     )
     assert "does not exist" in message and "e.csv" in message
-    message = _one_line(
+    message = cli_error(
         capsys, "train", faces, "--out", tmp_path / "m.zarr", "--report",
-        nowhere / "r.html", *LOCAL,
+        nowhere / "r.html", *LOCAL_CLUSTER,
     )  # fmt: skip
     assert "r.html" in message and not (tmp_path / "m.zarr").exists()
-    message = _one_line(capsys, "tune", faces, "--sizes", "0", *LOCAL)
+    message = cli_error(capsys, "tune", faces, "--sizes", "0", *LOCAL_CLUSTER)
     assert "--sizes" in message
-    message = _one_line(
+    message = cli_error(
         capsys, "report", model_path, faces, "--out", tmp_path / "r.html",
-        "--photographs", nowhere, tmp_path, *LOCAL,
+        "--photographs", nowhere, tmp_path, *LOCAL_CLUSTER,
     )  # fmt: skip
     assert str(nowhere) in message
 
@@ -157,7 +142,7 @@ def test_a_configuration_section_that_is_not_a_mapping():
 def test_a_text_file_given_as_weights(capsys, tmp_path):
     text = tmp_path / "weights.npz"
     text.write_text("a note, not weights")
-    message = _one_line(
+    message = cli_error(
         capsys, "import", text, "--out", tmp_path / "m.zarr", "--size", "24", "20"
     )
     assert "not a scipy.sparse .npz file" in message
@@ -167,8 +152,14 @@ def test_pngs_are_never_written_inside_a_store(capsys, model_path, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(photos / "a.png")
-    message = _one_line(
-        capsys, "apply", model_path, photos, "--out", model_path / "pngs", *LOCAL
+    message = cli_error(
+        capsys,
+        "apply",
+        model_path,
+        photos,
+        "--out",
+        model_path / "pngs",
+        *LOCAL_CLUSTER,
     )
     assert "inside the Zarr store" in message
 
@@ -196,7 +187,16 @@ def test_a_resumed_run_counts_the_problems_it_solved(
     monkeypatch.undo()
     done = int(read_model_progress(out).tile_complete.sum())
     assert 0 < done < 4
-    argv = ["train", faces, "--out", out, "--targets", "happy", "--resume", *LOCAL]
+    argv = [
+        "train",
+        faces,
+        "--out",
+        out,
+        "--targets",
+        "happy",
+        "--resume",
+        *LOCAL_CLUSTER,
+    ]
     assert main([str(a) for a in argv]) == 0
     summary = next(x for x in capsys.readouterr().out.splitlines() if "summary" in x)
     assert f"problems solved {(4 - done) * 12 * 10 * 3}," in summary, summary
@@ -208,9 +208,9 @@ def test_a_configuration_file_with_a_section_that_is_not_a_mapping(
     bad = tmp_path / "bad.yaml"
     bad.write_text("dmask:\n  cluster: 5\n")
     try:
-        message = _one_line(
+        message = cli_error(
             capsys, "train", faces, "--out", tmp_path / "m.zarr", "--config", bad,
-            *LOCAL,
+            *LOCAL_CLUSTER,
         )  # fmt: skip
     finally:
         dask.config.refresh()  # the file was merged into this process's config

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_model_close
+from helpers import LOCAL_CLUSTER, assert_model_close, cli_error
 
 import dmask
 from dmask.cli import main
@@ -16,22 +16,23 @@ from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.graph import fit_tasks
 from dmask.io import dataset_store, stores
 
-LOCAL = ["--workers", "1", "--threads", "--dashboard-address", ":0"]
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory):
-    path = tmp_path_factory.mktemp("faces") / "faces.zarr"
-    make_synthetic_dataset(path, 6, (24, 20), seed=3, test_fraction=0.34)
-    return path
-
 
 @pytest.fixture
 def kept(faces, tmp_path):
     """A finished model at ``keep.zarr`` and a copy of its numbers."""
     path = tmp_path / "keep.zarr"
     assert (
-        main(["train", str(faces), "--out", str(path), "--targets", "happy", *LOCAL])
+        main(
+            [
+                "train",
+                str(faces),
+                "--out",
+                str(path),
+                "--targets",
+                "happy",
+                *LOCAL_CLUSTER,
+            ]
+        )
         == 0
     )
     model = dmask.open_model(path)
@@ -44,31 +45,24 @@ def _unchanged(path, numbers):
     assert not (path.parent / f".{path.name}{stores.STAGING_SUFFIX}").exists()
 
 
-def _fails(capsys, *argv):
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def test_bad_settings_keep_the_old_model(capsys, faces, kept, tmp_path):
     path, numbers = kept
-    train = ["train", faces, "--out", path, "--overwrite", *LOCAL]
-    assert "nonsense" in _fails(capsys, *train, "--targets", "nonsense")
+    train = ["train", faces, "--out", path, "--overwrite", *LOCAL_CLUSTER]
+    assert "nonsense" in cli_error(capsys, *train, "--targets", "nonsense")
     _unchanged(path, numbers)
-    assert "field" in _fails(capsys, *train, "--field", "4")
+    assert "field" in cli_error(capsys, *train, "--field", "4")
     _unchanged(path, numbers)
     missing = tmp_path / "missing.zarr"
-    message = _fails(capsys, "train", missing, "--out", path, "--overwrite", *LOCAL)
+    message = cli_error(
+        capsys, "train", missing, "--out", path, "--overwrite", *LOCAL_CLUSTER
+    )
     assert str(missing) in message
     _unchanged(path, numbers)
 
 
 def test_unreachable_scheduler_keeps_the_old_model(capsys, faces, kept):
     path, numbers = kept
-    message = _fails(
+    message = cli_error(
         capsys, "train", faces, "--out", path, "--overwrite",
         "--scheduler", "tcp://127.0.0.1:1",
     )  # fmt: skip
@@ -79,18 +73,24 @@ def test_unreachable_scheduler_keeps_the_old_model(capsys, faces, kept):
 def test_failed_apply_and_import_keep_the_old_output(capsys, faces, kept, tmp_path):
     path, numbers = kept
     out = tmp_path / "out.zarr"
-    assert main(["apply", str(path), str(faces), "--out", str(out), *LOCAL]) == 0
+    assert (
+        main(["apply", str(path), str(faces), "--out", str(out), *LOCAL_CLUSTER]) == 0
+    )
     before = dataset_store.open_dataset(out)["images"].values.copy()
     other = tmp_path / "other.zarr"
     make_synthetic_dataset(other, 2, (32, 20), test_fraction=0)
-    message = _fails(capsys, "apply", path, other, "--out", out, "--overwrite", *LOCAL)
+    message = cli_error(
+        capsys, "apply", path, other, "--out", out, "--overwrite", *LOCAL_CLUSTER
+    )
     assert "32x20x3" in message
     np.testing.assert_array_equal(
         dataset_store.open_dataset(out)["images"].values, before
     )
     text = tmp_path / "weights.npz"
     text.write_text("not a weight file")
-    _fails(capsys, "import", text, "--out", path, "--overwrite", "--size", "24", "20")
+    cli_error(
+        capsys, "import", text, "--out", path, "--overwrite", "--size", "24", "20"
+    )
     _unchanged(path, numbers)
 
 

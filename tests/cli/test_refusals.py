@@ -5,13 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers import random_pairs
+from helpers import LOCAL_CLUSTER, cli_error, random_pairs
 
 import dmask
-from dmask.cli import main
 from dmask.datasets.synthetic import make_synthetic_dataset
-
-LOCAL = ["--workers", "1", "--threads", "--dashboard-address", "127.0.0.1:0"]
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +18,11 @@ def small(tmp_path_factory):
     return path
 
 
-def _refused(capsys, *argv, seconds=30.0):
-    started = time.perf_counter()
-    code = main([str(a) for a in argv])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(err) == 1, err
-    assert time.perf_counter() - started < seconds
-    return err[0]
-
-
 def test_a_field_larger_than_the_image(capsys, small, tmp_path, rng):
     out = tmp_path / "m.zarr"
-    message = _refused(capsys, "train", small, "--out", out, "--field", "33", *LOCAL)
+    message = cli_error(
+        capsys, "train", small, "--out", out, "--field", "33", *LOCAL_CLUSTER
+    )
     assert "field 33" in message and "16x16" in message and "at most 16" in message
     assert not out.exists()
     sources, targets = random_pairs(rng, 4, 48, 40, 1)
@@ -44,9 +33,9 @@ def test_a_field_larger_than_the_image(capsys, small, tmp_path, rng):
 def test_a_graph_too_large(capsys, small, tmp_path):
     out = tmp_path / "m.zarr"
     with dmask.set_options(max_tasks=1000):
-        message = _refused(
+        message = cli_error(
             capsys, "train", small, "--out", out, "--tile", "1", "1",
-            "--sample-block", "1", *LOCAL,
+            "--sample-block", "1", *LOCAL_CLUSTER,
         )  # fmt: skip
     assert "tasks" in message and "max-tasks" in message and "1,000" in message
     assert not out.exists()
@@ -54,9 +43,9 @@ def test_a_graph_too_large(capsys, small, tmp_path):
 
 def test_workers_with_too_little_memory(capsys, small, tmp_path):
     out = tmp_path / "m.zarr"
-    message = _refused(
+    message = cli_error(
         capsys, "train", small, "--out", out, "--field", "9", "--memory-limit",
-        "1MB", "--threads-per-worker", "1", *LOCAL,
+        "1MB", "--threads-per-worker", "1", *LOCAL_CLUSTER,
     )  # fmt: skip
     assert "needs about" in message and "worker thread has 1.0 MB" in message
 
@@ -87,7 +76,7 @@ def test_a_run_that_makes_no_progress_stops(rng):
 
 def test_worker_processes_with_too_little_memory(capsys, small, tmp_path):
     """The case that used to hang at 0%: refused before the first computation."""
-    message = _refused(
+    message = cli_error(
         capsys, "train", small, "--out", tmp_path / "m.zarr", "--memory-limit", "1MB",
         "--workers", "1", "--dashboard-address", "127.0.0.1:0",
     )  # fmt: skip

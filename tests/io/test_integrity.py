@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import LOCAL_CLUSTER, cli_error
 
 import dmask
 from dmask.cli import main
 from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.io import dataset_store, integrity
-
-LOCAL = ["--workers", "1", "--threads", "--dashboard-address", ":0"]
 
 
 @pytest.fixture
@@ -43,13 +42,6 @@ def _chunks(store: Path, array: str) -> list[Path]:
     )
 
 
-def _one_line(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1, err
-    return code, err[0]
-
-
 def test_finished_stores_record_their_chunks(faces, model_path):
     for store in (faces, model_path):
         manifest = json.loads((store / integrity.MANIFEST).read_text())
@@ -71,19 +63,21 @@ def test_a_missing_weight_chunk_is_refused_before_anything_is_written(
     with pytest.raises(dmask.StoreError, match=f"missing chunk {key}"):
         dmask.open_model(model_path)
     out = tmp_path / "out.zarr"
-    code, message = _one_line(capsys, "apply", model_path, faces, "--out", out, *LOCAL)
-    assert code != 0 and str(model_path) in message and key in message
+    message = cli_error(
+        capsys, "apply", model_path, faces, "--out", out, *LOCAL_CLUSTER
+    )
+    assert str(model_path) in message and key in message
     assert not out.exists()
-    code, message = _one_line(capsys, "evaluate", model_path, faces, *LOCAL)
-    assert code != 0 and "missing chunk" in message
+    message = cli_error(capsys, "evaluate", model_path, faces, *LOCAL_CLUSTER)
+    assert "missing chunk" in message
 
 
 def test_a_missing_image_chunk_is_refused_before_training(capsys, faces, tmp_path):
     lost = _chunks(faces, "images")[0]
     lost.unlink()
     out = tmp_path / "m.zarr"
-    code, message = _one_line(capsys, "train", faces, "--out", out, *LOCAL)
-    assert code != 0 and "missing chunk" in message and str(faces) in message
+    message = cli_error(capsys, "train", faces, "--out", out, *LOCAL_CLUSTER)
+    assert "missing chunk" in message and str(faces) in message
     assert not out.exists()
 
 
@@ -94,12 +88,12 @@ def test_verify_decodes_every_chunk(capsys, model_path):
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)  # same size, garbled
     damaged.write_bytes(bytes(data))
-    code, message = _one_line(capsys, "verify", model_path)
-    assert code != 0 and "bias" in message and "cannot be read" in message
+    message = cli_error(capsys, "verify", model_path)
+    assert "bias" in message and "cannot be read" in message
     truncated = _chunks(model_path, "weight")[0]
     truncated.write_bytes(truncated.read_bytes()[:10])
-    code, message = _one_line(capsys, "verify", model_path)
-    assert code != 0 and "damaged chunk" in message
+    message = cli_error(capsys, "verify", model_path)
+    assert "damaged chunk" in message
 
 
 def test_stores_without_a_manifest_still_open(model_path):
