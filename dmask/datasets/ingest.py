@@ -297,11 +297,6 @@ def _report_path(out: str | os.PathLike) -> str:
     return str(out).rstrip("/").rstrip(os.sep) + ".report.txt"
 
 
-def _remove_report(path: str) -> None:
-    if "://" not in path and os.path.lexists(path):
-        os.remove(path)
-
-
 def _resolve_size(
     size: tuple[int, int] | None,
     crop: str,
@@ -517,7 +512,6 @@ def ingest(
         dtype=dtype,
         overwrite=overwrite,
     )
-    _remove_report(report_path)
     path = locations.store_path(written)
     write = dask.delayed(write_samples, pure=True)
     tasks = [
@@ -545,7 +539,7 @@ def ingest(
     runtime.compute(*tasks)
 
     report.lines = [*lines, report.summary()]
+    stores.finalize_store(written)  # then the report of the store now in place
     atomic.write_text(report_path, "\n".join(report.lines) + "\n")
-    stores.finalize_store(written)
     logger.info("ingest: %s", report.summary())
     return report

@@ -12,7 +12,7 @@ import xarray as xr
 from dmask.datasets.drawing import EXPRESSIONS, render_face, subject_params
 from dmask.errors import InputError
 from dmask.graph import runtime
-from dmask.io import dataset_store, locks, stores
+from dmask.io import dataset_store, locations, locks, stores
 
 __all__ = ["EXPRESSIONS", "render_samples", "make_synthetic_dataset"]
 
@@ -139,7 +139,15 @@ def make_synthetic_dataset(
     )
     task = dask.delayed(render_and_write, pure=True)
     tasks = [
-        task(written, int(seed), n_subjects, s0, min(n, s0 + block), height, width)
+        task(
+            locations.store_path(written),
+            int(seed),
+            n_subjects,
+            s0,
+            min(n, s0 + block),
+            height,
+            width,
+        )
         for s0 in range(0, n, block)
     ]
     logger.info(

@@ -71,11 +71,14 @@ def _read_manifest(fs: Any, root: str, path: str) -> dict[str, int] | None:
         raise StoreError(f"store {path}: unreadable {MANIFEST} ({exc})") from None
 
 
-def check_manifest(path: str | os.PathLike, kind: str = "") -> int:
+def check_manifest(
+    path: str | os.PathLike, kind: str = "", required: bool = False
+) -> int:
     """Refuse a store whose recorded chunks are missing or changed in size.
 
     Returns the number of chunks checked (0 for a store written before
-    manifests, which is accepted as it is).
+    manifests, which is accepted as it is unless ``required``: its attributes
+    say it has one).
 
     Raises
     ------
@@ -84,10 +87,12 @@ def check_manifest(path: str | os.PathLike, kind: str = "") -> int:
     """
     fs, root = _filesystem(path)
     recorded = _read_manifest(fs, root, str(path))
+    what = f"{kind} store" if kind else "store"
     if recorded is None:
+        if required:
+            raise StoreError(f"{what} {path} has lost its chunk manifest {MANIFEST}")
         return 0
     present = _chunk_files(fs, root)
-    what = f"{kind} store" if kind else "store"
     missing = [key for key in recorded if key not in present]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""

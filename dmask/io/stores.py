@@ -107,6 +107,18 @@ def _remove(path: str) -> None:
         fs.rm(location, recursive=True)
 
 
+def _remove_old_copies(path: str) -> None:
+    """Remove old outputs a swap moved aside and a crash left behind."""
+    import glob
+
+    text = path.rstrip("/" + os.sep)
+    head, name = os.path.split(text)
+    for old in glob.glob(
+        os.path.join(head or ".", f".{glob.escape(name)}.dmask-old-*")
+    ):
+        _remove(old)
+
+
 def _swap_in(staged: str, final: str) -> None:
     """Put the finished store ``staged`` at ``final``; the old one goes last."""
     if is_local(final):
@@ -118,13 +130,25 @@ def _swap_in(staged: str, final: str) -> None:
         if old is not None:
             _remove(old)
         return
+    # Object stores have no rename: the new store is copied over. The old one's
+    # root metadata goes first, so that from then on it cannot be opened (never
+    # a mix of old and new chunks), and the new root metadata is copied last:
+    # a copy that fails half-way leaves no readable store at ``final`` while
+    # the complete staging store stays where it is, for another try.
     import fsspec
 
     fs, location = fsspec.core.url_to_fs(final)
-    _, staged_location = fsspec.core.url_to_fs(staged)
-    if fs.exists(location):  # object stores have no rename: copy, then delete
+    _, source = fsspec.core.url_to_fs(staged)
+    if fs.exists(location):
+        root = f"{location}/zarr.json"
+        if fs.exists(root):
+            fs.rm(root)
         fs.rm(location, recursive=True)
-    fs.mv(staged_location, location, recursive=True)
+    files = sorted(fs.find(source))
+    last = {f"{source}/zarr.json", f"{source}/{integrity.MANIFEST}"}
+    for name in [f for f in files if f not in last] + [f for f in files if f in last]:
+        fs.copy(name, location + name[len(source) :])
+    fs.rm(source, recursive=True)
 
 
 def prepare_output(
@@ -160,8 +184,13 @@ def prepare_output(
         another live run is writing it.
     """
     path = str(path)
+    if replaced_path(path) is not None:
+        raise StoreError(
+            f"output store {path}: names ending in {STAGING_SUFFIX} are dmask's own"
+        )
     if is_local(path):
         check_parent(path)
+        _remove_old_copies(path)
         holder = read_lock(lock_path(path))
         if holder is not None and not is_self(holder) and alive(holder):
             refuse_locked(path, holder)
@@ -204,7 +233,7 @@ def open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.D
         raise StoreError(
             f"{kind} store {path} is incomplete (the run that wrote it did not finish)"
         )
-    integrity.check_manifest(path, kind)
+    integrity.check_manifest(path, kind, required=bool(ds.attrs.get("chunk_manifest")))
     return ds
 
 
@@ -214,11 +243,11 @@ def finalize_store(path: str | os.PathLike, **attrs: Any) -> str:
     A staging store (from :func:`prepare_output`) then replaces the output it
     was written for. Returns where the finished store is.
     """
+    integrity.write_manifest(path)  # first: a complete store always has one
     with quiet_zarr():
         group = zarr.open_group(str(path), mode="r+")
-        group.attrs.update({**attrs, "complete": True})
+        group.attrs.update({**attrs, "complete": True, "chunk_manifest": True})
         zarr.consolidate_metadata(str(path))
-    integrity.write_manifest(path)
     final = replaced_path(path)
     if final is None:
         return str(path)

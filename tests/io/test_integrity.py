@@ -18,6 +18,7 @@ import dmask
 from dmask.cli import main
 from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.io import dataset_store, integrity
+from dmask.io.stores import quiet_zarr
 
 
 @pytest.fixture
@@ -96,7 +97,15 @@ def test_verify_decodes_every_chunk(capsys, model_path):
     assert "damaged chunk" in message
 
 
-def test_stores_without_a_manifest_still_open(model_path):
+def test_stores_written_before_manifests_still_open(model_path):
+    import zarr
+
     (model_path / integrity.MANIFEST).unlink()
+    with pytest.raises(dmask.StoreError, match="lost its chunk manifest"):
+        dmask.open_model(model_path)
+    with quiet_zarr():  # as a store written before manifests
+        group = zarr.open_group(str(model_path), mode="r+")
+        del group.attrs["chunk_manifest"]
+        zarr.consolidate_metadata(str(model_path))
     model = dmask.open_model(model_path)
     assert np.isfinite(model.weights("happy").values).all()
