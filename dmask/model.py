@@ -257,11 +257,18 @@ def fit(
     if store is None:
         return _fit_planned(
             **settings, store=None, tile_shape=tile_shape, sample_block=sample_block,
-            method=method, previous=None,
+            method=method, previous=None, previous_path=None,
         )  # fmt: skip
     store = locations.store_path(store)
     with locks.output_lock(store):
-        previous = model_store.read_model_progress(store) if resume else None
+        previous, previous_path = None, None
+        if resume:  # an --overwrite run that did not finish wrote its staging store
+            staged = stores.staging_path(store)
+            unfinished = model_store.read_model_progress(staged)
+            if unfinished is not None and not unfinished.complete:
+                previous, previous_path = unfinished, staged
+            else:
+                previous, previous_path = model_store.read_model_progress(store), store
         if previous is not None:  # the unfinished run's plan, for the same sums
             for key in ("tile_shape", "sample_block", "statistics_method"):
                 if key not in previous.attrs:
@@ -271,7 +278,7 @@ def fit(
             method = str(previous.attrs["statistics_method"])
         return _fit_planned(
             **settings, store=store, tile_shape=tile_shape, sample_block=sample_block,
-            method=method, previous=previous,
+            method=method, previous=previous, previous_path=previous_path,
         )  # fmt: skip
 
 
@@ -299,6 +306,7 @@ def _fit_planned(
     memory_limit: int | None,
     method: str,
     previous: model_store.ModelProgress | None,
+    previous_path: str | None = None,
 ) -> Model:
     """The part of :func:`fit` after inputs and bounds are known."""
     plan = _checked_plan(
@@ -340,7 +348,7 @@ def _fit_planned(
             logger.info(
                 "resuming %s: %d of %d tiles left", store, len(plan.tiles), done.size
             )
-            written = store
+            written = previous_path or store
         else:
             written = model_store.create_model_template(
                 store, names, (height, width), channels, field, plan.tile_shape,
@@ -397,6 +405,9 @@ def _checked_plan(
     lam_grid: tuple[float, ...] | None,
 ) -> FitPlan:
     """The fit's plan, refused if it cannot finish (too many or too large tasks)."""
+    per_thread = runtime.memory_per_thread()
+    if memory_limit is None:  # the planner aims below what a thread has
+        memory_limit = min(runtime.task_memory_budget(), int(0.8 * per_thread))
     plan = plan_fit(
         n,
         image_shape,
@@ -405,11 +416,11 @@ def _checked_plan(
         n_targets,
         tile_shape=tile_shape,
         sample_block=sample_block,
-        memory_limit=memory_limit or runtime.task_memory_budget(),
+        memory_limit=memory_limit,
         method=method,
         n_lams=len(lam_grid) if lam_grid else 0,
     )
-    check_plan(plan, options.get("max-tasks"), runtime.memory_per_thread())
+    check_plan(plan, options.get("max-tasks"), per_thread, selecting=bool(lam_grid))
     return plan
 
 

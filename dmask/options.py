@@ -89,6 +89,15 @@ def _seconds(key: str, value: Any) -> float | None:
     return number
 
 
+def _positive(key: str, value: Any) -> int:
+    number = _count(key, value)
+    if number is None or number < 1:
+        raise DmaskError(
+            f"configuration dmask.{key} must be a positive integer, got {value!r}"
+        )
+    return number
+
+
 def _text(key: str, value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -97,7 +106,7 @@ def _text(key: str, value: Any) -> str | None:
 KEYS: dict[str, Callable[[str, Any], Any]] = {
     "kernels": _choice("numba", "numpy"),
     "progress": _flag,
-    "max-tasks": _count,
+    "max-tasks": _positive,
     "stall-timeout": _seconds,
     "cluster.scheduler": _text,
     "cluster.scheduler-file": _text,
@@ -186,7 +195,25 @@ def get(key: str) -> Any:
                 f"configuration dmask.{section} must be a mapping of settings "
                 f"(such as {key.rsplit('.', 1)[1]}), got {found!r}"
             )
-    return KEYS[key](key, dask.config.get(f"dmask.{key}", default=None))
+    value = dask.config.get(f"dmask.{key}", default=None)
+    if value is None:  # not in the configuration (a dask.config.set block may
+        value = _packaged(key)  # have dropped the defaults): the packaged one
+    return KEYS[key](key, value)
+
+
+@functools.cache
+def _packaged_defaults() -> dict[str, Any]:
+    import yaml
+
+    with open(_DEFAULTS) as handle:
+        return yaml.safe_load(handle)["dmask"]
+
+
+def _packaged(key: str) -> Any:
+    value: Any = _packaged_defaults()
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 class set_options:

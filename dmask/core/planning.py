@@ -356,14 +356,23 @@ def check_field(field: int, image_shape: Sequence[int], name: str = "images") ->
         )
 
 
-def task_count(plan: FitPlan) -> int:
-    """Tasks of a fit: per tile, one per sample block, their sums, a solve."""
+def task_count(plan: FitPlan, selecting: bool = False) -> int:
+    """About the tasks of a fit's graph, input reads left out.
+
+    Per tile: one statistics task per sample block, the sums of their tree, a
+    solve and a write (one task for statistics and solve with one block); with
+    penalties chosen per pixel, a factor and a scoring task per block more.
+    """
     blocks = len(plan.blocks)
-    per_tile = 1 if blocks == 1 else 2 * blocks
+    per_tile = 2 if blocks == 1 else 2 * blocks + 1
+    if selecting:
+        per_tile += 2 * blocks + 1
     return len(plan.tiles) * per_tile
 
 
-def check_plan(plan: FitPlan, max_tasks: int, memory_per_task: int | None) -> None:
+def check_plan(
+    plan: FitPlan, max_tasks: int, memory_per_task: int | None, selecting: bool = False
+) -> None:
     """Refuse a fit that cannot finish: too many tasks, or tasks too large.
 
     Parameters
@@ -375,10 +384,10 @@ def check_plan(plan: FitPlan, max_tasks: int, memory_per_task: int | None) -> No
     memory_per_task : int, optional
         Bytes a worker thread has (a worker's memory limit over its threads).
     """
-    tasks = task_count(plan)
+    tasks = task_count(plan, selecting)
     if tasks > max_tasks:
         raise InputError(
-            f"this fit would make {tasks:,} tasks ({len(plan.tiles):,} tiles of "
+            f"this fit would make about {tasks:,} tasks ({len(plan.tiles):,} tiles of "
             f"{plan.tile_shape[0]}x{plan.tile_shape[1]}, {len(plan.blocks):,} sample "
             f"blocks of {plan.sample_block}), over the limit of {max_tasks:,} "
             "(option max-tasks): use larger tiles or sample blocks"

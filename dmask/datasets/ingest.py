@@ -399,12 +399,13 @@ def ingest(
     )
     if block is not None and int(block) < 1:
         raise InputError(f"block must be a positive integer, got {block!r}")
-    if size is not None:  # a task holds its files' faces resized, as float64
-        first = _chunks(1 << 30, size, channels or 3, 2)[0]
+    if size is not None:  # a task's block of faces (16 bit at most), one face's
+        n_channels = channels or 3  # float64 temporaries, and its photograph
+        first = _chunks(1 << 30, size, n_channels, 1)[0]
         span = first * max(1, round(int(block) / first)) if block else first
+        pixels = size[0] * size[1] * n_channels
         runtime.check_task_memory(
-            span * size[0] * size[1] * (channels or 3) * 8 * 2,
-            f"faces of {size[0]}x{size[1]}",
+            span * pixels * 2 + 4 * pixels * 8, f"faces of {size[0]}x{size[1]}"
         )
     _check_paths(folder, out)
     if not overwrite:

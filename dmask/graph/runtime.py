@@ -96,11 +96,11 @@ def _watchdog(client: Any, futures: Any) -> Iterator[Any]:
     """Cancel a distributed computation in which no task changes state for long.
 
     A thread asks the scheduler every few seconds for its count of task
-    transitions and for the tasks running on workers that are not paused; when
-    the count has not moved for ``stall-timeout`` seconds and nothing runs
-    (paused or lost workers, a cluster without workers) the futures are
-    cancelled. A long task that is running counts as progress. Yields a
-    function telling whether the computation was cancelled so.
+    transitions and for the tasks executing on any worker; when the count has
+    not moved for ``stall-timeout`` seconds and nothing executes (workers paused
+    with nothing running, lost, or none at all) the futures are cancelled. A
+    long task that is executing counts as progress, on a paused worker too.
+    Yields a function telling whether the computation was cancelled so.
     """
     timeout = options.get("stall-timeout")
     stalled = threading.Event()
@@ -116,10 +116,9 @@ def _watchdog(client: Any, futures: Any) -> Iterator[Any]:
                 count, running = client.run_on_scheduler(
                     lambda dask_scheduler: (
                         dask_scheduler.transition_counter,
-                        sum(
-                            len(ws.processing)
+                        sum(  # executing now, on any worker (paused ones too)
+                            ws.metrics.get("task_counts", {}).get("executing", 0)
                             for ws in dask_scheduler.workers.values()
-                            if ws.status.name == "running"
                         ),
                     )
                 )

@@ -56,6 +56,10 @@ def quiet_zarr() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Zarr V3 specification.*")
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        # dmask's own file beside the arrays (integrity.MANIFEST)
+        warnings.filterwarnings(
+            "ignore", message=".*dmask-chunks.json is not recognized.*"
+        )
         yield
 
 

@@ -113,3 +113,28 @@ def test_a_crash_while_writing_keeps_the_old_model(faces, kept, monkeypatch):
     assert replaced.field == 5 and dmask.open_model(path).field == 5
     leftovers = [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_resume_finishes_a_crashed_overwrite(faces, kept, monkeypatch):
+    path, numbers = kept
+    ds = dataset_store.open_dataset(faces)
+    src, tgt = dataset_store.select_pairs(ds, "neutral", ["happy"], "train")
+    real = fit_tasks.write_model_tile
+    calls = []
+
+    def crash_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_tasks, "write_model_tile", crash_after_one)
+    with pytest.raises(RuntimeError, match="killed"):
+        dmask.fit(src, tgt, lam=1.0, store=path, overwrite=True, tile_shape=(12, 10))
+    monkeypatch.undo()
+    assert_model_close(dmask.open_model(path), numbers, atol=0)  # still the old one
+    resumed = dmask.fit(src, tgt, lam=1.0, store=path, resume=True)
+    fresh = dmask.fit(src, tgt, lam=1.0, tile_shape=(12, 10))
+    assert resumed.lam == 1.0
+    assert_model_close(dmask.open_model(path), fresh, atol=0)
+    assert not [p.name for p in path.parent.iterdir() if p.name.startswith(".")]

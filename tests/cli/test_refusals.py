@@ -81,3 +81,18 @@ def test_worker_processes_with_too_little_memory(capsys, small, tmp_path):
         "--workers", "1", "--dashboard-address", "127.0.0.1:0",
     )  # fmt: skip
     assert "worker thread has" in message
+
+
+def test_a_long_task_is_not_taken_for_a_stall():
+    import dask
+    from distributed import Client, LocalCluster
+
+    from dmask.graph import runtime
+
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster),
+        dmask.set_options(stall_timeout=1),
+    ):
+        (slept,) = runtime.compute(dask.delayed(time.sleep)(4))
+    assert slept is None
