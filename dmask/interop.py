@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from dmask.checks import NORMALIZATIONS, SINGLE_TARGET
 from dmask.core.planning import tile_grid
 from dmask.errors import InputError
 from dmask.io import atomic, model_store
@@ -35,7 +36,7 @@ from dmask.io.reference import (
     unpack,
     window_csr,
 )
-from dmask.model import NORMALIZATIONS, SINGLE_TARGET, Model
+from dmask.model import Model
 
 logger = logging.getLogger(__name__)
 

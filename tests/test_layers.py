@@ -29,6 +29,7 @@ TIERS: tuple[tuple[str, ...], ...] = (
     ("core",),  # numpy, numba and scipy; no dask, distributed, zarr or xarray
     ("io",),
     ("graph",),
+    ("checks",),  # a fit's checks before any work: below the model that runs them
     ("datasets", "model"),
     ("interop", "apply", "evaluation", "report", "dmask"),
     ("cluster",),

@@ -56,13 +56,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> None:
+    from dmask.checks import check_settings
     from dmask.core.planning import check_field, plan_tiles
     from dmask.datasets.drawing import EXPRESSIONS
     from dmask.io.dataset_store import open_dataset, other_expressions, stored_pairs
     from dmask.io.locations import same_store
     from dmask.io.model_store import read_model_progress
     from dmask.io.stores import prepare_output
-    from dmask.model import check_settings, fit
+    from dmask.model import fit
 
     check_settings(args.field, args.lam, args.normalize)
     if args.resume and args.overwrite:

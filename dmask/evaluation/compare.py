@@ -12,6 +12,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from dmask.checks import check_settings
 from dmask.core import minmax
 from dmask.errors import InputError
 from dmask.evaluation import baselines, pixelwise
@@ -25,7 +26,6 @@ from dmask.evaluation.metrics import psnr as image_psnr
 from dmask.evaluation.metrics import text_table
 from dmask.graph import inputs, runtime
 from dmask.io import dataset_store
-from dmask.model import check_settings
 from dmask.model import fit as fit_mr
 
 logger = logging.getLogger(__name__)

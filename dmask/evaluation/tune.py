@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dmask.checks import check_settings
 from dmask.core import minmax
 from dmask.errors import InputError
 from dmask.evaluation.baselines import FullRidge
@@ -24,7 +25,7 @@ from dmask.evaluation.evaluate import evaluate
 from dmask.evaluation.metrics import psnr
 from dmask.graph import inputs
 from dmask.io import dataset_store
-from dmask.model import check_settings, fit
+from dmask.model import fit
 
 __all__ = ["best_setting", "training_size_curve", "tune"]
 
