@@ -142,6 +142,8 @@ def _fill(config: dict[str, Any], defaults: dict[str, Any]) -> None:
     import copy
 
     for key, value in defaults.items():
+        # dask reads DASK_DMASK__MAX_TASKS as max_tasks: "-" and "_" are one
+        key = next((k for k in (key, key.replace("-", "_")) if k in config), key)
         if key not in config or (config[key] is None and isinstance(value, dict)):
             config[key] = copy.deepcopy(value)
         elif isinstance(value, dict) and isinstance(config[key], dict):
