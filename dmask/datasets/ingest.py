@@ -15,7 +15,7 @@ from dmask.datasets.layouts import LAYOUTS, ImageRecord, display, scan
 from dmask.errors import InputError
 from dmask.graph import runtime
 from dmask.io import atomic, dataset_store, locations, locks, stores
-from dmask.io.face_crops import CROP_MODES, crop_resize, find_crop
+from dmask.io.face_crops import CROP_MODES, check_size, crop_resize, find_crop
 from dmask.io.photographs import ImageReadError, image_files, read_image
 
 logger = logging.getLogger(__name__)
@@ -271,10 +271,7 @@ def _check_arguments(
         raise InputError("source and target_expression must be non-empty")
     if size is None:
         return None
-    try:
-        height, width = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise InputError(f"size must be (height, width), got {size!r}") from None
+    height, width = check_size(size)
     if height < 8 or width < 8:
         raise InputError(f"size must be at least 8x8, got {height}x{width}")
     return height, width

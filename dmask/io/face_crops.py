@@ -209,7 +209,7 @@ def find_crop(
     return None if face is None else crop_box(image.shape, face, margin)
 
 
-def _check_size(size: Sequence[int]) -> tuple[int, int]:
+def check_size(size: Sequence[int]) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError):
@@ -222,7 +222,7 @@ def _check_size(size: Sequence[int]) -> tuple[int, int]:
 def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Resize to ``size = (H, W)`` with Lanczos filtering, keeping the dtype."""
     image = check_image(image)
-    height, width = _check_size(size)
+    height, width = check_size(size)
     if image.shape[:2] == (height, width):
         return image.copy()
     if image.dtype == np.uint8:
@@ -296,7 +296,7 @@ def prepare_face(
         face.
     """
     image = check_image(image)
-    _check_size(size)
+    check_size(size)
     if channels not in (None, 1, 3):
         raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
     box = find_crop(image, crop, margin)
