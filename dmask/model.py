@@ -318,7 +318,7 @@ class Model:
     Parameters
     ----------
     dataset : xarray.Dataset
-        Model in the layout of :mod:`dmask.storage` (numpy or dask backed).
+        Model in the layout of :mod:`dmask.io.model_store` (numpy or dask backed).
     """
 
     def __init__(self, dataset: xr.Dataset) -> None:

@@ -63,7 +63,7 @@ def local_client(n_workers: int) -> Iterator[distributed.Client]:
     )
     with connect(options) as client:
         client.wait_for_workers(n_workers)
-        client.run(importlib.import_module, "dmask.execution")
+        client.run(importlib.import_module, "dmask.graph.fit_tasks")
         yield client
 
 

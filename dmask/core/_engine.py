@@ -40,7 +40,7 @@ LANES = 8
 
 
 def enabled() -> bool:
-    """Whether :mod:`dmask.kernels` should use these kernels now."""
+    """Whether :mod:`dmask.core` should use these kernels now."""
     from dmask import options
 
     return AVAILABLE and options.get("kernels") != "numpy"

@@ -296,7 +296,7 @@ def training_size_curve(
 
     Each size ``N`` trains on the first ``N`` training subjects (by name, so the
     sets are nested) and scores on the test split. Full ridge regression maps
-    the whole normalised image to the whole image (:class:`dmask.baselines.
+    the whole normalised image to the whole image (:class:`dmask.evaluation.baselines.
     FullRidge`, dual form when ``N`` is below the pixel count) in this process:
     it holds the ``N`` training images of the source and one target in memory.
 
