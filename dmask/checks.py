@@ -128,7 +128,6 @@ def _check_bounds(name: str, low: np.ndarray, high: np.ndarray) -> None:
         )  # fmt: skip
 
 
-#: Attributes that must match for a run to resume another's store.
 def _checked_plan(
     n: int,
     image_shape: tuple[int, int],
@@ -142,9 +141,10 @@ def _checked_plan(
     lam_grid: tuple[float, ...] | None,
 ) -> FitPlan:
     """The fit's plan, refused if it cannot finish (too many or too large tasks)."""
-    per_thread = runtime.memory_per_thread()
+    memory = runtime.thread_memory()  # one question to the scheduler
+    per_thread = memory[0]
     if memory_limit is None:  # the planner aims below what a thread has
-        memory_limit = min(runtime.task_memory_budget(), int(0.8 * per_thread))
+        memory_limit = min(runtime.task_memory_budget(memory), int(0.8 * per_thread))
     plan = plan_fit(
         n,
         image_shape,
@@ -161,6 +161,7 @@ def _checked_plan(
     return plan
 
 
+#: Attributes that must match for a run to resume another's store.
 RESUME_KEYS = (
     "field", "lam", "normalize", "height", "width", "channels", "n_samples",
     "training_fingerprint", "tile_shape", "sample_block", "statistics_method",

@@ -25,6 +25,7 @@ from dmask.checks import (
 )
 from dmask.core import _engine, minmax
 from dmask.core.planning import (
+    FitPlan,
     check_field,
     plan_tiles,
     prediction_tile_shape,
@@ -143,8 +144,9 @@ def fit(
     n, height, width, channels = src.shape
     check_field(field, (height, width), "sources")
     names = list(tgts)
+    plan = None
     if not resume:  # before any work (a resumed run's recorded plan: later)
-        _checked_plan(
+        plan = _checked_plan(
             n, (height, width), channels, field, len(names), tile_shape,
             sample_block, memory_limit, method, lam_grid,
         )  # fmt: skip
@@ -174,6 +176,7 @@ def fit(
         "normalize": normalize, "single": single, "fingerprint": fingerprint,
         "source_bounds": source_bounds, "target_bounds": target_bounds,
         "memory_limit": memory_limit, "overwrite": overwrite, "lam_grid": lam_grid,
+        "plan": plan,
     }  # fmt: skip
     if store is None:
         return _fit_planned(
@@ -228,12 +231,18 @@ def _fit_planned(
     method: str,
     previous: model_store.ModelProgress | None,
     previous_path: str | None = None,
+    plan: FitPlan | None = None,
 ) -> Model:
-    """The part of :func:`fit` after inputs and bounds are known."""
-    plan = _checked_plan(
-        n, (height, width), channels, field, len(names), tile_shape, sample_block,
-        memory_limit, method, lam_grid,
-    )  # fmt: skip
+    """The part of :func:`fit` after inputs and bounds are known.
+
+    ``plan`` is the one checked before the bounds pass; a resumed run plans
+    anew with the settings its store records.
+    """
+    if plan is None or previous is not None:
+        plan = _checked_plan(
+            n, (height, width), channels, field, len(names), tile_shape,
+            sample_block, memory_limit, method, lam_grid,
+        )  # fmt: skip
     logger.info(
         "training %d target(s) on %d pairs of %dx%dx%d: %d tiles of %s, "
         "sample blocks of %d, about %.0f MB per task",

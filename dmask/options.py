@@ -124,11 +124,11 @@ KEYS: dict[str, Callable[[str, Any], Any]] = {
 @functools.cache
 def _register_defaults() -> None:
     """Add dmask's defaults to dask.config (once; user settings still win)."""
-    import dask.config
-    import yaml
+    import copy
 
-    with open(_DEFAULTS) as handle:
-        defaults = yaml.safe_load(handle)
+    import dask.config
+
+    defaults = {"dmask": copy.deepcopy(_packaged_defaults())}
     dask.config.defaults.append(defaults)  # for dask.config.refresh
     _fill(dask.config.config, defaults)
 

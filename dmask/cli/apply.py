@@ -8,7 +8,7 @@ import time
 
 from dmask.cli.common import (
     _add_cluster_options,
-    _check_writable,
+    _check_output_folder,
     _cluster,
     _is_store,
     _positive_int,
@@ -61,10 +61,7 @@ def run(args: argparse.Namespace) -> None:
     if os.path.isdir(args.dataset) and not _is_store(args.dataset):
         _run_folder(args)
         return
-    if args.png:
-        _check_writable(
-            os.path.join(args.png, "x.png") if os.path.isdir(args.png) else args.png
-        )
+    _check_output_folder(args.png)
     prepare_output(args.out, args.overwrite, inputs=[args.model, args.dataset])
     model = open_model(args.model)
     ds = open_dataset(args.dataset)

@@ -189,6 +189,24 @@ def _check_writable(*paths: str | None) -> None:
             raise DmaskError(f"cannot write {path}: folder {parent} is not writable")
 
 
+def _check_output_folder(folder: str | None) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written."""
+    import os
+
+    from dmask.io.locks import check_parent
+
+    if not folder or "://" in str(folder):
+        return
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise DmaskError(f"cannot write into {folder}: it is a file, not a folder")
+    check_parent(os.path.join(folder, "x"))  # the nearest existing folder
+    place = os.path.abspath(folder)
+    while not os.path.exists(place):
+        place = os.path.dirname(place)
+    if not os.access(place, os.W_OK):
+        raise DmaskError(f"cannot write into {folder}: {place} is not writable")
+
+
 def _check_folders(*folders: str | None) -> None:
     """Refuse input folders that are not there."""
     import os

@@ -23,6 +23,7 @@ __all__ = [
     "runs_locally",
     "check_task_memory",
     "memory_per_thread",
+    "thread_memory",
     "task_memory_budget",
 ]
 
@@ -141,8 +142,8 @@ def _watchdog(client: Any, futures: Any) -> Iterator[Any]:
         thread.join(timeout=10)
 
 
-def memory_per_thread() -> int:
-    """Bytes one task may hold at most: the smallest worker memory per thread.
+def thread_memory() -> tuple[int, bool]:
+    """Bytes one task may hold at most, and whether a cluster says so.
 
     On a distributed cluster, the smallest ``memory_limit / nthreads`` of its
     workers (those with a limit); locally, the available memory over the cores.
@@ -157,12 +158,17 @@ def memory_per_thread() -> int:
                 if w.get("memory_limit")
             ]
             if shares:
-                return int(min(shares))
+                return int(min(shares)), True
         except Exception:  # an old or odd scheduler: fall back to local figures
             pass
     import psutil
 
-    return int(psutil.virtual_memory().available / (os.cpu_count() or 1))
+    return int(psutil.virtual_memory().available / (os.cpu_count() or 1)), False
+
+
+def memory_per_thread() -> int:
+    """Bytes one task may hold at most (see :func:`thread_memory`)."""
+    return thread_memory()[0]
 
 
 def check_task_memory(needed: int, what: str) -> None:
@@ -178,31 +184,16 @@ def check_task_memory(needed: int, what: str) -> None:
         )
 
 
-def task_memory_budget() -> int:
+def task_memory_budget(memory: tuple[int, bool] | None = None) -> int:
     """Bytes one task may use: a share of a worker's memory per thread.
 
     On a distributed cluster, 40% of the smallest worker memory limit divided by
     its threads (leaving room below distributed's spill and pause thresholds);
     locally, a quarter of the available memory divided by the cores. Clamped to
-    128 MiB .. 2 GiB.
+    128 MiB .. 2 GiB. ``memory`` is :func:`thread_memory`'s answer, if known.
     """
-    client = current_client()
-    budget = 0
-    if client is not None:
-        try:
-            workers = client.scheduler_info(n_workers=-1)["workers"].values()
-            shares = [
-                0.4 * w["memory_limit"] / max(1, w["nthreads"])
-                for w in workers
-                if w.get("memory_limit")
-            ]
-            budget = int(min(shares)) if shares else 0
-        except Exception:  # an old or odd scheduler: fall back to local figures
-            budget = 0
-    if not budget:
-        import psutil
-
-        budget = int(psutil.virtual_memory().available / 4 / (os.cpu_count() or 1))
+    per_thread, on_cluster = memory or thread_memory()
+    budget = int((0.4 if on_cluster else 0.25) * per_thread)
     return int(min(2 * 2**30, max(128 * 2**20, budget)))
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from dmask.errors import InputError
 
-__all__ = ["atomic_path", "replace_directory", "write_text"]
+__all__ = ["OLD_MARK", "atomic_path", "replace_directory", "write_text"]
+
+#: In the name of an output moved aside while its replacement goes in.
+OLD_MARK = ".old-"
 
 
 @contextlib.contextmanager
@@ -68,7 +71,7 @@ def replace_directory(partial: Path, out_dir: Path, overwrite: bool) -> None:
     if not overwrite:
         raise InputError(f"output directory {out_dir} already exists (pass overwrite)")
     if out_dir.is_dir() and not out_dir.is_symlink():
-        old = partial.parent / f".{out_dir.name}.old-{secrets.token_hex(6)}"
+        old = partial.parent / f".{out_dir.name}{OLD_MARK}{secrets.token_hex(6)}"
         out_dir.rename(old)
         partial.rename(out_dir)
         shutil.rmtree(old, ignore_errors=True)

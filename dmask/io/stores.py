@@ -5,17 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import xarray as xr
 import zarr
 
 from dmask.errors import StoreError
-from dmask.io import integrity
+from dmask.io import atomic, integrity
 from dmask.io.locations import is_local, same_store
 from dmask.io.locks import (
     alive,
@@ -72,17 +72,21 @@ def channel_names(channels: int) -> list[str]:
 STAGING_SUFFIX = ".dmask-staging"
 
 
+def _split(path: str | os.PathLike) -> tuple[str, str, str]:
+    """``(folder, separator, name)`` of a local path or a URL."""
+    text = str(path).rstrip("/" + os.sep)
+    return text.rpartition("/" if "://" in text else os.sep)
+
+
 def staging_path(path: str | os.PathLike) -> str:
     """Where a run writes a store that replaces ``path``: a hidden sibling."""
-    text = str(path).rstrip("/" + os.sep)
-    head, sep, name = text.rpartition("/" if "://" in text else os.sep)
+    head, sep, name = _split(path)
     return f"{head}{sep}.{name}{STAGING_SUFFIX}"
 
 
 def replaced_path(path: str | os.PathLike) -> str | None:
     """The output a staging store replaces, or None for any other store."""
-    text = str(path).rstrip("/" + os.sep)
-    head, sep, name = text.rpartition("/" if "://" in text else os.sep)
+    head, sep, name = _split(path)
     if name.startswith(".") and name.endswith(STAGING_SUFFIX):
         return f"{head}{sep}{name[1 : -len(STAGING_SUFFIX)]}"
     return None
@@ -115,24 +119,16 @@ def _remove_old_copies(path: str) -> None:
     """Remove old outputs a swap moved aside and a crash left behind."""
     import glob
 
-    text = path.rstrip("/" + os.sep)
-    head, name = os.path.split(text)
-    for old in glob.glob(
-        os.path.join(head or ".", f".{glob.escape(name)}.dmask-old-*")
-    ):
+    head, _, name = _split(path)
+    pattern = f".{glob.escape(name)}{atomic.OLD_MARK}*"
+    for old in glob.glob(os.path.join(head or ".", pattern)):
         _remove(old)
 
 
 def _swap_in(staged: str, final: str) -> None:
     """Put the finished store ``staged`` at ``final``; the old one goes last."""
     if is_local(final):
-        old = None
-        if os.path.lexists(final):
-            old = f"{staged[: -len(STAGING_SUFFIX)]}.dmask-old-{secrets.token_hex(4)}"
-            os.replace(final, old)
-        os.replace(staged, final)
-        if old is not None:
-            _remove(old)
+        atomic.replace_directory(Path(staged), Path(final), overwrite=True)
         return
     # Object stores have no rename: the new store is copied over. The old one's
     # root metadata goes first, so that from then on it cannot be opened (never

@@ -41,7 +41,7 @@ DEFAULT_PIXELS = {
 
 
 def _check_rows(
-    rows: Any, name: str, required: Sequence[str] = ()
+    rows: Any, name: str, required: Sequence[str | tuple[str, ...]] = ()
 ) -> list[Mapping[str, Any]]:
     """Rows as a list of mappings holding ``required`` keys."""
     if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence):
@@ -49,10 +49,10 @@ def _check_rows(
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise InputError(f"{name} row {i} must be a dict, got {type(row)}")
-        for key in required:
-            # "a|b": either key (dmask tune writes n_train; other tools n)
-            if not any(k in row for k in key.split("|")):
-                shown = " or ".join(repr(k) for k in key.split("|"))
+        for key in required:  # a tuple: any one of those keys
+            keys = key if isinstance(key, tuple) else (key,)
+            if not any(k in row for k in keys):
+                shown = " or ".join(repr(k) for k in keys)
                 raise InputError(f"{name} row {i} has no {shown}")
     return list(rows)
 
@@ -263,7 +263,7 @@ def write_report(
     size_rows = (
         None
         if size_curve is None
-        else _check_rows(size_curve, "size_curve", ("method", "n_train|n", "mse"))
+        else _check_rows(size_curve, "size_curve", ("method", ("n_train", "n"), "mse"))
     )
     entries = None if photographs is None else _check_photographs(photographs)
 

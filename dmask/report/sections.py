@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from dmask.checks import LAM_SELECTIONS
 from dmask.core import field_maps
 from dmask.core.minmax import normalize_block, normalize_images
 from dmask.errors import InputError, StoreError
@@ -369,7 +370,7 @@ def _mean_by(points: list[tuple[Any, float]]) -> dict[Any, float]:
 def tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
     points = []
     for i, row in enumerate(rows):
-        if row["lam"] in ("gcv", "loo"):  # a penalty per pixel: no point on the axis
+        if row["lam"] in LAM_SELECTIONS:  # a penalty per pixel: no point on the axis
             continue
         field = _number(row, "field", "tuning", i)
         lam = _number(row, "lam", "tuning", i)
