@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_limit=args.memory_limit,
     )
     started = time.perf_counter()
-    with connect(options) as client, set_options(progress=True):
+    # progress bars on a terminal only: a log file gets no carriage-return redraws
+    with connect(options) as client, set_options(progress=sys.stdout.isatty()):
         print(f"dashboard: {client.dashboard_link}", flush=True)
         shape = (args.size, args.width or args.size)
         print(f"[1/7] synthesising {args.subjects} subjects x 7 faces at {shape}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -89,7 +90,8 @@ def _cluster(args: argparse.Namespace) -> Iterator[Any]:
             from distributed import performance_report
 
             report = performance_report(filename=args.report)
-        with report, set_options(progress=True):
+        # the bars redraw a line with carriage returns: for terminals, not log files
+        with report, set_options(progress=sys.stdout.isatty()):
             yield client
         if args.report:
             print(f"performance report: {args.report}")
