@@ -1,9 +1,23 @@
-"""Models to and from the reference implementation's weight files."""
+"""Models to and from the reference implementation's weight files.
+
+The reference MR code and its sibling sparse methods (LSRF, OMP) store a model
+as scipy.sparse CSR ``d x (d + 1)`` matrices, ``d = H * W``, bias last,
+``y = W [x; 1]``: one per channel, in OpenCV's channel order (file 1 is blue,
+2 green, 3 red), or one matrix applied to each channel in turn. dmask's own
+exports add a ``manifest.json`` that records shapes, targets, settings and the
+channel order of the files.
+
+A model is imported as an ``r x r`` field when its weights fit a window of
+modest size, else as a sparse model (a few slots per output value,
+:mod:`dmask.core.sparse`); either is exported back exactly.
+"""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
@@ -15,13 +29,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from dmask.checks import NORMALIZATIONS, SINGLE_TARGET
-from dmask.core.planning import tile_grid
+from dmask.core import sparse
+from dmask.core.planning import format_bytes, tile_grid
 from dmask.errors import InputError
 from dmask.io import atomic, model_store
 from dmask.io.reference import (
+    CHANNEL_ORDERS,
     EXPORT_FORMAT,
     EXPORT_VERSION,
     MANIFEST,
+    NAMINGS,
     UNKNOWN_LAM,
     check_field,
     check_image_shape,
@@ -29,9 +46,12 @@ from dmask.io.reference import (
     field_reach,
     json_lam,
     matrix_shape,
+    max_row_entries,
+    peek_entries,
     peek_shape,
     read_manifest,
     read_matrix,
+    reference_file_name,
     safe_name,
     unpack,
     window_csr,
@@ -40,10 +60,44 @@ from dmask.model import Model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMPORT_TILE", "export_reference", "import_reference"]
+__all__ = [
+    "AUTO_FIELD_LIMIT",
+    "IMPORT_KINDS",
+    "IMPORT_TILE",
+    "export_reference",
+    "import_reference",
+]
 
 
 IMPORT_TILE = 64
+"""Tile side of an imported field model."""
+
+SPARSE_TILE_BYTES = 32 * 2**20
+"""Largest tile of an imported sparse model's slots, in memory."""
+
+AUTO_FIELD_LIMIT = 15
+"""``kind="auto"`` imports weights spanning up to this window as a field."""
+
+IMPORT_KINDS = ("auto", "field", "sparse")
+
+#: Bytes of memory an import may plan to use, as a fraction of what is free.
+MEMORY_FRACTION = 0.8
+
+
+def _available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _file_order(channel_order: str, channels: int) -> list[int]:
+    """Image channel of each file, in file order."""
+    order = list(range(channels))
+    return order[::-1] if channel_order == "bgr" else order
+
+
+# ----------------------------------------------------------------------------
+# export
 
 
 def export_reference(
@@ -51,31 +105,52 @@ def export_reference(
     out_dir: str | os.PathLike,
     target: str | None = None,
     overwrite: bool = False,
+    *,
+    channel_order: str | None = None,
+    naming: str = "dmask",
 ) -> list[Path]:
-    """Write a model as the reference implementation's per-channel CSR files.
+    """Write a model as the reference implementation's CSR files.
 
     Parameters
     ----------
     model : Model
-        The model (in memory or opened from a store).
+        The model (a field or a sparse model, in memory or opened from a store).
     out_dir : str or path
-        New directory; receives ``<target>/channel_<c>.npz`` and ``manifest.json``.
+        New directory: per target a folder of ``.npz`` files, and ``manifest.json``.
     target : str, optional
         Export this target only; all targets when omitted.
     overwrite : bool
         Replace an existing ``out_dir``.
+    channel_order : {"rgb", "bgr"}, optional
+        Order of the per-channel files: ``"bgr"`` is the reference's (OpenCV
+        reads images as blue, green, red, so its file 1 is blue). Default
+        ``"bgr"`` with ``naming="reference"``, else ``"rgb"``.
+    naming : {"dmask", "reference"}
+        ``channel_<i>.npz`` (``i`` from 0 in file order), or the reference's
+        ``mr_weights_<YYYYMMDD>_<i>.npz`` (``i`` from 1). A model whose channels
+        share one matrix is written as one file (``weights.npz`` or
+        ``mr_weights_<YYYYMMDD>.npz``).
 
     Returns
     -------
     list of pathlib.Path
-        Absolute paths of the ``.npz`` files (by target, then channel), then
+        Absolute paths of the ``.npz`` files (by target, then file order), then
         of ``manifest.json``.
 
     Raises
     ------
     InputError
-        ``out_dir`` exists and ``overwrite`` is false, or ``target`` is unknown.
+        ``out_dir`` exists and ``overwrite`` is false, ``target`` is unknown, or
+        a sparse model reads across channels (the format is per channel).
     """
+    if naming not in NAMINGS:
+        raise InputError(f"naming must be one of {NAMINGS}, got {naming!r}")
+    if channel_order is None:
+        channel_order = "bgr" if naming == "reference" else "rgb"
+    if channel_order not in CHANNEL_ORDERS:
+        raise InputError(
+            f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}"
+        )
     out_dir = Path(os.path.abspath(out_dir))
     names = model.targets
     if target is not None:
@@ -88,13 +163,9 @@ def export_reference(
         raise InputError(f"output directory {out_dir} already exists (pass overwrite)")
     height, width = model.image_shape
     channels = model.channels
-    offsets = np.stack(
-        [
-            np.asarray(model.dataset["offset_y"].values, dtype=np.int64),
-            np.asarray(model.dataset["offset_x"].values, dtype=np.int64),
-        ],
-        axis=1,
-    )
+    shared = bool(model.dataset.attrs.get("shared_channels", False))
+    order = _file_order(channel_order, channels)
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     partial = parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:12]}"
@@ -103,21 +174,26 @@ def export_reference(
         files: dict[str, list[str]] = {}
         for name in names:
             (partial / name).mkdir()
-            weight = np.asarray(model.weights(name).values, dtype=np.float64)
-            bias = np.asarray(model.bias(name).values, dtype=np.float64)
+            matrices = _channel_matrices(model, name)
+            if shared and not all(_same(matrices[0], m) for m in matrices[1:]):
+                shared = False
+            chosen = [matrices[0]] if shared else [matrices[c] for c in order]
             files[name] = []
-            for c in range(channels):
-                relative = f"{name}/channel_{c}.npz"
-                matrix = window_csr(weight[:, :, c], bias[:, :, c], offsets)
+            for i, matrix in enumerate(chosen):
+                number = None if shared else i + (naming == "reference")
+                relative = f"{name}/{reference_file_name(naming, date, number)}"
                 sp.save_npz(partial / relative, matrix, compressed=False)
                 files[name].append(relative)
-            logger.info("exported target %s (%d channel(s))", name, channels)
+            logger.info("exported target %s (%d file(s))", name, len(chosen))
         manifest = {
             "format": EXPORT_FORMAT,
             "format_version": EXPORT_VERSION,
+            "kind": model.kind,
             "height": height,
             "width": width,
             "channels": channels,
+            "channel_order": channel_order,
+            "shared_channels": shared,
             "targets": names,
             "field": model.field,
             "lam": json_lam(model.lam),
@@ -126,7 +202,9 @@ def export_reference(
             and len(names) == 1,
             "layout": "per channel a scipy.sparse CSR d x (d+1), d = height*width, "
             "rows output pixels and columns input pixels in row-major order, "
-            "last column the bias; y = W [x; 1]",
+            "last column the bias; y = W [x; 1]; files in channel_order "
+            "(bgr: blue first, as OpenCV reads images), or one file applied to "
+            "every channel when shared_channels",
             "files": files,
         }
         with open(partial / MANIFEST, "w", encoding="utf-8") as handle:
@@ -140,6 +218,52 @@ def export_reference(
     return [*written, out_dir / MANIFEST]
 
 
+def _same(a: Any, b: Any) -> bool:
+    return a.shape == b.shape and (a != b).nnz == 0
+
+
+def _channel_matrices(model: Model, name: str) -> list[Any]:
+    """One CSR ``d x (d + 1)`` per image channel of one target."""
+    channels = model.channels
+    bias = np.asarray(model.bias(name).values, dtype=np.float64)
+    weight = np.asarray(model.weights(name).values, dtype=np.float64)
+    if model.kind == "field":
+        offsets = np.stack(
+            [
+                np.asarray(model.dataset["offset_y"].values, dtype=np.int64),
+                np.asarray(model.dataset["offset_x"].values, dtype=np.int64),
+            ],
+            axis=1,
+        )
+        return [
+            window_csr(weight[:, :, c], bias[:, :, c], offsets) for c in range(channels)
+        ]
+    source = np.asarray(model.slot_sources(name).values, dtype=np.int64)
+    matrices = []
+    for c in range(channels):
+        index = source[:, :, c].reshape(-1, source.shape[-1])
+        used = index >= 0
+        wrong = used & (index % channels != c)
+        if wrong.any():
+            row, slot = np.argwhere(wrong)[0]
+            raise InputError(
+                f"target {name!r}: output pixel {divmod(int(row), model.image_shape[1])}"
+                f" channel {c} reads input channel {index[row, slot] % channels}; "
+                "the reference format has one matrix per channel"
+            )
+        pixels = np.where(used, index // channels, sparse.UNUSED)
+        matrices.append(
+            sparse.slots_to_csr(
+                pixels, weight[:, :, c].reshape(index.shape), bias[:, :, c].reshape(-1)
+            )
+        )
+    return matrices
+
+
+# ----------------------------------------------------------------------------
+# import
+
+
 def import_reference(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     image_shape: tuple[int, int] | None = None,
@@ -147,21 +271,25 @@ def import_reference(
     targets: list[str] | None = None,
     lam: float | None = None,
     normalize: str | None = None,
+    *,
+    kind: str = "auto",
+    channel_order: str | None = None,
+    channels: int | None = None,
 ) -> Model:
-    """Read the reference implementation's per-channel CSR files as a model.
+    """Read the reference implementation's CSR files as a model.
 
     Parameters
     ----------
     source : str, path or sequence of them
         A directory written by :func:`export_reference` (its ``manifest.json``
-        gives shapes, targets, field, lam and normalisation), or the ``.npz``
-        files of one target, one per channel in channel order.
+        gives shapes, targets, settings and channel order), or the ``.npz``
+        files of one target: one per channel, or one for every channel.
     image_shape : tuple of int, optional
         ``(H, W)``; from the manifest, else square images are assumed.
     field : int, optional
-        Odd receptive field size ``r``: every non-zero weight must lie in the
-        ``r x r`` window around its output pixel. From the manifest, else the
-        smallest odd size covering every non-zero weight.
+        Odd receptive field size ``r`` of a field import: every non-zero weight
+        must lie in the ``r x r`` window around its output pixel. From the
+        manifest, else the smallest odd size covering every non-zero weight.
     targets : list of str, optional
         For a directory, the targets to read (default all); for files, the
         name of their single target (default ``"target"``).
@@ -169,6 +297,18 @@ def import_reference(
         Ridge penalty to record; from the manifest, else ``-1.0`` (unknown).
     normalize : {"minmax", "none"}, optional
         Input normalisation; from the manifest, else ``"minmax"``.
+    kind : {"auto", "field", "sparse"}
+        ``"auto"``: the manifest's kind; else a field when the weights span at
+        most :data:`AUTO_FIELD_LIMIT` pixels each way or fill a quarter of their
+        window, a sparse model otherwise.
+    channel_order : {"rgb", "bgr"}, optional
+        Image channel of each file in the given order: ``"bgr"`` (the
+        reference's OpenCV order: file 1 blue, 2 green, 3 red) is the default
+        for files; a directory's manifest says its own.
+    channels : int, optional
+        Channels of the images the model applies to. With one file: 3 by
+        default (one matrix applied to each of R, G and B, the sparse methods'
+        convention); 1 for greyscale. With several files, their count.
 
     Returns
     -------
@@ -178,13 +318,120 @@ def import_reference(
     Raises
     ------
     InputError
-        Unreadable files, wrong or inconsistent shapes, or a non-zero weight
-        outside the receptive field (naming the first output pixel and channel).
+        Unreadable files, wrong or inconsistent shapes, a non-zero weight
+        outside a forced field (naming the first output pixel and channel), or
+        more memory needed than the machine has free (with the figure).
     """
-    manifest: dict[str, Any] = {}
+    if kind not in IMPORT_KINDS:
+        raise InputError(f"kind must be one of {IMPORT_KINDS}, got {kind!r}")
+    if channel_order is not None and channel_order not in CHANNEL_ORDERS:
+        raise InputError(
+            f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}"
+        )
+    plan = _read_plan(source, image_shape, targets, channel_order, channels)
+    if field is None and plan.manifest.get("field") is not None and plan.from_dmask:
+        if kind != "sparse" and plan.manifest.get("kind", "field") == "field":
+            field = check_field(plan.manifest["field"], f"field in {MANIFEST}")
+    elif field is not None:
+        field = check_field(field, "field")
+    if lam is not None:
+        lam = check_lam(lam, "lam", allow_unknown=False)
+    elif plan.manifest.get("lam") is not None:
+        lam = check_lam(plan.manifest["lam"], f"lam in {MANIFEST}", allow_unknown=True)
+    else:
+        lam = UNKNOWN_LAM
+    if normalize is None:
+        normalize = plan.manifest.get("normalize", "minmax")
+    if normalize not in NORMALIZATIONS:
+        raise InputError(
+            f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}"
+        )
+
+    shapes = [(p, peek_shape(p)) for name in plan.names for p in plan.paths[name]]
+    height, width = matrix_shape(shapes, plan.image_shape)
+    shape = shapes[0][1]
+    entries = sum(peek_entries(p) for p, _ in shapes)
+    _check_memory(
+        40 * entries,
+        f"{len(shapes)} weight file(s) of {entries} entries",
+        "free memory, or import fewer targets at a time",
+    )
+    matrices = {
+        name: [read_matrix(p, shape) for p in plan.paths[name]] for name in plan.names
+    }
+    every = [m for name in plan.names for m in matrices[name]]
+    reach = max(field_reach(m, width) for m in every)
+    span = 2 * reach + 1
+    widest = max(max_row_entries(m) for m in every)
+    if kind == "auto":
+        manifest_kind = plan.manifest.get("kind") if plan.from_dmask else None
+        if field is not None:
+            kind = "field"
+        elif manifest_kind in model_store.KINDS:
+            kind = manifest_kind
+        else:
+            fits = span <= AUTO_FIELD_LIMIT or 4 * widest >= span * span
+            kind = "field" if fits else "sparse"
+        logger.info(
+            "weights span %dx%d pixels, at most %d per output: importing as %s",
+            span, span, widest, "a field" if kind == "field" else "a sparse model",
+        )  # fmt: skip
+    single = plan.single
+    common = {
+        "lam": float(lam),
+        "normalize": normalize,
+        "height": height,
+        "width": width,
+        "channels": plan.channels,
+        "n_samples": 0,
+        "single_target": single,
+        "training_fingerprint": "reference-import",
+        "shared_channels": plan.shared or None,
+        "origin": "reference-import",
+    }
+    if kind == "sparse":
+        model = _import_sparse(plan, matrices, height, width, span, widest, common)
+    else:
+        if field is None:
+            field = span
+            if field > 2 * max(height, width) - 1:
+                raise InputError(
+                    f"reference weights need a {field}x{field} field, larger than "
+                    f"{height}x{width} images allow"
+                )
+            logger.info("inferred receptive field %d from the weights", field)
+        model = _import_field(plan, matrices, height, width, field, common)
+    logger.info("imported %s", model)
+    return model
+
+
+class _Plan:
+    """What an import reads: targets, their files, and how files map to channels."""
+
+    def __init__(self) -> None:
+        self.manifest: dict[str, Any] = {}
+        self.from_dmask = False
+        self.names: list[str] = []
+        self.paths: dict[str, list[Path]] = {}
+        self.single = False
+        self.image_shape: tuple[int, int] | None = None
+        self.channels = 1
+        self.shared = False
+        self.order: list[int] = [0]
+
+
+def _read_plan(
+    source: Any,
+    image_shape: Any,
+    targets: list[str] | None,
+    channel_order: str | None,
+    channels: int | None,
+) -> _Plan:
+    plan = _Plan()
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         directory = Path(source)
         manifest = read_manifest(directory)
+        plan.manifest, plan.from_dmask = manifest, True
         names = list(manifest["targets"])
         if targets is not None:
             for name in targets:
@@ -196,17 +443,28 @@ def import_reference(
             if len(set(targets)) != len(targets) or not targets:
                 raise InputError(f"targets {targets!r} must be distinct and not empty")
             names = list(targets)
-        paths = {
+        plan.names = names
+        plan.paths = {
             name: [directory / f for f in manifest["files"][name]] for name in names
         }
-        single = bool(manifest.get("single_target", False)) and len(names) == 1
+        plan.single = bool(manifest.get("single_target", False)) and len(names) == 1
         manifest_shape = check_image_shape([manifest["height"], manifest["width"]])
         if image_shape is not None and check_image_shape(image_shape) != manifest_shape:
             raise InputError(
                 f"image_shape {tuple(image_shape)} differs from {manifest_shape} "
                 f"in {directory / MANIFEST}"
             )
-        image_shape = manifest_shape
+        plan.image_shape = manifest_shape
+        if channels is not None and channels != manifest["channels"]:
+            raise InputError(
+                f"channels={channels} but {directory / MANIFEST} says "
+                f"{manifest['channels']}"
+            )
+        plan.channels = int(manifest["channels"])
+        plan.shared = bool(manifest.get("shared_channels", False))
+        order = channel_order or manifest.get("channel_order", "rgb")
+        if order not in CHANNEL_ORDERS:
+            raise InputError(f"{directory / MANIFEST} has channel_order {order!r}")
     else:
         listed = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         if not listed:
@@ -219,57 +477,119 @@ def import_reference(
             raise InputError(
                 f"a list of files holds one target, got targets={targets!r}"
             )
-        single = targets is None
-        paths = {names[0]: [Path(p) for p in listed]}
+        plan.names = names
+        plan.single = targets is None
+        plan.paths = {names[0]: [Path(p) for p in listed]}
         if image_shape is not None:
-            image_shape = check_image_shape(image_shape)
+            plan.image_shape = check_image_shape(image_shape)
+        order = _files_channels(plan, listed, channels, channel_order)
+    plan.order = _file_order(order, 1 if plan.shared else plan.channels)
+    return plan
 
-    if field is None and manifest.get("field") is not None:
-        field = check_field(manifest["field"], f"field in {MANIFEST}")
-    elif field is not None:
-        field = check_field(field, "field")
-    if lam is not None:
-        lam = check_lam(lam, "lam", allow_unknown=False)
-    elif manifest.get("lam") is not None:
-        lam = check_lam(manifest["lam"], f"lam in {MANIFEST}", allow_unknown=True)
-    else:
-        lam = UNKNOWN_LAM
-    if normalize is None:
-        normalize = manifest.get("normalize", "minmax")
-    if normalize not in NORMALIZATIONS:
-        raise InputError(
-            f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}"
-        )
 
-    channels = len(paths[names[0]])
-    if manifest and manifest["channels"] != channels:
-        raise InputError(
-            f"{MANIFEST} says {manifest['channels']} channel(s), files give {channels}"
-        )
-    shapes = [(p, peek_shape(p)) for name in names for p in paths[name]]
-    height, width = matrix_shape(shapes, image_shape)
-    shape = shapes[0][1]
+def _files_channels(
+    plan: _Plan, listed: list[Any], channels: int | None, channel_order: str | None
+) -> str:
+    """Channels and channel order of bare files; returns the order.
 
-    if field is None:
-        reach = max(field_reach(read_matrix(p, shape), width) for p, _ in shapes)
-        field = 2 * reach + 1
-        if field > 2 * max(height, width) - 1:
-            raise InputError(
-                f"reference weights need a {field}x{field} field, larger than "
-                f"{height}x{width} images allow"
+    Files listed in a dmask export's manifest take its settings by default.
+    """
+    if channels is not None and (
+        isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
+    ):
+        raise InputError(f"channels must be a positive integer, got {channels!r}")
+    beside = _exported_manifest(listed)
+    if len(listed) == 1:
+        if channels is None and beside is not None:
+            channels = int(beside["channels"])
+        elif channels is None:
+            logger.warning(
+                "one weight file %s: applied to each of R, G and B, as the sparse "
+                "methods do (pass channels=1 for a greyscale model)",
+                listed[0],
             )
-        logger.info("inferred receptive field %d from the weights", field)
+        plan.channels = 3 if channels is None else channels
+        plan.shared = plan.channels > 1
+        return channel_order or "rgb"
+    if channels is not None and channels != len(listed):
+        raise InputError(
+            f"channels={channels} but {len(listed)} weight files were given "
+            "(one per channel, or one for every channel)"
+        )
+    plan.channels = len(listed)
+    if channel_order is None and beside is not None:
+        channel_order = str(beside.get("channel_order", "rgb"))
+    if channel_order is None:
+        channel_order = "bgr"
+        logger.warning(
+            "reading %d weight files as %s (the reference's OpenCV order: the "
+            "first is blue); pass channel_order='rgb' if they are not",
+            len(listed),
+            "B, G, R" if len(listed) == 3 else "the reverse of the image's channels",
+        )
+    return channel_order
+
+
+def _exported_manifest(listed: list[Any]) -> dict[str, Any] | None:
+    """The manifest of the dmask export that lists every one of the files, if any."""
+    wanted = {Path(p).resolve() for p in listed}
+    for parent in {p.parent for p in wanted}:
+        for place in (parent, parent.parent):
+            if not (place / MANIFEST).is_file():
+                continue
+            try:
+                manifest = read_manifest(place)
+            except InputError:
+                continue
+            named = {
+                (place / f).resolve()
+                for files in manifest["files"].values()
+                for f in files
+            }
+            if wanted <= named:
+                return manifest
+    return None
+
+
+def _check_memory(needed: int, what: str, advice: str) -> None:
+    free = _available_memory()
+    if needed > MEMORY_FRACTION * free:
+        raise InputError(
+            f"importing {what} needs about {format_bytes(needed)} of memory, "
+            f"{format_bytes(free)} is free: {advice}"
+        )
+    logger.info("importing %s: about %s of memory", what, format_bytes(needed))
+
+
+def _import_field(
+    plan: _Plan,
+    matrices: dict[str, list[Any]],
+    height: int,
+    width: int,
+    field: int,
+    common: dict[str, Any],
+) -> Model:
     k = field * field
-    weight = np.empty((len(names), height, width, channels, k))
-    bias = np.empty((len(names), height, width, channels))
-    for t, name in enumerate(names):
+    n_targets = len(plan.names)
+    channels = plan.channels
+    needed = 2 * 8 * n_targets * height * width * channels * (k + 2)
+    _check_memory(
+        needed,
+        f"a {field}x{field} field for {height}x{width}x{channels} images",
+        "import it as a sparse model (kind='sparse', --kind sparse)",
+    )
+    weight = np.empty((n_targets, height, width, channels, k))
+    bias = np.empty((n_targets, height, width, channels))
+    for t, name in enumerate(plan.names):
         worst = None
-        for c, path in enumerate(paths[name]):
-            weight[t, :, :, c], bias[t, :, :, c], first = unpack(
-                read_matrix(path, shape), height, width, field
-            )
+        for i, (path, matrix) in enumerate(
+            zip(plan.paths[name], matrices[name], strict=True)
+        ):
+            w, b, first = unpack(matrix, height, width, field)
+            for c in [plan.order[i]] if not plan.shared else range(channels):
+                weight[t, :, :, c], bias[t, :, :, c] = w, b
             if first is not None and (worst is None or first[0] < worst[0][0]):
-                worst = (first, c, path)
+                worst = (first, plan.order[i], path)
         if worst is not None:
             (out, read), c, path = worst
             raise InputError(
@@ -277,27 +597,71 @@ def import_reference(
                 f"(y, x) = {divmod(out, width)} channel {c} reads input pixel "
                 f"{divmod(read, width)} outside the {field}x{field} field"
             )
-
-    tile_shape = [min(IMPORT_TILE, height), min(IMPORT_TILE, width)]
+    tile_shape = (min(IMPORT_TILE, height), min(IMPORT_TILE, width))
     grid = tile_grid((height, width), tile_shape)
     attrs = model_store.ModelAttrs(
-        field=field,
-        lam=float(lam),
-        normalize=normalize,
-        height=height,
-        width=width,
-        channels=channels,
-        n_samples=0,
-        single_target=single,
-        training_fingerprint="reference-import",
-        tile_shape=tuple(tile_shape),
+        field=field, tile_shape=tile_shape, **common
     ).to_dict()
     attrs["complete"] = True
     dataset = model_store.model_dataset(
-        weight, bias, names, field, np.ones(grid, dtype="u1"), attrs
+        weight, bias, plan.names, field, np.ones(grid, dtype="u1"), attrs
     )
-    logger.info(
-        "imported %d target(s) of %dx%dx%d reference weights, field %d",
-        len(names), height, width, channels, field,
-    )  # fmt: skip
+    return Model(dataset)
+
+
+def _sparse_tile(height: int, width: int, per_pixel: int) -> tuple[int, int]:
+    """The whole image when its slots are small, else square tiles of bounded bytes."""
+    if height * width * per_pixel <= SPARSE_TILE_BYTES:
+        return height, width
+    side = max(16, int(math.isqrt(SPARSE_TILE_BYTES // per_pixel)) // 16 * 16)
+    return min(side, height), min(side, width)
+
+
+def _import_sparse(
+    plan: _Plan,
+    matrices: dict[str, list[Any]],
+    height: int,
+    width: int,
+    span: int,
+    slots: int,
+    common: dict[str, Any],
+) -> Model:
+    n_targets = len(plan.names)
+    channels = plan.channels
+    slots = max(slots, 1)
+    values = n_targets * height * width * channels
+    _check_memory(
+        2 * sparse.sparse_bytes(values, slots),
+        f"{slots} weights per output for {height}x{width}x{channels} images",
+        "free memory, or import fewer targets at a time",
+    )
+    d = height * width
+    index = np.empty((n_targets, height, width, channels, slots), sparse.INDEX_DTYPE)
+    weight = np.empty((n_targets, height, width, channels, slots))
+    bias = np.empty((n_targets, height, width, channels))
+    for t, name in enumerate(plan.names):
+        for i, matrix in enumerate(matrices[name]):
+            pixels, w, b = sparse.slots_from_csr(matrix, slots)
+            for c in [plan.order[i]] if not plan.shared else range(channels):
+                flat = np.where(pixels >= 0, pixels * channels + c, sparse.UNUSED)
+                index[t, :, :, c] = flat.reshape(height, width, slots)
+                weight[t, :, :, c] = w.reshape(height, width, slots)
+                bias[t, :, :, c] = b.reshape(height, width)
+    if d * channels > np.iinfo(sparse.INDEX_DTYPE).max:
+        raise InputError(f"{height}x{width}x{channels} images are too large to index")
+    per_pixel = n_targets * channels * (slots * 12 + 8)
+    tile_shape = _sparse_tile(height, width, per_pixel)
+    grid = tile_grid((height, width), tile_shape)
+    attrs = model_store.ModelAttrs(
+        field=span,
+        tile_shape=tile_shape,
+        kind="sparse",
+        slots=slots,
+        field_layout=None,
+        **common,
+    ).to_dict()
+    attrs["complete"] = True
+    dataset = model_store.sparse_model_dataset(
+        index, weight, bias, plan.names, np.ones(grid, dtype="u1"), attrs
+    )
     return Model(dataset)

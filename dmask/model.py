@@ -334,6 +334,12 @@ class Model:
         self.dataset = dataset
 
     def __repr__(self) -> str:
+        if self.kind == "sparse":
+            return (
+                f"<dmask.Model kind='sparse' targets={self.targets} "
+                f"slots={self.slots} normalize={self.normalize!r} "
+                f"image={self.image_shape} channels={self.channels}>"
+            )
         return (
             f"<dmask.Model targets={self.targets} field={self.field} "
             f"lam={self.dataset.attrs['lam']!r} "
@@ -347,9 +353,19 @@ class Model:
         return [str(t) for t in self.dataset["target"].values]
 
     @property
+    def kind(self) -> str:
+        """``"field"`` (an ``r x r`` window per pixel) or ``"sparse"`` (slots)."""
+        return str(self.dataset.attrs.get("kind", "field"))
+
+    @property
     def field(self) -> int:
-        """Receptive field size ``r``."""
+        """Receptive field size ``r`` (sparse models: the window their weights span)."""
         return int(self.dataset.attrs["field"])
+
+    @property
+    def slots(self) -> int:
+        """Weights per output value: ``r * r`` for a field, ``S`` for a sparse model."""
+        return int(self.dataset["weight"].shape[-1])
 
     @property
     def lam(self) -> float:
@@ -389,8 +405,20 @@ class Model:
         return int(th), int(tw)
 
     def weights(self, target: str | None = None) -> xr.DataArray:
-        """Weights ``(y, x, channel, k)`` of one target (lazy if stored)."""
+        """Weights ``(y, x, channel, k)`` of one target (lazy if stored).
+
+        For a sparse model ``(y, x, channel, slot)``, read at :meth:`slot_sources`.
+        """
         return self.dataset["weight"].sel(target=self._target(target))
+
+    def slot_sources(self, target: str | None = None) -> xr.DataArray:
+        """A sparse model's input positions ``(y, x, channel, slot)``, -1 unused.
+
+        Positions are flat in ``(y, x, channel)`` row-major order.
+        """
+        if self.kind != "sparse":
+            raise InputError("slot_sources: this model is an r x r field, not sparse")
+        return self.dataset["source"].sel(target=self._target(target))
 
     def bias(self, target: str | None = None) -> xr.DataArray:
         """Bias ``(y, x, channel)`` of one target (lazy if stored)."""
@@ -419,6 +447,8 @@ class Model:
                 f"{name} has images of {height}x{width}x{channels} but the model "
                 f"applies to {h}x{w}x{self.channels}"
             )
+        if self.kind == "sparse":
+            return self._predict_sparse(src, sample_block)
         th, tw = prediction_tile_shape(self.image_shape, self.tile_shape)
         tiles = plan_tiles(self.image_shape, (th, tw))
         rows, _ = tile_grid(self.image_shape, (th, tw))
@@ -432,6 +462,12 @@ class Model:
                 * channels
             )
             sample_block = int(max(1, min(n, 256 * 2**20 // per_sample)))
+        k = self.field * self.field
+        runtime.check_task_memory(
+            8 * len(self.targets) * th * tw * channels * (k + 1)
+            + 8 * sample_block * (th + self.field) * (tw + self.field) * channels,
+            f"predicting with a {self.field}x{self.field} field",
+        )
         weight = self.dataset["weight"].data
         bias = self.dataset["bias"].data
         if not isinstance(weight, da.Array):
@@ -447,6 +483,34 @@ class Model:
             sample_block,
             self.field,
             self.normalize == "minmax",
+        )
+        return {name_: full[i] for i, name_ in enumerate(self.targets)}
+
+    def _predict_sparse(
+        self, src: Any, sample_block: int | None
+    ) -> dict[str, da.Array]:
+        n, height, width, channels = src.shape
+        th, tw = self.tile_shape
+        tiles = plan_tiles(self.image_shape, (th, tw))
+        rows, _ = tile_grid(self.image_shape, (th, tw))
+        grid = [[t for t in tiles if t.index[0] == row] for row in range(rows)]
+        if sample_block is None:
+            per_sample = 8 * (2 * height * width + len(self.targets) * th * tw)
+            sample_block = int(max(1, min(n, 128 * 2**20 // (per_sample * channels))))
+        runtime.check_task_memory(
+            len(self.targets) * th * tw * channels * (16 * self.slots + 8)
+            + 8 * sample_block * height * width * channels * (2 + len(self.targets)),
+            f"predicting with a sparse model of {self.slots} slots",
+        )
+        arrays = []
+        for name in ("source", "weight", "bias"):
+            data = self.dataset[name].data
+            if not isinstance(data, da.Array):
+                chunks = (1, th, tw, *data.shape[3:])
+                data = da.from_array(data, chunks=chunks, name=False)
+            arrays.append(data)
+        full = prediction.predict_sparse_tiles(
+            src, *arrays, grid, sample_block, self.normalize == "minmax"
         )
         return {name_: full[i] for i, name_ in enumerate(self.targets)}
 

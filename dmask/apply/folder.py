@@ -24,7 +24,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from dmask.core import forward, minmax
+from dmask.core import forward, minmax, sparse
 from dmask.errors import InputError
 from dmask.graph import runtime
 from dmask.io import face_crops, locks, model_store, photographs
@@ -91,17 +91,41 @@ def _output_path(out: str, target: str, relative: str) -> str:
     return os.path.join(out, target, str(Path(relative).with_suffix(".png")))
 
 
+#: The arrays a model is applied with: weight and bias, and a sparse model's source.
+MODEL_ARRAYS = ("weight", "bias", "source")
+
+
+def _model_arrays(ds: Any) -> dict[str, np.ndarray]:
+    return {name: np.asarray(ds[name].values) for name in MODEL_ARRAYS if name in ds}
+
+
 @functools.lru_cache(maxsize=2)
 def _stored_arrays(
     path: str, names: tuple[str, ...], version: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weights and bias of a model store, loaded once per worker process.
+) -> dict[str, np.ndarray]:
+    """A model store's arrays (:data:`MODEL_ARRAYS`), loaded once per worker process.
 
     ``version`` (the store's metadata modification time) keys the cache, so a
     store rewritten at the same path is read again.
     """
-    ds = model_store.open_model_store(path).sel(target=list(names))
-    return ds["weight"].values, ds["bias"].values
+    return _model_arrays(model_store.open_model_store(path).sel(target=list(names)))
+
+
+def _predict_face(
+    x: np.ndarray, arrays: dict[str, np.ndarray], field_size: int
+) -> np.ndarray:
+    """``(T, H, W, C)`` predictions of one normalised face ``(1, H, W, C)``."""
+    if "source" in arrays:
+        return sparse.apply_sparse(
+            x, arrays["source"], arrays["weight"], arrays["bias"]
+        )[:, 0]
+    b = field_size // 2
+    halo = np.pad(x, ((0, 0), (b, b), (b, b), (0, 0)))
+    return forward.apply_tile(halo, arrays["weight"], arrays["bias"], field_size)[:, 0]
+
+
+def _image_channels(image: np.ndarray) -> int:
+    return 1 if image.ndim == 2 else int(image.shape[2])
 
 
 def _store_version(path: str) -> int:
@@ -113,26 +137,25 @@ def predict_files(
     folder: str,
     out: str,
     names: Sequence[str],
-    arrays: str | tuple[np.ndarray, np.ndarray],
+    arrays: str | dict[str, np.ndarray],
     field_size: int,
     normalize: bool,
     crop: str,
     margin: float,
+    convert_channels: bool = False,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Task: synthesise a block of files.
 
     Returns ``(file, reason)`` pairs: the files skipped, and the files written
     with a remark (a centre crop where no face was found).
 
-    ``arrays`` is a model store path (loaded once per process) or the
-    ``(weight, bias)`` arrays themselves.
+    ``arrays`` is a model store path (loaded once per process) or the arrays
+    themselves (:data:`MODEL_ARRAYS`). Images whose channel count is not the
+    model's are skipped unless ``convert_channels``.
     """
     if isinstance(arrays, str):
-        weight, bias = _stored_arrays(arrays, tuple(names), _store_version(arrays))
-    else:
-        weight, bias = arrays
-    _, height, width, channels, _ = weight.shape
-    b = field_size // 2
+        arrays = _stored_arrays(arrays, tuple(names), _store_version(arrays))
+    _, height, width, channels, _ = arrays["weight"].shape
     problems: list[tuple[str, str]] = []
     notes: list[tuple[str, str]] = []
     for relative in relatives:
@@ -141,6 +164,18 @@ def predict_files(
         except photographs.ImageReadError as exc:
             problems.append((relative, f"unreadable: {exc}"))
             continue
+        found = _image_channels(image)
+        if found > channels and not convert_channels:
+            problems.append(
+                (
+                    relative,
+                    f"{found} channels but the model applies to {channels} "
+                    "(convert_channels / --convert-channels makes it grey)",
+                )
+            )
+            continue
+        if found < channels:
+            notes.append((relative, f"{found} channel(s): copied to {channels}"))
         face, centred = _crop_face(image, (height, width), crop, margin, channels)
         if centred:
             notes.append((relative, "no face found: centre crop"))
@@ -152,8 +187,7 @@ def predict_files(
         if normalize:
             x = minmax.normalize_images(x)
             peak = 1.0
-        halo = np.pad(x, ((0, 0), (b, b), (b, b), (0, 0)))
-        predicted = forward.apply_tile(halo, weight, bias, field_size)[:, 0]
+        predicted = _predict_face(x, arrays, field_size)
         for name, values in zip(names, predicted, strict=True):
             _write_png(_output_path(out, name, relative), values, peak)
     return problems, notes
@@ -207,6 +241,7 @@ def apply_to_folder(
     margin: float = 0.25,
     block: int = 16,
     resume: bool = True,
+    convert_channels: bool = False,
 ) -> BatchReport:
     """Synthesise every face photograph under a folder into PNG files.
 
@@ -229,6 +264,10 @@ def apply_to_folder(
         Files per task.
     resume : bool
         Skip files whose outputs all exist (False redoes everything).
+    convert_channels : bool
+        Turn colour photographs grey for a one-channel model; by default such
+        files are skipped, each with a report line (grey photographs given to a
+        colour model have their channel copied, with a note).
 
     Returns
     -------
@@ -266,18 +305,25 @@ def apply_to_folder(
         )
     ]
     report.already_done = len(files) - len(todo)
+    held = sum(
+        model.dataset[name].nbytes // model.dataset.sizes["target"] * len(names)
+        for name in MODEL_ARRAYS
+        if name in model.dataset
+    )
+    runtime.check_task_memory(
+        held, f"applying {model} to photographs (each worker holds the model)"
+    )
     destination.mkdir(parents=True, exist_ok=True)
     stored = model.dataset.encoding.get("dmask_path")
     if stored:
         arrays: Any = str(stored)
     else:
-        ds = model.dataset.sel(target=names)
-        pair = (np.asarray(ds["weight"].values), np.asarray(ds["bias"].values))
+        loaded = _model_arrays(model.dataset.sel(target=names))
         client = runtime.current_client()
         if client is not None:  # sent to every worker once, not with each wave
-            arrays = client.scatter(pair, broadcast=True)
+            arrays = client.scatter([loaded], broadcast=True)[0]
         else:
-            arrays = dask.delayed(pair, traverse=False)
+            arrays = dask.delayed(loaded, traverse=False)
     task = dask.delayed(predict_files, pure=False)
     blocks = [todo[i : i + block] for i in range(0, len(todo), block)]
     logger.info(
@@ -294,6 +340,7 @@ def apply_to_folder(
         normalize=model.normalize == "minmax",
         crop=crop,
         margin=margin,
+        convert_channels=convert_channels,
     )
     for wave in range(0, len(blocks), BLOCKS_IN_FLIGHT):
         parts = blocks[wave : wave + BLOCKS_IN_FLIGHT]

@@ -41,6 +41,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     apply.add_argument("--margin", type=float, default=0.25, help="around a face")
     apply.add_argument(
+        "--convert-channels",
+        action="store_true",
+        help="folders: turn colour photographs grey for a one-channel model "
+        "(default: skip them, a report line each)",
+    )
+    apply.add_argument(
         "--files-per-task", type=_positive_int, default=16, help="folders: files/task"
     )
     apply.add_argument(
@@ -107,6 +113,7 @@ def _run_folder(args: argparse.Namespace) -> None:
             margin=args.margin,
             block=args.files_per_task,
             resume=not args.overwrite,
+            convert_channels=args.convert_channels,
         )
         for line in report.problems[:20]:
             print(f"  skipped {line}")

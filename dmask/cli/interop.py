@@ -16,13 +16,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--format", default="reference", choices=["reference"])
     export.add_argument("--target", help="one target (default: all)")
+    export.add_argument(
+        "--channel-order",
+        choices=["rgb", "bgr"],
+        help="order of the per-channel files: bgr is the reference's (it reads "
+        "images with OpenCV, so its file 1 is blue); default bgr with "
+        "--naming reference, else rgb",
+    )
+    export.add_argument(
+        "--naming",
+        choices=["dmask", "reference"],
+        default="dmask",
+        help="file names: channel_<i>.npz, or the reference's "
+        "mr_weights_<date>_<i>.npz (i from 1)",
+    )
     export.add_argument("--overwrite", action="store_true")
 
     import_ = sub.add_parser(
         "import", help="read a reference-format model into a model store"
     )
     import_.add_argument(
-        "source", nargs="+", help="export folder, or one .npz file per channel"
+        "source",
+        nargs="+",
+        help="export folder, or one .npz file per channel (in --channel-order), "
+        "or one file for every channel",
     )
     import_.add_argument("--out", required=True, help="output model store")
     import_.add_argument("--format", default="reference", choices=["reference"])
@@ -37,6 +54,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=["minmax", "none"],
         help="input normalisation (default: the export's, else minmax)",
     )
+    import_.add_argument(
+        "--kind",
+        choices=["auto", "field", "sparse"],
+        default="auto",
+        help="an r x r field, or sparse slots (auto: a field when the weights "
+        "fit a window of up to 15 x 15 or fill a quarter of theirs)",
+    )
+    import_.add_argument(
+        "--channel-order",
+        choices=["rgb", "bgr"],
+        help="image channel of each file in the order given: bgr (default for "
+        "files) is the reference's OpenCV order, _1 blue, _2 green, _3 red; "
+        "an export folder's manifest says its own",
+    )
+    import_.add_argument(
+        "--shared-channels",
+        action="store_true",
+        help="one file applied to every channel (the default for one file)",
+    )
+    import_.add_argument(
+        "--channels",
+        type=_positive_int,
+        help="channels of the images (one file: 3 by default, 1 for greyscale)",
+    )
     import_.add_argument("--overwrite", action="store_true")
 
 
@@ -45,7 +86,12 @@ def run_export(args: argparse.Namespace) -> None:
     from dmask.model import open_model
 
     written = export_reference(
-        open_model(args.model), args.out, target=args.target, overwrite=args.overwrite
+        open_model(args.model),
+        args.out,
+        target=args.target,
+        overwrite=args.overwrite,
+        channel_order=args.channel_order,
+        naming=args.naming,
     )
     print(f"reference-format model: {args.out} ({len(written)} files)")
 
@@ -56,7 +102,18 @@ def run_import(args: argparse.Namespace) -> None:
     from dmask.interop import import_reference
     from dmask.io.stores import prepare_output
 
+    from dmask.errors import InputError
+
     prepare_output(args.out, args.overwrite, inputs=args.source)
+    if args.shared_channels and len(args.source) != 1:
+        raise InputError(
+            f"--shared-channels takes one weight file, got {len(args.source)}"
+        )
+    if args.shared_channels and args.channels == 1:
+        raise InputError("--shared-channels with --channels 1: nothing to share")
+    channels = args.channels
+    if args.shared_channels and channels is None:
+        channels = 3
     if len(args.source) == 1 and os.path.isdir(args.source[0]):
         source: Any = args.source[0]
         targets = None
@@ -70,6 +127,9 @@ def run_import(args: argparse.Namespace) -> None:
         targets=targets,
         lam=args.lam,
         normalize=args.normalize,
+        kind=args.kind,
+        channel_order=args.channel_order,
+        channels=channels,
     )
     model.save(args.out, overwrite=True)
     print(f"model: {args.out} ({model})")

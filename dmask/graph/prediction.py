@@ -8,9 +8,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from dmask.core import (
-    forward,
-)
+from dmask.core import forward, sparse
 from dmask.core.planning import Tile
 from dmask.errors import InputError
 from dmask.graph.fit_tasks import read_halo, region
@@ -18,7 +16,7 @@ from dmask.graph.inputs import minmax_bounds, read_bounds
 from dmask.graph.taskgraph import TaskMaker
 from dmask.io.dataset_store import StoredImages, compact_index
 
-__all__ = ["apply", "predict_tiles"]
+__all__ = ["apply", "apply_slots", "predict_sparse_tiles", "predict_tiles"]
 
 
 def apply(
@@ -31,13 +29,95 @@ def apply(
     start: int,
 ) -> np.ndarray:
     """Task: predict one tile of one sample block for every target."""
+    _check_finite(source, start)
+    low, high = bounds if bounds is not None else (None, None)
+    halo = read_halo(source, low, high, padding)
+    return forward.apply_tile(halo, weight, bias, field)
+
+
+def _check_finite(source: np.ndarray, start: int) -> None:
     if not np.all(np.isfinite(source)):
         raise InputError(
             f"non-finite pixels in the images to predict (samples from {start})"
         )
+
+
+def apply_slots(
+    source: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+    index: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    start: int,
+) -> np.ndarray:
+    """Task: predict one tile of a sparse model from whole images."""
+    _check_finite(source, start)
     low, high = bounds if bounds is not None else (None, None)
-    halo = read_halo(source, low, high, padding)
-    return forward.apply_tile(halo, weight, bias, field)
+    images = read_halo(source, low, high, ((0, 0), (0, 0)))
+    return sparse.apply_sparse(images, index, weight, bias)
+
+
+def _block_bounds(
+    sources: da.Array | StoredImages, normalize: bool
+) -> tuple[bool, Any, Any]:
+    stored = isinstance(sources, StoredImages)
+    low, high = minmax_bounds(sources) if normalize and not stored else (None, None)
+    return stored, low, high
+
+
+def _bounds_of(
+    sources: Any, normalize: bool, stored: bool, low: Any, high: Any, s0: int, s1: int
+) -> Any:
+    if not normalize:
+        return None
+    if stored:
+        task = dask.delayed(read_bounds, pure=True)
+        return task(sources.path, compact_index(sources.index[s0:s1]))
+    return (low[s0:s1], high[s0:s1])
+
+
+def predict_sparse_tiles(
+    sources: da.Array | StoredImages,
+    index: da.Array,
+    weight: da.Array,
+    bias: da.Array,
+    tiles: Sequence[Sequence[Tile]],
+    sample_block: int,
+    normalize: bool,
+) -> da.Array:
+    """Lazy prediction ``(T, N, H, W, C)`` of a sparse model.
+
+    Each task reads whole images (a sparse weight may read any pixel) and one
+    output tile's slots, so its memory is the sample block plus the tile.
+    """
+    n, height, width, _ = sources.shape
+    n_targets, channels = weight.shape[0], weight.shape[3]
+    stored, low, high = _block_bounds(sources, normalize)
+    task = dask.delayed(apply_slots, pure=True)
+    whole = (slice(0, height), slice(0, width))
+    grid = []
+    for s0 in range(0, n, sample_block):
+        s1 = min(n, s0 + sample_block)
+        bounds = _bounds_of(sources, normalize, stored, low, high, s0, s1)
+        images = region(sources, s0, s1, *whole, TaskMaker())
+        rows_out = []
+        for row in tiles:
+            cols_out = []
+            for tile in row:
+                part = task(
+                    images,
+                    bounds,
+                    index[:, tile.y0 : tile.y1, tile.x0 : tile.x1],
+                    weight[:, tile.y0 : tile.y1, tile.x0 : tile.x1],
+                    bias[:, tile.y0 : tile.y1, tile.x0 : tile.x1],
+                    s0,
+                )
+                h, w = tile.shape
+                shape = (n_targets, s1 - s0, h, w, channels)
+                cols_out.append([da.from_delayed(part, shape=shape, dtype="f8")])
+            rows_out.append(cols_out)
+        grid.append(rows_out)
+    return da.block([grid])
 
 
 def predict_tiles(
@@ -69,20 +149,13 @@ def predict_tiles(
     n, height, width, _ = sources.shape
     n_targets = weight.shape[0]
     channels = weight.shape[3]
-    stored = isinstance(sources, StoredImages)
-    low, high = minmax_bounds(sources) if normalize and not stored else (None, None)
+    stored, low, high = _block_bounds(sources, normalize)
     apply_task = dask.delayed(apply, pure=True)
-    bounds_task = dask.delayed(read_bounds, pure=True)
     halo_width = field // 2
     grid = []
     for s0 in range(0, n, sample_block):
         s1 = min(n, s0 + sample_block)
-        if not normalize:
-            bounds = None
-        elif stored:
-            bounds = bounds_task(sources.path, compact_index(sources.index[s0:s1]))
-        else:
-            bounds = (low[s0:s1], high[s0:s1])
+        bounds = _bounds_of(sources, normalize, stored, low, high, s0, s1)
         rows_out = []
         for row in tiles:
             cols_out = []

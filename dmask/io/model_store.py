@@ -19,6 +19,7 @@ from dmask.io.stores import (
     FORMAT_VERSION,
     MODEL_FORMAT,
     channel_names,
+    discard_store,
     finalize_store,
     open_store,
     prepare_output,
@@ -27,6 +28,8 @@ from dmask.io.stores import (
 
 __all__ = [
     "FIELD_LAYOUT",
+    "KINDS",
+    "SLOT_LAYOUT",
     "ModelAttrs",
     "ModelProgress",
     "create_model_template",
@@ -42,6 +45,16 @@ FIELD_LAYOUT = (
     "row-major window offsets (offset_y, offset_x); "
     "weights of offsets outside the image are 0"
 )
+
+#: How a sparse model's slots are laid out (stored in every sparse model).
+SLOT_LAYOUT = (
+    "per output value, slots of (source, weight): source is the flat input "
+    "position (y * width + x) * channels + channel, -1 for an unused slot; "
+    "output = bias + sum of weight * input[source]"
+)
+
+#: Model kinds: dense r x r fields (masked ridge regression) and sparse slots.
+KINDS = ("field", "sparse")
 
 
 @dataclass(frozen=True)
@@ -68,12 +81,17 @@ class ModelAttrs:
     kernels: str | None = None
     lam_grid: tuple[float, ...] | None = None
     channel_mode: str = "independent"
-    field_layout: str = FIELD_LAYOUT
+    field_layout: str | None = FIELD_LAYOUT
+    kind: str = "field"
+    slots: int | None = None
+    shared_channels: bool | None = None
+    origin: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The attributes to store: JSON types, unset optional ones left out."""
         order = (
-            "field", "lam", "normalize", "channel_mode", "field_layout", "height",
+            "kind", "field", "slots", "lam", "normalize", "channel_mode",
+            "field_layout", "shared_channels", "origin", "height",
             "width", "channels", "n_samples", "single_target",
             "training_fingerprint", "tile_shape", "sample_block",
             "statistics_method", "kernels", "lam_grid",
@@ -123,6 +141,32 @@ def model_dataset(
         coords=_model_coords(targets, field, channels),
         attrs={"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **dict(attrs)},
     )
+
+
+def sparse_model_dataset(
+    source: Any,
+    weight: Any,
+    bias: Any,
+    targets: Sequence[str],
+    tile_complete: Any,
+    attrs: Mapping[str, Any],
+) -> xr.Dataset:
+    """Assemble a sparse model: slots ``source`` and ``weight`` ``(T, H, W, C, S)``."""
+    channels = weight.shape[3]
+    variables = {
+        "weight": (("target", "y", "x", "channel", "slot"), weight),
+        "source": (("target", "y", "x", "channel", "slot"), source),
+        "bias": (("target", "y", "x", "channel"), bias),
+        "tile_complete": (("tile_y", "tile_x"), tile_complete),
+    }
+    coords = {
+        "target": np.asarray(list(targets), dtype=str),
+        "channel": channel_names(channels),
+    }
+    attrs = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **dict(attrs)}
+    attrs["kind"] = "sparse"
+    attrs["slot_layout"] = SLOT_LAYOUT
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
 def create_model_template(
@@ -257,22 +301,30 @@ def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) 
     """Write a whole model dataset (numpy or dask backed) to a new store."""
     target = prepare_output(path, overwrite, inputs=[ds.encoding.get("dmask_path")])
     th, tw = ds.attrs["tile_shape"]
-    channels, k = ds.sizes["channel"], ds.sizes["k"]
+    last = "slot" if "slot" in ds.dims else "k"
+    channels, k = ds.sizes["channel"], ds.sizes[last]
     ds = ds.copy()
     ds.attrs["complete"] = False
-    ds = ds.chunk({"target": 1, "y": th, "x": tw, "channel": channels, "k": k})
+    ds = ds.chunk({"target": 1, "y": th, "x": tw, "channel": channels, last: k})
     ds = ds.chunk({"tile_y": 1, "tile_x": 1})
     for name in ds.variables:
         ds[name].encoding = {}
-    with quiet_zarr():
-        ds.to_zarr(target, mode="w", zarr_format=3, consolidated=True)
-    finalize_store(target)
+    try:
+        with quiet_zarr():
+            ds.to_zarr(target, mode="w", zarr_format=3, consolidated=True)
+        finalize_store(target)
+    except BaseException:
+        discard_store(target)  # never a half-written model left behind
+        raise
 
 
 def open_model_store(path: str | os.PathLike) -> xr.Dataset:
     """Open a finished model store lazily and check its layout."""
     ds = open_store(path, "model", MODEL_FORMAT)
-    for name in ("weight", "bias"):
+    kind = ds.attrs.get("kind", "field")
+    if kind not in KINDS:
+        raise StoreError(f"model store {path} has kind {kind!r}, not one of {KINDS}")
+    for name in ("weight", "bias", *(("source",) if kind == "sparse" else ())):
         if name not in ds:
             raise StoreError(f"model store {path} has no {name} array")
     ds.encoding["dmask_path"] = store_path(path)

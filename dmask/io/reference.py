@@ -16,7 +16,14 @@ import scipy.sparse as sp
 
 from dmask.errors import InputError
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "MANIFEST", "UNKNOWN_LAM"]
+__all__ = [
+    "CHANNEL_ORDERS",
+    "EXPORT_FORMAT",
+    "EXPORT_VERSION",
+    "MANIFEST",
+    "NAMINGS",
+    "UNKNOWN_LAM",
+]
 
 
 MANIFEST = "manifest.json"
@@ -25,7 +32,30 @@ MANIFEST = "manifest.json"
 EXPORT_FORMAT = "dmask-reference-weights"
 
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
+"""2 adds ``kind``, ``channel_order`` and ``shared_channels`` (version 1: RGB files)."""
+
+
+#: Orders of per-channel files: the reference reads images with OpenCV (BGR).
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+#: File names on export: dmask's ``channel_<i>.npz`` or the reference's.
+NAMINGS = ("dmask", "reference")
+
+
+def reference_file_name(naming: str, date: str, number: int | None) -> str:
+    """The file name of one matrix; ``number`` None for one shared by all channels.
+
+    The reference names its files ``mr_weights_<date>_<c>.npz``, ``c`` from 1.
+    """
+    if naming == "reference":
+        return (
+            f"mr_weights_{date}.npz"
+            if number is None
+            else (f"mr_weights_{date}_{number}.npz")
+        )
+    return "weights.npz" if number is None else f"channel_{number}.npz"
 
 
 UNKNOWN_LAM = -1.0
@@ -96,6 +126,24 @@ def peek_shape(path: Path) -> tuple[int, int]:
     if len(shape) != 2:
         raise InputError(f"reference weights {path} are not a 2-D matrix")
     return shape[0], shape[1]
+
+
+def peek_entries(path: Path) -> int:
+    """Stored entries of a ``save_npz`` file, from its header (data not read)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("data.npy") as member:
+            version = np.lib.format.read_magic(member)
+            header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, _ = header(member)
+    except Exception as exc:  # zipfile and numpy raise many kinds here
+        raise _unreadable(path, exc) from exc
+    return int(np.prod(shape))
 
 
 def read_matrix(path: Path, shape: tuple[int, int]) -> Any:
@@ -177,12 +225,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         or not isinstance(files, dict)
     ):
         raise InputError(f"{path} has malformed 'targets' or 'files' entries")
+    expected = 1 if manifest.get("shared_channels", False) else manifest["channels"]
     for name in targets:
         listed = files.get(name)
-        if not isinstance(listed, list) or len(listed) != manifest["channels"]:
+        if not isinstance(listed, list) or len(listed) != expected:
             raise InputError(
                 f"{path} lists {listed!r} for target {name!r}, expected "
-                f"{manifest['channels']} file(s)"
+                f"{expected} file(s)"
             )
         for entry in listed:
             if (
@@ -255,6 +304,16 @@ def field_reach(matrix: Any, width: int) -> int:
     if not use.any():
         return 0
     return int(np.maximum(np.abs(dy[use]), np.abs(dx[use])).max())
+
+
+def max_row_entries(matrix: Any) -> int:
+    """Most stored weights of one row, the bias column left out."""
+    d = matrix.shape[0]
+    counts = np.diff(matrix.indptr)
+    if matrix.nnz:
+        rows = np.repeat(np.arange(d), counts)
+        counts = counts - np.bincount(rows[matrix.indices == d], minlength=d)
+    return int(counts.max(initial=0))
 
 
 def unpack(

@@ -33,6 +33,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MODEL_FORMAT",
     "channel_names",
+    "discard_store",
     "finalize_store",
     "prepare_output",
     "quiet_zarr",
@@ -113,6 +114,11 @@ def _remove(path: str) -> None:
     fs, location = fsspec.core.url_to_fs(path)
     if fs.exists(location):
         fs.rm(location, recursive=True)
+
+
+def discard_store(path: str | os.PathLike) -> None:
+    """Remove a store this run created and could not finish (new or staging)."""
+    _remove(str(path))
 
 
 def _remove_old_copies(path: str) -> None:

@@ -204,7 +204,7 @@ def test_hand_made_reference_weights(tmp_path):
     matrix[0, d] = 0.5
     path = tmp_path / "w.npz"
     sp.save_npz(path, matrix.tocsr())
-    model = import_reference([path], image_shape=(height, width))
+    model = import_reference([path], image_shape=(height, width), channels=1)
     assert model.field == 5
     weight = model.weights().values
     assert weight[1, 2, 0, 2 * 5 + 2] == 2.0 and weight[1, 2, 0, 2 * 5 + 4] == -1.0
