@@ -246,9 +246,10 @@ def _channel_matrices(model: Model, name: str) -> list[Any]:
         wrong = used & (index % channels != c)
         if wrong.any():
             row, slot = np.argwhere(wrong)[0]
+            pixel = divmod(int(row), model.image_shape[1])
             raise InputError(
-                f"target {name!r}: output pixel {divmod(int(row), model.image_shape[1])}"
-                f" channel {c} reads input channel {index[row, slot] % channels}; "
+                f"target {name!r}: output pixel {pixel} channel {c} reads input "
+                f"channel {index[row, slot] % channels}; "
                 "the reference format has one matrix per channel"
             )
         pixels = np.where(used, index // channels, sparse.UNUSED)
@@ -613,7 +614,7 @@ def _sparse_tile(height: int, width: int, per_pixel: int) -> tuple[int, int]:
     """The whole image when its slots are small, else square tiles of bounded bytes."""
     if height * width * per_pixel <= SPARSE_TILE_BYTES:
         return height, width
-    side = max(16, int(math.isqrt(SPARSE_TILE_BYTES // per_pixel)) // 16 * 16)
+    side = max(16, math.isqrt(SPARSE_TILE_BYTES // per_pixel) // 16 * 16)
     return min(side, height), min(side, width)
 
 

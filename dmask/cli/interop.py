@@ -99,10 +99,9 @@ def run_export(args: argparse.Namespace) -> None:
 def run_import(args: argparse.Namespace) -> None:
     import os
 
+    from dmask.errors import InputError
     from dmask.interop import import_reference
     from dmask.io.stores import prepare_output
-
-    from dmask.errors import InputError
 
     prepare_output(args.out, args.overwrite, inputs=args.source)
     if args.shared_channels and len(args.source) != 1:

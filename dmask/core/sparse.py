@@ -5,8 +5,9 @@ A sparse model stores, for every output value ``(y, x, c)`` of every target,
 flat positions in the ``(H, W, C)`` image in row-major order,
 ``i = (y * W + x) * C + c``, so a weight may read any pixel of any channel.
 Unused slots have index ``-1`` (and weight 0). Prediction is
-``out[y, x, c] = bias[y, x, c] + sum_s weight[y, x, c, s] * image.flat[index[y, x, c, s]]``,
-the same as a row of the CSR ``d x (d + 1)`` matrix ``W [x; 1]``.
+``out[p] = bias[p] + sum_s weight[p, s] * image.flat[index[p, s]]`` for each
+output value ``p = (y, x, c)``: a row of the CSR ``d x (d + 1)`` matrix
+``W [x; 1]``.
 
 This module converts between that slot layout and CSR rows, and applies a
 tile of slots to whole images with a sparse product. Numpy and scipy only.
