@@ -506,7 +506,7 @@ def _files_channels(
         elif channels is None:
             logger.warning(
                 "one weight file %s: applied to each of R, G and B, as the sparse "
-                "methods do (pass channels=1 for a greyscale model)",
+                "methods do (--channels 1, channels=1: a greyscale model)",
                 listed[0],
             )
         plan.channels = 3 if channels is None else channels
@@ -524,7 +524,7 @@ def _files_channels(
         channel_order = "bgr"
         logger.warning(
             "reading %d weight files as %s (the reference's OpenCV order: the "
-            "first is blue); pass channel_order='rgb' if they are not",
+            "first is blue); pass --channel-order rgb (channel_order='rgb') if they are not",
             len(listed),
             "B, G, R" if len(listed) == 3 else "the reverse of the image's channels",
         )
