@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import math
 import os
 import shutil
 import uuid
@@ -71,9 +70,6 @@ __all__ = [
 
 IMPORT_TILE = 64
 """Tile side of an imported field model."""
-
-SPARSE_TILE_BYTES = 32 * 2**20
-"""Largest tile of an imported sparse model's slots, in memory."""
 
 AUTO_FIELD_LIMIT = 15
 """``kind="auto"`` imports weights spanning up to this window as a field."""
@@ -524,7 +520,8 @@ def _files_channels(
         channel_order = "bgr"
         logger.warning(
             "reading %d weight files as %s (the reference's OpenCV order: the "
-            "first is blue); pass --channel-order rgb (channel_order='rgb') if they are not",
+            "first is blue); pass --channel-order rgb (channel_order='rgb') if "
+            "they are not",
             len(listed),
             "B, G, R" if len(listed) == 3 else "the reverse of the image's channels",
         )
@@ -610,14 +607,6 @@ def _import_field(
     return Model(dataset)
 
 
-def _sparse_tile(height: int, width: int, per_pixel: int) -> tuple[int, int]:
-    """The whole image when its slots are small, else square tiles of bounded bytes."""
-    if height * width * per_pixel <= SPARSE_TILE_BYTES:
-        return height, width
-    side = max(16, math.isqrt(SPARSE_TILE_BYTES // per_pixel) // 16 * 16)
-    return min(side, height), min(side, width)
-
-
 def _import_sparse(
     plan: _Plan,
     matrices: dict[str, list[Any]],
@@ -636,7 +625,8 @@ def _import_sparse(
         f"{slots} weights per output for {height}x{width}x{channels} images",
         "free memory, or import fewer targets at a time",
     )
-    d = height * width
+    if height * width * channels > np.iinfo(sparse.INDEX_DTYPE).max:
+        raise InputError(f"{height}x{width}x{channels} images are too large to index")
     index = np.empty((n_targets, height, width, channels, slots), sparse.INDEX_DTYPE)
     weight = np.empty((n_targets, height, width, channels, slots))
     bias = np.empty((n_targets, height, width, channels))
@@ -648,21 +638,6 @@ def _import_sparse(
                 index[t, :, :, c] = flat.reshape(height, width, slots)
                 weight[t, :, :, c] = w.reshape(height, width, slots)
                 bias[t, :, :, c] = b.reshape(height, width)
-    if d * channels > np.iinfo(sparse.INDEX_DTYPE).max:
-        raise InputError(f"{height}x{width}x{channels} images are too large to index")
-    per_pixel = n_targets * channels * (slots * 12 + 8)
-    tile_shape = _sparse_tile(height, width, per_pixel)
-    grid = tile_grid((height, width), tile_shape)
-    attrs = model_store.ModelAttrs(
-        field=span,
-        tile_shape=tile_shape,
-        kind="sparse",
-        slots=slots,
-        field_layout=None,
-        **common,
-    ).to_dict()
-    attrs["complete"] = True
-    dataset = model_store.sparse_model_dataset(
-        index, weight, bias, plan.names, np.ones(grid, dtype="u1"), attrs
-    )
+    attrs = model_store.ModelAttrs(field=span, tile_shape=(0, 0), **common)
+    dataset = model_store.sparse_model_dataset(index, weight, bias, plan.names, attrs)
     return Model(dataset)

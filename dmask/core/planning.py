@@ -338,6 +338,20 @@ def prediction_tile_shape(
     )
 
 
+#: Largest tile of a sparse model's slots, in memory.
+SPARSE_TILE_BYTES = 32 * 2**20
+
+
+def sparse_tile_shape(height: int, width: int, per_pixel: int) -> tuple[int, int]:
+    """Tiles of a sparse model: the whole image when its slots are small, else
+    square tiles (a multiple of 16 pixels) of at most :data:`SPARSE_TILE_BYTES`.
+    """
+    if height * width * per_pixel <= SPARSE_TILE_BYTES:
+        return height, width
+    side = max(16, math.isqrt(SPARSE_TILE_BYTES // per_pixel) // 16 * 16)
+    return min(side, height), min(side, width)
+
+
 def format_bytes(n: float) -> str:
     """Bytes as a short human string (``"1.2 GB"``, decimal units)."""
     for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dmask.core.planning import Tile, tile_grid
+from dmask.core.planning import Tile, sparse_tile_shape, tile_grid
 from dmask.core.windows import window_offsets
 from dmask.errors import StoreError
 from dmask.io.locations import is_local, store_path
@@ -144,29 +145,46 @@ def model_dataset(
 
 
 def sparse_model_dataset(
-    source: Any,
-    weight: Any,
-    bias: Any,
+    source: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
     targets: Sequence[str],
-    tile_complete: Any,
-    attrs: Mapping[str, Any],
+    attrs: ModelAttrs,
 ) -> xr.Dataset:
-    """Assemble a sparse model: slots ``source`` and ``weight`` ``(T, H, W, C, S)``."""
-    channels = weight.shape[3]
+    """A complete sparse model from its slots ``source`` and ``weight``.
+
+    Both are ``(T, H, W, C, S)``, ``bias`` ``(T, H, W, C)``.
+
+    ``attrs`` need no tile shape: tiles are chosen here
+    (:func:`dmask.core.planning.sparse_tile_shape`).
+    """
+    n_targets, height, width, channels, slots = weight.shape
+    per_pixel = n_targets * channels * (slots * 12 + 8)
+    tile_shape = sparse_tile_shape(height, width, per_pixel)
+    settings = dataclasses.replace(
+        attrs, kind="sparse", slots=slots, field_layout=None, tile_shape=tile_shape
+    ).to_dict()
     variables = {
         "weight": (("target", "y", "x", "channel", "slot"), weight),
         "source": (("target", "y", "x", "channel", "slot"), source),
         "bias": (("target", "y", "x", "channel"), bias),
-        "tile_complete": (("tile_y", "tile_x"), tile_complete),
+        "tile_complete": (
+            ("tile_y", "tile_x"),
+            np.ones(tile_grid((height, width), tile_shape), dtype="u1"),
+        ),
     }
     coords = {
         "target": np.asarray(list(targets), dtype=str),
         "channel": channel_names(channels),
     }
-    attrs = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **dict(attrs)}
-    attrs["kind"] = "sparse"
-    attrs["slot_layout"] = SLOT_LAYOUT
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+    settings = {
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        **settings,
+        "slot_layout": SLOT_LAYOUT,
+        "complete": True,
+    }
+    return xr.Dataset(variables, coords=coords, attrs=settings)
 
 
 def create_model_template(

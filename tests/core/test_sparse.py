@@ -37,12 +37,20 @@ def test_slots_from_csr_by_loops(rng, d, most):
         start, stop = matrix.indptr[row], matrix.indptr[row + 1]
         entries = [
             (int(c), float(v))
-            for c, v in zip(matrix.indices[start:stop], matrix.data[start:stop])
+            for c, v in zip(
+                matrix.indices[start:stop], matrix.data[start:stop], strict=True
+            )
             if c != d
         ]
-        used = [(int(i), float(w)) for i, w in zip(index[row], weight[row]) if i >= 0]
+        used = [
+            (int(i), float(w))
+            for i, w in zip(index[row], weight[row], strict=True)
+            if i >= 0
+        ]
         assert used == entries
-        assert all(w == 0 for i, w in zip(index[row], weight[row]) if i < 0)
+        assert all(
+            w == 0 for i, w in zip(index[row], weight[row], strict=True) if i < 0
+        )
         assert bias[row] == dense[row, d]
     back = sparse.slots_to_csr(index, weight, bias)
     np.testing.assert_array_equal(back.toarray(), dense)
