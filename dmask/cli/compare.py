@@ -35,6 +35,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     compare.add_argument(
         "--all-rows", action="store_true", help="print every expression, not means"
     )
+    compare.add_argument(
+        "--save-models",
+        metavar="FOLDER",
+        help="save MR (mr_r<r>.zarr) and the lasso and OMP baselines (lasso.zarr, "
+        "omp.zarr: sparse models) as model stores for dmask apply",
+    )
     _add_cluster_options(compare)
 
 
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> None:
             lam=args.lam,
             methods=methods,
             rank=args.rank,
+            save_models=args.save_models,
         )
         print(format_comparison(rows, means_only=not args.all_rows))
         write_results(rows, args.csv, args.json)
@@ -63,3 +70,5 @@ def run(args: argparse.Namespace) -> None:
     for path in (args.csv, args.json):
         if path:
             print(f"written: {path}")
+    if args.save_models:
+        print(f"models: {args.save_models}")

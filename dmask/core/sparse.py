@@ -24,6 +24,7 @@ __all__ = [
     "INDEX_DTYPE",
     "UNUSED",
     "apply_sparse",
+    "slot_reach",
     "slots_from_csr",
     "slots_to_csr",
     "sparse_bytes",
@@ -121,6 +122,24 @@ def apply_sparse(
     out = np.asarray(matrix @ flat.T)
     out += bias.reshape(rows, 1)
     return np.moveaxis(out.reshape(*shape, n), -1, 1)
+
+
+def slot_reach(index: np.ndarray, height: int, width: int, channels: int) -> int:
+    """Largest ``max(|dy|, |dx|)`` from an output pixel to a pixel it reads.
+
+    ``index`` is ``(..., H, W, C, S)`` or ``(..., H * W * C, S)``; 0 if no slot
+    is used.
+    """
+    slots = index.shape[-1]
+    flat = index.reshape(-1, height * width * channels, slots)
+    out_pixel = np.arange(height * width * channels) // channels
+    used = flat >= 0
+    if not used.any():
+        return 0
+    read = np.where(used, flat, 0) // channels
+    dy = np.abs(read // width - (out_pixel // width)[None, :, None])
+    dx = np.abs(read % width - (out_pixel % width)[None, :, None])
+    return int(np.max(np.where(used, np.maximum(dy, dx), 0)))
 
 
 def sparse_bytes(values: int, slots: int) -> int:

@@ -10,12 +10,13 @@ from typing import Any
 
 import dask
 import numpy as np
+import scipy.sparse
 import xarray as xr
 
 from dmask.checks import check_settings
 from dmask.core import minmax
 from dmask.errors import InputError
-from dmask.evaluation import baselines, pixelwise
+from dmask.evaluation import baselines, pixelwise, saved_models
 from dmask.evaluation.memory import (
     EXCLUSIVE,
     measured_memory,
@@ -194,6 +195,8 @@ def _fit_block(model: Any, data: dict[str, Any], start: int, stop: int) -> Any:
             return _failure(error)
         return {
             "predicted": predicted,
+            "coef": model.coef_,
+            "intercept": model.intercept_,
             "n_parameters": int(model.n_parameters),
             "train_seconds": usage["seconds"],
             "peak_bytes": usage["peak"],
@@ -208,8 +211,11 @@ def _join_blocks(blocks: list[dict[str, Any]], data: dict[str, Any]) -> dict[str
             if block["status"] != "ok":
                 return block
         predicted = np.hstack([block["predicted"] for block in blocks])
+        coef = scipy.sparse.vstack([block["coef"] for block in blocks], format="csr")
+        intercept = np.concatenate([block["intercept"] for block in blocks])
         return {
             **_score_flat(predicted, data),
+            "weights": (coef, intercept),
             "n_parameters": sum(block["n_parameters"] for block in blocks),
             "train_seconds": sum(block["train_seconds"] for block in blocks),
             "peak_bytes": max(block["peak_bytes"] for block in blocks),
@@ -348,6 +354,7 @@ def compare(
     rank: int | None = None,
     memory_budget: int | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    save_models: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Train MR and the baselines per target expression and score them.
 
@@ -377,6 +384,11 @@ def compare(
     options : mapping, optional
         Extra constructor settings per baseline, e.g.
         ``{"lasso": {"alpha": 0.01}, "omp": {"n_nonzero": 5}}``.
+    save_models : str or path, optional
+        A new folder: MR (``mr_r<r>.zarr``, one per field) and the lasso and
+        OMP baselines (``lasso.zarr``, ``omp.zarr``, sparse models) are saved
+        there as model stores, every target that trained in each, for
+        :func:`dmask.open_model` and ``dmask apply``.
 
     Returns
     -------
@@ -388,6 +400,8 @@ def compare(
     """
     options = dict(options or {})
     _check_arguments(methods, fields, lam, rank, memory_budget, options)
+    if save_models is not None:
+        saved_models.check_folder(save_models, methods, fields)
     lam = float(lam)
     if isinstance(targets, str):
         raise InputError(f"targets must be a sequence of names, got {targets!r}")
@@ -427,9 +441,12 @@ def compare(
         channels,
     )
     rows: dict[str, list[dict[str, Any]]] = {}
+    trained: dict[str, dict[str, Any]] = {}
     if "mr" in methods:
-        rows.update(_compare_mr(pairs, fields, lam, data, d))
-    rows.update(_compare_baselines(models, pairs, budget, data, d))
+        rows.update(_compare_mr(pairs, fields, lam, data, d, trained))
+    rows.update(_compare_baselines(models, pairs, budget, data, d, trained))
+    if save_models is not None:
+        saved_models.save(trained, save_models, (height, width, channels))
     out: list[dict[str, Any]] = []
     for method in methods:
         labels = [f"mr r={r}" for r in fields] if method == "mr" else [method]
@@ -445,8 +462,12 @@ def _compare_mr(
     lam: float,
     data: dict[str, Any],
     d: int,
+    trained: dict[str, dict[str, Any]],
 ) -> dict[str, list[dict[str, Any]]]:
-    """Train MR per field and target (each its own graph), then score it."""
+    """Train MR per field and target (each its own graph), then score it.
+
+    The models are kept in ``trained[label][target]``.
+    """
     rows: dict[str, list[dict[str, Any]]] = {}
     pending = []
     for field in fields:
@@ -457,6 +478,7 @@ def _compare_mr(
         for name, (train_src, train_tgt, test_src, _) in pairs.items():
             logger.info("training %s for %s", label, name)
             model, seconds, peak = _train_mr(train_src, train_tgt, field, lam)
+            trained.setdefault(label, {})[name] = model
             row = _row(label, name, train_src.shape[0], test_src.shape[0])
             _fill(
                 row,
@@ -484,8 +506,12 @@ def _compare_baselines(
     budget: int,
     data: dict[str, Any],
     d: int,
+    trained: dict[str, dict[str, Any]],
 ) -> dict[str, list[dict[str, Any]]]:
-    """Build every baseline's tasks, compute them at once, and fill the rows."""
+    """Build every baseline's tasks, compute them at once, and fill the rows.
+
+    The per-pixel ones' weights are kept in ``trained[method][target]``.
+    """
     rows: dict[str, list[dict[str, Any]]] = {}
     pending = []
     for (method, name), model in models.items():
@@ -515,6 +541,10 @@ def _compare_baselines(
     if pending:
         results = runtime.compute(*[task for _, task in pending])
         for (row, _), result in zip(pending, results, strict=True):
+            if "weights" in result:
+                trained.setdefault(row["method"], {})[row["expression"]] = result.pop(
+                    "weights"
+                )
             _fill(row, result)
     return rows
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from helpers import REFERENCE, SOLVER
+from reference import minmax
 
 import dmask
 from dmask.datasets.synthetic import make_synthetic_dataset
@@ -215,3 +216,36 @@ def test_on_a_distributed_cluster_equals_local(faces, rows, cluster_client):
                 _by(rows, label, "happy")[key], rel=REFERENCE
             )
     assert _by(remote, "mr r=3", "happy")["peak_mib"] > 0
+
+
+def test_saved_models_apply_like_the_scored_ones(faces, tmp_path):
+    from dmask.apply.store import apply_to_store
+
+    folder = tmp_path / "models"
+    out = compare(
+        faces,
+        targets=["happy", "sad"],
+        fields=(3,),
+        methods=("mr", "lasso", "omp"),
+        save_models=folder,
+    )
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "lasso.zarr",
+        "mr_r3.zarr",
+        "omp.zarr",
+    ]
+    src, tgt = dataset_store.select_pairs(faces, "neutral", ["happy", "sad"], "test")
+    truth = {name: minmax(np.asarray(tgt[name])) for name in tgt}
+    for method, store in (("mr r=3", "mr_r3"), ("lasso", "lasso"), ("omp", "omp")):
+        model = dmask.open_model(folder / f"{store}.zarr")
+        assert model.kind == ("field" if method.startswith("mr") else "sparse")
+        assert model.targets == ["happy", "sad"]
+        predicted = model.predict(np.asarray(src))
+        for name in ("happy", "sad"):
+            mse = float(((np.asarray(predicted[name]) - truth[name]) ** 2).mean())
+            assert mse == pytest.approx(_by(out, method, name)["mse"], rel=1e-9)
+    omp = dmask.open_model(folder / "omp.zarr")
+    applied = apply_to_store(omp, faces, tmp_path / "omp_out.zarr", split="test")
+    assert applied.sizes["sample"] == 2 * src.shape[0]
+    with pytest.raises(InputError, match="already exists"):
+        compare(faces, targets=["happy"], methods=("omp",), save_models=folder)
