@@ -321,6 +321,15 @@ def _fit_planned(
     return Model(dataset)
 
 
+def _block_budget() -> int:
+    """Bytes of images one prediction task may hold: half a task's budget.
+
+    The other half is left to the copies made around it (the output's cast
+    and rechunk before a store write).
+    """
+    return runtime.task_memory_budget() // 2
+
+
 class Model:
     """A trained masked ridge regression model.
 
@@ -461,7 +470,7 @@ class Model:
                 * (tw + self.field)
                 * channels
             )
-            sample_block = int(max(1, min(n, 256 * 2**20 // per_sample)))
+            sample_block = int(max(1, min(n, _block_budget() // per_sample)))
         k = self.field * self.field
         runtime.check_task_memory(
             8 * len(self.targets) * th * tw * channels * (k + 1)
@@ -496,7 +505,9 @@ class Model:
         grid = [[t for t in tiles if t.index[0] == row] for row in range(rows)]
         if sample_block is None:
             per_sample = 8 * (2 * height * width + len(self.targets) * th * tw)
-            sample_block = int(max(1, min(n, 128 * 2**20 // (per_sample * channels))))
+            sample_block = int(
+                max(1, min(n, _block_budget() // (per_sample * channels)))
+            )
         runtime.check_task_memory(
             len(self.targets) * th * tw * channels * (16 * self.slots + 8)
             + 8 * sample_block * height * width * channels * (2 + len(self.targets)),

@@ -33,3 +33,32 @@ def machine() -> dict[str, object]:
         "distributed": distributed.__version__,
         "dmask": dmask.__version__,
     }
+
+
+_RSS_SAMPLER: dict[str, object] = {}
+
+
+def rss_start(interval: float = 0.005) -> int:
+    """On a worker: sample this process's resident memory until :func:`rss_stop`."""
+    import threading
+
+    process = psutil.Process()
+    stop = threading.Event()
+    peak = [process.memory_info().rss]
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    _RSS_SAMPLER.update(stop=stop, thread=thread, peak=peak)
+    return peak[0]
+
+
+def rss_stop() -> int:
+    """On a worker: the peak resident bytes since :func:`rss_start`."""
+    stop, thread, peak = (_RSS_SAMPLER[k] for k in ("stop", "thread", "peak"))
+    stop.set()  # type: ignore[attr-defined]
+    thread.join()  # type: ignore[attr-defined]
+    return int(peak[0])  # type: ignore[index]
