@@ -180,6 +180,20 @@ def test_core_imports_only_the_numerical_libraries(name):
     assert not others, f"{name} imports {sorted(others)}"
 
 
+#: Libraries only the tests use (OpenCV: the reference's resize and display).
+TEST_ONLY = {"cv2"}
+
+
+def test_no_module_imports_a_test_only_library():
+    found = [
+        _where(name, imp)
+        for name in MODULES
+        for imp in imports_of(name)
+        if imp.module.split(".")[0] in TEST_ONLY
+    ]
+    assert not found, found
+
+
 @pytest.mark.parametrize("name", ["dmask.errors", "dmask.options"])
 def test_errors_and_options_import_the_standard_library_at_load(name):
     allowed = set(sys.stdlib_module_names) | {"__future__"}

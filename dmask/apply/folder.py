@@ -143,6 +143,8 @@ def predict_files(
     crop: str,
     margin: float,
     convert_channels: bool = False,
+    resize: str = "lanczos",
+    display: str = "clip",
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Task: synthesise a block of files.
 
@@ -151,7 +153,8 @@ def predict_files(
 
     ``arrays`` is a model store path (loaded once per process) or the arrays
     themselves (:data:`MODEL_ARRAYS`). Images whose channel count is not the
-    model's are skipped unless ``convert_channels``.
+    model's are skipped unless ``convert_channels``. ``resize`` and ``display``
+    are :func:`apply_to_folder`'s.
     """
     if isinstance(arrays, str):
         arrays = _stored_arrays(arrays, tuple(names), _store_version(arrays))
@@ -176,7 +179,9 @@ def predict_files(
             continue
         if found < channels:
             notes.append((relative, f"{found} channel(s): copied to {channels}"))
-        face, centred = _crop_face(image, (height, width), crop, margin, channels)
+        face, centred = _crop_face(
+            image, (height, width), crop, margin, channels, resize
+        )
         if centred:
             notes.append((relative, "no face found: centre crop"))
         if face is None:
@@ -189,7 +194,7 @@ def predict_files(
             peak = 1.0
         predicted = _predict_face(x, arrays, field_size)
         for name, values in zip(names, predicted, strict=True):
-            _write_png(_output_path(out, name, relative), values, peak)
+            _write_png(_output_path(out, name, relative), values, peak, display)
     return problems, notes
 
 
@@ -199,27 +204,34 @@ def _crop_face(
     crop: str,
     margin: float,
     channels: int,
+    resize: str = "lanczos",
 ) -> tuple[np.ndarray | None, bool]:
     """The face at the model's size, and whether ``auto`` fell back to the centre.
 
-    ``auto`` detects the face and takes the centre where none is found; the
+    ``auto`` takes a face crop whole (:func:`dmask.io.face_crops.is_face_crop`),
+    else detects the face, and takes the centre where none is found; the
     other modes are :func:`dmask.io.face_crops.prepare_face`'s own.
     """
     face = face_crops.prepare_face(
         image,
         size,
-        crop="detect" if crop == "auto" else crop,
+        crop=crop,
         margin=margin,
         channels=channels,
+        resize=resize,
     )
     if face is None and crop == "auto":
-        centred = face_crops.prepare_face(image, size, crop="center", channels=channels)
+        centred = face_crops.prepare_face(
+            image, size, crop="center", channels=channels, resize=resize
+        )
         return centred, True
     return face, False
 
 
-def _write_png(path: str, values: np.ndarray, peak: float) -> None:
-    photographs.write_png(path, values, peak)
+def _write_png(
+    path: str, values: np.ndarray, peak: float, display: str = "clip"
+) -> None:
+    photographs.write_png(path, values, peak, display)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -242,6 +254,8 @@ def apply_to_folder(
     block: int = 16,
     resume: bool = True,
     convert_channels: bool = False,
+    resize: str = "lanczos",
+    display: str = "clip",
 ) -> BatchReport:
     """Synthesise every face photograph under a folder into PNG files.
 
@@ -257,7 +271,9 @@ def apply_to_folder(
         Subset of the model's targets.
     crop : {"auto", "detect", "center", "none"}
         How faces are cropped before resizing to the model's size; ``auto``
-        detects, and takes the centre where no face is found.
+        takes an image that is a face crop already (square, at most 4 times
+        the model's side: :func:`dmask.io.face_crops.is_face_crop`) whole,
+        detects the face in others, and takes the centre where none is found.
     margin : float
         Margin around a detected face, as a fraction of its side.
     block : int
@@ -268,6 +284,12 @@ def apply_to_folder(
         Turn colour photographs grey for a one-channel model; by default such
         files are skipped, each with a report line (grey photographs given to a
         colour model have their channel copied, with a note).
+    resize : {"lanczos", "bilinear", "area"}
+        How faces are resized (:func:`dmask.io.face_crops.resize_image`).
+    display : {"clip", "stretch"}
+        How outputs become 8-bit pixels: clipped to [0, 1], or each image's
+        minimum and maximum stretched to 0 and 255
+        (:func:`dmask.io.photographs.to_uint8`).
 
     Returns
     -------
@@ -289,6 +311,8 @@ def apply_to_folder(
         )
     if block < 1:
         raise InputError(f"block must be a positive number of files, got {block}")
+    face_crops.check_resize(resize)
+    photographs.check_display(display)
     names = list(targets) if targets else model.targets
     for name in names:
         model._target(name)
@@ -341,6 +365,8 @@ def apply_to_folder(
         crop=crop,
         margin=margin,
         convert_channels=convert_channels,
+        resize=resize,
+        display=display,
     )
     for wave in range(0, len(blocks), BLOCKS_IN_FLIGHT):
         parts = blocks[wave : wave + BLOCKS_IN_FLIGHT]
@@ -359,9 +385,14 @@ def apply_to_folder(
 
 
 def read_synthesised(
-    model: Model, folder: str | os.PathLike, out: str | os.PathLike
+    model: Model,
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    resize: str = "lanczos",
 ) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Inputs and outputs of a finished batch run, for figures and reports.
+
+    ``resize`` is the run's (:func:`apply_to_folder`).
 
     Returns
     -------
@@ -379,7 +410,9 @@ def read_synthesised(
             image = photographs.read_image(os.path.join(folder, relative))
         except photographs.ImageReadError:
             continue
-        face, _ = _crop_face(image, model.image_shape, "auto", 0.25, model.channels)
+        face, _ = _crop_face(
+            image, model.image_shape, "auto", 0.25, model.channels, resize
+        )
         x = face[None].astype(np.float64)
         shown = minmax.normalize_images(x)[0]
         outputs = {t: photographs.read_image(p) / 255.0 for t, p in paths.items()}

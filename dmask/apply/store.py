@@ -146,18 +146,28 @@ def _peak(model: Model, dataset: xr.Dataset) -> float:
 
 
 def _write_png_block(
-    images: np.ndarray, names: Sequence[str], folder: str, peak: float = 1.0
+    images: np.ndarray,
+    names: Sequence[str],
+    folder: str,
+    peak: float = 1.0,
+    display: str = "clip",
 ) -> int:
     for image, name in zip(images, names, strict=True):
-        photographs.write_png(os.path.join(folder, name), image, peak)
+        photographs.write_png(os.path.join(folder, name), image, peak, display)
     return len(names)
 
 
-def write_pngs(dataset: xr.Dataset, folder: str | os.PathLike) -> int:
+def write_pngs(
+    dataset: xr.Dataset, folder: str | os.PathLike, display: str = "clip"
+) -> int:
     """Write every image of a prediction store as ``{subject}_{expression}.png``.
 
-    Values are clipped to [0, 1] and scaled to 8 bits. Returns the count.
+    ``display="clip"`` clips values to [0, 1] (of the store's value range) and
+    scales them to 8 bits; ``"stretch"`` maps each image's own minimum and
+    maximum to 0 and 255 (:func:`dmask.io.photographs.stretch_uint8`). Returns
+    the count.
     """
+    photographs.check_display(display)
     os.makedirs(folder, exist_ok=True)
     images = dataset["images"].data
     subjects = np.asarray(dataset["subject"].values).astype(str)
@@ -169,6 +179,7 @@ def write_pngs(dataset: xr.Dataset, folder: str | os.PathLike) -> int:
     start = 0
     for size in images.chunks[0]:
         block = images[start : start + size]
-        tasks.append(task(block, names[start : start + size], str(folder), peak))
+        chunk = names[start : start + size]
+        tasks.append(task(block, chunk, str(folder), peak, display))
         start += size
     return int(sum(runtime.compute(*tasks)))

@@ -8,6 +8,7 @@ import time
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _add_resize_option,
     _check_output_folder,
     _cluster,
     _is_store,
@@ -37,9 +38,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--crop",
         default="auto",
         choices=["auto", "detect", "center", "none"],
-        help="folders: face crop (auto: detect, else the centre)",
+        help="folders: face crop (auto: a face crop whole, else detect, else centre)",
     )
     apply.add_argument("--margin", type=float, default=0.25, help="around a face")
+    _add_resize_option(
+        apply, "folders: how faces are resized (bilinear, area: as OpenCV's)"
+    )
+    apply.add_argument(
+        "--display",
+        default="clip",
+        choices=["clip", "stretch"],
+        help="PNG files: clip to [0, 1], or stretch each image's range to 0-255",
+    )
     apply.add_argument(
         "--convert-channels",
         action="store_true",
@@ -85,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
         )
         count = out.sizes["sample"]
         if args.png:
-            write_pngs(out, args.png)
+            write_pngs(out, args.png, display=args.display)
             print(f"PNG files: {args.png}")
         wall = time.perf_counter() - started
         _summary(
@@ -114,6 +124,8 @@ def _run_folder(args: argparse.Namespace) -> None:
             block=args.files_per_task,
             resume=not args.overwrite,
             convert_channels=args.convert_channels,
+            resize=args.resize,
+            display=args.display,
         )
         for line in report.problems[:20]:
             print(f"  skipped {line}")

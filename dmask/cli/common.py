@@ -11,6 +11,16 @@ from typing import Any
 
 from dmask.errors import DmaskError
 
+#: ``--resize`` choices: :data:`dmask.io.face_crops.RESIZE_METHODS` (spelled out
+#: here so that the command line starts without loading the image libraries).
+RESIZE_METHODS = ["lanczos", "bilinear", "area"]
+
+
+def _add_resize_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "--resize", default="lanczos", choices=RESIZE_METHODS, help=text
+    )
+
 
 def _positive_int(text: str) -> int:
     value = int(text)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _add_resize_option,
     _cluster,
     _image_size,
     _positive_int,
@@ -18,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ingest = sub.add_parser(
         "ingest", help="turn a folder of face photographs into a dataset store"
     )
-    ingest.add_argument("folder", help="folder of images (KDEF, RaFD, trainA/trainB)")
+    ingest.add_argument(
+        "folder", help="folder of images (KDEF, RaFD, trainA/trainB, train/trainA)"
+    )
     ingest.add_argument("--out", required=True, help="output dataset store")
     ingest.add_argument(
         "--layout",
@@ -31,8 +35,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--size", type=_positive_int, nargs="+", metavar="N", help="H [W] (default 128)"
     )
     ingest.add_argument(
-        "--crop", default="detect", choices=["detect", "center", "none"]
+        "--crop",
+        default="auto",
+        choices=["auto", "detect", "center", "none"],
+        help="auto (default): square images up to 4x the size whole, else detect",
     )
+    _add_resize_option(ingest, "lanczos (default), or bilinear/area as OpenCV's")
     ingest.add_argument("--margin", type=float, default=0.25, help="around a face")
     ingest.add_argument("--channels", type=int, choices=[1, 3], help="force 1 or 3")
     ingest.add_argument(
@@ -64,12 +72,20 @@ def run(args: argparse.Namespace) -> None:
             seed=args.seed,
             test_fraction=args.test_fraction,
             overwrite=args.overwrite,
+            resize=args.resize,
         )
         problems = report.lines[:-1]
         for line in problems[:20]:
-            print(f"  {line}")
+            print(f"  {line}", file=sys.stderr)
         if len(problems) > 20:
-            print(f"  ... {len(problems) - 20} more in {report.report_path}")
+            print(
+                f"  ... {len(problems) - 20} more in {report.report_path}",
+                file=sys.stderr,
+            )
+        if problems:
+            print(
+                f"{report.left_out()} (report: {report.report_path})", file=sys.stderr
+            )
         print(report.summary())
         wall = time.perf_counter() - started
         _summary(

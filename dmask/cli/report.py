@@ -6,6 +6,7 @@ import argparse
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _add_resize_option,
     _check_folders,
     _check_writable,
     _cluster,
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar=("FOLDER", "SYNTHESISED"),
         help="a folder given to dmask apply, and that run's output folder",
     )
+    _add_resize_option(report, "the --resize of that dmask apply run (its inputs)")
     report.add_argument("--overwrite", action="store_true")
     _add_cluster_options(report)
 
@@ -50,7 +52,9 @@ def run(args: argparse.Namespace) -> None:
     size_curve = _json_rows(args.size_curve)
     with _cluster(args):
         photographs = (
-            read_synthesised(model, *args.photographs) if args.photographs else None
+            read_synthesised(model, *args.photographs, resize=args.resize)
+            if args.photographs
+            else None
         )
         path = write_report(
             args.out,

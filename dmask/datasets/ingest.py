@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import dask
 import numpy as np
@@ -15,7 +16,14 @@ from dmask.datasets.layouts import LAYOUTS, ImageRecord, display, scan
 from dmask.errors import InputError
 from dmask.graph import runtime
 from dmask.io import atomic, dataset_store, locations, locks, stores
-from dmask.io.face_crops import CROP_MODES, check_size, crop_resize, find_crop
+from dmask.io.face_crops import (
+    CROP_MODES,
+    check_resize,
+    check_size,
+    crop_resize,
+    find_crop,
+    is_face_crop,
+)
 from dmask.io.photographs import ImageReadError, image_files, read_image
 
 logger = logging.getLogger(__name__)
@@ -62,6 +70,8 @@ class FileInfo:
         Crop box ``(y0, y1, x0, x1)``.
     message : str
         Why the file is unreadable.
+    precropped : bool
+        Taken whole as a face crop already (crop ``auto``).
     """
 
     status: str
@@ -70,6 +80,7 @@ class FileInfo:
     channels: int | None = None
     box: tuple[int, int, int, int] | None = None
     message: str = ""
+    precropped: bool = False
 
 
 @dataclass
@@ -88,6 +99,8 @@ class IngestReport:
         Samples written to the store.
     skipped_views, unmatched, unreadable, no_face, duplicates : int
         Files left out, by reason.
+    precropped : int
+        Files taken whole as face crops already (crop ``auto``).
     subjects_kept, subjects_left_out : int
         Subjects in the store, and those without a usable pair.
     train, test : int
@@ -106,6 +119,7 @@ class IngestReport:
     unreadable: int = 0
     no_face: int = 0
     duplicates: int = 0
+    precropped: int = 0
     subjects_kept: int = 0
     subjects_left_out: int = 0
     train: int = 0
@@ -119,13 +133,35 @@ class IngestReport:
             f"taken {self.taken} (train {self.train}, test {self.test}), "
             f"skipped views {self.skipped_views}, unmatched names {self.unmatched}, "
             f"unreadable {self.unreadable}, no face {self.no_face}, "
-            f"duplicates {self.duplicates}, subjects kept {self.subjects_kept}, "
+            f"duplicates {self.duplicates}, face crops taken whole "
+            f"{self.precropped}, subjects kept {self.subjects_kept}, "
             f"subjects left out {self.subjects_left_out}"
         )
 
+    def left_out(self) -> str:
+        """What was left out, counted by reason (the nonzero counts)."""
+        counts = {
+            "unmatched names": self.unmatched,
+            "unreadable": self.unreadable,
+            "no face": self.no_face,
+            "duplicates": self.duplicates,
+            "subjects without a pair": self.subjects_left_out,
+        }
+        parts = [f"{name} {n}" for name, n in counts.items() if n]
+        return "left out: " + (", ".join(parts) if parts else "nothing")
 
-def inspect_files(paths: Sequence[str], crop: str, margin: float) -> list[FileInfo]:
-    """Task (pass 1): read files one by one and keep their metadata and crop box."""
+
+def inspect_files(
+    paths: Sequence[str],
+    crop: str,
+    margin: float,
+    size: tuple[int, int] | None = None,
+) -> list[FileInfo]:
+    """Task (pass 1): read files one by one and keep their metadata and crop box.
+
+    ``size`` is the output size (None: chosen later), which crop ``auto``
+    compares images with (:func:`dmask.io.face_crops.is_face_crop`).
+    """
     infos = []
     for path in paths:
         try:
@@ -133,7 +169,7 @@ def inspect_files(paths: Sequence[str], crop: str, margin: float) -> list[FileIn
         except ImageReadError as exc:
             infos.append(FileInfo("unreadable", message=exc.reason or str(exc)))
             continue
-        box = find_crop(image, crop, margin)
+        box = find_crop(image, crop, margin, size)
         infos.append(
             FileInfo(
                 "ok" if box is not None else "no_face",
@@ -141,6 +177,7 @@ def inspect_files(paths: Sequence[str], crop: str, margin: float) -> list[FileIn
                 image.dtype.name,
                 int(image.shape[2]),
                 None if box is None else tuple(int(v) for v in box),
+                precropped=crop == "auto" and is_face_crop(image.shape, size),
             )
         )
     return infos
@@ -154,12 +191,13 @@ def write_samples(
     size: tuple[int, int],
     channels: int,
     dtype: str,
+    resize: str = "lanczos",
 ) -> tuple[int, int]:
     """Task (pass 2): crop, resize and write samples ``start:start+len(files)``."""
     height, width = size
     out = np.empty((len(files), height, width, channels), dtype=dtype)
     for i, (name, box) in enumerate(zip(files, boxes, strict=True)):
-        face = crop_resize(read_image(name), box, size, channels)
+        face = crop_resize(read_image(name), box, size, channels, resize)
         if out.dtype == np.uint16 and face.dtype == np.uint8:
             face = face.astype(np.uint16) * 257
         out[i] = face
@@ -199,12 +237,15 @@ def _select(
     kept, left_out = [], 0
     for subject in sorted(by_subject):
         have = by_subject[subject]
+        files = ", ".join(
+            display(chosen[(subject, e)].path, folder) for e in sorted(have)
+        )
         if source not in have:
             left_out += 1
-            lines.append(f"subject {subject} left out: no {source} image")
+            lines.append(f"subject {subject} left out: no {source} image ({files})")
         elif len(have) == 1:
             left_out += 1
-            lines.append(f"subject {subject} left out: only a {source} image")
+            lines.append(f"subject {subject} left out: only a {source} image ({files})")
         else:
             kept.append(subject)
             missing = sorted(everything - have)
@@ -256,7 +297,9 @@ def _check_arguments(
     test_fraction: float,
     source: str,
     target_expression: str,
+    resize: str = "lanczos",
 ) -> tuple[int, int] | None:
+    check_resize(resize)
     if layout not in LAYOUTS:
         raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if crop not in CROP_MODES:
@@ -292,6 +335,13 @@ def _check_paths(folder: str | os.PathLike, out: str | os.PathLike) -> None:
 
 def _report_path(out: str | os.PathLike) -> str:
     return str(out).rstrip("/").rstrip(os.sep) + ".report.txt"
+
+
+def _fail(report: IngestReport, lines: Sequence[str], message: str) -> NoReturn:
+    """Write the report of a failed ingest, then raise ``message`` pointing to it."""
+    report.lines = [*lines, report.summary(), f"ingest failed: {message}"]
+    atomic.write_text(report.report_path, "\n".join(report.lines) + "\n")
+    raise InputError(f"{message}; {report.left_out()}; see {report.report_path}")
 
 
 def _resolve_size(
@@ -334,7 +384,7 @@ def ingest(
     layout: str = "auto",
     manifest: str | os.PathLike | None = None,
     size: tuple[int, int] | None = (128, 128),
-    crop: str = "detect",
+    crop: str = "auto",
     margin: float = 0.25,
     channels: int | None = None,
     source: str = "neutral",
@@ -343,6 +393,7 @@ def ingest(
     test_fraction: float = 0.25,
     overwrite: bool = False,
     block: int | None = None,
+    resize: str = "lanczos",
 ) -> IngestReport:
     """Build a dataset store from a folder of face photographs.
 
@@ -351,16 +402,21 @@ def ingest(
     folder : str or path
         Input folder.
     out : str or path
-        Output dataset store; the report goes to ``<out>.report.txt``.
+        Output dataset store; the report goes to ``<out>.report.txt`` (also
+        when the ingest fails for want of usable faces).
     layout : {"auto", "kdef", "rafd", "pairs", "manifest"}
-        How file names map to subjects and expressions.
+        How file names map to subjects and expressions (pairs: ``trainA/``,
+        ``trainB/``, ... or ``train/trainA/``, ...; see
+        :func:`dmask.datasets.layouts.scan_pairs`).
     manifest : str or path, optional
         CSV ``path,subject,expression[,split]`` (implies layout "manifest").
     size : tuple of int or None
         Stored ``(H, W)``. None: the common size with crop "none", else the
         smallest crop.
-    crop : {"detect", "center", "none"}
-        Face crop (see :func:`dmask.io.face_crops.prepare_face`).
+    crop : {"auto", "detect", "center", "none"}
+        Face crop (see :func:`dmask.io.face_crops.prepare_face`): ``auto``
+        takes images that are face crops already (square, at most 4 times the
+        output's side) whole and finds the face in the others.
     margin : float
         Margin around detected faces, a fraction of the face side.
     channels : {1, 3, None}
@@ -377,6 +433,9 @@ def ingest(
         Replace an existing store.
     block : int, optional
         Files per task (default 16 in pass 1, one chunk of samples in pass 2).
+    resize : {"lanczos", "bilinear", "area"}
+        How crops are resized (:func:`dmask.io.face_crops.resize_image`);
+        ``bilinear`` is OpenCV's default, as the reference implementation's.
 
     Returns
     -------
@@ -388,11 +447,21 @@ def ingest(
     InputError
         Bad arguments, a missing or empty folder, no pair of faces, an output
         inside the input folder, or mixed sizes with crop "none" and no size.
+        Once files were scanned, the report is written first and the message
+        names it.
     StoreError
         The output exists and ``overwrite`` is false.
     """
     size = _check_arguments(
-        layout, size, crop, margin, channels, test_fraction, source, target_expression
+        layout,
+        size,
+        crop,
+        margin,
+        channels,
+        test_fraction,
+        source,
+        target_expression,
+        resize,
     )
     if block is not None and int(block) < 1:
         raise InputError(f"block must be a positive integer, got {block!r}")
@@ -411,14 +480,6 @@ def ingest(
         raise InputError(f"input folder {folder} has no image files")
 
     found = scan(folder, layout, manifest, source, target_expression)
-    if not found.records:
-        raise InputError(
-            f"no usable image in {folder} for layout {found.layout} "
-            f"({found.files} files scanned)"
-        )
-    logger.info(
-        "ingest: %d files of layout %s in %s", len(found.records), found.layout, folder
-    )
     report = IngestReport(
         store=locations.store_path(out),
         report_path=_report_path(out),
@@ -428,6 +489,16 @@ def ingest(
         unmatched=found.unmatched,
     )
     lines = list(found.lines)
+    if not found.records:
+        _fail(
+            report,
+            lines,
+            f"no usable image in {folder} for layout {found.layout} "
+            f"({found.files} files scanned)",
+        )
+    logger.info(
+        "ingest: %d files of layout %s in %s", len(found.records), found.layout, folder
+    )
 
     # Pass 1: metadata and crop boxes.
     paths = [r.path for r in found.records]
@@ -435,7 +506,7 @@ def ingest(
     task = dask.delayed(inspect_files, pure=True)
     parts = runtime.compute(
         *[
-            task(paths[i : i + step], crop, float(margin))
+            task(paths[i : i + step], crop, float(margin), size)
             for i in range(0, len(paths), step)
         ]
     )
@@ -443,6 +514,7 @@ def ingest(
     usable = []
     for record in found.records:
         info = infos[record.path]
+        report.precropped += info.precropped
         if info.status == "unreadable":
             report.unreadable += 1
             lines.append(f"unreadable: {display(record.path, folder)}: {info.message}")
@@ -459,14 +531,19 @@ def ingest(
     report.subjects_kept = len(chosen.kept)
     report.subjects_left_out = chosen.left_out
     if not chosen.samples:
-        raise InputError(
+        _fail(
+            report,
+            lines,
             f"no subject in {folder} has a {source} image and another expression "
-            f"({len(usable)} usable images)"
+            f"({len(usable)} usable images)",
         )
     splits, split_lines = _assign_splits(chosen.samples, seed, test_fraction)
     lines += split_lines
     samples = chosen.samples
-    size = _resolve_size(size, crop, samples, infos, folder)
+    try:
+        size = _resolve_size(size, crop, samples, infos, folder)
+    except InputError as exc:
+        _fail(report, lines, str(exc))
     n_channels = channels or max(infos[r.path].channels for r in samples)
     dtype = (
         "uint16" if any(infos[r.path].dtype == "uint16" for r in samples) else "uint8"
@@ -499,6 +576,7 @@ def ingest(
             "folder": os.path.abspath(folder),
             "manifest": None if manifest is None else os.path.abspath(manifest),
             "crop": crop,
+            "resize": resize,
             "margin": float(margin),
             "size": [int(size[0]), int(size[1])],
             "source": source,
@@ -521,6 +599,7 @@ def ingest(
             tuple(size),
             n_channels,
             dtype,
+            resize,
         )
         for s0 in range(0, n, span)
     ]

@@ -21,6 +21,8 @@ __all__ = [
     "SYNONYMS",
     "Scan",
     "detect_layout",
+    "has_pair_folders",
+    "pair_folders",
     "scan",
     "scan_kdef",
     "scan_manifest",
@@ -209,25 +211,77 @@ def scan_rafd(folder: str | os.PathLike) -> Scan:
     return result
 
 
+def _halves(root: Path, nested: bool) -> dict[str, tuple[Path, Path]]:
+    """Per split, the pair folders a tree may have: ``trainA`` or ``train/trainA``."""
+    base = {split: root / split if nested else root for split in SPLITS}
+    return {
+        split: (base[split] / f"{split}A", base[split] / f"{split}B")
+        for split in SPLITS
+    }
+
+
+def _any_half(root: Path, nested: bool) -> bool:
+    return any(p.is_dir() for pair in _halves(root, nested).values() for p in pair)
+
+
+def has_pair_folders(folder: str | os.PathLike) -> bool:
+    """Whether a folder has any pair folder, flat or nested (:func:`scan_pairs`)."""
+    return _any_half(Path(folder), False) or _any_half(Path(folder), True)
+
+
+def pair_folders(folder: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
+    """The source and target folders of each split present in a pairs tree.
+
+    Raises
+    ------
+    InputError
+        No pair folder, both the flat and the nested form, or a split with
+        one half only.
+    """
+    root = Path(folder)
+    flat, nested = _any_half(root, False), _any_half(root, True)
+    if flat and nested:
+        raise InputError(
+            f"{folder} has both trainA/-style folders and train/trainA/-style ones "
+            "(give the folder of one of them)"
+        )
+    if not (flat or nested):
+        raise InputError(
+            f"{folder} has no trainA/, trainB/, testA/ or testB/ folder, neither "
+            "at its top nor under train/ and test/"
+        )
+    found = {}
+    for split, (a, b) in _halves(root, nested).items():
+        if a.is_dir() != b.is_dir():
+            have, lack = (a, b) if a.is_dir() else (b, a)
+            raise InputError(
+                f"{have.parent} has {have.name}/ but no {lack.name}/ "
+                "(a split needs both halves)"
+            )
+        if a.is_dir():
+            found[split] = (a, b)
+    return found
+
+
 def scan_pairs(
     folder: str | os.PathLike, source: str = "neutral", target: str = "happy"
 ) -> Scan:
     """The reference layout: ``trainA/`` sources and ``trainB/`` targets.
 
     Files pair by the number after the last underscore (``face_12.png``);
-    ``testA/`` and ``testB/`` form the test split.
+    ``testA/`` and ``testB/`` form the test split. The halves lie in the
+    folder itself (``trainA/``, ``trainB/``, ``testA/``, ``testB/``: any
+    split alone, as ``dataset/train/``) or one level down, as the reference
+    implementation's tree (``train/trainA/``, ``train/trainB/``,
+    ``test/testA/``, ``test/testB/``). A split without one of its halves is
+    an error.
     """
     if source == target:
         raise InputError(f"source and target expressions are both {source!r}")
-    root = Path(folder)
-    if not any((root / a).is_dir() for a in ("trainA", "trainB", "testA", "testB")):
-        raise InputError(f"{folder} has no trainA/, trainB/, testA/ or testB/ folder")
+    halves = pair_folders(folder)
     result = Scan("pairs")
-    for split in SPLITS:
-        for side, expression in (("A", source), ("B", target)):
-            sub = root / f"{split}{side}"
-            if not sub.is_dir():
-                continue
+    for split, pair in halves.items():
+        for sub, expression in zip(pair, (source, target), strict=True):
             for path in image_files(sub):
                 result.files += 1
                 match = _PAIR_INDEX.search(path.stem)
@@ -326,8 +380,7 @@ def detect_layout(folder: str | os.PathLike, manifest: str | None = None) -> str
     """
     if manifest is not None:
         return "manifest"
-    root = Path(folder)
-    if (root / "trainA").is_dir() and (root / "trainB").is_dir():
+    if has_pair_folders(folder):
         return "pairs"
     stems = [p.stem for p in image_files(folder)]
     kdef = sum(_KDEF.fullmatch(s) is not None for s in stems)
@@ -335,7 +388,7 @@ def detect_layout(folder: str | os.PathLike, manifest: str | None = None) -> str
     if kdef == rafd == 0:
         raise InputError(
             f"cannot tell the layout of {folder}: no KDEF or RaFD file names and no "
-            "trainA/ and trainB/ folders (give a manifest)"
+            "trainA/ and trainB/ folders, nor train/trainA/ ... (give a manifest)"
         )
     return "kdef" if kdef >= rafd else "rafd"
 

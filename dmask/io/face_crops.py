@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dmask.core import resize as core_resize
 from dmask.errors import InputError
 from dmask.io.photographs import dtype_peak
 
@@ -20,6 +21,8 @@ __all__ = [
     "DETECT_SIDE",
     "LUMA",
     "LUMA_709",
+    "PRECROPPED_FACTOR",
+    "RESIZE_METHODS",
     "center_box",
     "convert_channels",
     "crop_box",
@@ -27,13 +30,27 @@ __all__ = [
     "crop_resize",
     "detect_face",
     "find_crop",
+    "is_face_crop",
     "prepare_face",
     "resize_image",
 ]
 
 
-#: How faces are cropped: found by the cascade, the centred square, or not at all.
-CROP_MODES: tuple[str, ...] = ("detect", "center", "none")
+#: How faces are cropped: ``auto`` takes an image that already is a face crop
+#: (see :func:`is_face_crop`) whole and finds the face in any other; ``detect``
+#: always finds it (the cascade); ``center`` takes the centred square; ``none``
+#: the whole image.
+CROP_MODES: tuple[str, ...] = ("auto", "detect", "center", "none")
+
+
+#: A square image at most this many times the output's longer side is taken
+#: for a face crop already (``crop="auto"``).
+PRECROPPED_FACTOR = 4
+
+
+#: How images are resized: Lanczos (Pillow), or as OpenCV's ``INTER_LINEAR``
+#: and ``INTER_AREA`` (:mod:`dmask.core.resize`).
+RESIZE_METHODS: tuple[str, ...] = ("lanczos", "bilinear", "area")
 
 
 #: Short side of the copy the detector works on (large photos are downscaled).
@@ -194,14 +211,33 @@ def crop_face(image: np.ndarray, box: Box) -> np.ndarray:
     return part
 
 
+def is_face_crop(shape: Sequence[int], size: Sequence[int] | None = None) -> bool:
+    """Whether an image of ``shape`` is taken for a face crop already.
+
+    It is when it is square and its side is at most :data:`PRECROPPED_FACTOR`
+    times the longer side of the output ``size`` (any square image when no
+    size is given), as the aligned crops of face datasets are.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    if height != width:
+        return False
+    return size is None or height <= PRECROPPED_FACTOR * max(int(v) for v in size)
+
+
 def find_crop(
-    image: np.ndarray, crop: str = "detect", margin: float = 0.25
+    image: np.ndarray,
+    crop: str = "detect",
+    margin: float = 0.25,
+    size: Sequence[int] | None = None,
 ) -> Box | None:
-    """The crop box of a crop mode (see :data:`CROP_MODES`), None if no face."""
+    """The crop box of a crop mode (see :data:`CROP_MODES`), None if no face.
+
+    ``size`` is the output size, which ``auto`` compares the image with.
+    """
     if crop not in CROP_MODES:
         raise InputError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
     height, width = image.shape[:2]
-    if crop == "none":
+    if crop == "none" or (crop == "auto" and is_face_crop(image.shape, size)):
         return 0, height, 0, width
     if crop == "center":
         return center_box(image.shape)
@@ -219,19 +255,40 @@ def check_size(size: Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
-def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Resize to ``size = (H, W)`` with Lanczos filtering, keeping the dtype."""
+def check_resize(method: str) -> str:
+    if method not in RESIZE_METHODS:
+        raise InputError(
+            f"resize must be one of {', '.join(RESIZE_METHODS)}, got {method!r}"
+        )
+    return method
+
+
+def resize_image(
+    image: np.ndarray, size: Sequence[int], method: str = "lanczos"
+) -> np.ndarray:
+    """Resize to ``size = (H, W)``, keeping the dtype.
+
+    ``method`` is one of :data:`RESIZE_METHODS`: ``lanczos`` filters with
+    Pillow's Lanczos (antialiased when shrinking); ``bilinear`` and ``area``
+    are OpenCV's ``INTER_LINEAR`` and ``INTER_AREA``
+    (:func:`dmask.core.resize.bilinear`, :func:`dmask.core.resize.area`).
+    """
     image = check_image(image)
     height, width = check_size(size)
+    check_resize(method)
     if image.shape[:2] == (height, width):
         return image.copy()
+    if image.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"image dtype must be uint8 or uint16, got {image.dtype}")
+    if method == "bilinear":
+        return core_resize.bilinear(image, (height, width))
+    if method == "area":
+        return core_resize.area(image, (height, width))
     if image.dtype == np.uint8:
         mode = "L" if image.shape[2] == 1 else "RGB"
         pil = Image.fromarray(image[..., 0] if mode == "L" else image, mode)
         out = np.asarray(pil.resize((width, height), Image.Resampling.LANCZOS))
         return out.reshape(height, width, image.shape[2])
-    if image.dtype != np.uint16:
-        raise InputError(f"image dtype must be uint8 or uint16, got {image.dtype}")
     planes = []
     for c in range(image.shape[2]):
         pil = Image.fromarray(image[..., c].astype(np.float32), "F")
@@ -258,12 +315,17 @@ def crop_resize(
     box: Box,
     size: Sequence[int],
     channels: int | None = None,
+    resize: str = "lanczos",
 ) -> np.ndarray:
-    """Crop ``box`` (edge-padded), resize to ``size`` and convert the channels."""
+    """Crop ``box`` (edge-padded), resize to ``size`` and convert the channels.
+
+    ``resize`` is the method of :func:`resize_image`.
+    """
     if channels not in (None, 1, 3):
         raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
     image = check_image(image)
-    return convert_channels(resize_image(crop_face(image, box), size), channels)
+    face = resize_image(crop_face(image, box), size, resize)
+    return convert_channels(face, channels)
 
 
 def prepare_face(
@@ -272,6 +334,7 @@ def prepare_face(
     crop: str = "detect",
     margin: float = 0.25,
     channels: int | None = None,
+    resize: str = "lanczos",
 ) -> np.ndarray | None:
     """Crop a face photograph and resize it for a dataset.
 
@@ -281,25 +344,29 @@ def prepare_face(
         ``(H, W, C)`` uint8 or uint16, as from :func:`read_image`.
     size : tuple of int
         Output ``(H, W)``.
-    crop : {"detect", "center", "none"}
-        The detected face's square enlarged by ``margin``, the largest centred
-        square, or the whole image (only resized).
+    crop : {"detect", "auto", "center", "none"}
+        The detected face's square enlarged by ``margin``; the whole image if
+        it is a face crop already (:func:`is_face_crop`), else as ``detect``;
+        the largest centred square; or the whole image (only resized).
     margin : float
         Margin around a detected face, a fraction of its side on each side.
     channels : {1, 3, None}
         Luminance, grey replicated to RGB, or as read.
+    resize : {"lanczos", "bilinear", "area"}
+        How the crop is resized (:func:`resize_image`).
 
     Returns
     -------
     numpy.ndarray or None
-        ``(H, W, C)`` of the input dtype; None when ``crop="detect"`` finds no
-        face.
+        ``(H, W, C)`` of the input dtype; None when ``crop`` is ``detect`` or
+        ``auto`` and no face is found.
     """
     image = check_image(image)
     check_size(size)
+    check_resize(resize)
     if channels not in (None, 1, 3):
         raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
-    box = find_crop(image, crop, margin)
+    box = find_crop(image, crop, margin, size)
     if box is None:
         return None
-    return crop_resize(image, box, size, channels)
+    return crop_resize(image, box, size, channels, resize)

@@ -13,10 +13,12 @@ from dmask.errors import InputError
 from dmask.io.atomic import atomic_path
 
 __all__ = [
+    "DISPLAY_MODES",
     "IMAGE_SUFFIXES",
     "ImageReadError",
     "image_files",
     "read_image",
+    "stretch_uint8",
     "to_uint8",
     "write_png",
 ]
@@ -207,20 +209,74 @@ def dtype_peak(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
-def to_uint8(values: np.ndarray, peak: float = 1.0) -> np.ndarray:
-    """Values on ``[0, peak]`` as 8-bit pixels: clipped, rounded; NaN is black."""
+#: How values become 8-bit pixels for display: ``clip`` to ``[0, peak]``, or
+#: ``stretch`` each image's own range to 0-255 (:func:`stretch_uint8`).
+DISPLAY_MODES: tuple[str, ...] = ("clip", "stretch")
+
+
+def stretch_uint8(values: np.ndarray) -> np.ndarray:
+    """One image's values stretched to 8-bit pixels, as OpenCV's min-max normalize.
+
+    The minimum over all pixels and channels becomes 0 and the maximum 255:
+    ``rint(v * s + t)`` with ``s = 255 / (max - min)`` and ``t = -min * s``,
+    rounded half to even and saturated, as ``cv2.normalize(v, None, 0, 255,
+    cv2.NORM_MINMAX)`` followed by a conversion to ``uint8``. A constant image
+    is black. Non-finite values are left out of the range; NaN and -inf become
+    0, +inf 255.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    scale, shift = 0.0, 0.0
+    if finite.any():
+        low, high = values[finite].min(), values[finite].max()
+        if high - low > np.finfo(np.float64).eps:
+            scale = 255.0 / (high - low)
+            shift = -low * scale
+    with np.errstate(invalid="ignore"):
+        out = np.where(finite, values * scale + shift, 0.0)
+    out[np.isposinf(values)] = 255.0
+    return np.rint(np.clip(out, 0.0, 255.0)).astype(np.uint8)
+
+
+def to_uint8(
+    values: np.ndarray, peak: float = 1.0, display: str = "clip"
+) -> np.ndarray:
+    """Values on ``[0, peak]`` as 8-bit pixels.
+
+    ``display`` is one of :data:`DISPLAY_MODES`: ``clip`` clips to
+    ``[0, peak]`` and rounds (NaN is black); ``stretch`` maps the values'
+    own minimum and maximum to 0 and 255 (:func:`stretch_uint8`; ``peak`` is
+    not used).
+    """
+    check_display(display)
+    if display == "stretch":
+        return stretch_uint8(values)
     scaled = np.asarray(values, dtype=np.float64) / peak
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0)
     return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def write_png(path: str | os.PathLike, values: np.ndarray, peak: float = 1.0) -> None:
+def check_display(display: str) -> str:
+    if display not in DISPLAY_MODES:
+        raise InputError(
+            f"display must be one of {', '.join(DISPLAY_MODES)}, got {display!r}"
+        )
+    return display
+
+
+def write_png(
+    path: str | os.PathLike,
+    values: np.ndarray,
+    peak: float = 1.0,
+    display: str = "clip",
+) -> None:
     """Write ``(H, W, C)`` values on ``[0, peak]`` as an 8-bit PNG, atomically.
 
-    One channel is written as grey. The file appears whole at ``path`` or not at
-    all (a temporary name, then a rename); missing folders are made.
+    ``display`` says how values become pixels (:func:`to_uint8`). One channel
+    is written as grey. The file appears whole at ``path`` or not at all (a
+    temporary name, then a rename); missing folders are made.
     """
-    pixels = to_uint8(values, peak)
+    pixels = to_uint8(values, peak, display)
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

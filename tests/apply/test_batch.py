@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import dask
 import numpy as np
 import pytest
 from PIL import Image
@@ -55,13 +56,20 @@ def photo_folder(tmp_path):
 GOOD = ["a.png", "d.PNG", "nested/b.jpg", "nested/deeper/c.png"]
 
 
-def _expected(model, folder, relative: str, target: str) -> np.ndarray:
+def _expected(
+    model, folder, relative: str, target: str, resize="lanczos", display="clip"
+) -> np.ndarray:
     """The slow way: prepare, normalise and predict with the per-pixel loops."""
     image = photographs.read_image(os.path.join(folder, relative))
-    face = face_crops.prepare_face(image, model.image_shape, crop="center", channels=3)
+    face = face_crops.prepare_face(
+        image, model.image_shape, crop="center", channels=3, resize=resize
+    )
     weights = model.weights(target).values
     bias = model.bias(target).values
     predicted = reference_predict(minmax(face[None]), weights, bias, model.field)[0]
+    if display == "stretch":
+        low, high = predicted.min(), predicted.max()
+        return np.rint((predicted - low) * (255 / (high - low))).astype(np.uint8)
     return np.rint(np.clip(predicted, 0, 1) * 255).astype(np.uint8)
 
 
@@ -116,15 +124,17 @@ def test_interrupted_run_resumes_to_the_same_output(
     calls = []
     real_write = folder._write_png
 
-    def failing_write(path, values, peak):
+    def failing_write(path, *args):
         if len(calls) == 3:
             raise KeyboardInterrupt
+        real_write(path, *args)
         calls.append(path)
-        real_write(path, values, peak)
 
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(folder, "_write_png", failing_write)
-    with pytest.raises(KeyboardInterrupt):
+    # One thread: the three writes before the interrupt finish a file (with
+    # several, each could be one of several files in flight).
+    with pytest.raises(KeyboardInterrupt), dask.config.set(num_workers=1):
         folder.apply_to_folder(model, photo_folder, resumed, crop="center", block=1)
     monkeypatch.setattr(folder, "_write_png", real_write)
     partial = _outputs(resumed)
@@ -156,7 +166,41 @@ def test_auto_crop_falls_back_to_the_centre(model_store, photo_folder, tmp_path)
     model = dmask.open_model(model_store)
     report = folder.apply_to_folder(model, photo_folder, tmp_path / "o", crop="auto")
     assert report.written == 4
-    assert all("centre crop" in note or "copied to 3" in note for note in report.notes)
+    # The 40 x 40 square (<= 4 x 24) is a face crop already: taken whole, and
+    # grey: its channel is copied to the model's three.
+    centred = [n.split(":")[0] for n in report.notes if "centre crop" in n]
+    assert sorted(centred) == ["a.png", "d.PNG", "nested/b.jpg"]
+    assert [n for n in report.notes if "centre crop" not in n] == [
+        "nested/deeper/c.png: 1 channel(s): copied to 3"
+    ]
+
+
+def test_bilinear_resize_and_stretched_display(model_store, photo_folder, tmp_path):
+    model = dmask.open_model(model_store)
+    out = tmp_path / "out"
+    options = {"crop": "center", "resize": "bilinear", "display": "stretch"}
+    report = folder.apply_to_folder(model, photo_folder, out, **options)
+    assert report.written == 4
+    for relative in GOOD:
+        path = out / "happy" / (os.path.splitext(relative)[0] + ".png")
+        written = photographs.read_image(path).astype(int)
+        assert written.min() == 0 and written.max() == 255
+        expected = _expected(
+            model, photo_folder, relative, "happy", "bilinear", "stretch"
+        )
+        assert np.abs(written - expected).max() <= 1
+    shown = folder.read_synthesised(model, photo_folder, out, resize="bilinear")
+    face = face_crops.prepare_face(
+        photographs.read_image(photo_folder / "nested/deeper/c.png"),
+        model.image_shape,
+        crop="auto",
+        channels=3,
+        resize="bilinear",
+    )
+    np.testing.assert_allclose(shown["nested/deeper/c"][0], minmax(face[None])[0])
+    for bad, match in (({"resize": "cubic"}, "resize"), ({"display": "x"}, "display")):
+        with pytest.raises(InputError, match=match):
+            folder.apply_to_folder(model, photo_folder, tmp_path / "o", **bad)
 
 
 def test_bad_folders_are_refused(model_store, photo_folder, tmp_path):

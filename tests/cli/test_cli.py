@@ -103,8 +103,9 @@ def test_cli_folder_to_model_to_synthesised_folder(tmp_path, capsys):
     _kdef_folder(kdef)
     assert main(["ingest", str(kdef), "--out", str(faces), "--size", "32", "28",
                  "--crop", "center", *THREADS]) == 0  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "AF01SUS.JPG" in printed and "summary: layout kdef" in printed
+    printed = capsys.readouterr()
+    assert "summary: layout kdef" in printed.out
+    assert "AF01SUS.JPG" in printed.err and "left out: unreadable 1" in printed.err
     ds = dataset_store.open_dataset(faces)
     assert ds.sizes["sample"] == 8 * 3 and ds["images"].shape[1:3] == (32, 28)
 

@@ -268,13 +268,31 @@ def test_detect_keeps_a_real_face(tmp_path):
         "wall_neutral.png,wall,neutral\nwall_happy.png,wall,happy\n"
     )
     out = tmp_path / "real.zarr"
-    report = ingest(photos, out, manifest=manifest, size=(48, 48), test_fraction=0)
+    options = {"manifest": manifest, "size": (48, 48), "test_fraction": 0}
+    report = ingest(photos, out, crop="detect", **options)
     assert report.no_face == 2 and report.subjects_kept == 1
     assert "no face found: wall_neutral.png" in report_text(out)
     ds = dataset_store.open_dataset(out)
     assert ds["subject"].values.astype(str).tolist() == ["eileen", "eileen"]
     assert set(ds["split"].values.astype(str)) == {"train"}
     check_pixels(ds, photos, size=(48, 48), crop="detect")
+
+    # The default: the 128-pixel squares (<= 4 x 48) are face crops, taken
+    # whole; the 256-pixel portrait is larger, and its face is found.
+    auto = tmp_path / "auto.zarr"
+    report = ingest(photos, auto, **options)
+    assert report.no_face == 0 and report.precropped == 2
+    assert report.subjects_kept == 2
+    ds = dataset_store.open_dataset(auto)
+    assert ds.attrs["crop"] == "auto"
+    check_pixels(ds, photos, size=(48, 48), crop="auto")
+    portrait_face = ds["images"].values[
+        ds["file"].values.astype(str) == "astronaut_neutral.png"
+    ]
+    np.testing.assert_array_equal(
+        portrait_face[0],
+        prepare_face(portrait, (48, 48), crop="detect"),
+    )
 
 
 def test_split_is_per_person_and_seeded(tmp_path):

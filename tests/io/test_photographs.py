@@ -10,6 +10,7 @@ import pytest
 from helpers import HALF_LEVEL, JPEG_LEVELS
 from PIL import Image
 
+from dmask.core import resize
 from dmask.datasets import samples
 from dmask.errors import InputError
 from dmask.io import face_crops, photographs
@@ -254,6 +255,86 @@ def test_prepare_face_channels_and_dtypes(rng):
     a = face_crops.prepare_face(eight.astype(np.uint16) * 257, (12, 12), crop="center")
     b = face_crops.prepare_face(eight, (12, 12), crop="center")
     assert np.abs(a / 257.0 - b).max() <= 1.0
+
+
+# ---------------------------------------------------- resizing and display
+
+
+def test_resize_methods(rng):
+    image = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    deep = rng.integers(0, 65536, (30, 44, 1), dtype=np.uint16)
+    for method, function in (("bilinear", resize.bilinear), ("area", resize.area)):
+        for data in (image, deep):
+            out = face_crops.resize_image(data, (12, 20), method)
+            np.testing.assert_array_equal(out, function(data, (12, 20)))
+        box = (2, 30, 5, 33)
+        np.testing.assert_array_equal(
+            face_crops.crop_resize(image, box, (16, 16), resize=method),
+            function(image[2:30, 5:33], (16, 16)),
+        )
+        np.testing.assert_array_equal(
+            face_crops.prepare_face(image, (15, 15), crop="center", resize=method),
+            function(image[:, 7:37], (15, 15)),
+        )
+    lanczos = Image.fromarray(image).resize((20, 12), Image.Resampling.LANCZOS)
+    np.testing.assert_array_equal(
+        face_crops.resize_image(image, (12, 20)), np.asarray(lanczos)
+    )
+    with pytest.raises(InputError, match="resize must be one of lanczos, bilinear"):
+        face_crops.resize_image(image, (8, 8), "cubic")
+    with pytest.raises(InputError, match="resize must be"):
+        face_crops.prepare_face(image, (8, 8), resize="nearest")
+
+
+def test_face_crops_are_taken_whole_with_auto(rng):
+    assert face_crops.is_face_crop((128, 128, 3), (32, 32))
+    assert not face_crops.is_face_crop((129, 129), (32, 32))  # > 4 x 32
+    assert face_crops.is_face_crop((129, 129), (32, 40))  # the longer side
+    assert not face_crops.is_face_crop((128, 127), (128, 128))  # not square
+    assert face_crops.is_face_crop((3000, 3000), None)
+    # A flat square: no face to find, but small enough to be a crop already.
+    flat = rng.integers(80, 100, (80, 80, 3), dtype=np.uint8)
+    assert face_crops.find_crop(flat, "detect") is None
+    assert face_crops.find_crop(flat, "auto", size=(32, 32)) == (0, 80, 0, 80)
+    assert face_crops.find_crop(flat, "auto", size=(16, 16)) is None  # 80 > 64
+    face = face_crops.prepare_face(flat, (32, 32), crop="auto")
+    np.testing.assert_array_equal(face, face_crops.resize_image(flat, (32, 32)))
+    assert face_crops.prepare_face(flat, (16, 16), crop="auto") is None
+
+
+def test_stretch_is_opencv_minmax_normalize(rng):
+    cv2 = pytest.importorskip("cv2")
+    for shape in [(9, 7, 3), (12, 5, 1), (6, 8)]:
+        for dtype in (np.float32, np.float64):
+            for spread in (1e-3, 0.7, 40.0):
+                values = (rng.normal(0.4, spread, shape)).astype(dtype)
+                ours = photographs.stretch_uint8(values)
+                theirs = cv2.normalize(
+                    values, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U
+                )
+                np.testing.assert_array_equal(ours, theirs.reshape(ours.shape))
+                assert ours.min() == 0 and ours.max() == 255
+    constant = np.full((4, 4, 3), 0.3)
+    np.testing.assert_array_equal(
+        photographs.stretch_uint8(constant),
+        cv2.normalize(constant, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U),
+    )
+    odd = np.array([[np.nan, -np.inf, 0.25], [np.inf, 0.5, 0.75]])
+    assert photographs.stretch_uint8(odd).tolist() == [[0, 0, 0], [255, 128, 255]]
+
+
+def test_display_modes(tmp_path, rng):
+    values = rng.normal(0.5, 0.4, (10, 12, 3))
+    clipped = photographs.to_uint8(values)
+    np.testing.assert_array_equal(
+        clipped, np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)
+    )
+    stretched = photographs.to_uint8(values, 2.0, display="stretch")  # peak unused
+    np.testing.assert_array_equal(stretched, photographs.stretch_uint8(values))
+    photographs.write_png(tmp_path / "s.png", values, display="stretch")
+    np.testing.assert_array_equal(photographs.read_image(tmp_path / "s.png"), stretched)
+    with pytest.raises(InputError, match="display must be one of clip, stretch"):
+        photographs.to_uint8(values, display="normalize")
 
 
 # -------------------------------------------------------------------- misc
