@@ -356,6 +356,8 @@ def import_reference(
     matrices = {
         name: [read_matrix(p, shape) for p in plan.paths[name]] for name in plan.names
     }
+    for note in plan.notes:
+        logger.warning("%s", note)
     every = [m for name in plan.names for m in matrices[name]]
     reach = max(field_reach(m, width) for m in every)
     span = 2 * reach + 1
@@ -415,6 +417,7 @@ class _Plan:
         self.channels = 1
         self.shared = False
         self.order: list[int] = [0]
+        self.notes: list[str] = []  # conventions assumed, said once the files read
 
 
 def _read_plan(
@@ -500,10 +503,9 @@ def _files_channels(
         if channels is None and beside is not None:
             channels = int(beside["channels"])
         elif channels is None:
-            logger.warning(
-                "one weight file %s: applied to each of R, G and B, as the sparse "
-                "methods do (--channels 1, channels=1: a greyscale model)",
-                listed[0],
+            plan.notes.append(
+                f"one weight file {listed[0]}: applied to each of R, G and B, as "
+                "the sparse methods do (--channels 1, channels=1: a greyscale model)"
             )
         plan.channels = 3 if channels is None else channels
         plan.shared = plan.channels > 1
@@ -518,12 +520,11 @@ def _files_channels(
         channel_order = str(beside.get("channel_order", "rgb"))
     if channel_order is None:
         channel_order = "bgr"
-        logger.warning(
-            "reading %d weight files as %s (the reference's OpenCV order: the "
-            "first is blue); pass --channel-order rgb (channel_order='rgb') if "
-            "they are not",
-            len(listed),
-            "B, G, R" if len(listed) == 3 else "the reverse of the image's channels",
+        order = "B, G, R" if len(listed) == 3 else "the image's channels reversed"
+        plan.notes.append(
+            f"reading {len(listed)} weight files as {order} (the reference's "
+            "OpenCV order: the first is blue); pass --channel-order rgb "
+            "(channel_order='rgb') if they are not"
         )
     return channel_order
 

@@ -271,7 +271,7 @@ def apply_to_folder(
         Subset of the model's targets.
     crop : {"auto", "detect", "center", "none"}
         How faces are cropped before resizing to the model's size; ``auto``
-        takes an image that is a face crop already (square, at most 4 times
+        takes an image that is a face crop already (square, at most twice
         the model's side: :func:`dmask.io.face_crops.is_face_crop`) whole,
         detects the face in others, and takes the centre where none is found.
     margin : float

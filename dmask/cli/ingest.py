@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--crop",
         default="auto",
         choices=["auto", "detect", "center", "none"],
-        help="auto (default): square images up to 4x the size whole, else detect",
+        help="auto (default): square images up to 2x the size whole, else detect",
     )
     _add_resize_option(ingest, "lanczos (default), or bilinear/area as OpenCV's")
     ingest.add_argument("--margin", type=float, default=0.25, help="around a face")

@@ -415,7 +415,7 @@ def ingest(
         smallest crop.
     crop : {"auto", "detect", "center", "none"}
         Face crop (see :func:`dmask.io.face_crops.prepare_face`): ``auto``
-        takes images that are face crops already (square, at most 4 times the
+        takes images that are face crops already (square, at most twice the
         output's side) whole and finds the face in the others.
     margin : float
         Margin around detected faces, a fraction of the face side.

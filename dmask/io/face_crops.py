@@ -45,7 +45,7 @@ CROP_MODES: tuple[str, ...] = ("auto", "detect", "center", "none")
 
 #: A square image at most this many times the output's longer side is taken
 #: for a face crop already (``crop="auto"``).
-PRECROPPED_FACTOR = 4
+PRECROPPED_FACTOR = 2
 
 
 #: How images are resized: Lanczos (Pillow), or as OpenCV's ``INTER_LINEAR``

@@ -166,7 +166,7 @@ def test_auto_crop_falls_back_to_the_centre(model_store, photo_folder, tmp_path)
     model = dmask.open_model(model_store)
     report = folder.apply_to_folder(model, photo_folder, tmp_path / "o", crop="auto")
     assert report.written == 4
-    # The 40 x 40 square (<= 4 x 24) is a face crop already: taken whole, and
+    # The 40 x 40 square (<= 2 x 24) is a face crop already: taken whole, and
     # grey: its channel is copied to the model's three.
     centred = [n.split(":")[0] for n in report.notes if "centre crop" in n]
     assert sorted(centred) == ["a.png", "d.PNG", "nested/b.jpg"]

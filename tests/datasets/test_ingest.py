@@ -277,21 +277,22 @@ def test_detect_keeps_a_real_face(tmp_path):
     assert set(ds["split"].values.astype(str)) == {"train"}
     check_pixels(ds, photos, size=(48, 48), crop="detect")
 
-    # The default: the 128-pixel squares (<= 4 x 48) are face crops, taken
-    # whole; the 256-pixel portrait is larger, and its face is found.
+    # The default: at 64 pixels the 128-pixel squares (<= 2 x 64) are face
+    # crops, taken whole; the 256-pixel portrait is larger: its face is found.
     auto = tmp_path / "auto.zarr"
+    options["size"] = (64, 64)
     report = ingest(photos, auto, **options)
     assert report.no_face == 0 and report.precropped == 2
     assert report.subjects_kept == 2
     ds = dataset_store.open_dataset(auto)
     assert ds.attrs["crop"] == "auto"
-    check_pixels(ds, photos, size=(48, 48), crop="auto")
+    check_pixels(ds, photos, size=(64, 64), crop="auto")
     portrait_face = ds["images"].values[
         ds["file"].values.astype(str) == "astronaut_neutral.png"
     ]
     np.testing.assert_array_equal(
         portrait_face[0],
-        prepare_face(portrait, (48, 48), crop="detect"),
+        prepare_face(portrait, (64, 64), crop="detect"),
     )
 
 

@@ -208,7 +208,7 @@ def test_jpeg_with_bilinear_resize_is_opencv(tmp_path):
     from skimage.data import astronaut
 
     root = tmp_path / "dataset"
-    portrait = astronaut()[:480, 16:496]  # square: a face crop for 128
+    portrait = astronaut()[:480, 16:496]  # square
     for i in (1, 2):
         shifted = np.roll(portrait, 7 * i, axis=1)
         save(root / "trainA" / f"p_{i}.jpg", shifted, quality=85)
@@ -228,10 +228,10 @@ def test_jpeg_with_bilinear_resize_is_opencv(tmp_path):
             theirs = cv2.resize(rgb, size[::-1], interpolation=flag).astype(int)
             difference = np.abs(ds["images"].values[i].astype(int) - theirs)
             assert difference.max() <= 1, (name, size, method)
-    # Default options (auto crop: the 480-pixel square is a crop for 128).
-    report = ingest(root, tmp_path / "auto.zarr", resize="bilinear")
+    # Default crop (auto: at 240 pixels the 480-pixel square is a face crop).
+    report = ingest(root, tmp_path / "auto.zarr", size=(240, 240), resize="bilinear")
     assert report.precropped == 4
     ds = dataset_store.open_dataset(report.store)
     rgb = cv2.cvtColor(cv2.imread(str(root / ds["file"].values[0])), cv2.COLOR_BGR2RGB)
-    theirs = cv2.resize(rgb, (128, 128), interpolation=cv2.INTER_LINEAR)
+    theirs = cv2.resize(rgb, (240, 240), interpolation=cv2.INTER_LINEAR)
     assert np.abs(ds["images"].values[0].astype(int) - theirs).max() <= 1

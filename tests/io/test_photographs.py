@@ -287,19 +287,19 @@ def test_resize_methods(rng):
 
 
 def test_face_crops_are_taken_whole_with_auto(rng):
-    assert face_crops.is_face_crop((128, 128, 3), (32, 32))
-    assert not face_crops.is_face_crop((129, 129), (32, 32))  # > 4 x 32
-    assert face_crops.is_face_crop((129, 129), (32, 40))  # the longer side
+    assert face_crops.is_face_crop((64, 64, 3), (32, 32))
+    assert not face_crops.is_face_crop((65, 65), (32, 32))  # > 2 x 32
+    assert face_crops.is_face_crop((65, 65), (32, 40))  # the longer side
     assert not face_crops.is_face_crop((128, 127), (128, 128))  # not square
     assert face_crops.is_face_crop((3000, 3000), None)
     # A flat square: no face to find, but small enough to be a crop already.
     flat = rng.integers(80, 100, (80, 80, 3), dtype=np.uint8)
     assert face_crops.find_crop(flat, "detect") is None
-    assert face_crops.find_crop(flat, "auto", size=(32, 32)) == (0, 80, 0, 80)
-    assert face_crops.find_crop(flat, "auto", size=(16, 16)) is None  # 80 > 64
-    face = face_crops.prepare_face(flat, (32, 32), crop="auto")
-    np.testing.assert_array_equal(face, face_crops.resize_image(flat, (32, 32)))
-    assert face_crops.prepare_face(flat, (16, 16), crop="auto") is None
+    assert face_crops.find_crop(flat, "auto", size=(40, 40)) == (0, 80, 0, 80)
+    assert face_crops.find_crop(flat, "auto", size=(32, 32)) is None  # 80 > 64
+    face = face_crops.prepare_face(flat, (40, 40), crop="auto")
+    np.testing.assert_array_equal(face, face_crops.resize_image(flat, (40, 40)))
+    assert face_crops.prepare_face(flat, (32, 32), crop="auto") is None
 
 
 def test_stretch_is_opencv_minmax_normalize(rng):
