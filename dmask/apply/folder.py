@@ -111,17 +111,17 @@ def _stored_arrays(
     return _model_arrays(model_store.open_model_store(path).sel(target=list(names)))
 
 
-def _predict_face(
+def _predict_faces(
     x: np.ndarray, arrays: dict[str, np.ndarray], field_size: int
 ) -> np.ndarray:
-    """``(T, H, W, C)`` predictions of one normalised face ``(1, H, W, C)``."""
+    """``(T, N, H, W, C)`` predictions of normalised faces ``(N, H, W, C)``."""
     if "source" in arrays:
         return sparse.apply_sparse(
             x, arrays["source"], arrays["weight"], arrays["bias"]
-        )[:, 0]
+        )
     b = field_size // 2
     halo = np.pad(x, ((0, 0), (b, b), (b, b), (0, 0)))
-    return forward.apply_tile(halo, arrays["weight"], arrays["bias"], field_size)[:, 0]
+    return forward.apply_tile(halo, arrays["weight"], arrays["bias"], field_size)
 
 
 def _image_channels(image: np.ndarray) -> int:
@@ -161,6 +161,7 @@ def predict_files(
     _, height, width, channels, _ = arrays["weight"].shape
     problems: list[tuple[str, str]] = []
     notes: list[tuple[str, str]] = []
+    faces: list[tuple[str, np.ndarray, float]] = []
     for relative in relatives:
         try:
             image = photographs.read_image(os.path.join(folder, relative))
@@ -188,13 +189,15 @@ def predict_files(
             problems.append((relative, "no face found"))
             continue
         peak = float(np.iinfo(face.dtype).max) if face.dtype.kind in "ui" else 1.0
-        x = face[None].astype(np.float64)
+        faces.append((relative, face.astype(np.float64), 1.0 if normalize else peak))
+    if faces:  # the block at once: one product for every face
+        x = np.stack([face for _, face, _ in faces])
         if normalize:
             x = minmax.normalize_images(x)
-            peak = 1.0
-        predicted = _predict_face(x, arrays, field_size)
-        for name, values in zip(names, predicted, strict=True):
-            _write_png(_output_path(out, name, relative), values, peak, display)
+        predicted = _predict_faces(x, arrays, field_size)
+        for i, (relative, _, peak) in enumerate(faces):
+            for name, values in zip(names, predicted[:, i], strict=True):
+                _write_png(_output_path(out, name, relative), values, peak, display)
     return problems, notes
 
 
