@@ -492,13 +492,16 @@ def _files_channels(
 ) -> str:
     """Channels and channel order of bare files; returns the order.
 
-    Files listed in a dmask export's manifest take its settings by default.
+    Files listed in a dmask export's manifest take its settings by default
+    (channels, channel order, image shape).
     """
     if channels is not None and (
         isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
     ):
         raise InputError(f"channels must be a positive integer, got {channels!r}")
     beside = _exported_manifest(listed)
+    if beside is not None and plan.image_shape is None:
+        plan.image_shape = check_image_shape([beside["height"], beside["width"]])
     if len(listed) == 1:
         if channels is None and beside is not None:
             channels = int(beside["channels"])

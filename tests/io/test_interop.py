@@ -272,8 +272,12 @@ def test_refuses_bad_files(rng, tmp_path):
         import_reference([files[0], other], image_shape=(4, 6))
     with pytest.raises(InputError, match=r"other\.npz have shape \(30, 31\) but"):
         import_reference([files[0], other])
+    bare = [tmp_path / f"bare_{i}.npz" for i in range(2)]  # no manifest beside
+    for path, exported in zip(bare, files[:-1], strict=True):
+        path.write_bytes(exported.read_bytes())
     with pytest.raises(InputError, match="not a square image: pass image_shape"):
-        import_reference(files[:-1])
+        import_reference(bare)
+    assert import_reference(files[:-1]).image_shape == (4, 6)  # its manifest's
     nan = tmp_path / "nan.npz"
     sp.save_npz(nan, sp.csr_matrix(([np.nan], ([0], [24])), shape=(24, 25)))
     with pytest.raises(InputError, match=r"nan\.npz contain NaN"):
