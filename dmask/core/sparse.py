@@ -24,6 +24,7 @@ __all__ = [
     "INDEX_DTYPE",
     "UNUSED",
     "apply_sparse",
+    "slot_maps",
     "slot_reach",
     "slots_from_csr",
     "slots_to_csr",
@@ -140,6 +141,40 @@ def slot_reach(index: np.ndarray, height: int, width: int, channels: int) -> int
     dy = np.abs(read // width - (out_pixel // width)[None, :, None])
     dx = np.abs(read % width - (out_pixel % width)[None, :, None])
     return int(np.max(np.where(used, np.maximum(dy, dx), 0)))
+
+
+def slot_maps(
+    index: np.ndarray, weight: np.ndarray, width: int, channels: int, channel: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What one output channel of a sparse model reads, per output pixel.
+
+    ``index`` and ``weight`` are ``(H, W, C, S)``. Returns ``(H, W)`` maps: the
+    weight on the output's own input value (same pixel, same channel), the sum
+    of ``|w|`` over every other value read, and the ``|w|``-weighted mean
+    distance (pixels, the larger of ``|dy|`` and ``|dx|``) of the values read
+    (0 where nothing is read).
+    """
+    height = index.shape[0]
+    idx = index[:, :, channel].astype(np.int64)
+    w = weight[:, :, channel]
+    used = idx >= 0
+    ys, xs = np.mgrid[0:height, 0:width]
+    own = ((ys * width + xs) * channels + channel)[..., None]
+    is_own = used & (idx == own)
+    read = np.where(used, idx, 0) // channels
+    distance = np.maximum(
+        np.abs(read // width - ys[..., None]), np.abs(read % width - xs[..., None])
+    )
+    size = np.where(used, np.abs(w), 0.0)
+    total = size.sum(axis=-1)
+    mean_distance = np.divide(
+        (size * distance).sum(axis=-1), total, out=np.zeros_like(total), where=total > 0
+    )
+    return (
+        np.where(is_own, w, 0.0).sum(axis=-1),
+        np.where(is_own, 0.0, size).sum(axis=-1),
+        mean_distance,
+    )
 
 
 def sparse_bytes(values: int, slots: int) -> int:

@@ -23,6 +23,7 @@ from dmask.report.sections import (
     fields_section,
     photographs_section,
     size_section,
+    sparse_section,
     tuning_section,
 )
 
@@ -273,7 +274,10 @@ def write_report(
     sections.append(faces)
     if entries:
         sections.append(photographs_section(entries, model.targets))
-    sections.append(fields_section(model, mean_face, chosen))
+    if model.kind == "sparse":
+        sections.append(sparse_section(model))
+    else:
+        sections.append(fields_section(model, mean_face, chosen))
     if comparison_rows is not None:
         sections.append(comparison_section(comparison_rows))
     if tuning_rows is not None:

@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 
 from dmask.checks import LAM_SELECTIONS
-from dmask.core import field_maps
+from dmask.core import field_maps, sparse
 from dmask.core.minmax import normalize_block, normalize_images
 from dmask.errors import InputError, StoreError
 from dmask.graph import inputs
@@ -276,6 +276,43 @@ def fields_section(
                 f'<img src="{_windows_figure(windows, pixels, r)}" '
                 f'alt="{html.escape(target)} fields at chosen pixels">'
             )
+    return "".join(parts)
+
+
+def sparse_section(model: Model) -> str:
+    """What a sparse model learned: where each output value reads, per target."""
+    height, width = model.image_shape
+    channel = str(model.dataset["channel"].values[0])
+    parts = [
+        "<h2 id='fields'>What the sparse model learned</h2>",
+        f"<p class='note'>A sparse model: {model.slots} weight(s) per output value "
+        f"(at most), anywhere in the image, spanning up to {model.field} x "
+        f"{model.field} pixels. Channel {html.escape(channel)}. Own weight: the "
+        "weight of each output pixel on its own input value; elsewhere: sum of |w| "
+        "over the other values it reads; distance: the |w|-weighted mean distance "
+        "(pixels, the larger of |dy| and |dx|) of what it reads; bias: the "
+        "constant term.</p>",
+    ]
+    for position, target in enumerate(model.targets):
+        index, weight, bias = inputs.as_numpy(
+            model.dataset["source"].data[position],
+            model.dataset["weight"].data[position],
+            model.dataset["bias"].data[position, :, :, 0],
+        )
+        own, elsewhere, distance = sparse.slot_maps(
+            index, weight, width, model.channels, 0
+        )
+        figure, axes = new_figure(4, width / height)
+        show_map(figure, axes[0], own, "own weight", signed=True)
+        show_map(figure, axes[1], elsewhere, "elsewhere sum |w|", signed=False)
+        show_map(figure, axes[2], distance, "distance read (px)", signed=False)
+        show_map(figure, axes[3], np.asarray(bias, np.float64), "bias", signed=True)
+        median = float(np.median(distance))
+        parts.append(f"<h3>{html.escape(target)}</h3>")
+        parts.append(
+            f"<p class='note'>Median distance read: {median:.1f} pixels.</p>"
+            f'<img src="{figure_uri(figure)}" alt="{html.escape(target)} slot maps">'
+        )
     return "".join(parts)
 
 

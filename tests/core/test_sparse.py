@@ -104,3 +104,54 @@ def test_apply_sparse_by_loops(rng, shape, slots):
     part = (slice(None), slice(1, 3), slice(0, 2))
     tile = sparse.apply_sparse(images, index[part], weight[part], bias[part])
     np.testing.assert_array_equal(tile, got[:, :, 1:3, 0:2])
+
+
+def test_slot_maps_by_loops(rng):
+    height, width, channels, slots = 5, 6, 2, 3
+    values = height * width * channels
+    index = rng.integers(-1, values, size=(height, width, channels, slots))
+    index[1, 2, 1, 0] = (1 * width + 2) * channels + 1  # reads itself
+    weight = rng.normal(size=index.shape) * (index >= 0)
+    own, elsewhere, distance = sparse.slot_maps(index, weight, width, channels, 1)
+    for y in range(height):
+        for x in range(width):
+            o = e = moment = 0.0
+            for s in range(slots):
+                i = int(index[y, x, 1, s])
+                if i < 0:
+                    continue
+                w = float(weight[y, x, 1, s])
+                if i == (y * width + x) * channels + 1:
+                    o += w
+                else:
+                    e += abs(w)
+                pixel = i // channels
+                moment += abs(w) * max(abs(pixel // width - y), abs(pixel % width - x))
+            total = sum(
+                abs(float(weight[y, x, 1, s]))
+                for s in range(slots)
+                if index[y, x, 1, s] >= 0
+            )
+            assert own[y, x] == pytest.approx(o, abs=TIGHT)
+            assert elsewhere[y, x] == pytest.approx(e, abs=TIGHT)
+            assert distance[y, x] == pytest.approx(moment / total if total else 0.0)
+    assert own[1, 2] != 0
+
+
+def test_slot_reach_by_loops(rng):
+    height, width, channels = 4, 7, 3
+    index = rng.integers(
+        -1, height * width * channels, size=(2, height, width, channels, 2)
+    )
+    reach = 0
+    for t in range(2):
+        for y in range(height):
+            for x in range(width):
+                for c in range(channels):
+                    for i in index[t, y, x, c]:
+                        if i >= 0:
+                            pixel = int(i) // channels
+                            dy, dx = abs(pixel // width - y), abs(pixel % width - x)
+                            reach = max(reach, dy, dx)
+    assert sparse.slot_reach(index, height, width, channels) == reach
+    assert sparse.slot_reach(np.full((1, 2, 2, 1, 1), -1), 2, 2, 1) == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse
 from helpers import HALF_LEVEL, NEAR_ZERO, TIGHT
 from PIL import Image
 
@@ -378,3 +379,30 @@ def test_report_reads_tuning_rows_with_penalties_chosen_per_pixel(trained, tmp_p
     path = tmp_path / "gcv.html"
     write_report(path, model, ds, tuning=rows)
     assert "id='tuning'" in path.read_text(encoding="utf-8")
+
+
+def test_report_of_a_sparse_model(trained, tmp_path):
+    from dmask.evaluation.saved_models import sparse_from_rows
+
+    ds, _ = trained
+    d = 24 * 20 * 3
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, d, size=(d, 2))
+    coef = scipy.sparse.csr_matrix(
+        (rng.normal(size=2 * d), (np.repeat(np.arange(d), 2), rows.ravel())),
+        shape=(d, d),
+    )
+    model = sparse_from_rows(
+        {t: (coef, rng.normal(size=d)) for t in TARGETS}, (24, 20, 3), "test"
+    )
+    path = write_report(tmp_path / "sparse.html", model, ds)
+    page = _parse(path)
+    text = path.read_text(encoding="utf-8")
+    assert "What the sparse model learned" in text and "Median distance read" in text
+    alts = [image.get("alt", "") for image in page.images]
+    assert [a for a in alts if a.endswith("slot maps")] == [
+        f"{t} slot maps" for t in TARGETS
+    ]
+    assert not [a for a in alts if "fields at chosen pixels" in a]
+    for image in page.images:
+        _decode(image["src"])
