@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["DmaskError", "InputError", "StoreError"]
+from collections.abc import Sequence
+
+__all__ = ["DmaskError", "InputError", "StoreError", "check_choice"]
 
 
 class DmaskError(ValueError):
@@ -15,3 +17,10 @@ class InputError(DmaskError):
 
 class StoreError(DmaskError):
     """A store is missing, unreadable, incomplete, of the wrong kind, or in the way."""
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else an InputError naming them."""
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value

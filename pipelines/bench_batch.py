@@ -18,13 +18,11 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
-from benchlib import machine
+from benchlib import machine, timed
 from PIL import Image
 
 import dmask
@@ -73,16 +71,6 @@ def photo_folder(root: str, count: int) -> int:
             os.path.join(root, f"photo_{i:04d}.jpg"), quality=92
         )
     return count
-
-
-def timed(step, repeats: int) -> tuple[float, object]:
-    """Median wall time of ``repeats`` calls, and the last result."""
-    walls, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = step()
-        walls.append(time.perf_counter() - started)
-    return statistics.median(walls), result
 
 
 def run_size(size: int, subjects: int, photos: int, repeats: int, work: str) -> dict:

@@ -24,14 +24,12 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import scipy.sparse as sp
-from benchlib import machine, rss_start, rss_stop
+from benchlib import machine, rss_start, rss_stop, timed
 from PIL import Image
 
 import dmask
@@ -55,15 +53,6 @@ def omp_like(rng: np.random.Generator, side: int, nonzeros: int) -> sp.csr_matri
     values = rng.normal(size=cols.shape) / nonzeros
     rows = np.repeat(np.arange(d), nonzeros + 1)
     return sp.csr_matrix((values.ravel(), (rows, cols.ravel())), shape=(d, d + 1))
-
-
-def timed(step, repeats: int) -> tuple[float, object]:
-    walls, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = step()
-        walls.append(time.perf_counter() - started)
-    return statistics.median(walls), result
 
 
 def main() -> None:

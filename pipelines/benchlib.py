@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 
 import dask
 import distributed
@@ -62,3 +64,13 @@ def rss_stop() -> int:
     stop.set()  # type: ignore[attr-defined]
     thread.join()  # type: ignore[attr-defined]
     return int(peak[0])  # type: ignore[index]
+
+
+def timed(step, repeats: int) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls, and the last result."""
+    walls, result = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = step()
+        walls.append(time.perf_counter() - started)
+    return statistics.median(walls), result

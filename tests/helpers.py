@@ -86,6 +86,15 @@ def random_pairs(
     return sources, targets
 
 
+def save_image(path: Path, image: np.ndarray, **kwargs: Any) -> Path:
+    """Write an image file with Pillow (folders made), e.g. ``quality=85``."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, **kwargs)
+    return path
+
+
 # ---------------------------------------------------------------- comparisons
 
 _SAME = object()

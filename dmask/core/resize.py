@@ -101,13 +101,19 @@ def _check(image: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, int, int
         raise InputError(f"image must be (H, W) or (H, W, C), got {image.shape}")
     if image.dtype.kind not in "uif":
         raise InputError(f"image dtype must be integer or float, got {image.dtype}")
+    height, width = check_size(size)
+    return image, height, width
+
+
+def check_size(size: Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` as positive integers, or InputError."""
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError):
         raise InputError(f"size must be (height, width), got {size!r}") from None
     if height < 1 or width < 1:
         raise InputError(f"size must be positive, got {height}x{width}")
-    return image, height, width
+    return height, width
 
 
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import NoReturn
 import dask
 import numpy as np
 
+from dmask.core.resize import check_size
 from dmask.datasets.layouts import LAYOUTS, ImageRecord, display, scan
 from dmask.errors import InputError
 from dmask.graph import runtime
@@ -19,7 +20,6 @@ from dmask.io import atomic, dataset_store, locations, locks, stores
 from dmask.io.face_crops import (
     CROP_MODES,
     check_resize,
-    check_size,
     crop_resize,
     find_crop,
     is_face_crop,

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from dmask.core import resize as core_resize
-from dmask.errors import InputError
+from dmask.errors import InputError, check_choice
 from dmask.io.photographs import dtype_peak
 
 __all__ = [
@@ -245,22 +245,8 @@ def find_crop(
     return None if face is None else crop_box(image.shape, face, margin)
 
 
-def check_size(size: Sequence[int]) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise InputError(f"size must be (height, width), got {size!r}") from None
-    if height < 1 or width < 1:
-        raise InputError(f"size must be positive, got {height}x{width}")
-    return height, width
-
-
 def check_resize(method: str) -> str:
-    if method not in RESIZE_METHODS:
-        raise InputError(
-            f"resize must be one of {', '.join(RESIZE_METHODS)}, got {method!r}"
-        )
-    return method
+    return check_choice("resize", method, RESIZE_METHODS)
 
 
 def resize_image(
@@ -274,7 +260,7 @@ def resize_image(
     (:func:`dmask.core.resize.bilinear`, :func:`dmask.core.resize.area`).
     """
     image = check_image(image)
-    height, width = check_size(size)
+    height, width = core_resize.check_size(size)
     check_resize(method)
     if image.shape[:2] == (height, width):
         return image.copy()
@@ -362,7 +348,7 @@ def prepare_face(
         ``auto`` and no face is found.
     """
     image = check_image(image)
-    check_size(size)
+    core_resize.check_size(size)
     check_resize(resize)
     if channels not in (None, 1, 3):
         raise InputError(f"channels must be 1, 3 or None, got {channels!r}")

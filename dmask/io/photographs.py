@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from dmask.errors import InputError
+from dmask.errors import InputError, check_choice
 from dmask.io.atomic import atomic_path
 
 __all__ = [
@@ -257,11 +257,7 @@ def to_uint8(
 
 
 def check_display(display: str) -> str:
-    if display not in DISPLAY_MODES:
-        raise InputError(
-            f"display must be one of {', '.join(DISPLAY_MODES)}, got {display!r}"
-        )
-    return display
+    return check_choice("display", display, DISPLAY_MODES)
 
 
 def write_png(

@@ -22,15 +22,8 @@ SHAPES = [
 ]
 
 
-def _loop_bilinear(image: np.ndarray, size) -> np.ndarray:
-    """``src = (dst + 0.5) * in / out - 0.5``, clamped, per pixel and channel."""
-
-    def taps(d: int, n_in: int, n_out: int) -> list[tuple[int, float]]:
-        s = min(max((d + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
-        low = math.floor(s)
-        frac = s - low
-        return [(low, 1.0 - frac), (min(low + 1, n_in - 1), frac)]
-
+def _separable(image: np.ndarray, size, taps) -> np.ndarray:
+    """Every output value as the sum of its input taps, one at a time."""
     height, width, channels = image.shape
     out = np.zeros((*size, channels))
     for y in range(size[0]):
@@ -40,6 +33,18 @@ def _loop_bilinear(image: np.ndarray, size) -> np.ndarray:
                     for sx, wx in taps(x, width, size[1]):
                         out[y, x, c] += wy * wx * image[sy, sx, c]
     return out
+
+
+def _loop_bilinear(image: np.ndarray, size) -> np.ndarray:
+    """``src = (dst + 0.5) * in / out - 0.5``, clamped, per pixel and channel."""
+
+    def taps(d: int, n_in: int, n_out: int) -> list[tuple[int, float]]:
+        s = min(max((d + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
+        low = math.floor(s)
+        frac = s - low
+        return [(low, 1.0 - frac), (min(low + 1, n_in - 1), frac)]
+
+    return _separable(image, size, taps)
 
 
 def _loop_area(image: np.ndarray, size) -> np.ndarray:
@@ -55,15 +60,7 @@ def _loop_area(image: np.ndarray, size) -> np.ndarray:
                 found.append((s, overlap / scale))
         return found
 
-    height, width, channels = image.shape
-    out = np.zeros((*size, channels))
-    for y in range(size[0]):
-        for x in range(size[1]):
-            for c in range(channels):
-                for sy, wy in taps(y, height, size[0]):
-                    for sx, wx in taps(x, width, size[1]):
-                        out[y, x, c] += wy * wx * image[sy, sx, c]
-    return out
+    return _separable(image, size, taps)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import save_image as save
 from PIL import Image
 
 import dmask
@@ -27,12 +28,6 @@ def face(subject: int, expression: str, height: int = 36, width: int = 30):
     """A synthetic face as uint8 RGB."""
     image = render_face(subject_params(7, subject), expression, height, width)
     return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
-
-
-def save(path: Path, image: np.ndarray, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, **kwargs)
-    return path
 
 
 def check_pixels(ds, folder: Path, size=SIZE, crop="center", channels=None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import save_image as save
 
 from dmask.datasets.drawing import render_face, subject_params
 from dmask.datasets.ingest import ingest
@@ -32,12 +32,6 @@ INDICES = {"train": [1, 2, 3, 5], "test": [4, 7]}
 def crop(subject: int, expression: str, side: int = SIDE) -> np.ndarray:
     image = render_face(subject_params(11, subject), expression, side, side)
     return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
-
-
-def save(path: Path, image: np.ndarray, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, **kwargs)
-    return path
 
 
 def reference_tree(root: Path, nested: bool = True, side: int = SIDE) -> Path:
