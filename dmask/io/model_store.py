@@ -317,7 +317,13 @@ def write_model_tile(
 
 def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) -> None:
     """Write a whole model dataset (numpy or dask backed) to a new store."""
+    import contextlib
+
+    import dask
+    import dask.array as da
+
     target = prepare_output(path, overwrite, inputs=[ds.encoding.get("dmask_path")])
+    in_memory = not any(isinstance(v.data, da.Array) for v in ds.variables.values())
     th, tw = ds.attrs["tile_shape"]
     last = "slot" if "slot" in ds.dims else "k"
     channels, k = ds.sizes["channel"], ds.sizes[last]
@@ -327,8 +333,12 @@ def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) 
     ds = ds.chunk({"tile_y": 1, "tile_x": 1})
     for name in ds.variables:
         ds[name].encoding = {}
+    # arrays in this process are written from it, not shipped to a cluster's workers
+    local = (
+        dask.config.set(scheduler="threads") if in_memory else contextlib.nullcontext()
+    )
     try:
-        with quiet_zarr():
+        with quiet_zarr(), local:
             ds.to_zarr(target, mode="w", zarr_format=3, consolidated=True)
         finalize_store(target)
     except BaseException:
