@@ -480,10 +480,10 @@ class Model:
         weight = self.dataset["weight"].data
         bias = self.dataset["bias"].data
         if not isinstance(weight, da.Array):
-            weight = da.from_array(
-                weight, chunks=(1, th, tw, channels, weight.shape[-1]), name=False
+            weight = inputs.held_array(
+                weight, chunks=(1, th, tw, channels, weight.shape[-1])
             )
-            bias = da.from_array(bias, chunks=(1, th, tw, channels), name=False)
+            bias = inputs.held_array(bias, chunks=(1, th, tw, channels))
         full = prediction.predict_tiles(
             src,
             weight,
@@ -518,7 +518,7 @@ class Model:
             data = self.dataset[name].data
             if not isinstance(data, da.Array):
                 chunks = (1, th, tw, *data.shape[3:])
-                data = da.from_array(data, chunks=chunks, name=False)
+                data = inputs.held_array(data, chunks=chunks)
             arrays.append(data)
         full = prediction.predict_sparse_tiles(
             src, *arrays, grid, sample_block, self.normalize == "minmax"

@@ -62,6 +62,32 @@ def as_dask_array(array: Any, name: str) -> da.Array:
     return array
 
 
+#: In-memory arrays larger than this are sent to a cluster once, not in graphs.
+SCATTER_BYTES = 4 * 2**20
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def held_array(array: np.ndarray, chunks: tuple[int, ...]) -> da.Array:
+    """A dask array of an array held in this process, in ``chunks``.
+
+    On a distributed cluster a large array is scattered to the workers once
+    and read from there, instead of travelling inside every graph that uses it
+    (the scheduler warns of graphs of tens of MiB).
+    """
+    client = current_client()
+    if client is None or array.nbytes < SCATTER_BYTES:
+        return da.from_array(array, chunks=chunks, name=False)
+    future = client.scatter(array)
+    # a graph holding the future itself keeps it alive while the graph lives
+    whole = da.from_delayed(
+        dask.delayed(_identity)(future), shape=array.shape, dtype=array.dtype
+    )
+    return whole.rechunk(chunks)
+
+
 def as_image_source(
     images: Any, name: str, keep_numpy: bool = False
 ) -> da.Array | StoredImages | np.ndarray:
