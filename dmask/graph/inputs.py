@@ -63,7 +63,7 @@ def as_dask_array(array: Any, name: str) -> da.Array:
 
 
 #: In-memory arrays larger than this are sent to a cluster once, not in graphs.
-SCATTER_BYTES = 4 * 2**20
+SCATTER_BYTES = 2**20
 
 
 def _identity(value: Any) -> Any:
@@ -73,19 +73,30 @@ def _identity(value: Any) -> Any:
 def held_array(array: np.ndarray, chunks: tuple[int, ...]) -> da.Array:
     """A dask array of an array held in this process, in ``chunks``.
 
-    On a distributed cluster a large array is scattered to the workers once
-    and read from there, instead of travelling inside every graph that uses it
-    (the scheduler warns of graphs of tens of MiB).
+    On a distributed cluster a large array is scattered to the workers once,
+    chunk by chunk (each task then fetches only its own chunks), instead of
+    travelling inside every graph that uses it (the scheduler warns of graphs
+    of tens of MiB). Scattered chunks live as long as the dask array; a worker
+    lost meanwhile loses them (the computation then fails, naming them).
     """
     client = current_client()
     if client is None or array.nbytes < SCATTER_BYTES:
         return da.from_array(array, chunks=chunks, name=False)
-    future = client.scatter(array)
-    # a graph holding the future itself keeps it alive while the graph lives
-    whole = da.from_delayed(
-        dask.delayed(_identity)(future), shape=array.shape, dtype=array.dtype
-    )
-    return whole.rechunk(chunks)
+    chunks = da.core.normalize_chunks(chunks, array.shape, dtype=array.dtype)
+    starts = [np.cumsum((0, *c)) for c in chunks]
+    grid = list(np.ndindex(*(len(c) for c in chunks)))
+    pieces = [
+        array[tuple(slice(s[i], s[i + 1]) for s, i in zip(starts, at, strict=True))]
+        for at in grid
+    ]
+    futures = client.scatter(pieces, hash=False)
+    # a graph that holds the futures themselves keeps them alive with the array
+    blocks = np.empty([len(c) for c in chunks], dtype=object)
+    for at, piece, future in zip(grid, pieces, futures, strict=True):
+        blocks[at] = da.from_delayed(
+            dask.delayed(_identity)(future), shape=piece.shape, dtype=array.dtype
+        )
+    return da.block(blocks.tolist())
 
 
 def as_image_source(
