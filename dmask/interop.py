@@ -7,8 +7,8 @@ as scipy.sparse CSR ``d x (d + 1)`` matrices, ``d = H * W``, bias last,
 exports add a ``manifest.json`` that records shapes, targets, settings and the
 channel order of the files.
 
-A model is imported as an ``r x r`` field when its weights fit a window of
-modest size, else as a sparse model (a few slots per output value,
+A model is imported as an ``r x r`` field when its rows fill the window its
+weights span, else as a sparse model (a few slots per output value,
 :mod:`dmask.core.sparse`); either is exported back exactly.
 """
 
@@ -60,7 +60,6 @@ from dmask.model import Model
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AUTO_FIELD_LIMIT",
     "IMPORT_KINDS",
     "IMPORT_TILE",
     "export_reference",
@@ -70,9 +69,6 @@ __all__ = [
 
 IMPORT_TILE = 64
 """Tile side of an imported field model."""
-
-AUTO_FIELD_LIMIT = 15
-"""``kind="auto"`` imports weights spanning up to this window as a field."""
 
 IMPORT_KINDS = ("auto", "field", "sparse")
 
@@ -295,9 +291,9 @@ def import_reference(
     normalize : {"minmax", "none"}, optional
         Input normalisation; from the manifest, else ``"minmax"``.
     kind : {"auto", "field", "sparse"}
-        ``"auto"``: the manifest's kind; else a field when the weights span at
-        most :data:`AUTO_FIELD_LIMIT` pixels each way or fill a quarter of their
-        window, a sparse model otherwise.
+        ``"auto"``: the manifest's kind; else a field when the fullest row
+        fills at least a quarter of the ``r x r`` window the weights span (as
+        MR's do), a sparse model otherwise (OMP, LSRF, lasso).
     channel_order : {"rgb", "bgr"}, optional
         Image channel of each file in the given order: ``"bgr"`` (the
         reference's OpenCV order: file 1 blue, 2 green, 3 red) is the default
@@ -369,7 +365,7 @@ def import_reference(
         elif manifest_kind in model_store.KINDS:
             kind = manifest_kind
         else:
-            fits = span <= AUTO_FIELD_LIMIT or 4 * widest >= span * span
+            fits = 4 * widest >= span * span  # the window at least a quarter used
             kind = "field" if fits else "sparse"
         logger.info(
             "weights span %dx%d pixels, at most %d per output: importing as %s",
@@ -462,9 +458,14 @@ def _read_plan(
             )
         plan.channels = int(manifest["channels"])
         plan.shared = bool(manifest.get("shared_channels", False))
-        order = channel_order or manifest.get("channel_order", "rgb")
+        order = manifest.get("channel_order", "rgb")
         if order not in CHANNEL_ORDERS:
             raise InputError(f"{directory / MANIFEST} has channel_order {order!r}")
+        if channel_order is not None and channel_order != order:
+            raise InputError(
+                f"channel_order={channel_order!r} but {directory / MANIFEST} says "
+                f"its files are {order!r}"
+            )
     else:
         listed = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         if not listed:
@@ -492,20 +493,38 @@ def _files_channels(
 ) -> str:
     """Channels and channel order of bare files; returns the order.
 
-    Files listed in a dmask export's manifest take its settings by default
-    (channels, channel order, image shape).
+    Files that are exactly one target's files in a dmask export take its
+    manifest's settings (channels, channel order, image shape), in its order.
     """
     if channels is not None and (
         isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
     ):
         raise InputError(f"channels must be a positive integer, got {channels!r}")
-    beside = _exported_manifest(listed)
-    if beside is not None and plan.image_shape is None:
-        plan.image_shape = check_image_shape([beside["height"], beside["width"]])
+    beside = _exported_files(listed)
+    if beside is not None:
+        manifest, ordered = beside
+        plan.paths = {plan.names[0]: ordered}
+        if plan.image_shape is None:
+            plan.image_shape = check_image_shape(
+                [manifest["height"], manifest["width"]]
+            )
+        exported = int(manifest["channels"])
+        if channels is not None and channels != exported:
+            raise InputError(
+                f"channels={channels} but the export these files belong to says "
+                f"{exported}"
+            )
+        plan.channels = exported
+        plan.shared = bool(manifest.get("shared_channels", False))
+        order = str(manifest.get("channel_order", "rgb"))
+        if channel_order is not None and channel_order != order:
+            raise InputError(
+                f"channel_order={channel_order!r} but the export these files belong "
+                f"to says they are {order!r}"
+            )
+        return order
     if len(listed) == 1:
-        if channels is None and beside is not None:
-            channels = int(beside["channels"])
-        elif channels is None:
+        if channels is None:
             plan.notes.append(
                 f"one weight file {listed[0]}: applied to each of R, G and B, as "
                 "the sparse methods do (--channels 1, channels=1: a greyscale model)"
@@ -519,8 +538,6 @@ def _files_channels(
             "(one per channel, or one for every channel)"
         )
     plan.channels = len(listed)
-    if channel_order is None and beside is not None:
-        channel_order = str(beside.get("channel_order", "rgb"))
     if channel_order is None:
         channel_order = "bgr"
         order = "B, G, R" if len(listed) == 3 else "the image's channels reversed"
@@ -532,9 +549,14 @@ def _files_channels(
     return channel_order
 
 
-def _exported_manifest(listed: list[Any]) -> dict[str, Any] | None:
-    """The manifest of the dmask export that lists every one of the files, if any."""
+def _exported_files(listed: list[Any]) -> tuple[dict[str, Any], list[Path]] | None:
+    """The manifest of the dmask export whose target has exactly these files.
+
+    Returns it with the files in its order, or None (then they are bare files).
+    """
     wanted = {Path(p).resolve() for p in listed}
+    if len(wanted) != len(listed):
+        return None
     for parent in {p.parent for p in wanted}:
         for place in (parent, parent.parent):
             if not (place / MANIFEST).is_file():
@@ -543,13 +565,10 @@ def _exported_manifest(listed: list[Any]) -> dict[str, Any] | None:
                 manifest = read_manifest(place)
             except InputError:
                 continue
-            named = {
-                (place / f).resolve()
-                for files in manifest["files"].values()
-                for f in files
-            }
-            if wanted <= named:
-                return manifest
+            for files in manifest["files"].values():
+                ordered = [(place / f).resolve() for f in files]
+                if set(ordered) == wanted:
+                    return manifest, ordered
     return None
 
 

@@ -58,8 +58,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--kind",
         choices=["auto", "field", "sparse"],
         default="auto",
-        help="an r x r field, or sparse slots (auto: a field when the weights "
-        "fit a window of up to 15 x 15 or fill a quarter of theirs)",
+        help="an r x r field, or sparse slots (auto: a field when the fullest "
+        "row fills a quarter of the r x r window the weights span)",
     )
     import_.add_argument(
         "--channel-order",

@@ -204,7 +204,9 @@ def test_hand_made_reference_weights(tmp_path):
     matrix[0, d] = 0.5
     path = tmp_path / "w.npz"
     sp.save_npz(path, matrix.tocsr())
-    model = import_reference([path], image_shape=(height, width), channels=1)
+    model = import_reference(
+        [path], image_shape=(height, width), channels=1, kind="field"
+    )
     assert model.field == 5
     weight = model.weights().values
     assert weight[1, 2, 0, 2 * 5 + 2] == 2.0 and weight[1, 2, 0, 2 * 5 + 4] == -1.0
@@ -240,8 +242,10 @@ def test_entry_outside_the_field_names_first_pixel(rng, tmp_path):
     assert "\n" not in message
     assert "(2, 3)" in message and "channel 1" in message and "(2, 6)" in message
     assert "channel_1.npz" in message and "3x3" in message
-    # with the field inferred the same files are accepted, as a 9 x 9 model
-    wider = import_reference(files[:-1], image_shape=(7, 10))
+    # as a field inferred from them the same files are accepted, 9 x 9 (a
+    # far reach and few weights: auto would make it sparse)
+    assert import_reference(files[:-1]).kind == "sparse"
+    wider = import_reference(files[:-1], image_shape=(7, 10), kind="field")
     assert wider.field == 9
     assert wider.weights().values[4, 0, 0, 0 * 9 + 4] == 1.5
 

@@ -163,7 +163,7 @@ def test_kind_can_be_forced(rng, tmp_path):
     paths = save(tmp_path / "w", [matrix])
     assert import_reference(paths).kind == "sparse"
     forced = import_reference(paths, kind="field")
-    assert forced.kind == "field" and forced.field == interop.AUTO_FIELD_LIMIT + 4
+    assert forced.kind == "field" and forced.field == 19
     local = save(tmp_path / "local", [window_matrix(rng, 10, 10, 3)])
     as_sparse = import_reference(local, kind="sparse")
     assert as_sparse.kind == "sparse" and as_sparse.slots == 9
@@ -325,3 +325,23 @@ def test_sparse_model_on_a_folder_and_on_a_cluster(rng, tmp_path, cluster_client
             open(tmp_path / "remote" / name, "rb") as b,
         ):
             assert a.read() == b.read()
+
+
+def test_files_of_an_export_in_any_order(rng, tmp_path, caplog):
+    matrices = [scattered_matrix(rng, 12, 3) for _ in range(3)]
+    model = import_reference(save(tmp_path / "w", matrices))
+    files = export_reference(model, tmp_path / "exp")[:-1]  # channel_0..2, RGB
+    rgb = rng.random((12, 12, 3))
+    expected = predict_rgb(model, rgb)
+    for listed in (files, files[::-1], [files[1], files[0], files[2]]):
+        again = import_reference(listed)
+        np.testing.assert_array_equal(predict_rgb(again, rgb), expected)
+    with pytest.raises(InputError, match="says they are 'rgb'"):
+        import_reference(files, channel_order="bgr")
+    # one file of the three is not the export's target: a bare shared file
+    with caplog.at_level(logging.WARNING, logger="dmask.interop"):
+        alone = import_reference(files[:1])
+    assert "each of R, G and B" in caplog.text
+    assert alone.dataset.attrs["shared_channels"] is True
+    with pytest.raises(InputError, match="says its files are 'rgb'"):
+        import_reference(tmp_path / "exp", channel_order="bgr")
