@@ -29,8 +29,9 @@ import scipy.sparse as sp
 
 from dmask.checks import NORMALIZATIONS, SINGLE_TARGET
 from dmask.core import sparse
-from dmask.core.planning import format_bytes, tile_grid
+from dmask.core.planning import tile_grid
 from dmask.errors import InputError
+from dmask.graph import runtime
 from dmask.io import atomic, model_store
 from dmask.io.reference import (
     CHANNEL_ORDERS,
@@ -71,15 +72,6 @@ IMPORT_TILE = 64
 """Tile side of an imported field model."""
 
 IMPORT_KINDS = ("auto", "field", "sparse")
-
-#: Bytes of memory an import may plan to use, as a fraction of what is free.
-MEMORY_FRACTION = 0.8
-
-
-def _available_memory() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().available)
 
 
 def _file_order(channel_order: str, channels: int) -> list[int]:
@@ -163,12 +155,14 @@ def export_reference(
     partial = parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:12]}"
     partial.mkdir()
     try:
+        per_target = {name: _channel_matrices(model, name) for name in names}
+        shared = shared and all(
+            _same(m[0], other) for m in per_target.values() for other in m[1:]
+        )
         files: dict[str, list[str]] = {}
         for name in names:
             (partial / name).mkdir()
-            matrices = _channel_matrices(model, name)
-            if shared and not all(_same(matrices[0], m) for m in matrices[1:]):
-                shared = False
+            matrices = per_target[name]
             chosen = [matrices[0]] if shared else [matrices[c] for c in order]
             files[name] = []
             for i, matrix in enumerate(chosen):
@@ -573,13 +567,7 @@ def _exported_files(listed: list[Any]) -> tuple[dict[str, Any], list[Path]] | No
 
 
 def _check_memory(needed: int, what: str, advice: str) -> None:
-    free = _available_memory()
-    if needed > MEMORY_FRACTION * free:
-        raise InputError(
-            f"importing {what} needs about {format_bytes(needed)} of memory, "
-            f"{format_bytes(free)} is free: {advice}"
-        )
-    logger.info("importing %s: about %s of memory", what, format_bytes(needed))
+    runtime.check_process_memory(needed, f"importing {what}", advice)
 
 
 def _import_field(
@@ -643,13 +631,16 @@ def _import_sparse(
     channels = plan.channels
     slots = max(slots, 1)
     values = n_targets * height * width * channels
+    if height * width * channels > np.iinfo(sparse.INDEX_DTYPE).max:
+        raise InputError(
+            f"{height}x{width}x{channels} images are too large for a sparse model's "
+            f"int32 input positions ({plan.paths[plan.names[0]][0]})"
+        )
     _check_memory(
         2 * sparse.sparse_bytes(values, slots),
         f"{slots} weights per output for {height}x{width}x{channels} images",
         "free memory, or import fewer targets at a time",
     )
-    if height * width * channels > np.iinfo(sparse.INDEX_DTYPE).max:
-        raise InputError(f"{height}x{width}x{channels} images are too large to index")
     index = np.empty((n_targets, height, width, channels, slots), sparse.INDEX_DTYPE)
     weight = np.empty((n_targets, height, width, channels, slots))
     bias = np.empty((n_targets, height, width, channels))

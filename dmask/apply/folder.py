@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -95,30 +96,44 @@ def _output_path(out: str, target: str, relative: str) -> str:
 MODEL_ARRAYS = ("weight", "bias", "source")
 
 
-def _model_arrays(ds: Any) -> dict[str, np.ndarray]:
-    return {name: np.asarray(ds[name].values) for name in MODEL_ARRAYS if name in ds}
+def _model_arrays(ds: Any) -> dict[str, Any]:
+    """:data:`MODEL_ARRAYS`, and a sparse model's slots as one CSR ``matrix``."""
+    arrays: dict[str, Any] = {
+        name: np.asarray(ds[name].values) for name in MODEL_ARRAYS if name in ds
+    }
+    if "source" in arrays:
+        _, height, width, channels, _ = arrays["weight"].shape
+        arrays["matrix"] = sparse.slot_matrix(
+            arrays.pop("source"), arrays.pop("weight"), height * width * channels
+        )
+    return arrays
+
+
+_LOADING = threading.Lock()
 
 
 @functools.lru_cache(maxsize=2)
-def _stored_arrays(
-    path: str, names: tuple[str, ...], version: int
-) -> dict[str, np.ndarray]:
-    """A model store's arrays (:data:`MODEL_ARRAYS`), loaded once per worker process.
+def _cached_arrays(path: str, names: tuple[str, ...], version: int) -> dict[str, Any]:
+    return _model_arrays(model_store.open_model_store(path).sel(target=list(names)))
+
+
+def _stored_arrays(path: str, names: tuple[str, ...], version: int) -> dict[str, Any]:
+    """A model store's arrays (:func:`_model_arrays`), loaded once per process.
 
     ``version`` (the store's metadata modification time) keys the cache, so a
-    store rewritten at the same path is read again.
+    store rewritten at the same path is read again. The lock keeps threads that
+    start at once from each loading their own copy.
     """
-    return _model_arrays(model_store.open_model_store(path).sel(target=list(names)))
+    with _LOADING:
+        return _cached_arrays(path, names, version)
 
 
 def _predict_faces(
     x: np.ndarray, arrays: dict[str, np.ndarray], field_size: int
 ) -> np.ndarray:
     """``(T, N, H, W, C)`` predictions of normalised faces ``(N, H, W, C)``."""
-    if "source" in arrays:
-        return sparse.apply_sparse(
-            x, arrays["source"], arrays["weight"], arrays["bias"]
-        )
+    if "matrix" in arrays:
+        return sparse.apply_matrix(x, arrays["matrix"], arrays["bias"])
     b = field_size // 2
     halo = np.pad(x, ((0, 0), (b, b), (b, b), (0, 0)))
     return forward.apply_tile(halo, arrays["weight"], arrays["bias"], field_size)
@@ -158,7 +173,7 @@ def predict_files(
     """
     if isinstance(arrays, str):
         arrays = _stored_arrays(arrays, tuple(names), _store_version(arrays))
-    _, height, width, channels, _ = arrays["weight"].shape
+    _, height, width, channels = arrays["bias"].shape
     problems: list[tuple[str, str]] = []
     notes: list[tuple[str, str]] = []
     faces: list[tuple[str, np.ndarray, float]] = []
@@ -319,6 +334,11 @@ def apply_to_folder(
     names = list(targets) if targets else model.targets
     for name in names:
         model._target(name)
+    if model.channels not in (1, 3):
+        raise InputError(
+            f"model {model.dataset.encoding.get('dmask_path', '')} applies to "
+            f"{model.channels}-channel images; photographs are grey or RGB"
+        )
     files = scan_images(source)
     if not files:
         raise InputError(f"no image files under {folder}")
@@ -338,7 +358,7 @@ def apply_to_folder(
         if name in model.dataset
     )
     runtime.check_task_memory(
-        held, f"applying {model} to photographs (each worker holds the model)"
+        2 * held, f"applying {model} to photographs (each worker holds the model)"
     )
     destination.mkdir(parents=True, exist_ok=True)
     stored = model.dataset.encoding.get("dmask_path")

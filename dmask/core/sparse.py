@@ -23,7 +23,9 @@ import scipy.sparse as sp
 __all__ = [
     "INDEX_DTYPE",
     "UNUSED",
+    "apply_matrix",
     "apply_sparse",
+    "slot_matrix",
     "slot_maps",
     "slot_reach",
     "slots_from_csr",
@@ -108,20 +110,30 @@ def apply_sparse(
     numpy.ndarray
         ``(T, N, h, w, C)`` float64.
     """
-    n = images.shape[0]
-    flat = np.ascontiguousarray(images.reshape(n, -1), dtype=np.float64)
-    shape = bias.shape
-    rows = int(np.prod(shape))
-    index = index.reshape(rows, -1)
+    values = int(np.prod(images.shape[1:]))
+    return apply_matrix(images, slot_matrix(index, weight, values), bias)
+
+
+def slot_matrix(index: np.ndarray, weight: np.ndarray, values: int) -> Any:
+    """The CSR ``(outputs, values)`` of slots ``(..., S)`` (bias left out)."""
+    slots = index.shape[-1]
+    index = index.reshape(-1, slots)
+    rows = index.shape[0]
     used = index >= 0
     indptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(used.sum(axis=1), out=indptr[1:])
-    matrix = sp.csr_matrix(
-        (weight.reshape(rows, -1)[used], index[used], indptr),
-        shape=(rows, flat.shape[1]),
+    return sp.csr_matrix(
+        (weight.reshape(rows, slots)[used], index[used], indptr), shape=(rows, values)
     )
+
+
+def apply_matrix(images: np.ndarray, matrix: Any, bias: np.ndarray) -> np.ndarray:
+    """:func:`apply_sparse` with the slots already a :func:`slot_matrix`."""
+    n = images.shape[0]
+    flat = np.ascontiguousarray(images.reshape(n, -1), dtype=np.float64)
+    shape = bias.shape
     out = np.asarray(matrix @ flat.T)
-    out += bias.reshape(rows, 1)
+    out += bias.reshape(-1, 1)
     return np.moveaxis(out.reshape(*shape, n), -1, 1)
 
 

@@ -183,8 +183,13 @@ def _fit_and_score(model: baselines.Baseline, data: dict[str, Any]) -> dict[str,
         }
 
 
-def _fit_block(model: Any, data: dict[str, Any], start: int, stop: int) -> Any:
-    """Task: train a per-pixel baseline on output pixels ``start:stop``."""
+def _fit_block(
+    model: Any, data: dict[str, Any], start: int, stop: int, keep: bool
+) -> Any:
+    """Task: train a per-pixel baseline on output pixels ``start:stop``.
+
+    With ``keep``, its weights are returned too (for ``save_models``).
+    """
     with EXCLUSIVE:
         try:
             with measured_memory() as usage:
@@ -193,10 +198,10 @@ def _fit_block(model: Any, data: dict[str, Any], start: int, stop: int) -> Any:
             predicted = model.predict(data["x_test"])
         except (MemoryError, np.linalg.LinAlgError) as error:
             return _failure(error)
+        kept = {"coef": model.coef_, "intercept": model.intercept_} if keep else {}
         return {
             "predicted": predicted,
-            "coef": model.coef_,
-            "intercept": model.intercept_,
+            **kept,
             "n_parameters": int(model.n_parameters),
             "train_seconds": usage["seconds"],
             "peak_bytes": usage["peak"],
@@ -211,11 +216,14 @@ def _join_blocks(blocks: list[dict[str, Any]], data: dict[str, Any]) -> dict[str
             if block["status"] != "ok":
                 return block
         predicted = np.hstack([block["predicted"] for block in blocks])
-        coef = scipy.sparse.vstack([block["coef"] for block in blocks], format="csr")
-        intercept = np.concatenate([block["intercept"] for block in blocks])
+        kept = {}
+        if "coef" in blocks[0]:
+            coef = scipy.sparse.vstack([b["coef"] for b in blocks], format="csr")
+            intercept = np.concatenate([b["intercept"] for b in blocks])
+            kept["weights"] = (coef, intercept)
         return {
             **_score_flat(predicted, data),
-            "weights": (coef, intercept),
+            **kept,
             "n_parameters": sum(block["n_parameters"] for block in blocks),
             "train_seconds": sum(block["train_seconds"] for block in blocks),
             "peak_bytes": max(block["peak_bytes"] for block in blocks),
@@ -441,11 +449,11 @@ def compare(
         channels,
     )
     rows: dict[str, list[dict[str, Any]]] = {}
-    trained: dict[str, dict[str, Any]] = {}
+    trained: dict[str, dict[str, Any]] | None = {} if save_models is not None else None
     if "mr" in methods:
         rows.update(_compare_mr(pairs, fields, lam, data, d, trained))
     rows.update(_compare_baselines(models, pairs, budget, data, d, trained))
-    if save_models is not None:
+    if trained is not None:
         saved_models.save(trained, save_models, (height, width, channels))
     out: list[dict[str, Any]] = []
     for method in methods:
@@ -462,11 +470,11 @@ def _compare_mr(
     lam: float,
     data: dict[str, Any],
     d: int,
-    trained: dict[str, dict[str, Any]],
+    trained: dict[str, dict[str, Any]] | None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Train MR per field and target (each its own graph), then score it.
 
-    The models are kept in ``trained[label][target]``.
+    The models are kept in ``trained[label][target]`` (unless None).
     """
     rows: dict[str, list[dict[str, Any]]] = {}
     pending = []
@@ -478,7 +486,8 @@ def _compare_mr(
         for name, (train_src, train_tgt, test_src, _) in pairs.items():
             logger.info("training %s for %s", label, name)
             model, seconds, peak = _train_mr(train_src, train_tgt, field, lam)
-            trained.setdefault(label, {})[name] = model
+            if trained is not None:
+                trained.setdefault(label, {})[name] = model
             row = _row(label, name, train_src.shape[0], test_src.shape[0])
             _fill(
                 row,
@@ -506,11 +515,12 @@ def _compare_baselines(
     budget: int,
     data: dict[str, Any],
     d: int,
-    trained: dict[str, dict[str, Any]],
+    trained: dict[str, dict[str, Any]] | None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Build every baseline's tasks, compute them at once, and fill the rows.
 
-    The per-pixel ones' weights are kept in ``trained[method][target]``.
+    The per-pixel ones' weights are kept in ``trained[method][target]``
+    (unless None).
     """
     rows: dict[str, list[dict[str, Any]]] = {}
     pending = []
@@ -530,7 +540,11 @@ def _compare_baselines(
         if is_pixelwise:
             blocks = [
                 dask.delayed(_fit_block, pure=True)(
-                    model, data[name], start, min(d, start + PIXEL_BLOCK)
+                    model,
+                    data[name],
+                    start,
+                    min(d, start + PIXEL_BLOCK),
+                    trained is not None,
                 )
                 for start in range(0, d, PIXEL_BLOCK)
             ]
@@ -541,7 +555,7 @@ def _compare_baselines(
     if pending:
         results = runtime.compute(*[task for _, task in pending])
         for (row, _), result in zip(pending, results, strict=True):
-            if "weights" in result:
+            if "weights" in result and trained is not None:
                 trained.setdefault(row["method"], {})[row["expression"]] = result.pop(
                     "weights"
                 )

@@ -21,6 +21,7 @@ import scipy.sparse
 from dmask.core import sparse
 from dmask.core.planning import tile_grid
 from dmask.errors import InputError
+from dmask.graph import runtime
 from dmask.io import model_store
 from dmask.io.reference import UNKNOWN_LAM
 from dmask.model import Model
@@ -75,6 +76,11 @@ def sparse_from_rows(
         augmented.sort_indices()
         parts.append(sparse.slots_from_csr(augmented))
     slots = max(index.shape[1] for index, _, _ in parts)
+    runtime.check_process_memory(
+        2 * sparse.sparse_bytes(len(names) * d, slots),
+        f"saving {origin} ({slots} weights for its widest output value)",
+        "save fewer targets, or leave --save-models out",
+    )
     index = np.full((len(names), d, slots), sparse.UNUSED, dtype=sparse.INDEX_DTYPE)
     weight = np.zeros((len(names), d, slots))
     bias = np.empty((len(names), d))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 import threading
@@ -21,6 +22,8 @@ __all__ = [
     "compute",
     "current_client",
     "runs_locally",
+    "available_memory",
+    "check_process_memory",
     "check_task_memory",
     "memory_per_thread",
     "thread_memory",
@@ -161,9 +164,7 @@ def thread_memory() -> tuple[int, bool]:
                 return int(min(shares)), True
         except Exception:  # an old or odd scheduler: fall back to local figures
             pass
-    import psutil
-
-    return int(psutil.virtual_memory().available / (os.cpu_count() or 1)), False
+    return int(available_memory() / (os.cpu_count() or 1)), False
 
 
 def memory_per_thread() -> int:
@@ -182,6 +183,33 @@ def check_task_memory(needed: int, what: str) -> None:
             f"{what} needs about {format_bytes(needed)} per task, but a worker "
             f"thread has {format_bytes(have)}"
         )
+
+
+#: Share of this process's free memory a step may plan to use.
+PROCESS_MEMORY_FRACTION = 0.8
+
+
+def available_memory() -> int:
+    """Bytes of memory free on this machine."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_process_memory(needed: int, what: str, advice: str) -> None:
+    """Refuse work in this process that needs more memory than is free."""
+    from dmask.core.planning import format_bytes
+    from dmask.errors import InputError
+
+    free = available_memory()
+    if needed > PROCESS_MEMORY_FRACTION * free:
+        raise InputError(
+            f"{what} needs about {format_bytes(needed)} of memory, "
+            f"{format_bytes(free)} is free: {advice}"
+        )
+    logging.getLogger(__name__).info(
+        "%s: about %s of memory", what, format_bytes(needed)
+    )
 
 
 def task_memory_budget(memory: tuple[int, bool] | None = None) -> int:

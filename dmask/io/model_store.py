@@ -25,6 +25,7 @@ from dmask.io.stores import (
     open_store,
     prepare_output,
     quiet_zarr,
+    replaced_path,
 )
 
 __all__ = [
@@ -340,9 +341,16 @@ def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) 
     try:
         with quiet_zarr(), local:
             ds.to_zarr(target, mode="w", zarr_format=3, consolidated=True)
-        finalize_store(target)
     except BaseException:
         discard_store(target)  # never a half-written model left behind
+        raise
+    try:
+        finalize_store(target)
+    except BaseException:
+        # a new store is removed; a staging one that failed to swap in is kept
+        # for another try (the old store may already be gone on object stores)
+        if replaced_path(target) is None:
+            discard_store(target)
         raise
 
 

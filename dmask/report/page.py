@@ -123,16 +123,24 @@ def _check_photographs(photographs: Any) -> list[tuple]:
 def _header(model: Model, dataset: xr.Dataset, source: str, split: str) -> str:
     attrs = model.dataset.attrs
     height, width = model.image_shape
+    if model.kind == "sparse":
+        shape = [
+            ("kind", f"sparse: up to {model.slots} weight(s) per output value"),
+            ("window spanned", f"{model.field} x {model.field}"),
+        ]
+    else:
+        shape = [("receptive field r", model.field)]
+    lam = "unknown" if model.lam == -1.0 else model.lam
     settings = [
         ("targets", ", ".join(model.targets)),
-        ("receptive field r", model.field),
-        ("lambda", model.lam),
+        *shape,
+        ("lambda", lam),
         ("normalize", model.normalize),
         ("image", f"{height} x {width} x {model.channels}"),
         ("training pairs", attrs.get("n_samples", "?")),
         ("training fingerprint", attrs.get("training_fingerprint", "?")),
     ]
-    for key in ("statistics_method", "kernels", "tile_shape"):
+    for key in ("origin", "statistics_method", "kernels", "tile_shape"):
         if key in attrs:
             settings.append((key.replace("_", " "), attrs[key]))
     if "dmask_path" in model.dataset.encoding:
@@ -288,7 +296,8 @@ def write_report(
     links = [("model", "Model"), ("dataset", "Dataset"), ("faces", "Held-out faces")]
     if entries:
         links.append(("photographs", "Out-of-dataset images"))
-    links.append(("fields", "What MR learned"))
+    learned = "What the sparse model learned" if model.kind == "sparse" else None
+    links.append(("fields", learned or "What MR learned"))
     for rows, anchor, title in (
         (comparison_rows, "comparison", "Comparison"),
         (tuning_rows, "tuning", "Tuning"),
@@ -297,10 +306,12 @@ def write_report(
         if rows is not None:
             links.append((anchor, title))
     nav = " | ".join(f"<a href='#{a}'>{t}</a>" for a, t in links)
-    title = (
-        f"dmask report: {', '.join(model.targets)} "
-        f"(r={model.field}, lambda={model.lam:g})"
+    described = (
+        f"sparse, {model.slots} slots"
+        if model.kind == "sparse"
+        else f"r={model.field}, lambda={model.lam:g}"
     )
+    title = f"dmask report: {', '.join(model.targets)} ({described})"
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"

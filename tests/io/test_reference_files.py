@@ -20,9 +20,9 @@ from helpers import TIGHT, cli_error, random_pairs
 from PIL import Image
 
 import dmask
-from dmask import interop
 from dmask.cli import main
 from dmask.errors import InputError
+from dmask.graph import runtime
 from dmask.interop import export_reference, import_reference
 
 
@@ -215,7 +215,7 @@ def test_cross_channel_sparse_model_is_not_exported(rng, tmp_path):
 
 def test_memory_is_estimated_before_import(rng, tmp_path, monkeypatch, capsys):
     paths = save(tmp_path / "w", [window_matrix(rng, 8, 8, 3) for _ in range(3)])
-    monkeypatch.setattr(interop, "_available_memory", lambda: 10_000)
+    monkeypatch.setattr(runtime, "available_memory", lambda: 10_000)
     with pytest.raises(InputError, match=r"needs about .* of memory, 10\.0 kB is free"):
         import_reference(paths, channel_order="bgr")
     out = tmp_path / "m.zarr"
