@@ -345,3 +345,23 @@ def test_files_of_an_export_in_any_order(rng, tmp_path, caplog):
     assert alone.dataset.attrs["shared_channels"] is True
     with pytest.raises(InputError, match="says its files are 'rgb'"):
         import_reference(tmp_path / "exp", channel_order="bgr")
+
+
+def test_prediction_memory_is_checked_first(rng, tmp_path, monkeypatch):
+    from dmask.apply.folder import apply_to_folder
+
+    field = import_reference(save(tmp_path / "f", [window_matrix(rng, 8, 8, 5)]))
+    slots = import_reference(save(tmp_path / "s", [scattered_matrix(rng, 8, 2)]))
+    monkeypatch.setattr(runtime, "memory_per_thread", lambda: 1000)
+    with pytest.raises(InputError, match=r"predicting with a 5x5 field needs about"):
+        field.predict(rng.random((2, 8, 8, 3)))
+    with pytest.raises(InputError, match="predicting with a sparse model of 2 slots"):
+        slots.predict(rng.random((2, 8, 8, 3)))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+        photos / "a.png"
+    )
+    with pytest.raises(InputError, match="each worker holds the model"):
+        apply_to_folder(slots, photos, tmp_path / "out", crop="none")
+    assert not (tmp_path / "out").exists()
