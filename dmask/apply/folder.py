@@ -114,7 +114,11 @@ _LOADING = threading.Lock()
 
 @functools.lru_cache(maxsize=2)
 def _cached_arrays(path: str, names: tuple[str, ...], version: int) -> dict[str, Any]:
-    return _model_arrays(model_store.open_model_store(path).sel(target=list(names)))
+    # read here, in this task: no graph of its own on a cluster (a task waiting
+    # for tasks, while others wait for the lock, would hold every thread)
+    with dask.config.set(scheduler="synchronous"):
+        ds = model_store.open_model_store(path).sel(target=list(names))
+        return _model_arrays(ds)
 
 
 def _stored_arrays(path: str, names: tuple[str, ...], version: int) -> dict[str, Any]:
