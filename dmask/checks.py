@@ -34,6 +34,7 @@ __all__ = [
     "SINGLE_TARGET",
     "check_lam_grid",
     "check_settings",
+    "check_strength",
 ]
 
 
@@ -191,3 +192,16 @@ def _check_resumable(
                 f"cannot resume {store}: it was started with {key}={before!r}, "
                 f"this run has {key}={now!r}"
             )
+
+
+def check_strength(strength: Any) -> float:
+    """An expression strength: a finite number, at least 0."""
+    if isinstance(strength, bool):
+        raise InputError(f"strength must be a number >= 0, got {strength!r}")
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise InputError(f"strength must be a number >= 0, got {strength!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise InputError(f"strength must be a finite number >= 0, got {strength!r}")
+    return value

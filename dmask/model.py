@@ -22,6 +22,7 @@ from dmask.checks import (
     _fingerprint,
     check_lam_grid,
     check_settings,
+    check_strength,
 )
 from dmask.core import _engine, minmax
 from dmask.core.planning import (
@@ -444,10 +445,18 @@ class Model:
         return target
 
     def predict_lazy(
-        self, sources: Any, sample_block: int | None = None, name: str = "new_sources"
+        self,
+        sources: Any,
+        sample_block: int | None = None,
+        name: str = "new_sources",
+        strength: float = 1.0,
     ) -> dict[str, da.Array]:
-        """Lazy predictions, one dask array ``(N, H, W, C)`` per target."""
+        """Lazy predictions, one dask array ``(N, H, W, C)`` per target.
+
+        ``strength`` as in :meth:`predict`.
+        """
         _check_positive("sample_block", sample_block)
+        strength = check_strength(strength)
         src = inputs.as_image_source(sources, name)
         n, height, width, channels = src.shape
         if (height, width, channels) != (*self.image_shape, self.channels):
@@ -457,7 +466,7 @@ class Model:
                 f"applies to {h}x{w}x{self.channels}"
             )
         if self.kind == "sparse":
-            return self._predict_sparse(src, sample_block)
+            return self._predict_sparse(src, sample_block, strength)
         th, tw = prediction_tile_shape(self.image_shape, self.tile_shape)
         tiles = plan_tiles(self.image_shape, (th, tw))
         rows, _ = tile_grid(self.image_shape, (th, tw))
@@ -492,11 +501,12 @@ class Model:
             sample_block,
             self.field,
             self.normalize == "minmax",
+            strength,
         )
         return {name_: full[i] for i, name_ in enumerate(self.targets)}
 
     def _predict_sparse(
-        self, src: Any, sample_block: int | None
+        self, src: Any, sample_block: int | None, strength: float
     ) -> dict[str, da.Array]:
         n, height, width, channels = src.shape
         th, tw = self.tile_shape
@@ -521,11 +531,13 @@ class Model:
                 data = inputs.held_array(data, chunks=chunks)
             arrays.append(data)
         full = prediction.predict_sparse_tiles(
-            src, *arrays, grid, sample_block, self.normalize == "minmax"
+            src, *arrays, grid, sample_block, self.normalize == "minmax", strength
         )
         return {name_: full[i] for i, name_ in enumerate(self.targets)}
 
-    def predict(self, new_sources: Any, sample_block: int | None = None) -> Any:
+    def predict(
+        self, new_sources: Any, sample_block: int | None = None, strength: float = 1.0
+    ) -> Any:
         """Synthesise target faces from new source faces.
 
         Parameters
@@ -534,6 +546,11 @@ class Model:
             ``(sample, y, x, channel)`` numpy, dask or xarray.
         sample_block : int, optional
             Samples per task.
+        strength : float
+            Expression strength: the output is ``x + strength * (model(x) - x)``
+            with ``x`` the input as the model sees it (min-max scaled for a
+            ``minmax`` model). 0 gives the input, 1 the model's output (the
+            default), values between interpolate, above 1 exaggerate.
 
         Returns
         -------
@@ -542,7 +559,7 @@ class Model:
             dask, xarray and stored images lazy): one array for a model fitted
             on one target array, else a mapping from target name to array.
         """
-        lazy = self.predict_lazy(new_sources, sample_block)
+        lazy = self.predict_lazy(new_sources, sample_block, strength=strength)
         if isinstance(new_sources, xr.DataArray):
             out: dict[str, Any] = {
                 name: new_sources.copy(data=array) for name, array in lazy.items()

@@ -25,6 +25,7 @@ from typing import Any
 import dask
 import numpy as np
 
+from dmask.checks import check_strength
 from dmask.core import forward, minmax, sparse
 from dmask.errors import InputError
 from dmask.graph import runtime
@@ -164,6 +165,7 @@ def predict_files(
     convert_channels: bool = False,
     resize: str = "lanczos",
     display: str = "clip",
+    strength: float = 1.0,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Task: synthesise a block of files.
 
@@ -213,7 +215,7 @@ def predict_files(
         x = np.stack([face for _, face, _ in faces])
         if normalize:
             x = minmax.normalize_images(x)
-        predicted = _predict_faces(x, arrays, field_size)
+        predicted = forward.blend(_predict_faces(x, arrays, field_size), x, strength)
         for i, (relative, _, peak) in enumerate(faces):
             for name, values in zip(names, predicted[:, i], strict=True):
                 _write_png(_output_path(out, name, relative), values, peak, display)
@@ -278,6 +280,7 @@ def apply_to_folder(
     convert_channels: bool = False,
     resize: str = "lanczos",
     display: str = "clip",
+    strength: float = 1.0,
 ) -> BatchReport:
     """Synthesise every face photograph under a folder into PNG files.
 
@@ -312,6 +315,8 @@ def apply_to_folder(
         How outputs become 8-bit pixels: clipped to [0, 1], or each image's
         minimum and maximum stretched to 0 and 255
         (:func:`dmask.io.photographs.to_uint8`).
+    strength : float
+        Expression strength (see :meth:`dmask.Model.predict`).
 
     Returns
     -------
@@ -333,6 +338,7 @@ def apply_to_folder(
         )
     if block < 1:
         raise InputError(f"block must be a positive number of files, got {block}")
+    strength = check_strength(strength)
     face_crops.check_resize(resize)
     photographs.check_display(display)
     names = list(targets) if targets else model.targets
@@ -394,6 +400,7 @@ def apply_to_folder(
         convert_channels=convert_channels,
         resize=resize,
         display=display,
+        strength=strength,
     )
     for wave in range(0, len(blocks), BLOCKS_IN_FLIGHT):
         parts = blocks[wave : wave + BLOCKS_IN_FLIGHT]

@@ -51,6 +51,7 @@ def apply_to_store(
     targets: Sequence[str] | None = None,
     overwrite: bool = False,
     sample_block: int | None = None,
+    strength: float = 1.0,
 ) -> xr.Dataset:
     """Synthesise every target from the source faces of a dataset store.
 
@@ -73,6 +74,8 @@ def apply_to_store(
         Replace an existing ``out``.
     sample_block : int, optional
         Samples per task.
+    strength : float
+        Expression strength (see :meth:`dmask.Model.predict`).
 
     Returns
     -------
@@ -94,7 +97,7 @@ def apply_to_store(
         sources: Any = dataset_store.stored_images(dataset, index)
     else:
         sources = dataset["images"].isel(sample=index)
-    lazy = model.predict_lazy(sources, sample_block, name="images")
+    lazy = model.predict_lazy(sources, sample_block, name="images", strength=strength)
 
     channels = model.channels
     first = lazy[names[0]]
@@ -123,6 +126,7 @@ def apply_to_store(
             "model_fingerprint": str(model.dataset.attrs.get("training_fingerprint")),
             "value_range": [0, _peak(model, dataset)],
             "normalize": model.normalize,
+            "strength": float(strength),
         },
         dtype="float32",
         overwrite=overwrite,

@@ -51,6 +51,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="PNG files: clip to [0, 1], or stretch each image's range to 0-255",
     )
     apply.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        metavar="ALPHA",
+        help="expression strength: 0 keeps the input, 1 is the model (default), "
+        "in between interpolates, above 1 exaggerates",
+    )
+    apply.add_argument(
         "--convert-channels",
         action="store_true",
         help="folders: turn colour photographs grey for a one-channel model "
@@ -92,6 +100,7 @@ def run(args: argparse.Namespace) -> None:
             targets=_split_names(args.targets),
             overwrite=True,
             sample_block=args.sample_block,
+            strength=args.strength,
         )
         count = out.sizes["sample"]
         if args.png:
@@ -124,6 +133,7 @@ def _run_folder(args: argparse.Namespace) -> None:
             block=args.files_per_task,
             resume=not args.overwrite,
             convert_channels=args.convert_channels,
+            strength=args.strength,
             resize=args.resize,
             display=args.display,
         )

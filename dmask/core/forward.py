@@ -39,3 +39,16 @@ def apply_tile(
         window = halo[:, oy : oy + h, ox : ox + w]
         out += weights[:, None, :, :, :, a] * window[None]
     return out
+
+
+def blend(predicted: np.ndarray, source: np.ndarray, strength: float) -> np.ndarray:
+    """Expression strength: ``source + strength * (predicted - source)``.
+
+    ``predicted`` is ``(T, n, h, w, C)``, ``source`` the ``(n, h, w, C)`` input
+    in the model's space (normalised if the model normalises). 0 gives the
+    input, 1 the model's output itself (unchanged, bit for bit), values in
+    between interpolate and values above 1 exaggerate the change.
+    """
+    if strength == 1:
+        return predicted
+    return source[None] + strength * (predicted - source[None])

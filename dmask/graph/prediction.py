@@ -28,12 +28,16 @@ def apply(
     bias: np.ndarray,
     field: int,
     start: int,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """Task: predict one tile of one sample block for every target."""
     _check_finite(source, start)
     low, high = bounds if bounds is not None else (None, None)
     halo = read_halo(source, low, high, padding)
-    return forward.apply_tile(halo, weight, bias, field)
+    predicted = forward.apply_tile(halo, weight, bias, field)
+    b = field // 2
+    h, w = bias.shape[1:3]
+    return forward.blend(predicted, halo[:, b : b + h, b : b + w], strength)
 
 
 def _check_finite(source: np.ndarray, start: int) -> None:
@@ -50,12 +54,16 @@ def apply_slots(
     weight: np.ndarray,
     bias: np.ndarray,
     start: int,
+    corner: tuple[int, int] = (0, 0),
+    strength: float = 1.0,
 ) -> np.ndarray:
-    """Task: predict one tile of a sparse model from whole images."""
+    """Task: predict one tile (top left at ``corner``) of a sparse model."""
     _check_finite(source, start)
     low, high = bounds if bounds is not None else (None, None)
     images = read_halo(source, low, high, ((0, 0), (0, 0)))
-    return sparse.apply_sparse(images, index, weight, bias)
+    predicted = sparse.apply_sparse(images, index, weight, bias)
+    (y0, x0), (h, w) = corner, bias.shape[1:3]
+    return forward.blend(predicted, images[:, y0 : y0 + h, x0 : x0 + w], strength)
 
 
 def _block_bounds(
@@ -85,8 +93,9 @@ def predict_sparse_tiles(
     tiles: Sequence[Sequence[Tile]],
     sample_block: int,
     normalize: bool,
+    strength: float = 1.0,
 ) -> da.Array:
-    """Lazy prediction ``(T, N, H, W, C)`` of a sparse model.
+    """Lazy prediction ``(T, N, H, W, C)`` of a sparse model (as :func:`predict_tiles`).
 
     Each task reads whole images (a sparse weight may read any pixel) and one
     output tile's slots, so its memory is the sample block plus the tile.
@@ -112,6 +121,8 @@ def predict_sparse_tiles(
                     weight[:, tile.y0 : tile.y1, tile.x0 : tile.x1],
                     bias[:, tile.y0 : tile.y1, tile.x0 : tile.x1],
                     s0,
+                    (tile.y0, tile.x0),
+                    strength,
                 )
                 h, w = tile.shape
                 shape = (n_targets, s1 - s0, h, w, channels)
@@ -129,6 +140,7 @@ def predict_tiles(
     sample_block: int,
     field: int,
     normalize: bool,
+    strength: float = 1.0,
 ) -> da.Array:
     """Lazy prediction ``(T, N, H, W, C)`` float64, one task per block and tile.
 
@@ -146,6 +158,8 @@ def predict_tiles(
         Receptive field size.
     normalize : bool
         Apply per-image min-max normalisation to the sources.
+    strength : float
+        Expression strength (:func:`dmask.core.forward.blend`).
     """
     n, height, width, _ = sources.shape
     n_targets = weight.shape[0]
@@ -170,6 +184,7 @@ def predict_tiles(
                     bias[:, tile.y0 : tile.y1, tile.x0 : tile.x1],
                     field,
                     s0,
+                    strength,
                 )
                 h, w = tile.shape
                 cols_out.append(
