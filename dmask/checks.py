@@ -20,7 +20,7 @@ from dmask.core.planning import (
     check_plan,
     plan_fit,
 )
-from dmask.errors import InputError
+from dmask.errors import InputError, check_choice
 from dmask.graph import runtime
 from dmask.io import model_store
 
@@ -68,10 +68,7 @@ def check_settings(field: Any, lam: Any, normalize: Any) -> None:
         ) from None
     if not (math.isfinite(lam_value) and lam_value > 0):
         raise InputError(f"lam must be a positive finite number, got {lam!r}")
-    if normalize not in NORMALIZATIONS:
-        raise InputError(
-            f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}"
-        )
+    check_choice("normalize", normalize, NORMALIZATIONS)
 
 
 def check_lam_grid(lam_grid: Any) -> tuple[float, ...]:

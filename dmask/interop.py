@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from dmask.checks import NORMALIZATIONS, SINGLE_TARGET
 from dmask.core import sparse
 from dmask.core.planning import tile_grid
-from dmask.errors import InputError
+from dmask.errors import InputError, check_choice
 from dmask.graph import runtime
 from dmask.io import atomic, model_store
 from dmask.io.reference import (
@@ -127,14 +127,10 @@ def export_reference(
         ``out_dir`` exists and ``overwrite`` is false, ``target`` is unknown, or
         a sparse model reads across channels (the format is per channel).
     """
-    if naming not in NAMINGS:
-        raise InputError(f"naming must be one of {NAMINGS}, got {naming!r}")
+    check_choice("naming", naming, NAMINGS)
     if channel_order is None:
         channel_order = "bgr" if naming == "reference" else "rgb"
-    if channel_order not in CHANNEL_ORDERS:
-        raise InputError(
-            f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}"
-        )
+    check_choice("channel_order", channel_order, CHANNEL_ORDERS)
     out_dir = Path(os.path.abspath(out_dir))
     names = model.targets
     if target is not None:
@@ -309,12 +305,9 @@ def import_reference(
         outside a forced field (naming the first output pixel and channel), or
         more memory needed than the machine has free (with the figure).
     """
-    if kind not in IMPORT_KINDS:
-        raise InputError(f"kind must be one of {IMPORT_KINDS}, got {kind!r}")
-    if channel_order is not None and channel_order not in CHANNEL_ORDERS:
-        raise InputError(
-            f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}"
-        )
+    check_choice("kind", kind, IMPORT_KINDS)
+    if channel_order is not None:
+        check_choice("channel_order", channel_order, CHANNEL_ORDERS)
     plan = _read_plan(source, image_shape, targets, channel_order, channels)
     if field is None and plan.manifest.get("field") is not None and plan.from_dmask:
         if kind != "sparse" and plan.manifest.get("kind", "field") == "field":
@@ -329,10 +322,7 @@ def import_reference(
         lam = UNKNOWN_LAM
     if normalize is None:
         normalize = plan.manifest.get("normalize", "minmax")
-    if normalize not in NORMALIZATIONS:
-        raise InputError(
-            f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}"
-        )
+    check_choice("normalize", normalize, NORMALIZATIONS)
 
     shapes = [(p, peek_shape(p)) for name in plan.names for p in plan.paths[name]]
     height, width = matrix_shape(shapes, plan.image_shape)

@@ -14,7 +14,7 @@ import numpy as np
 
 from dmask.core.resize import check_size
 from dmask.datasets.layouts import LAYOUTS, ImageRecord, display, scan
-from dmask.errors import InputError
+from dmask.errors import InputError, check_choice
 from dmask.graph import runtime
 from dmask.io import atomic, dataset_store, locations, locks, stores
 from dmask.io.face_crops import (
@@ -300,10 +300,8 @@ def _check_arguments(
     resize: str = "lanczos",
 ) -> tuple[int, int] | None:
     check_resize(resize)
-    if layout not in LAYOUTS:
-        raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if crop not in CROP_MODES:
-        raise InputError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+    check_choice("layout", layout, LAYOUTS)
+    check_choice("crop", crop, CROP_MODES)
     if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
         raise InputError(f"margin must be a non-negative number, got {margin!r}")
     if channels not in (None, 1, 3):

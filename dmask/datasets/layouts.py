@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dmask.errors import InputError
+from dmask.errors import InputError, check_choice
 from dmask.io.photographs import image_files
 
 __all__ = [
@@ -401,8 +401,7 @@ def scan(
     target_expression: str = "happy",
 ) -> Scan:
     """Records of a folder in one of :data:`LAYOUTS`."""
-    if layout not in LAYOUTS:
-        raise InputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    check_choice("layout", layout, LAYOUTS)
     if manifest is not None and layout not in ("auto", "manifest"):
         raise InputError(
             f"a manifest is read only with layout 'manifest', not {layout!r}"

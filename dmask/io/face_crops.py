@@ -234,8 +234,7 @@ def find_crop(
 
     ``size`` is the output size, which ``auto`` compares the image with.
     """
-    if crop not in CROP_MODES:
-        raise InputError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+    check_choice("crop", crop, CROP_MODES)
     height, width = image.shape[:2]
     if crop == "none" or (crop == "auto" and is_face_crop(image.shape, size)):
         return 0, height, 0, width
