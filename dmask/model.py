@@ -24,7 +24,7 @@ from dmask.checks import (
     check_settings,
     check_strength,
 )
-from dmask.core import _engine, minmax
+from dmask.core import _engine, alignment, minmax
 from dmask.core.planning import (
     FitPlan,
     check_field,
@@ -56,6 +56,7 @@ def fit(
     memory_limit: int | None = None,
     method: str = "auto",
     resume: bool = False,
+    landmarks: Mapping[str, Any] | None = None,
 ) -> Model:
     """Train masked ridge regression.
 
@@ -101,6 +102,12 @@ def fit(
         training (same data fingerprint and settings), solve only the tiles it
         does not record as complete, with that run's tiles, sample blocks and
         method, so the result equals an uninterrupted run bit for bit.
+    landmarks : mapping, optional
+        Where the training faces have their landmarks: a dataset store's
+        ``landmarks`` attribute (:func:`dmask.core.alignment.landmarks_attribute`),
+        recorded in the model so photographs are aligned to it. By default
+        the ``landmarks`` attribute of ``sources`` when it has one (an xarray
+        object's ``attrs``).
 
     Returns
     -------
@@ -126,6 +133,7 @@ def fit(
     else:
         lam = float(lam)
     field = int(field)
+    landmarks = _landmarks_of(sources, landmarks)
     single = not isinstance(targets, Mapping)
     named = {SINGLE_TARGET: targets} if single else dict(targets)
     if not named:
@@ -177,7 +185,7 @@ def fit(
         "normalize": normalize, "single": single, "fingerprint": fingerprint,
         "source_bounds": source_bounds, "target_bounds": target_bounds,
         "memory_limit": memory_limit, "overwrite": overwrite, "lam_grid": lam_grid,
-        "plan": plan,
+        "plan": plan, "landmarks": landmarks,
     }  # fmt: skip
     if store is None:
         return _fit_planned(
@@ -207,6 +215,24 @@ def fit(
         )  # fmt: skip
 
 
+def _landmarks_of(
+    sources: Any, landmarks: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The checked ``landmarks`` attribute to record (see :func:`fit`)."""
+    if landmarks is None:
+        landmarks = getattr(sources, "attrs", {}).get("landmarks")
+    if landmarks is None:
+        return None
+    try:
+        fractions = alignment.read_landmarks({"landmarks": landmarks})
+    except ValueError as exc:
+        raise InputError(f"landmarks: {exc}") from None
+    assert fractions is not None
+    return alignment.landmarks_attribute(
+        fractions, int(landmarks.get("faces", 0)), str(landmarks.get("measured", ""))
+    )
+
+
 def _fit_planned(
     *,
     src: Any,
@@ -233,6 +259,7 @@ def _fit_planned(
     previous: model_store.ModelProgress | None,
     previous_path: str | None = None,
     plan: FitPlan | None = None,
+    landmarks: dict[str, Any] | None = None,
 ) -> Model:
     """The part of :func:`fit` after inputs and bounds are known.
 
@@ -265,6 +292,7 @@ def _fit_planned(
         statistics_method=plan.method,
         kernels="numba" if _engine.enabled() else "numpy",
         lam_grid=tuple(lam_grid) if lam_grid else None,
+        landmarks=landmarks,
     ).to_dict()
     if store is not None:
         if previous is not None:
@@ -392,6 +420,19 @@ class Model:
         if "lam_map" in self.dataset:
             return self.dataset["lam_map"].sel(target=name)
         return xr.full_like(self.dataset["bias"].sel(target=name), self.lam)
+
+    @property
+    def landmarks(self) -> np.ndarray | None:
+        """Where the training faces have their landmarks, or None if unrecorded.
+
+        ``(5, 2)`` ``(x, y)`` fractions of the image's width and height in
+        :data:`dmask.core.alignment.LANDMARKS` order; photographs are aligned
+        to them (:func:`dmask.io.face_crops.align_face`).
+        """
+        try:
+            return alignment.read_landmarks(self.dataset.attrs)
+        except ValueError as exc:
+            raise InputError(f"model {self}: {exc}") from None
 
     @property
     def normalize(self) -> str:

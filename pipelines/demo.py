@@ -33,7 +33,7 @@ from dmask.evaluation.metrics import write_results
 from dmask.graph.runtime import compute
 from dmask.io import dataset_store
 from dmask.options import set_options
-from dmask.report.figures import comparison_grid, synthesis_grid
+from dmask.report.figures import comparison_grid, photograph_grid
 from dmask.report.page import write_report
 
 
@@ -73,9 +73,7 @@ def _out_of_dataset(model, out: str):
             Image.fromarray(pixels).save(os.path.join(folder, f"{label}.png"))
     report = apply_to_folder(model, folder, synthesised, crop="auto", resume=False)
     pairs = read_synthesised(model, folder, synthesised)
-    inputs = {label: shown for label, (shown, _) in pairs.items()}
-    outputs = {label: faces for label, (_, faces) in pairs.items()}
-    synthesis_grid(inputs, outputs, os.path.join(out, "out_of_dataset.png"))
+    photograph_grid(pairs, os.path.join(out, "out_of_dataset.png"))
     return report, pairs
 
 
@@ -118,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             lam=args.lam,
             store=paths["model.zarr"],
             overwrite=True,
+            landmarks=ds.attrs.get("landmarks"),
         )
         train_s = time.perf_counter() - t0
         print(f"      {model} in {train_s:.1f} s")
@@ -157,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         photo_report, photographs = _out_of_dataset(model, args.out)
         print(
-            f"      {photo_report.written} images synthesised in "
-            f"{time.perf_counter() - t0:.1f} s"
+            f"      {photo_report.written} images synthesised and pasted back in "
+            f"{time.perf_counter() - t0:.1f} s{photo_report.alignment()}"
         )
         print("[7/7] MR against the paper's baselines, and the HTML report")
         t0 = time.perf_counter()

@@ -1,8 +1,11 @@
 """Batch synthesis over folders of photographs: any size, any count, resumable.
 
-Every image file under a folder is read, cropped to the face as at ingest,
-resized to the model's image size, synthesised into each target expression and
-written as a PNG under ``out/<target>/`` with the input's relative path. Files
+Every image file under a folder is read, its face aligned to where the model's
+training faces have their landmarks (else its face box, else its centre) at
+the model's image size, synthesised into each target expression, pasted back
+into the photograph at full resolution and written as a PNG under
+``out/<target>/`` with the input's relative path (the crops under
+``out/crops/<target>/`` and ``out/aligned/``). Files
 are processed in blocks, one Dask task per block and a bounded number of blocks
 in flight, so memory stays bounded by the block whatever the folder's size. An
 output file appears only once complete (written under a temporary name, then
@@ -26,13 +29,21 @@ import dask
 import numpy as np
 
 from dmask.checks import check_strength
-from dmask.core import forward, minmax, sparse
-from dmask.errors import InputError
+from dmask.core import alignment, forward, minmax, sparse
+from dmask.errors import InputError, check_choice
 from dmask.graph import runtime
 from dmask.io import face_crops, locks, model_store, photographs
 from dmask.model import Model
 
-__all__ = ["BatchReport", "apply_to_folder", "read_synthesised", "scan_images"]
+__all__ = [
+    "OUTPUT_KINDS",
+    "BatchReport",
+    "Synthesised",
+    "apply_to_folder",
+    "paste_face",
+    "read_synthesised",
+    "scan_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +68,11 @@ class BatchReport:
     problems : list of str
         One line per file skipped: unreadable, or no face found.
     notes : list of str
-        One line per file written with a remark (centre crop, no face found).
+        One line per file written with a remark (face box: no landmarks found;
+        centre crop: no face found).
+    methods : dict of str to int
+        How many faces this run took each way of
+        :data:`dmask.io.face_crops.ALIGN_METHODS`.
     seconds : float
         Wall time of the run.
     """
@@ -70,6 +85,7 @@ class BatchReport:
     written: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    methods: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -79,8 +95,13 @@ class BatchReport:
             f"{self.scanned} image files, {self.already_done} already done, "
             f"{self.written} synthesised ({len(self.targets)} target(s) each), "
             f"{len(self.problems)} skipped, {self.seconds:.1f} s "
-            f"({rate:.1f} images/s)"
+            f"({rate:.1f} images/s)" + self.alignment()
         )
+
+    def alignment(self) -> str:
+        """How the faces were taken, e.g. ``"; aligned: 4 landmarks, 2 centre"``."""
+        parts = [f"{n} {way}" for way, n in self.methods.items() if n]
+        return "; taken by: " + ", ".join(parts) if parts else ""
 
 
 def scan_images(folder: str | os.PathLike) -> list[str]:
@@ -152,6 +173,43 @@ def _store_version(path: str) -> int:
     return os.stat(os.path.join(path, "zarr.json")).st_mtime_ns
 
 
+#: What a folder run writes per file: the pasted-back photograph, the crops, or both.
+OUTPUT_KINDS: tuple[str, ...] = ("photo", "crop", "both")
+#: Where crops go: ``out/crops/<target>/`` (synthesised), ``out/aligned/`` (input).
+CROPS, ALIGNED = "crops", "aligned"
+
+
+def _outputs(out: str, names: Sequence[str], relative: str, output: str) -> list[str]:
+    """Every file a run with ``output`` writes for one input file."""
+    paths = []
+    if output in ("photo", "both"):
+        paths += [_output_path(out, name, relative) for name in names]
+    if output in ("crop", "both"):
+        paths += [_output_path(os.path.join(out, CROPS), n, relative) for n in names]
+        paths.append(_aligned_path(out, relative))
+    return paths
+
+
+def _aligned_path(out: str, relative: str) -> str:
+    return os.path.join(out, ALIGNED, str(Path(relative).with_suffix(".png")))
+
+
+@dataclass
+class _Face:
+    relative: str
+    image: np.ndarray  # the photograph, in the model's channels
+    aligned: face_crops.AlignedFace
+    peak: float
+
+
+def _note(method: str) -> str | None:
+    """The report's remark on a face taken other than by its landmarks."""
+    return {
+        "face box": "no landmarks found: face box",
+        "centre": "no face found: centre crop",
+    }.get(method)
+
+
 def predict_files(
     relatives: Sequence[str],
     folder: str,
@@ -166,23 +224,28 @@ def predict_files(
     resize: str = "lanczos",
     display: str = "clip",
     strength: float = 1.0,
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    canonical: np.ndarray | None = None,
+    output: str = "both",
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], dict[str, int]]:
     """Task: synthesise a block of files.
 
-    Returns ``(file, reason)`` pairs: the files skipped, and the files written
-    with a remark (a centre crop where no face was found).
+    Returns ``(file, reason)`` pairs of the files skipped and of the files
+    written with a remark (a face box where no landmarks were found, a centre
+    crop where no face was), and how many faces each way of
+    :data:`dmask.io.face_crops.ALIGN_METHODS` took.
 
     ``arrays`` is a model store path (loaded once per process) or the arrays
     themselves (:data:`MODEL_ARRAYS`). Images whose channel count is not the
-    model's are skipped unless ``convert_channels``. ``resize`` and ``display``
-    are :func:`apply_to_folder`'s.
+    model's are skipped unless ``convert_channels``. ``resize``, ``display``,
+    ``canonical`` and ``output`` are :func:`apply_to_folder`'s.
     """
     if isinstance(arrays, str):
         arrays = _stored_arrays(arrays, tuple(names), _store_version(arrays))
     _, height, width, channels = arrays["bias"].shape
     problems: list[tuple[str, str]] = []
     notes: list[tuple[str, str]] = []
-    faces: list[tuple[str, np.ndarray, float]] = []
+    methods = dict.fromkeys(face_crops.ALIGN_METHODS, 0)
+    faces: list[_Face] = []
     for relative in relatives:
         try:
             image = photographs.read_image(os.path.join(folder, relative))
@@ -201,55 +264,65 @@ def predict_files(
             continue
         if found < channels:
             notes.append((relative, f"{found} channel(s): copied to {channels}"))
-        face, centred = _crop_face(
-            image, (height, width), crop, margin, channels, resize
+        image = face_crops.convert_channels(image, channels)
+        aligned = face_crops.align_face(
+            image, (height, width), crop, canonical, margin, channels, resize
         )
-        if centred:
-            notes.append((relative, "no face found: centre crop"))
-        if face is None:
+        if aligned is None:
             problems.append((relative, "no face found"))
             continue
-        peak = float(np.iinfo(face.dtype).max) if face.dtype.kind in "ui" else 1.0
-        faces.append((relative, face.astype(np.float64), 1.0 if normalize else peak))
+        methods[aligned.method] += 1
+        remark = _note(aligned.method)
+        if remark:
+            notes.append((relative, remark))
+        peak = photographs.dtype_peak(image.dtype)
+        faces.append(_Face(relative, image, aligned, peak))
     if faces:  # the block at once: one product for every face
-        x = np.stack([face for _, face, _ in faces])
-        if normalize:
-            x = minmax.normalize_images(x)
+        raw = np.stack([f.aligned.face for f in faces]).astype(np.float64)
+        low, scale = minmax.minmax_parameters(raw)
+        x = minmax.normalize_block(raw, low, scale) if normalize else raw
         predicted = forward.blend(_predict_faces(x, arrays, field_size), x, strength)
-        for i, (relative, _, peak) in enumerate(faces):
+        for i, face in enumerate(faces):
+            peak = 1.0 if normalize else face.peak
+            if output in ("crop", "both"):
+                _write_png(_aligned_path(out, face.relative), raw[i], face.peak)
             for name, values in zip(names, predicted[:, i], strict=True):
-                _write_png(_output_path(out, name, relative), values, peak, display)
-    return problems, notes
+                if output in ("crop", "both"):
+                    crops = os.path.join(out, CROPS)
+                    _write_png(
+                        _output_path(crops, name, face.relative), values, peak, display
+                    )
+                if output in ("photo", "both"):
+                    units = _in_units(values, low[i], scale[i]) if normalize else values
+                    pasted = paste_face(face.image, units, raw[i], face.aligned)
+                    _write_png(
+                        _output_path(out, name, face.relative), pasted, face.peak
+                    )
+    return problems, notes, methods
 
 
-def _crop_face(
-    image: np.ndarray,
-    size: tuple[int, int],
-    crop: str,
-    margin: float,
-    channels: int,
-    resize: str = "lanczos",
-) -> tuple[np.ndarray | None, bool]:
-    """The face at the model's size, and whether ``auto`` fell back to the centre.
+def _in_units(values: np.ndarray, low: float, scale: float) -> np.ndarray:
+    """Normalised values back in the crop's own units (undoing min-max)."""
+    return values / scale + low if scale > 0 else np.full_like(values, low)
 
-    ``auto`` takes a face crop whole (:func:`dmask.io.face_crops.is_face_crop`),
-    else detects the face, and takes the centre where none is found; the
-    other modes are :func:`dmask.io.face_crops.prepare_face`'s own.
+
+def paste_face(
+    photo: np.ndarray,
+    face: np.ndarray,
+    original: np.ndarray,
+    aligned: face_crops.AlignedFace,
+) -> np.ndarray:
+    """The photograph with the synthesised ``face`` pasted back at full size.
+
+    ``face`` and ``original`` (the crop as taken) are in the photograph's
+    units. The face gets the original crop's colour and brightness under a
+    feathered mask over eyes, nose and mouth (the crop's inscribed ellipse
+    when it was taken without landmarks), then goes back through the inverse
+    of the crop's transform (:func:`dmask.core.alignment.paste_back`).
     """
-    face = face_crops.prepare_face(
-        image,
-        size,
-        crop=crop,
-        margin=margin,
-        channels=channels,
-        resize=resize,
-    )
-    if face is None and crop == "auto":
-        centred = face_crops.prepare_face(
-            image, size, crop="center", channels=channels, resize=resize
-        )
-        return centred, True
-    return face, False
+    mask = alignment.face_mask(face.shape[:2], aligned.points)
+    matched = alignment.match_colour(face, original, mask)
+    return alignment.paste_back(photo, matched, aligned.matrix, mask)
 
 
 def _write_png(
@@ -281,6 +354,7 @@ def apply_to_folder(
     resize: str = "lanczos",
     display: str = "clip",
     strength: float = 1.0,
+    output: str = "both",
 ) -> BatchReport:
     """Synthesise every face photograph under a folder into PNG files.
 
@@ -291,14 +365,20 @@ def apply_to_folder(
     folder : str or path
         Input folder, searched recursively for image files.
     out : str or path
-        Output folder: ``out/<target>/<relative path>.png``, plus ``report.txt``.
+        Output folder: the photographs with the synthesised face pasted back
+        at ``out/<target>/<relative path>.png`` (full size), the synthesised
+        crops at ``out/crops/<target>/...`` and the aligned input crops at
+        ``out/aligned/...`` (see ``output``), plus ``report.txt``.
     targets : sequence of str, optional
         Subset of the model's targets.
-    crop : {"auto", "detect", "center", "none"}
-        How faces are cropped before resizing to the model's size; ``auto``
-        takes an image that is a face crop already (square, at most twice
-        the model's side: :func:`dmask.io.face_crops.is_face_crop`) whole,
-        detects the face in others, and takes the centre where none is found.
+    crop : {"auto", "align", "detect", "center", "none"}
+        How faces are taken (:func:`dmask.io.face_crops.align_face`):
+        ``align`` moves the face's landmarks to where the model's training
+        faces have theirs (:attr:`dmask.Model.landmarks`), else takes the
+        square around the face box, else the centre, one report line per file
+        that falls back; ``auto`` (default) takes an image that is a face
+        crop already (square, at most twice the model's side:
+        :func:`dmask.io.face_crops.is_face_crop`) whole and aligns the others.
     margin : float
         Margin around a detected face, as a fraction of its side.
     block : int
@@ -317,6 +397,9 @@ def apply_to_folder(
         (:func:`dmask.io.photographs.to_uint8`).
     strength : float
         Expression strength (see :meth:`dmask.Model.predict`).
+    output : {"photo", "crop", "both"}
+        Write the pasted-back photographs, the crops (synthesised and
+        aligned input), or both.
 
     Returns
     -------
@@ -332,10 +415,8 @@ def apply_to_folder(
     for place in (destination, *destination.parents):
         if (place / "zarr.json").is_file():
             raise InputError(f"output folder {out} is inside the Zarr store {place}")
-    if crop not in ("auto", "detect", "center", "none"):
-        raise InputError(
-            f"crop must be 'auto', 'detect', 'center' or 'none', got {crop!r}"
-        )
+    check_choice("crop", crop, face_crops.CROP_MODES)
+    check_choice("output", output, OUTPUT_KINDS)
     if block < 1:
         raise InputError(f"block must be a positive number of files, got {block}")
     strength = check_strength(strength)
@@ -344,6 +425,11 @@ def apply_to_folder(
     names = list(targets) if targets else model.targets
     for name in names:
         model._target(name)
+        if name in (CROPS, ALIGNED):
+            raise InputError(
+                f"target {name!r} would share its output folder with the "
+                f"{name} folder of {out}; rename the target"
+            )
     if model.channels not in (1, 3):
         raise InputError(
             f"model {model.dataset.encoding.get('dmask_path', '')} applies to "
@@ -358,7 +444,9 @@ def apply_to_folder(
         for f in files
         if not (
             resume
-            and all(os.path.exists(_output_path(str(destination), n, f)) for n in names)
+            and all(
+                os.path.exists(p) for p in _outputs(str(destination), names, f, output)
+            )
         )
     ]
     report.already_done = len(files) - len(todo)
@@ -370,6 +458,12 @@ def apply_to_folder(
     runtime.check_task_memory(
         2 * held, f"applying {model} to photographs (each worker holds the model)"
     )
+    canonical = model.landmarks
+    if canonical is None and crop in ("auto", "align"):
+        logger.warning(
+            "model %s records no landmark positions: faces are taken by their "
+            "face box, not aligned", model,
+        )  # fmt: skip
     destination.mkdir(parents=True, exist_ok=True)
     stored = model.dataset.encoding.get("dmask_path")
     if stored:
@@ -401,14 +495,19 @@ def apply_to_folder(
         resize=resize,
         display=display,
         strength=strength,
+        canonical=canonical,
+        output=output,
     )
+    report.methods = dict.fromkeys(face_crops.ALIGN_METHODS, 0)
     for wave in range(0, len(blocks), BLOCKS_IN_FLIGHT):
         parts = blocks[wave : wave + BLOCKS_IN_FLIGHT]
         results = runtime.compute(*[run_block(part) for part in parts])
-        for part, (problems, notes) in zip(parts, results, strict=True):
+        for part, (problems, notes, methods) in zip(parts, results, strict=True):
             report.written += len(part) - len(problems)
             report.problems.extend(f"{f}: {why}" for f, why in problems)
             report.notes.extend(f"{f}: {why}" for f, why in notes)
+            for way, n in methods.items():
+                report.methods[way] += n
     report.seconds = time.perf_counter() - started
     with open(destination / REPORT_NAME, "w") as handle:
         lines = [f"skipped {p}" for p in report.problems]
@@ -418,37 +517,83 @@ def apply_to_folder(
     return report
 
 
+@dataclass
+class Synthesised:
+    """One input file of a finished batch run, for figures and reports.
+
+    Images are ``(H, W, C)`` floats in [0, 1].
+
+    Attributes
+    ----------
+    photo : numpy.ndarray
+        The photograph as read, in the model's channels.
+    crop : numpy.ndarray
+        The face as the model saw it: the aligned crop, min-max normalised
+        where the model normalises.
+    crops : dict of str to numpy.ndarray
+        Per target, the synthesised crop (where the run wrote crops).
+    photos : dict of str to numpy.ndarray
+        Per target, the photograph with the face pasted back (where written).
+    """
+
+    photo: np.ndarray
+    crop: np.ndarray
+    crops: dict[str, np.ndarray]
+    photos: dict[str, np.ndarray]
+
+
 def read_synthesised(
     model: Model,
     folder: str | os.PathLike,
     out: str | os.PathLike,
     resize: str = "lanczos",
-) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    crop: str = "auto",
+) -> dict[str, Synthesised]:
     """Inputs and outputs of a finished batch run, for figures and reports.
 
-    ``resize`` is the run's (:func:`apply_to_folder`).
+    ``resize`` and ``crop`` are the run's (:func:`apply_to_folder`); they
+    retake the aligned crop where the run wrote none (``output="photo"``).
 
     Returns
     -------
-    dict
-        Per input file (its relative path without suffix): the face as the model
-        saw it (cropped as ``crop="auto"`` does, normalised to [0, 1]) and, per
-        target, the synthesised face in [0, 1]. Files without outputs are left out.
+    dict of str to Synthesised
+        Per input file (its relative path without suffix). Files with no
+        output of every target are left out.
     """
     found = {}
     for relative in scan_images(folder):
-        paths = {t: _output_path(str(out), t, relative) for t in model.targets}
-        if not all(os.path.exists(p) for p in paths.values()):
+        crops = {t: _output_path(os.path.join(str(out), CROPS), t, relative)
+                 for t in model.targets}  # fmt: skip
+        photos = {t: _output_path(str(out), t, relative) for t in model.targets}
+        crops = {t: p for t, p in crops.items() if os.path.exists(p)}
+        photos = {t: p for t, p in photos.items() if os.path.exists(p)}
+        if len(crops) < len(model.targets) and len(photos) < len(model.targets):
             continue
         try:
             image = photographs.read_image(os.path.join(folder, relative))
         except photographs.ImageReadError:
             continue
-        face, _ = _crop_face(
-            image, model.image_shape, "auto", 0.25, model.channels, resize
+        image = face_crops.convert_channels(image, model.channels)
+        aligned_file = _aligned_path(str(out), relative)
+        if os.path.exists(aligned_file):
+            face = face_crops.convert_channels(
+                photographs.read_image(aligned_file), model.channels
+            )
+        else:
+            taken = face_crops.align_face(
+                image, model.image_shape, crop, model.landmarks,
+                channels=model.channels, resize=resize,
+            )  # fmt: skip
+            if taken is None:
+                continue
+            face = taken.face
+        x = face[None].astype(np.float64) / photographs.dtype_peak(face.dtype)
+        shown = minmax.normalize_images(x)[0] if model.normalize == "minmax" else x[0]
+        peak = photographs.dtype_peak(image.dtype)
+        found[str(Path(relative).with_suffix(""))] = Synthesised(
+            photo=image / peak,
+            crop=shown,
+            crops={t: photographs.read_image(p) / 255.0 for t, p in crops.items()},
+            photos={t: photographs.read_image(p) / 255.0 for t, p in photos.items()},
         )
-        x = face[None].astype(np.float64)
-        shown = minmax.normalize_images(x)[0]
-        outputs = {t: photographs.read_image(p) / 255.0 for t, p in paths.items()}
-        found[str(Path(relative).with_suffix(""))] = (shown, outputs)
     return found

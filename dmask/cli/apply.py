@@ -37,8 +37,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     apply.add_argument(
         "--crop",
         default="auto",
-        choices=["auto", "detect", "center", "none"],
-        help="folders: face crop (auto: a face crop whole, else detect, else centre)",
+        choices=["auto", "align", "detect", "center", "none"],
+        help="folders: how faces are taken (auto: a face crop whole, else align: "
+        "by landmarks, else the face box, else the centre)",
+    )
+    apply.add_argument(
+        "--output",
+        default="both",
+        choices=["photo", "crop", "both"],
+        help="folders: write the photographs with the face pasted back "
+        "(OUT/<target>/), the crops (OUT/crops/<target>/, OUT/aligned/), or both",
     )
     apply.add_argument("--margin", type=float, default=0.25, help="around a face")
     _add_resize_option(
@@ -136,9 +144,12 @@ def _run_folder(args: argparse.Namespace) -> None:
             strength=args.strength,
             resize=args.resize,
             display=args.display,
+            output=args.output,
         )
         for line in report.problems[:20]:
             print(f"  skipped {line}")
+        for line in report.notes[:20]:
+            print(f"  note {line}")
         wall = time.perf_counter() - started
         _summary(
             client,
@@ -147,6 +158,7 @@ def _run_folder(args: argparse.Namespace) -> None:
             already_done=report.already_done,
             images_synthesised=report.written,
             skipped=len(report.problems),
+            taken_by=report.alignment().removeprefix("; taken by: ") or "-",
             throughput=f"{report.written / max(wall, 1e-9):.1f} images/s",
         )
     print(f"synthesised faces: {args.out} (report: {args.out}/report.txt)")

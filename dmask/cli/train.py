@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> None:
             method=args.method,
             resume=args.resume,
             lam_grid=args.lam_grid,
+            landmarks=ds.attrs.get("landmarks"),
         )
         height, width = model.image_shape
         pixels = height * width * model.channels * len(model.targets)

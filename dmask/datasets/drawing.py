@@ -443,3 +443,22 @@ def render_face(
     )
     c.img *= shade.astype(np.float32)[..., None]
     return np.clip(c.img, 0, 1, out=c.img)
+
+
+def landmark_fractions(params: SubjectParams) -> np.ndarray:
+    """Where a subject's neutral face has the alignment landmarks.
+
+    ``(5, 2)`` ``(x, y)`` as fractions of the image's width and height, in
+    :data:`dmask.core.alignment.LANDMARKS` order (eye centres, base of the
+    nose, mouth corners, left and right as seen): the drawing's own
+    positions, so they hold at any image size.
+    """
+    cu = params.face_center[0]
+    points = [
+        (cu - params.eye_spacing, params.eye_y),
+        (cu + params.eye_spacing, params.eye_y),
+        (cu, params.eye_y + params.nose_length),
+        (cu - params.mouth_width, params.mouth_y),
+        (cu + params.mouth_width, params.mouth_y),
+    ]
+    return (np.asarray(points, dtype=np.float64) + 1.0) / 2.0

@@ -9,7 +9,13 @@ import dask
 import numpy as np
 import xarray as xr
 
-from dmask.datasets.drawing import EXPRESSIONS, render_face, subject_params
+from dmask.core import alignment
+from dmask.datasets.drawing import (
+    EXPRESSIONS,
+    landmark_fractions,
+    render_face,
+    subject_params,
+)
 from dmask.errors import InputError
 from dmask.graph import runtime
 from dmask.io import dataset_store, locations, locks, stores
@@ -117,6 +123,10 @@ def make_synthetic_dataset(
         for _ in EXPRESSIONS
         for i in range(n_subjects)
     ]
+    n_train = max(1, n_subjects - n_test)  # canonical: the training faces' mean
+    canonical = np.mean(
+        [landmark_fractions(subject_params(seed, i)) for i in range(n_train)], axis=0
+    )
     tile = (min(height, CHUNK_SIDE), min(width, CHUNK_SIDE))
     block = int(max(1, min(n, CHUNK_BYTES // (tile[0] * tile[1] * 3))))
     # a task draws its block of faces: uint8 pixels, and float64 canvases per face
@@ -134,6 +144,7 @@ def make_synthetic_dataset(
             "seed": int(seed),
             "n_subjects": int(n_subjects),
             "value_range": [0, 255],
+            "landmarks": alignment.landmarks_attribute(canonical, n_train, "drawn"),
         },
         overwrite=overwrite,
     )

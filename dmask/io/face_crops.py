@@ -1,20 +1,32 @@
-"""Faces in photographs: detection (LBP cascade), square crops, resizing, channels."""
+"""Faces in photographs: alignment, detection, square crops, resizing, channels.
+
+A face is taken out of a photograph in one of these ways, tried in order
+(:func:`align_face`): by its landmarks (:mod:`dmask.io.landmarks`), moved by a
+similarity transform to where the training faces have theirs; by the square
+around the face box the LBP cascade finds; by the photograph's centre. Every
+way records its transform (photograph to crop), which paste-back inverts.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from dmask.core import alignment
 from dmask.core import resize as core_resize
 from dmask.errors import InputError, check_choice
+from dmask.io import landmarks
 from dmask.io.photographs import dtype_peak
 
 __all__ = [
+    "ALIGN_METHODS",
+    "AlignedFace",
     "Box",
     "CASCADE_WINDOW",
     "CROP_MODES",
@@ -23,6 +35,7 @@ __all__ = [
     "LUMA_709",
     "PRECROPPED_FACTOR",
     "RESIZE_METHODS",
+    "align_face",
     "center_box",
     "convert_channels",
     "crop_box",
@@ -36,11 +49,17 @@ __all__ = [
 ]
 
 
-#: How faces are cropped: ``auto`` takes an image that already is a face crop
-#: (see :func:`is_face_crop`) whole and finds the face in any other; ``detect``
-#: always finds it (the cascade); ``center`` takes the centred square; ``none``
-#: the whole image.
-CROP_MODES: tuple[str, ...] = ("auto", "detect", "center", "none")
+#: How faces are cropped: ``align`` moves the face's landmarks to the canonical
+#: positions (the training faces'), else takes the face box, else the centre;
+#: ``auto`` takes an image that already is a face crop (see
+#: :func:`is_face_crop`) whole and treats any other as ``align`` where
+#: canonical positions are known, as ``detect`` where not; ``detect`` takes the
+#: square around the face box (the LBP cascade); ``center`` the centred square;
+#: ``none`` the whole image.
+CROP_MODES: tuple[str, ...] = ("auto", "align", "detect", "center", "none")
+
+#: How a face was taken, as :class:`AlignedFace` and the reports name it.
+ALIGN_METHODS: tuple[str, ...] = ("landmarks", "face box", "centre", "whole image")
 
 
 #: A square image at most this many times the output's longer side is taken
@@ -235,6 +254,8 @@ def find_crop(
     ``size`` is the output size, which ``auto`` compares the image with.
     """
     check_choice("crop", crop, CROP_MODES)
+    if crop == "align":
+        crop = "detect"
     height, width = image.shape[:2]
     if crop == "none" or (crop == "auto" and is_face_crop(image.shape, size)):
         return 0, height, 0, width
@@ -355,3 +376,110 @@ def prepare_face(
     if box is None:
         return None
     return crop_resize(image, box, size, channels, resize)
+
+
+@dataclass
+class AlignedFace:
+    """A face taken out of a photograph, and how.
+
+    Attributes
+    ----------
+    face : numpy.ndarray
+        ``(H, W, C)`` crop, the photograph's dtype.
+    matrix : numpy.ndarray
+        ``(2, 3)`` transform from the photograph's pixels to the crop's.
+    method : str
+        One of :data:`ALIGN_METHODS`.
+    points : numpy.ndarray or None
+        The landmarks in the crop's pixels (``(5, 2)`` ``(x, y)``), when found.
+    """
+
+    face: np.ndarray
+    matrix: np.ndarray
+    method: str
+    points: np.ndarray | None = None
+
+
+def _canonical(
+    canonical: np.ndarray | None, size: tuple[int, int]
+) -> np.ndarray | None:
+    if canonical is None:
+        return None
+    fractions = np.asarray(canonical, dtype=np.float64)
+    if fractions.shape != (len(alignment.LANDMARKS), 2):
+        raise InputError(
+            f"canonical landmarks must be {len(alignment.LANDMARKS)} (x, y) "
+            f"fractions, got shape {fractions.shape}"
+        )
+    return alignment.from_fractions(fractions, size)
+
+
+def align_face(
+    image: np.ndarray,
+    size: tuple[int, int],
+    crop: str = "align",
+    canonical: np.ndarray | None = None,
+    margin: float = 0.25,
+    channels: int | None = None,
+    resize: str = "lanczos",
+    centre_fallback: bool = True,
+) -> AlignedFace | None:
+    """Take the face out of a photograph at ``size`` (the one way ingest and apply do).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W[, C])`` uint8 or uint16, as read.
+    size : tuple of int
+        The crop's ``(H, W)``.
+    crop : str
+        One of :data:`CROP_MODES`.
+    canonical : numpy.ndarray, optional
+        ``(5, 2)`` landmark positions as fractions of the crop's width and
+        height (:data:`dmask.core.alignment.LANDMARKS` order): where the
+        training faces have them. Without, ``align`` starts at the face box.
+    margin, channels, resize
+        As :func:`prepare_face` (the face box's margin, the channels, how box
+        crops are resized; aligned faces are sampled bilinearly, smoothed
+        first where they shrink).
+    centre_fallback : bool
+        ``align`` and ``auto`` take the centre where no face is found
+        (False: None is returned instead).
+
+    Returns
+    -------
+    AlignedFace or None
+        None when no face is found and the mode has no fallback left.
+    """
+    image = check_image(image)
+    size = core_resize.check_size(size)
+    check_choice("crop", crop, CROP_MODES)
+    target = _canonical(canonical, size)
+    precropped = crop == "auto" and is_face_crop(image.shape, size)
+    if crop == "auto" and not precropped:
+        crop = "align" if target is not None else "detect"
+    if crop == "align" and target is not None:
+        found = landmarks.detect_landmarks(image)
+        if found is not None:
+            matrix = alignment.similarity(found[0], target)
+            warped = alignment.warp_to_crop(image, matrix, size)
+            peak = dtype_peak(image.dtype)
+            face = np.clip(np.rint(warped), 0, peak).astype(image.dtype)
+            points = alignment.apply_transform(matrix, found[0])
+            return AlignedFace(
+                convert_channels(face, channels), matrix, "landmarks", points
+            )
+    if precropped or crop == "none":
+        box, method = (0, image.shape[0], 0, image.shape[1]), "whole image"
+    elif crop == "center":
+        box, method = center_box(image.shape), "centre"
+    else:
+        face_box = detect_face(image)
+        if face_box is not None:
+            box, method = crop_box(image.shape, face_box, margin), "face box"
+        elif crop in ("align", "auto") and centre_fallback:
+            box, method = center_box(image.shape), "centre"
+        else:
+            return None
+    face = crop_resize(image, box, size, channels, resize)
+    return AlignedFace(face, alignment.box_transform(box, size), method)

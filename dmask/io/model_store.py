@@ -88,6 +88,7 @@ class ModelAttrs:
     slots: int | None = None
     shared_channels: bool | None = None
     origin: str | None = None
+    landmarks: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The attributes to store: JSON types, unset optional ones left out."""
@@ -96,7 +97,7 @@ class ModelAttrs:
             "field_layout", "shared_channels", "origin", "height",
             "width", "channels", "n_samples", "single_target",
             "training_fingerprint", "tile_shape", "sample_block",
-            "statistics_method", "kernels", "lam_grid",
+            "statistics_method", "kernels", "lam_grid", "landmarks",
         )  # fmt: skip
         out: dict[str, Any] = {}
         for key in order:

@@ -1,15 +1,16 @@
-"""Pictures for people: comparison grids of source, synthesised and true faces."""
+"""Pictures for people: grids of faces (held out) and photographs (pasted back)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from dmask.io.photographs import to_uint8
 
-__all__ = ["comparison_grid", "synthesis_grid"]
+__all__ = ["comparison_grid", "photograph_grid"]
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -74,48 +75,61 @@ def comparison_grid(
     canvas.save(path)
 
 
-def synthesis_grid(
-    inputs: Mapping[str, np.ndarray],
-    outputs: Mapping[str, Mapping[str, np.ndarray]],
+def photograph_grid(
+    entries: Mapping[str, Any],
     path: str | os.PathLike,
+    side: int = 160,
     gap: int = 4,
 ) -> None:
-    """Write a PNG: one row per input image, ``input | each synthesised target``.
+    """Write a PNG: per file, ``photograph | aligned crop | per target, synthesised
+    crop and pasted-back photograph``.
 
     Parameters
     ----------
-    inputs : mapping of str to numpy.ndarray
-        Per label, the ``(H, W, C)`` input face in [0, 1].
-    outputs : mapping of str to mapping of str to numpy.ndarray
-        Per label, per target, the ``(H, W, C)`` synthesised face in [0, 1].
+    entries : mapping of str to Synthesised
+        Per label, a :class:`dmask.apply.folder.Synthesised` record (images in
+        [0, 1]).
     path : str or path
         Output PNG.
+    side : int
+        Every image is fitted, aspect kept, into a square of this side.
     gap : int
         Pixels between cells.
     """
     from PIL import Image, ImageDraw
 
-    labels = list(inputs)
-    targets = list(next(iter(outputs.values()))) if outputs else []
-    height, width = next(iter(inputs.values())).shape[:2]
-    label_w, label_h = 110, 16
+    labels = list(entries)
+    targets = list(dict.fromkeys(t for e in entries.values() for t in e.crops))
+    targets += [t for e in entries.values() for t in e.photos if t not in targets]
+    titles = ["photograph", "aligned crop"]
+    for t in targets:
+        titles += [f"{t}: synthesised", f"{t}: pasted back"]
+    label_w, label_h = 130, 16
     canvas = Image.new(
         "RGB",
-        (
-            label_w + (1 + len(targets)) * (width + gap),
-            label_h + len(labels) * (height + gap),
-        ),
+        (label_w + len(titles) * (side + gap), label_h + len(labels) * (side + gap)),
         "white",
     )
     draw = ImageDraw.Draw(canvas)
-    for c, title in enumerate(["input", *targets]):
-        draw.text((label_w + c * (width + gap), 2), title, fill="black")
+    for c, title in enumerate(titles):
+        draw.text((label_w + c * (side + gap), 2), title, fill="black")
     for row, label in enumerate(labels):
-        y0 = label_h + row * (height + gap)
-        draw.text((4, y0 + height // 2 - 6), label, fill="black")
-        cells = [inputs[label], *(outputs[label][t] for t in targets)]
+        entry = entries[label]
+        y0 = label_h + row * (side + gap)
+        draw.text((4, y0 + side // 2 - 6), label, fill="black")
+        cells = [entry.photo, entry.crop]
+        for t in targets:
+            cells += [entry.crops.get(t), entry.photos.get(t)]
         for c, image in enumerate(cells):
-            canvas.paste(
-                Image.fromarray(_to_uint8(image)), (label_w + c * (width + gap), y0)
+            if image is None:
+                continue
+            cell = Image.fromarray(_to_uint8(image))
+            scale = side / max(cell.size)
+            size = (
+                max(1, round(cell.width * scale)),
+                max(1, round(cell.height * scale)),
             )
+            cell = cell.resize(size, Image.Resampling.LANCZOS)
+            x = label_w + c * (side + gap) + (side - size[0]) // 2
+            canvas.paste(cell, (x, y0 + (side - size[1]) // 2))
     canvas.save(path)

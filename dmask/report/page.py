@@ -89,34 +89,51 @@ def _check_pixels(
     return out
 
 
+def _check_image(label: str, key: str, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    good = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3))
+    if not good or not np.issubdtype(array.dtype, np.number):
+        raise InputError(
+            f"photographs[{label!r}] {key} must be an (H, W[, 1|3]) image "
+            f"in [0, 1], got shape {array.shape}"
+        )
+    return array
+
+
 def _check_photographs(photographs: Any) -> list[tuple]:
-    """``(label, input, {target: output})`` with images as arrays."""
+    """``(label, photo or None, crop, {target: crop}, {target: photo})`` entries.
+
+    An entry is a :class:`dmask.apply.folder.Synthesised` (what
+    :func:`dmask.apply.folder.read_synthesised` returns) or a pair
+    ``(input, {target: output})`` of faces.
+    """
     if not isinstance(photographs, Mapping):
         raise InputError(
-            "photographs must map labels to (input, {target: image}), "
-            f"got {type(photographs)}"
+            "photographs must map labels to Synthesised records or "
+            f"(input, {{target: image}}) pairs, got {type(photographs)}"
         )
     out = []
     for label, entry in photographs.items():
-        try:
-            image, outputs = entry
-        except (TypeError, ValueError):
-            raise InputError(
-                f"photographs[{label!r}] must be (input, {{target: image}})"
-            ) from None
-        if not isinstance(outputs, Mapping):
-            raise InputError(f"photographs[{label!r}] outputs must map targets")
-        arrays = {"input": image, **{str(t): v for t, v in outputs.items()}}
-        for key, value in arrays.items():
-            array = np.asarray(value)
-            good = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3))
-            if not good or not np.issubdtype(array.dtype, np.number):
+        label = str(label)
+        if all(hasattr(entry, a) for a in ("photo", "crop", "crops", "photos")):
+            photo, crop = entry.photo, entry.crop
+            crops, pasted = dict(entry.crops), dict(entry.photos)
+        else:
+            try:
+                crop, crops = entry
+            except (TypeError, ValueError):
                 raise InputError(
-                    f"photographs[{label!r}] {key} must be an (H, W[, 1|3]) image "
-                    f"in [0, 1], got shape {array.shape}"
-                )
-        outputs = {str(t): v for t, v in outputs.items()}
-        out.append((str(label), np.asarray(image), outputs))
+                    f"photographs[{label!r}] must be a Synthesised record or "
+                    "(input, {target: image})"
+                ) from None
+            photo, pasted = None, {}
+        if not isinstance(crops, Mapping):
+            raise InputError(f"photographs[{label!r}] outputs must map targets")
+        photo = None if photo is None else _check_image(label, "photo", photo)
+        crop = _check_image(label, "input", crop)
+        crops = {str(t): _check_image(label, str(t), v) for t, v in crops.items()}
+        pasted = {str(t): _check_image(label, str(t), v) for t, v in pasted.items()}
+        out.append((label, photo, crop, crops, pasted))
     return out
 
 

@@ -172,28 +172,52 @@ def _mean_face(
 
 
 def photographs_section(entries: list[tuple], targets: list[str]) -> str:
-    columns = list(dict.fromkeys(t for _, _, outs in entries for t in outs))
+    """Per file and target: photograph | aligned crop | synthesised | pasted back.
+
+    ``entries`` are ``(label, photo or None, crop, {target: crop},
+    {target: photo})``; the photograph and its aligned crop span the file's
+    rows.
+    """
+    columns = list(
+        dict.fromkeys(t for *_, crops, photos in entries for t in (*crops, *photos))
+    )
     order = [t for t in targets if t in columns] + [
         t for t in columns if t not in targets
     ]
-    head = "".join(f"<th>{html.escape(t)}</th>" for t in ["", "input", *order])
+    titles = ["", "photograph", "aligned crop", "target", "synthesised", "pasted back"]
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in titles)
     rows = [f"<tr>{head}</tr>"]
-    for label, image, outputs in entries:
-        cells = [img_tag(as_pixels(image), f"{label} input")]
-        for target in order:
-            if target in outputs:
-                cells.append(
-                    img_tag(as_pixels(outputs[target]), f"{label} {target} synthesised")
-                )
-            else:
-                cells.append("")
-        rows.append(
-            f"<tr><td>{html.escape(label)}</td>"
-            + "".join(f"<td>{c}</td>" for c in cells)
-            + "</tr>"
+    for label, photo, crop, crops, photos in entries:
+        shown = [t for t in order if t in crops or t in photos]
+        span = max(1, len(shown))
+        lead = (
+            f"<td rowspan='{span}'>{html.escape(label)}</td>"
+            + f"<td rowspan='{span}'>"
+            + ("" if photo is None else img_tag(as_pixels(photo), f"{label} photo"))
+            + f"</td><td rowspan='{span}'>"
+            + img_tag(as_pixels(crop), f"{label} aligned crop")
+            + "</td>"
         )
+        for i, target in enumerate(shown or [""]):
+            cells = [html.escape(target)]
+            for images, what in ((crops, "synthesised"), (photos, "pasted back")):
+                cells.append(
+                    img_tag(as_pixels(images[target]), f"{label} {target} {what}")
+                    if target in images
+                    else ""
+                )
+            rows.append(
+                "<tr>"
+                + (lead if i == 0 else "")
+                + "".join(f"<td>{c}</td>" for c in cells)
+                + "</tr>"
+            )
     return (
-        f"<h2 id='photographs'>Out-of-dataset images</h2><table>{''.join(rows)}</table>"
+        "<h2 id='photographs'>Out-of-dataset images</h2>"
+        "<p>Each face is aligned by its landmarks to where the training faces "
+        "have theirs (else its face box, else the centre), synthesised, and "
+        "pasted back into the photograph under a feathered mask.</p>"
+        f"<table>{''.join(rows)}</table>"
     )
 
 

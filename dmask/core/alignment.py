@@ -1,0 +1,328 @@
+"""Face alignment and paste-back: similarity transforms, warps, feathered masks.
+
+Plain numpy and scipy, no detector: points come from
+:mod:`dmask.io.landmarks` (or the drawing of a synthetic face). Points are
+``(x, y)`` in pixels of their image, pixel ``[i, j]`` centred at ``x = j``,
+``y = i``. A transform is a ``(2, 3)`` matrix ``M`` taking a photograph's
+point ``p`` to the crop's ``M @ [p, 1]``; the crop samples the photograph at
+the inverse. Canonical positions are kept resolution-free, as fractions of
+the crop's width and height (:func:`to_fractions`, :func:`from_fractions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "LANDMARKS",
+    "FEATHER",
+    "apply_transform",
+    "box_transform",
+    "face_mask",
+    "from_fractions",
+    "invert",
+    "landmarks_attribute",
+    "match_colour",
+    "paste_back",
+    "read_landmarks",
+    "similarity",
+    "to_fractions",
+    "warp_to_crop",
+]
+
+#: The landmarks an alignment uses, left and right as seen in the image.
+LANDMARKS: tuple[str, ...] = (
+    "eye_left",
+    "eye_right",
+    "nose",
+    "mouth_left",
+    "mouth_right",
+)
+
+#: Width of the mask's feathered band, a fraction of the face ellipse's size.
+FEATHER = 0.2
+
+
+def to_fractions(points: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Pixel points ``(n, 2)`` of an ``(H, W)`` image as fractions of its sides."""
+    height, width = int(size[0]), int(size[1])
+    points = np.asarray(points, dtype=np.float64)
+    return (points + 0.5) / np.array([width, height], dtype=np.float64)
+
+
+def from_fractions(fractions: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """The inverse of :func:`to_fractions`: pixel points of an ``(H, W)`` image."""
+    height, width = int(size[0]), int(size[1])
+    fractions = np.asarray(fractions, dtype=np.float64)
+    return fractions * np.array([width, height], dtype=np.float64) - 0.5
+
+
+def similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The least-squares similarity (scale, rotation, shift) taking source to target.
+
+    Umeyama's closed form without reflection, over ``(n, 2)`` point pairs
+    (``n >= 2``, not all the same point).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(2, 3)``: ``target ~ M[:, :2] @ source + M[:, 2]``.
+    """
+    src = np.asarray(source, dtype=np.float64)
+    dst = np.asarray(target, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"need (n >= 2, 2) point pairs, got {src.shape}, {dst.shape}")
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    a, b = src - mu_s, dst - mu_d
+    var = (a**2).sum() / len(a)
+    if var == 0:
+        raise ValueError("source points all coincide")
+    u, sig, vt = np.linalg.svd(b.T @ a / len(a))
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1
+    rotation = u @ np.diag(d) @ vt
+    scale = (sig * d).sum() / var
+    linear = scale * rotation
+    return np.hstack([linear, (mu_d - linear @ mu_s)[:, None]])
+
+
+def box_transform(box: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """The transform of a crop box ``(y0, y1, x0, x1)`` resized to ``(H, W)``.
+
+    Pixel centres map as a resize with half-pixel centres does (OpenCV's and
+    Pillow's convention): the box's edges go to the crop's edges.
+    """
+    y0, y1, x0, x1 = (float(v) for v in box)
+    height, width = int(size[0]), int(size[1])
+    sx, sy = width / (x1 - x0), height / (y1 - y0)
+    return np.array(
+        [[sx, 0.0, (0.5 - x0) * sx - 0.5], [0.0, sy, (0.5 - y0) * sy - 0.5]]
+    )
+
+
+def invert(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a ``(2, 3)`` transform."""
+    linear = np.linalg.inv(np.asarray(matrix, dtype=np.float64)[:, :2])
+    return np.hstack([linear, -(linear @ matrix[:, 2])[:, None]])
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points ``(n, 2)`` through a ``(2, 3)`` transform."""
+    points = np.asarray(points, dtype=np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def _sample(
+    image: np.ndarray, xs: np.ndarray, ys: np.ndarray, order: int = 1
+) -> np.ndarray:
+    """``image`` (H, W, C) at float coordinates, edge values repeated outside."""
+    out = np.empty((*xs.shape, image.shape[2]), dtype=np.float64)
+    for c in range(image.shape[2]):
+        out[..., c] = ndimage.map_coordinates(
+            image[..., c], [ys, xs], order=order, mode="nearest", prefilter=False
+        )
+    return out
+
+
+def _scale_of(matrix: np.ndarray) -> float:
+    return float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+
+
+def warp_to_crop(
+    image: np.ndarray, matrix: np.ndarray, size: Sequence[int]
+) -> np.ndarray:
+    """The ``(H, W, C)`` crop of ``image`` under ``matrix``, as float64.
+
+    Bilinear sampling at the inverse transform; where the crop shrinks the
+    photograph, the part it reads is first smoothed by a Gaussian of
+    ``sigma = (1 / scale - 1) / 2`` (as scikit-image's anti-aliasing), so
+    large photographs do not alias. Outside the photograph the edge repeats.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    height, width = int(size[0]), int(size[1])
+    inverse = invert(matrix)
+    jj, ii = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height))
+    xs = inverse[0, 0] * jj + inverse[0, 1] * ii + inverse[0, 2]
+    ys = inverse[1, 0] * jj + inverse[1, 1] * ii + inverse[1, 2]
+    sigma = max(0.0, (1.0 / _scale_of(matrix) - 1.0) / 2.0)
+    pad = int(np.ceil(4 * sigma)) + 2
+    rows, cols = image.shape[:2]
+    y0 = int(np.clip(np.floor(ys.min()) - pad, 0, rows - 1))
+    y1 = int(np.clip(np.ceil(ys.max()) + pad + 1, y0 + 1, rows))
+    x0 = int(np.clip(np.floor(xs.min()) - pad, 0, cols - 1))
+    x1 = int(np.clip(np.ceil(xs.max()) + pad + 1, x0 + 1, cols))
+    part = image[y0:y1, x0:x1].astype(np.float64)
+    if sigma > 0:
+        part = ndimage.gaussian_filter(part, (sigma, sigma, 0), mode="nearest")
+    return _sample(part, xs - x0, ys - y0)
+
+
+def face_mask(
+    size: Sequence[int],
+    points: np.ndarray | None = None,
+    feather: float = FEATHER,
+) -> np.ndarray:
+    """A feathered ``(H, W)`` mask in [0, 1] over the face of a crop.
+
+    With the crop's landmarks (``(5, 2)`` in :data:`LANDMARKS` order) an
+    ellipse around eyes, nose and mouth: centred between the eyes' and the
+    mouth's midpoints, 1.1 interocular distances wide each side and reaching
+    from above the brows to the chin. Without, the crop's inscribed ellipse
+    shrunk by 10 %. The mask is 1 inside the ellipse shrunk by ``feather``
+    and falls linearly to 0 at the ellipse.
+    """
+    height, width = int(size[0]), int(size[1])
+    if points is not None:
+        p = np.asarray(points, dtype=np.float64)
+        eyes, mouth = p[:2].mean(axis=0), p[3:5].mean(axis=0)
+        iod = float(np.hypot(*(p[1] - p[0])))
+        down = mouth - eyes
+        length = float(np.hypot(*down))
+        if iod <= 0 or length <= 0:
+            raise ValueError("landmarks of a face mask must be distinct points")
+        centre = (eyes + mouth) / 2
+        axis_v = down / length
+        semi = (1.1 * iod, 1.45 * length)
+    else:
+        centre = np.array([(width - 1) / 2, (height - 1) / 2])
+        axis_v = np.array([0.0, 1.0])
+        semi = (0.45 * width, 0.45 * height)
+    axis_u = np.array([axis_v[1], -axis_v[0]])
+    jj, ii = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height))
+    dx, dy = jj - centre[0], ii - centre[1]
+    u = (dx * axis_u[0] + dy * axis_u[1]) / semi[0]
+    v = (dx * axis_v[0] + dy * axis_v[1]) / semi[1]
+    radius = np.sqrt(u**2 + v**2)
+    inner = 1.0 - float(np.clip(feather, 1e-6, 1.0))
+    return np.clip((1.0 - radius) / (1.0 - inner), 0.0, 1.0)
+
+
+def match_colour(
+    values: np.ndarray, reference: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """``values`` with each channel's mean and spread under ``mask`` set to the
+    reference's (the original crop's), so a pasted face keeps the photograph's
+    colour and brightness. Channels constant under the mask keep their spread.
+    """
+    weights = mask[..., None] / max(float(mask.sum()), 1e-12)
+    mean_v = (values * weights).sum(axis=(0, 1))
+    mean_r = (reference * weights).sum(axis=(0, 1))
+    std_v = np.sqrt(((values - mean_v) ** 2 * weights).sum(axis=(0, 1)))
+    std_r = np.sqrt(((reference - mean_r) ** 2 * weights).sum(axis=(0, 1)))
+    gain = np.divide(std_r, std_v, out=np.ones_like(std_v), where=std_v > 1e-12)
+    return (values - mean_v) * gain + mean_r
+
+
+def paste_back(
+    photo: np.ndarray,
+    face: np.ndarray,
+    matrix: np.ndarray,
+    mask: np.ndarray,
+) -> np.ndarray:
+    """The photograph with a crop-sized ``face`` blended in at full resolution.
+
+    Parameters
+    ----------
+    photo : numpy.ndarray
+        ``(H, W, C)`` original, any dtype; the result is float64 in its units.
+    face : numpy.ndarray
+        ``(h, w, C)`` synthesised crop in the photograph's units.
+    matrix : numpy.ndarray
+        The crop's transform (photograph to crop).
+    mask : numpy.ndarray
+        ``(h, w)`` feathered mask of the crop (:func:`face_mask`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Float64 ``(H, W, C)``: ``photo`` exactly where the mask, carried back
+        to the photograph, is 0, and ``mask * face + (1 - mask) * photo``
+        (both bilinear, in the photograph's pixels) elsewhere.
+    """
+    photo = np.asarray(photo)
+    if photo.ndim == 2:
+        photo = photo[..., None]
+    out = photo.astype(np.float64)
+    rows, cols = photo.shape[:2]
+    inside = np.argwhere(mask > 0)
+    if not len(inside):
+        return out
+    corners = np.array(
+        [
+            [inside[:, 1].min() - 1, inside[:, 0].min() - 1],
+            [inside[:, 1].max() + 1, inside[:, 0].min() - 1],
+            [inside[:, 1].min() - 1, inside[:, 0].max() + 1],
+            [inside[:, 1].max() + 1, inside[:, 0].max() + 1],
+        ],
+        dtype=np.float64,
+    )
+    spot = apply_transform(invert(matrix), corners)
+    x0 = int(np.clip(np.floor(spot[:, 0].min()), 0, cols))
+    x1 = int(np.clip(np.ceil(spot[:, 0].max()) + 1, 0, cols))
+    y0 = int(np.clip(np.floor(spot[:, 1].min()), 0, rows))
+    y1 = int(np.clip(np.ceil(spot[:, 1].max()) + 1, 0, rows))
+    if x1 <= x0 or y1 <= y0:
+        return out
+    jj, ii = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1))
+    xs = matrix[0, 0] * jj + matrix[0, 1] * ii + matrix[0, 2]
+    ys = matrix[1, 0] * jj + matrix[1, 1] * ii + matrix[1, 2]
+    # outside the crop the mask is 0 (not its edge repeated)
+    alpha = ndimage.map_coordinates(
+        mask, [ys, xs], order=1, mode="constant", cval=0.0, prefilter=False
+    )[..., None]
+    if face.ndim == 2:
+        face = face[..., None]
+    pasted = _sample(np.asarray(face, dtype=np.float64), xs, ys)
+    region = out[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] = np.where(
+        alpha > 0, alpha * pasted + (1.0 - alpha) * region, region
+    )
+    return out
+
+
+def landmarks_attribute(
+    fractions: np.ndarray, faces: int, measured: str
+) -> dict[str, Any]:
+    """The ``landmarks`` attribute of dataset and model stores (JSON).
+
+    ``{"points": LANDMARKS, "xy": [[x, y], ...], "faces": n, "measured": how}``:
+    the canonical positions as fractions of the image's width and height, the
+    number of faces they are the mean of, and how they were found
+    (``"drawn"`` for synthetic faces, ``"detected"`` at ingest).
+    """
+    xy = np.asarray(fractions, dtype=np.float64)
+    if xy.shape != (len(LANDMARKS), 2) or not np.isfinite(xy).all():
+        raise ValueError(f"canonical landmarks must be finite (5, 2), got {xy.shape}")
+    return {
+        "points": list(LANDMARKS),
+        "xy": [[round(float(x), 6), round(float(y), 6)] for x, y in xy],
+        "faces": int(faces),
+        "measured": str(measured),
+    }
+
+
+def read_landmarks(attrs: Mapping[str, Any]) -> np.ndarray | None:
+    """The ``(5, 2)`` canonical fractions a store's attributes record, or None.
+
+    Raises ValueError, naming what is wrong, for a malformed attribute.
+    """
+    entry = attrs.get("landmarks")
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping) or list(entry.get("points", ())) != list(
+        LANDMARKS
+    ):
+        raise ValueError(
+            f"attribute landmarks must name the points {list(LANDMARKS)}, got {entry!r}"
+        )
+    xy = np.asarray(entry.get("xy"), dtype=np.float64)
+    if xy.shape != (len(LANDMARKS), 2) or not np.isfinite(xy).all():
+        raise ValueError(f"attribute landmarks has xy of shape {xy.shape}, not (5, 2)")
+    return xy
