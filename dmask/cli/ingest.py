@@ -37,8 +37,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ingest.add_argument(
         "--crop",
         default="auto",
-        choices=["auto", "detect", "center", "none"],
-        help="auto (default): square images up to 2x the size whole, else detect",
+        choices=["auto", "align", "detect", "center", "none"],
+        help="auto (default): square images up to 2x the size whole, else the "
+        "face box; align: every face moved by its landmarks to their mean position",
     )
     _add_resize_option(ingest, "lanczos (default), or bilinear/area as OpenCV's")
     ingest.add_argument("--margin", type=float, default=0.25, help="around a face")

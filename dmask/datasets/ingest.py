@@ -12,18 +12,23 @@ from typing import NoReturn
 import dask
 import numpy as np
 
+from dmask.core import alignment
 from dmask.core.resize import check_size
 from dmask.datasets.layouts import LAYOUTS, ImageRecord, display, scan
 from dmask.errors import InputError, check_choice
 from dmask.graph import runtime
-from dmask.io import atomic, dataset_store, locations, locks, stores
+from dmask.io import atomic, dataset_store, landmarks, locations, locks, stores
 from dmask.io.face_crops import (
+    ALIGN_METHODS,
     CROP_MODES,
     check_resize,
+    convert_channels,
+    crop_box,
     crop_resize,
     find_crop,
     is_face_crop,
 )
+from dmask.io.photographs import dtype_peak
 from dmask.io.photographs import ImageReadError, image_files, read_image
 
 logger = logging.getLogger(__name__)
@@ -34,6 +39,7 @@ __all__ = [
     "FileInfo",
     "IngestReport",
     "SCAN_BLOCK",
+    "canonical_landmarks",
     "ingest",
     "inspect_files",
     "write_samples",
@@ -72,6 +78,11 @@ class FileInfo:
         Why the file is unreadable.
     precropped : bool
         Taken whole as a face crop already (crop ``auto``).
+    points : tuple or None
+        The five landmarks ``((x, y), ...)`` in the image's pixels, when found
+        (:func:`dmask.io.landmarks.detect_landmarks`).
+    method : str
+        How the face is taken, one of :data:`dmask.io.face_crops.ALIGN_METHODS`.
     """
 
     status: str
@@ -81,6 +92,8 @@ class FileInfo:
     box: tuple[int, int, int, int] | None = None
     message: str = ""
     precropped: bool = False
+    points: tuple[tuple[float, float], ...] | None = None
+    method: str = "face box"
 
 
 @dataclass
@@ -101,6 +114,12 @@ class IngestReport:
         Files left out, by reason.
     precropped : int
         Files taken whole as face crops already (crop ``auto``).
+    methods : dict of str to int
+        How the stored faces were taken
+        (:data:`dmask.io.face_crops.ALIGN_METHODS`).
+    landmarks : int
+        Stored faces whose landmarks were found (their mean is the dataset's
+        canonical positions).
     subjects_kept, subjects_left_out : int
         Subjects in the store, and those without a usable pair.
     train, test : int
@@ -120,6 +139,8 @@ class IngestReport:
     no_face: int = 0
     duplicates: int = 0
     precropped: int = 0
+    methods: dict[str, int] = field(default_factory=dict)
+    landmarks: int = 0
     subjects_kept: int = 0
     subjects_left_out: int = 0
     train: int = 0
@@ -135,7 +156,9 @@ class IngestReport:
             f"unreadable {self.unreadable}, no face {self.no_face}, "
             f"duplicates {self.duplicates}, face crops taken whole "
             f"{self.precropped}, subjects kept {self.subjects_kept}, "
-            f"subjects left out {self.subjects_left_out}"
+            f"subjects left out {self.subjects_left_out}, landmarks found "
+            f"{self.landmarks}"
+            + "".join(f", by {way} {n}" for way, n in self.methods.items() if n)
         )
 
     def left_out(self) -> str:
@@ -160,7 +183,11 @@ def inspect_files(
     """Task (pass 1): read files one by one and keep their metadata and crop box.
 
     ``size`` is the output size (None: chosen later), which crop ``auto``
-    compares images with (:func:`dmask.io.face_crops.is_face_crop`).
+    compares images with (:func:`dmask.io.face_crops.is_face_crop`). The
+    landmarks are looked for in every image (where a detector is installed):
+    ``align`` takes a face by them, and every mode measures where they lie
+    in the crops. With ``align``, a face with landmarks has the square around
+    the landmark detector's face box as its box.
     """
     infos = []
     for path in paths:
@@ -169,7 +196,16 @@ def inspect_files(
         except ImageReadError as exc:
             infos.append(FileInfo("unreadable", message=exc.reason or str(exc)))
             continue
-        box = find_crop(image, crop, margin, size)
+        found = landmarks.detect_landmarks(image)
+        precropped = crop == "auto" and is_face_crop(image.shape, size)
+        if crop == "align" and found is not None:
+            box, method = crop_box(image.shape, found[1], margin), "landmarks"
+        else:
+            box = find_crop(image, crop, margin, size)
+            method = (
+                "whole image" if precropped or crop == "none"
+                else "centre" if crop == "center" else "face box"
+            )  # fmt: skip
         infos.append(
             FileInfo(
                 "ok" if box is not None else "no_face",
@@ -177,10 +213,35 @@ def inspect_files(
                 image.dtype.name,
                 int(image.shape[2]),
                 None if box is None else tuple(int(v) for v in box),
-                precropped=crop == "auto" and is_face_crop(image.shape, size),
+                precropped=precropped,
+                points=None
+                if found is None
+                else tuple((float(x), float(y)) for x, y in found[0]),
+                method=method,
             )
         )
     return infos
+
+
+def canonical_landmarks(
+    infos: Sequence[FileInfo], size: tuple[int, int]
+) -> np.ndarray | None:
+    """The mean position of the landmarks in their faces' crops, as fractions.
+
+    Each face with landmarks contributes them as its box crop (resized to
+    ``size``) has them; None when no face has landmarks.
+    """
+    found = [
+        alignment.to_fractions(
+            alignment.apply_transform(
+                alignment.box_transform(info.box, size), np.asarray(info.points)
+            ),
+            size,
+        )
+        for info in infos
+        if info.points is not None and info.box is not None
+    ]
+    return np.mean(found, axis=0) if found else None
 
 
 def write_samples(
@@ -192,12 +253,28 @@ def write_samples(
     channels: int,
     dtype: str,
     resize: str = "lanczos",
+    points: Sequence[tuple | None] | None = None,
+    canonical: np.ndarray | None = None,
 ) -> tuple[int, int]:
-    """Task (pass 2): crop, resize and write samples ``start:start+len(files)``."""
+    """Task (pass 2): crop, resize and write samples ``start:start+len(files)``.
+
+    A face with ``points`` (and a ``canonical`` position for them) is moved
+    by the similarity that takes its landmarks there; the others are cut by
+    their box.
+    """
     height, width = size
     out = np.empty((len(files), height, width, channels), dtype=dtype)
+    target = None if canonical is None else alignment.from_fractions(canonical, size)
     for i, (name, box) in enumerate(zip(files, boxes, strict=True)):
-        face = crop_resize(read_image(name), box, size, channels, resize)
+        image = read_image(name)
+        found = None if points is None or target is None else points[i]
+        if found is not None:
+            matrix = alignment.similarity(np.asarray(found), target)
+            warped = alignment.warp_to_crop(image, matrix, size)
+            face = np.clip(np.rint(warped), 0, dtype_peak(image.dtype))
+            face = convert_channels(face.astype(image.dtype), channels)
+        else:
+            face = crop_resize(image, box, size, channels, resize)
         if out.dtype == np.uint16 and face.dtype == np.uint8:
             face = face.astype(np.uint16) * 257
         out[i] = face
@@ -411,10 +488,16 @@ def ingest(
     size : tuple of int or None
         Stored ``(H, W)``. None: the common size with crop "none", else the
         smallest crop.
-    crop : {"auto", "detect", "center", "none"}
+    crop : {"auto", "align", "detect", "center", "none"}
         Face crop (see :func:`dmask.io.face_crops.prepare_face`): ``auto``
         takes images that are face crops already (square, at most twice the
-        output's side) whole and finds the face in the others.
+        output's side) whole and finds the face box in the others; ``align``
+        moves every face's landmarks to their mean position over the dataset
+        (measured in the square around each face box), and takes a face
+        without landmarks by its face box (one report line each). Every mode
+        stores the landmarks' mean position in the crops as the ``landmarks``
+        attribute (where any face has them), which a model trained on the
+        store records, and the way each face was taken as ``taken_by``.
     margin : float
         Margin around detected faces, a fraction of the face side.
     channels : {1, 3, None}
@@ -542,6 +625,23 @@ def ingest(
         size = _resolve_size(size, crop, samples, infos, folder)
     except InputError as exc:
         _fail(report, lines, str(exc))
+    report.methods = dict.fromkeys(ALIGN_METHODS, 0)
+    for record in samples:
+        info = infos[record.path]
+        report.methods[info.method] += 1
+        report.landmarks += info.points is not None
+        if crop == "align" and info.method != "landmarks":
+            lines.append(
+                f"no landmarks found: face box: {display(record.path, folder)}"
+            )
+    canonical = canonical_landmarks([infos[r.path] for r in samples], size)
+    if canonical is None:
+        logger.warning(
+            "ingest: no landmarks found in any face%s: models trained on %s will "
+            "take photographs by their face box",
+            "" if landmarks.available() else f" ({landmarks.missing_reason()})",
+            out,
+        )
     n_channels = channels or max(infos[r.path].channels for r in samples)
     dtype = (
         "uint16" if any(infos[r.path].dtype == "uint16" for r in samples) else "uint8"
@@ -567,6 +667,7 @@ def ingest(
             "split": sample_split,
             "person": [r.person for r in samples],
             "file": [display(r.path, folder) for r in samples],
+            "taken_by": [infos[r.path].method for r in samples],
         },
         {
             "origin": "dmask ingest",
@@ -582,6 +683,15 @@ def ingest(
             "test_fraction": float(test_fraction),
             "n_subjects": len(chosen.kept),
             "value_range": [0, peak],
+            **(
+                {}
+                if canonical is None
+                else {
+                    "landmarks": alignment.landmarks_attribute(
+                        canonical, report.landmarks, "detected"
+                    )
+                }
+            ),
         },
         dtype=dtype,
         overwrite=overwrite,
@@ -598,6 +708,8 @@ def ingest(
             n_channels,
             dtype,
             resize,
+            [infos[r.path].points for r in samples[s0 : s0 + span]],
+            canonical if crop == "align" else None,
         )
         for s0 in range(0, n, span)
     ]

@@ -456,6 +456,7 @@ def align_face(
     check_choice("crop", crop, CROP_MODES)
     target = _canonical(canonical, size)
     precropped = crop == "auto" and is_face_crop(image.shape, size)
+    centre_fallback = centre_fallback and crop in ("align", "auto")
     if crop == "auto" and not precropped:
         crop = "align" if target is not None else "detect"
     if crop == "align" and target is not None:
@@ -477,7 +478,7 @@ def align_face(
         face_box = detect_face(image)
         if face_box is not None:
             box, method = crop_box(image.shape, face_box, margin), "face box"
-        elif crop in ("align", "auto") and centre_fallback:
+        elif centre_fallback:
             box, method = center_box(image.shape), "centre"
         else:
             return None

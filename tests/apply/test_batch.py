@@ -95,12 +95,18 @@ def test_folder_synthesis_matches_reference(model_store, photo_folder, tmp_path)
     ]
     assert all("unreadable" in p for p in report.problems)
     for relative in GOOD:
+        photo = photographs.read_image(photo_folder / relative)
+        stem = os.path.splitext(relative)[0] + ".png"
         for target in ("happy", "sad"):
-            path = out / target / os.path.splitext(relative)[0]
-            written = photographs.read_image(str(path) + ".png")
+            written = photographs.read_image(out / "crops" / target / stem)
             assert written.shape == (24, 20, 3)
             expected = _expected(model, photo_folder, relative, target)
             assert np.abs(written.astype(int) - expected).max() <= 1
+            # the photograph, full size, under the same name
+            pasted = photographs.read_image(out / target / stem)
+            assert pasted.shape[:2] == photo.shape[:2]
+        aligned = photographs.read_image(out / "aligned" / stem)
+        assert aligned.shape == (24, 20, 3)
     text = (out / "report.txt").read_text()
     assert "skipped broken.png" in text and "4 synthesised" in text
 
@@ -125,15 +131,16 @@ def test_interrupted_run_resumes_to_the_same_output(
     real_write = folder._write_png
 
     def failing_write(path, *args):
-        if len(calls) == 3:
+        if len(calls) == 5:
             raise KeyboardInterrupt
         real_write(path, *args)
         calls.append(path)
 
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(folder, "_write_png", failing_write)
-    # One thread: the three writes before the interrupt finish a file (with
-    # several, each could be one of several files in flight).
+    # One thread: the five writes before the interrupt finish a file (its
+    # aligned crop, two synthesised crops, two photographs; with several
+    # threads, each could be one of several files in flight).
     with pytest.raises(KeyboardInterrupt), dask.config.set(num_workers=1):
         folder.apply_to_folder(model, photo_folder, resumed, crop="center", block=1)
     monkeypatch.setattr(folder, "_write_png", real_write)
@@ -182,7 +189,7 @@ def test_bilinear_resize_and_stretched_display(model_store, photo_folder, tmp_pa
     report = folder.apply_to_folder(model, photo_folder, out, **options)
     assert report.written == 4
     for relative in GOOD:
-        path = out / "happy" / (os.path.splitext(relative)[0] + ".png")
+        path = out / "crops" / "happy" / (os.path.splitext(relative)[0] + ".png")
         written = photographs.read_image(path).astype(int)
         assert written.min() == 0 and written.max() == 255
         expected = _expected(
@@ -197,7 +204,7 @@ def test_bilinear_resize_and_stretched_display(model_store, photo_folder, tmp_pa
         channels=3,
         resize="bilinear",
     )
-    np.testing.assert_allclose(shown["nested/deeper/c"][0], minmax(face[None])[0])
+    np.testing.assert_allclose(shown["nested/deeper/c"].crop, minmax(face[None])[0])
     for bad, match in (({"resize": "cubic"}, "resize"), ({"display": "x"}, "display")):
         with pytest.raises(InputError, match=match):
             folder.apply_to_folder(model, photo_folder, tmp_path / "o", **bad)

@@ -63,14 +63,18 @@ def test_strength_in_folder_apply_and_refusals(rng, tmp_path):
     Image.fromarray(face).save(photos / "a.png")
     report = apply_to_folder(model, photos, tmp_path / "zero", crop="none", strength=0)
     assert report.written == 1
-    written = np.asarray(Image.open(tmp_path / "zero" / "target" / "a.png"))
+    written = np.asarray(Image.open(tmp_path / "zero" / "crops" / "target" / "a.png"))
     shown = np.rint(minmax(face[None].astype(float))[0] * 255)
     assert np.abs(written.astype(int) - shown).max() <= 1
+    # strength 0 pasted back: the photograph itself
+    pasted = np.asarray(Image.open(tmp_path / "zero" / "target" / "a.png"))
+    assert np.abs(pasted.astype(int) - face).max() <= 1
     half = apply_to_folder(model, photos, tmp_path / "half", crop="none", strength=0.5)
     assert half.written == 1
     predicted = np.asarray(model.predict(face[None].astype(float), strength=0.5))[0]
     want = np.rint(np.clip(predicted, 0, 1) * 255)
-    got = np.asarray(Image.open(tmp_path / "half" / "target" / "a.png")).astype(int)
+    got = np.asarray(Image.open(tmp_path / "half" / "crops" / "target" / "a.png"))
+    got = got.astype(int)
     assert np.abs(got - want).max() <= 1
     for bad in (-0.5, float("nan"), "strong", True):
         with pytest.raises(InputError, match="strength must be"):

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 import dmask
+from dmask.apply import folder
 from dmask.cli import main
 from dmask.core import minmax
 from dmask.datasets.drawing import render_face, subject_params
@@ -119,7 +120,7 @@ def test_option_choices_are_the_library_s():
         (name, action.dest): tuple(action.choices)
         for name in ("ingest", "apply", "report")
         for action in commands[name]._actions
-        if action.dest in ("resize", "display", "crop")
+        if action.dest in ("resize", "display", "crop", "output")
     }
     assert choices == {
         ("ingest", "resize"): face_crops.RESIZE_METHODS,
@@ -127,5 +128,6 @@ def test_option_choices_are_the_library_s():
         ("apply", "resize"): face_crops.RESIZE_METHODS,
         ("apply", "crop"): face_crops.CROP_MODES,
         ("apply", "display"): photographs.DISPLAY_MODES,
+        ("apply", "output"): folder.OUTPUT_KINDS,
         ("report", "resize"): face_crops.RESIZE_METHODS,
     }

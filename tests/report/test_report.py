@@ -205,7 +205,7 @@ def test_report_is_self_contained_and_escaped(report, trained):
     assert "Lowest test MSE: r = 5, lambda = 0.01" in text
     # a large photograph is downscaled for the page
     big = _decode(
-        next(a for a in page.images if a["alt"] == "big <photo> input")["src"]
+        next(a for a in page.images if a["alt"] == "big <photo> aligned crop")["src"]
     )
     assert max(big.size) == MAX_SIDE
 
