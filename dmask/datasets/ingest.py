@@ -28,8 +28,7 @@ from dmask.io.face_crops import (
     find_crop,
     is_face_crop,
 )
-from dmask.io.photographs import dtype_peak
-from dmask.io.photographs import ImageReadError, image_files, read_image
+from dmask.io.photographs import ImageReadError, dtype_peak, image_files, read_image
 
 logger = logging.getLogger(__name__)
 
