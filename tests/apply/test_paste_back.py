@@ -1,0 +1,157 @@
+"""Photographs in, photographs out: alignment, paste-back and the output kinds."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+import dmask
+from dmask.apply import folder
+from dmask.core import alignment
+from dmask.datasets.synthetic import make_synthetic_dataset
+from dmask.datasets import samples
+from dmask.errors import InputError
+from dmask.io import face_crops, landmarks, model_store, photographs
+from dmask.model import Model
+
+CANONICAL = np.array(
+    [[0.394, 0.485], [0.607, 0.485], [0.501, 0.589], [0.407, 0.66], [0.595, 0.66]]
+)
+
+
+def _identity_model(size=(64, 64), channels=3) -> Model:
+    """A model whose every output pixel is its input pixel (centre tap 1)."""
+    height, width = size
+    weight = np.zeros((1, height, width, channels, 9))
+    weight[..., 4] = 1.0  # the centre of the row-major 3 x 3 window
+    attrs = model_store.ModelAttrs(
+        field=3, lam=0.0, normalize="minmax", height=height, width=width,
+        channels=channels, n_samples=1, single_target=False,
+        training_fingerprint="identity", tile_shape=(height, width),
+        landmarks=alignment.landmarks_attribute(CANONICAL, 1, "drawn"),
+    ).to_dict()  # fmt: skip
+    ds = model_store.model_dataset(
+        weight, np.zeros((1, height, width, channels)), ["same"], 3,
+        np.ones((1, 1), "u1"), attrs,
+    )  # fmt: skip
+    return Model(ds)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Photographs as people have them: colour, grey, 16-bit, JPEG, a cat, nested."""
+    found = samples.sample_photographs()
+    if "astronaut" not in found:
+        pytest.skip("scikit-image's astronaut is not available")
+    root = tmp_path_factory.mktemp("mixed")
+    (root / "album").mkdir()
+    astronaut = found["astronaut"]
+    Image.fromarray(astronaut).save(root / "astronaut.png")
+    grey = samples.sketch(astronaut)[..., 0]
+    Image.fromarray(grey).save(root / "album" / "sketch.png")
+    Image.fromarray(astronaut[:400, 60:460]).save(
+        root / "album" / "crop.jpg", quality=95
+    )
+    deep = astronaut[::2, ::2, 0].astype(np.uint16) * 257
+    Image.fromarray(deep).save(root / "deep.png")
+    if "chelsea" in found:
+        Image.fromarray(found["chelsea"]).save(root / "cat.png")
+    return root
+
+
+def _band_free(photo_shape, taken: face_crops.AlignedFace, size) -> np.ndarray:
+    """Photograph pixels the pasted mask does not reach (its value is 0)."""
+    mask = alignment.face_mask(size, taken.points)
+    jj, ii = np.meshgrid(np.arange(photo_shape[1]), np.arange(photo_shape[0]))
+    xs = taken.matrix[0, 0] * jj + taken.matrix[0, 1] * ii + taken.matrix[0, 2]
+    ys = taken.matrix[1, 0] * jj + taken.matrix[1, 1] * ii + taken.matrix[1, 2]
+    alpha = ndimage.map_coordinates(mask, [ys, xs], order=1, mode="constant")
+    return alpha == 0
+
+
+def test_identity_model_pasted_back_is_the_photograph(mixed, tmp_path):
+    model = _identity_model()
+    out = tmp_path / "out"
+    report = folder.apply_to_folder(model, mixed, out)
+    names = sorted(folder.scan_images(mixed))
+    assert report.written == len(names) and not report.problems
+    if landmarks.available():
+        assert report.methods["landmarks"] >= 3
+    for relative in names:
+        original = photographs.read_image(mixed / relative)
+        stem = os.path.splitext(relative)[0] + ".png"
+        pasted = photographs.read_image(out / "same" / stem)
+        # full size, same name; grey stays grey
+        assert pasted.shape[:2] == original.shape[:2]
+        peak = photographs.dtype_peak(original.dtype)
+        want = face_crops.convert_channels(original, 3).astype(float) / peak
+        got = face_crops.convert_channels(pasted, 3).astype(float) / 255
+        taken = face_crops.align_face(
+            face_crops.convert_channels(original, 3), (64, 64), "auto", CANONICAL
+        )
+        free = _band_free(original.shape, taken, (64, 64))
+        assert free.mean() > 0.3
+        outside = np.abs(got - want)[free]
+        assert outside.max() <= 1 / 255 + 1e-9, relative  # untouched
+        inside = np.abs(got - want)[~free]
+        # inside: the face went through a 64 x 64 crop and back
+        assert inside.mean() <= 0.05, (relative, inside.mean())
+        assert (out / "crops" / "same" / stem).exists()
+        assert (out / "aligned" / stem).exists()
+    text = (out / "report.txt").read_text()
+    assert "taken by:" in text
+    if "cat.png" in names and landmarks.available():
+        assert "note cat.png: no face found: centre crop" in text
+
+
+def test_output_kinds_and_resume(mixed, tmp_path):
+    model = _identity_model((32, 32))
+    only = tmp_path / "photo"
+    folder.apply_to_folder(model, mixed, only, output="photo", crop="center")
+    written = sorted(
+        os.path.relpath(os.path.join(d, f), only)
+        for d, _, files in os.walk(only)
+        for f in files
+    )
+    assert all(w.startswith("same/") for w in written if w != "report.txt")
+    crops = tmp_path / "crop"
+    folder.apply_to_folder(model, mixed, crops, output="crop", crop="center")
+    assert not (crops / "same").exists() and (crops / "crops" / "same").is_dir()
+    again = folder.apply_to_folder(model, mixed, crops, output="crop", crop="center")
+    assert again.written == 0 and again.already_done == again.scanned
+    # asking for photographs too redoes the files that lack them
+    both = folder.apply_to_folder(model, mixed, crops, output="both", crop="center")
+    assert both.written == both.scanned
+    with pytest.raises(InputError, match="output must be"):
+        folder.apply_to_folder(model, mixed, tmp_path / "x", output="poster")
+
+
+def test_a_model_records_its_training_faces_landmarks(tmp_path):
+    ds = make_synthetic_dataset(tmp_path / "faces.zarr", 6, (32, 32))
+    recorded = alignment.read_landmarks(ds.attrs)
+    assert recorded is not None and ds.attrs["landmarks"]["measured"] == "drawn"
+    sources = ds["images"].isel(sample=slice(0, 6)).values
+    targets = ds["images"].isel(sample=slice(6, 12)).values
+    model = dmask.fit(sources, targets, landmarks=ds.attrs["landmarks"])
+    np.testing.assert_allclose(model.landmarks, recorded)
+    stored = dmask.fit(
+        sources, targets, landmarks=ds.attrs["landmarks"], store=tmp_path / "m.zarr"
+    )
+    np.testing.assert_allclose(
+        dmask.open_model(tmp_path / "m.zarr").landmarks, recorded
+    )
+    assert stored.landmarks is not None
+    # from an xarray input's attributes
+    images = ds["images"].copy()
+    images.attrs["landmarks"] = ds.attrs["landmarks"]
+    from_attrs = dmask.fit(
+        images.isel(sample=slice(0, 6)), images.isel(sample=slice(6, 12))
+    )
+    np.testing.assert_allclose(from_attrs.landmarks, recorded)
+    assert dmask.fit(sources, targets).landmarks is None
+    with pytest.raises(InputError, match="landmarks"):
+        dmask.fit(sources, targets, landmarks={"points": ["nose"], "xy": [[0, 0]]})
