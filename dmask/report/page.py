@@ -24,6 +24,7 @@ from dmask.report.sections import (
     photographs_section,
     size_section,
     sparse_section,
+    strength_section,
     tuning_section,
 )
 
@@ -246,7 +247,9 @@ def write_report(
     size_curve : sequence of dict, optional
         Rows with ``method``, ``n``, ``mse``: test MSE against training size.
     photographs : mapping, optional
-        ``label -> (input image, {target: synthesised image})``, arrays
+        ``label -> Synthesised`` (:func:`dmask.apply.folder.read_synthesised`:
+        photograph, aligned crop, synthesised crops, pasted-back photographs),
+        or ``label -> (input image, {target: synthesised image})``; arrays
         ``(H, W[, 1|3])`` in [0, 1].
     pixels : mapping of str to (int, int), optional
         Named pixels ``(y, x)`` whose ``r x r`` field is drawn; by default a mouth
@@ -297,6 +300,7 @@ def write_report(
     sections = [_header(model, dataset, source, split)]
     faces, mean_face = faces_section(model, dataset, source, split, subjects)
     sections.append(faces)
+    sections.append(strength_section(model, dataset, source, split))
     if entries:
         sections.append(photographs_section(entries, model.targets))
     if model.kind == "sparse":
@@ -311,6 +315,7 @@ def write_report(
         sections.append(size_section(size_rows))
 
     links = [("model", "Model"), ("dataset", "Dataset"), ("faces", "Held-out faces")]
+    links.append(("strength", "Expression strength"))
     if entries:
         links.append(("photographs", "Out-of-dataset images"))
     learned = "What the sparse model learned" if model.kind == "sparse" else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,6 +169,65 @@ def _mean_face(
         block_images = inputs.as_numpy(images[index[start : start + block]])[0]
         total += _display_scale(block_images, minmax, peak).sum(axis=0)
     return total / max(1, len(index))
+
+
+#: The expression strengths of the report's strip (0: the input, 1: the model).
+STRENGTHS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def strength_section(
+    model: Model,
+    dataset: xr.Dataset,
+    source: str,
+    split: str,
+    strengths: Sequence[float] = STRENGTHS,
+) -> str:
+    """One held-out face per target at several expression strengths.
+
+    ``x + alpha (model(x) - x)`` (:meth:`dmask.Model.predict`'s ``strength``):
+    0 is the input, 1 the model, values between interpolate, above 1
+    exaggerate. The face is the split's first ``source`` face.
+    """
+    minmax = model.normalize == "minmax"
+    scale = 1.0 if minmax else dataset_store.value_peak(dataset)
+    head = "".join(f"<th>{html.escape(f'{a:g}')}</th>" for a in strengths)
+    parts = ["<h2 id='strength'>Expression strength</h2>"]
+    chosen = np.asarray(dataset["expression"].values).astype(str) == source
+    if split and "split" in dataset.coords:
+        chosen &= np.asarray(dataset["split"].values).astype(str) == split
+    first = np.flatnonzero(chosen)[:1]
+    if not len(first):
+        where = f"{source} face of split {split!r}" if split else f"{source} face"
+        return "".join([*parts, f"<p>No {html.escape(where)} to show.</p>"])
+    raw = inputs.as_numpy(dataset["images"].data[first])[0]
+    label = str(np.asarray(dataset["subject"].values)[first[0]])
+    by_strength = []
+    for alpha in strengths:
+        predicted = model.predict(raw, strength=alpha)
+        if not isinstance(predicted, Mapping):
+            predicted = {model.targets[0]: predicted}
+        by_strength.append({t: np.asarray(v)[0] / scale for t, v in predicted.items()})
+    rows = [f"<tr><th>target</th>{head}</tr>"]
+    for target in model.targets:
+        cells = [
+            img_tag(
+                as_pixels(np.clip(faces[target], 0, 1)),
+                f"{label} {target} strength {a:g}",
+            )
+            for a, faces in zip(strengths, by_strength, strict=True)
+        ]
+        rows.append(
+            f"<tr><td>{html.escape(target)}</td>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
+    parts.append(
+        f"<p class='note'>Subject {html.escape(label)}'s {html.escape(source)} face "
+        "at expression strength alpha: x + alpha (model(x) - x); 0 is the input, "
+        "1 the model, above 1 exaggerates (<code>dmask apply --strength</code>).</p>"
+    )
+    parts.append(f"<table>{''.join(rows)}</table>")
+    return "".join(parts)
 
 
 def photographs_section(entries: list[tuple], targets: list[str]) -> str:

@@ -12,8 +12,8 @@ from scipy import ndimage
 import dmask
 from dmask.apply import folder
 from dmask.core import alignment
-from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.datasets import samples
+from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.errors import InputError
 from dmask.io import face_crops, landmarks, model_store, photographs
 from dmask.model import Model

@@ -34,7 +34,7 @@ def test_found_on_people_and_sketches_not_on_the_cat(photos):
         for image in (photos[name], samples.sketch(photos[name])):
             found = landmarks.detect_landmarks(image)
             assert found is not None, name
-            points, (y, x, h, w) = found
+            points, (_, x, _, w) = found
             eye_l, eye_r, nose, mouth_l, mouth_r = points
             assert eye_l[0] < eye_r[0] and mouth_l[0] < mouth_r[0]
             assert max(eye_l[1], eye_r[1]) < nose[1] < min(mouth_l[1], mouth_r[1])

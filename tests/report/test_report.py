@@ -182,9 +182,10 @@ def test_report_is_self_contained_and_escaped(report, trained):
     _, model = trained
     text = report.read_text(encoding="utf-8")
     page = _parse(report)
-    # 2 targets x (2 test subjects x 4 cells + colour bar); photographs 1 + 2;
-    # marked mean face + 2 targets x (maps + windows); tuning; size curve
-    assert len(page.images) == 2 * (2 * 4 + 1) + 3 + 1 + 2 * 2 + 1 + 1
+    # 2 targets x (2 test subjects x 4 cells + colour bar); 2 targets x 5
+    # strengths; photographs 1 + 2; marked mean face + 2 targets x (maps +
+    # windows); tuning; size curve
+    assert len(page.images) == 2 * (2 * 4 + 1) + 2 * 5 + 3 + 1 + 2 * 2 + 1 + 1
     for attrs in page.images:
         _decode(attrs["src"])
     assert "script" not in page.tags and "link" not in page.tags
@@ -225,6 +226,23 @@ def test_report_shows_the_models_predictions(report, trained):
     np.testing.assert_allclose(shown, np.clip(expected, 0, 1) * 255, atol=HALF_LEVEL)
     true = np.asarray(_decode(by_alt[f"{subject} sad true"]["src"]))
     np.testing.assert_allclose(true, truth * 255, atol=HALF_LEVEL)
+    # the strength strip: 0 is the input as the model sees it, 1 the model
+    by_alt = {a["alt"]: a for a in page.images}
+    strip = sorted(a for a in by_alt if " sad strength " in a)
+    assert [a.rsplit(" ", 1)[1] for a in strip] == ["0", "0.5", "1", "1.5", "2"]
+    who = strip[0].split(" ")[0]
+    index = int(
+        np.flatnonzero(
+            (ds["subject"].values == who) & (ds["expression"].values == "neutral")
+        )[0]
+    )
+    face = ds["images"].values[index : index + 1].astype(np.float64)
+    seen = minmax.normalize_block(face, *minmax.minmax_parameters(face))[0]
+    zero = np.asarray(_decode(by_alt[f"{who} sad strength 0"]["src"]))
+    np.testing.assert_allclose(zero, seen * 255, atol=HALF_LEVEL)
+    one = np.asarray(_decode(by_alt[f"{who} sad strength 1"]["src"]))
+    model_out = np.clip(model.predict(face)["sad"][0], 0, 1)
+    np.testing.assert_allclose(one, model_out * 255, atol=HALF_LEVEL)
     # small faces are enlarged on the page, pixel for pixel
     assert by_alt[f"{subject} sad true"]["width"] == str(20 * 4)
     error = np.asarray(_decode(by_alt[f"{subject} sad absolute error"]["src"]))
@@ -240,7 +258,7 @@ def test_report_options_and_refusals(trained, tmp_path):
     text = path.read_text(encoding="utf-8")
     page = _parse(path)
     assert "id='comparison'" not in text and "id='tuning'" not in text
-    assert len(page.images) == (4 + 1) + 1 + 2
+    assert len(page.images) == (4 + 1) + 5 + 1 + 2
     for attrs in page.images:
         _decode(attrs["src"])
     # without normalisation, faces are shown as stored values / 255
