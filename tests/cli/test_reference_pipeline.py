@@ -65,7 +65,7 @@ def test_reference_pipeline_end_to_end(rng, tmp_path):
     apply_argv = list(argv)
     for i in range(3):
         theirs = reference_pipeline(cv2, photos / f"p_{i}.png", matrices, size)
-        ours = cv2.imread(str(out / "target" / f"p_{i}.png"))
+        ours = cv2.imread(str(out / "crops" / "target" / f"p_{i}.png"))
         assert ours.shape == theirs.shape
         difference = np.abs(ours.astype(int) - theirs.astype(int))
         # OpenCV resizes 8-bit images in fixed point: a level here and there
@@ -81,5 +81,5 @@ def test_reference_pipeline_end_to_end(rng, tmp_path):
     argv[4] = str(out_wrong)
     assert main(argv) == 0
     theirs = reference_pipeline(cv2, photos / "p_0.png", matrices, size)
-    ours = cv2.imread(str(out_wrong / "target" / "p_0.png"))
+    ours = cv2.imread(str(out_wrong / "crops" / "target" / "p_0.png"))
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() > 10

@@ -64,7 +64,7 @@ def test_reference_tree_bilinear_and_stretch(tmp_path, capsys):
         stored = ds["images"].values[ds["file"].values == f"test/testA/f_{i}.png"]
         np.testing.assert_array_equal(face, stored[0])
         predicted = trained.predict(minmax.normalize_images(face[None]))["happy"][0]
-        written = photographs.read_image(out / "happy" / f"f_{i}.png")
+        written = photographs.read_image(out / "crops" / "happy" / f"f_{i}.png")
         expected = photographs.stretch_uint8(predicted)
         assert np.abs(written.astype(int) - expected).max() <= 1
         assert written.min() == 0 and written.max() == 255

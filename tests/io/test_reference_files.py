@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import itertools
 import os
 
 import numpy as np
@@ -310,7 +311,9 @@ def test_sparse_model_on_a_folder_and_on_a_cluster(rng, tmp_path, cluster_client
     for i, face in enumerate(faces):
         expected = reference_apply(matrices, face[..., ::-1])[..., ::-1]
         want = np.rint(np.clip(expected, 0, 1) * 255).astype(np.uint8)
-        got = np.asarray(Image.open(tmp_path / "out" / "target" / f"f{i}.png"))
+        got = np.asarray(
+            Image.open(tmp_path / "out" / "crops" / "target" / f"f{i}.png")
+        )
         assert np.abs(got.astype(int) - want).max() <= 1
     local = np.asarray(stored.predict(faces.astype(np.float64), sample_block=2))
     with cluster_client.as_current():
@@ -318,8 +321,8 @@ def test_sparse_model_on_a_folder_and_on_a_cluster(rng, tmp_path, cluster_client
         on_folder = apply_to_folder(stored, photos, tmp_path / "remote", crop="none")
     np.testing.assert_array_equal(remote, local)
     assert on_folder.written == 3
-    for i in range(3):
-        name = os.path.join("target", f"f{i}.png")
+    for i, kind in itertools.product(range(3), (("crops", "target"), ("target",))):
+        name = os.path.join(*kind, f"f{i}.png")  # the crop and the photograph
         with (
             open(tmp_path / "out" / name, "rb") as a,
             open(tmp_path / "remote" / name, "rb") as b,
