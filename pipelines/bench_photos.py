@@ -142,7 +142,9 @@ def stages(model, images: dict[str, np.ndarray], out: str) -> dict[str, float]:
         t2 = time.perf_counter()
         if found is None:
             continue
-        matrix = alignment.similarity(found[0], alignment.from_fractions(canonical, size))
+        matrix = alignment.similarity(
+            found[0], alignment.from_fractions(canonical, size)
+        )
         raw = alignment.warp_to_crop(image, matrix, size)
         points = alignment.apply_transform(matrix, found[0])
         t3 = time.perf_counter()
@@ -152,14 +154,18 @@ def stages(model, images: dict[str, np.ndarray], out: str) -> dict[str, float]:
         t4 = time.perf_counter()
         taken = face_crops.AlignedFace(raw, matrix, "landmarks", points)
         pasted = [
-            folder.paste_face(image, folder._in_units(p[0], low[0], scale[0]), raw, taken)
+            folder.paste_face(
+                image, folder._in_units(p[0], low[0], scale[0]), raw, taken
+            )
             for p in predicted
         ]
         t5 = time.perf_counter()
         for i, values in enumerate(pasted):
             photographs.write_png(os.path.join(out, f"w{i}_{label}.png"), values, 255)
         t6 = time.perf_counter()
-        for key, a, b in zip(times, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6), strict=True):
+        for key, a, b in zip(
+            times, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6), strict=True
+        ):
             times[key].append(1000 * (b - a))
     medians = {k: round(statistics.median(v), 1) for k, v in times.items() if v}
     medians["total"] = round(sum(medians.values()), 1)
@@ -209,10 +215,13 @@ def main() -> None:
                 Image.fromarray(image).save(os.path.join(inputs, f"{label}.png"))
             scratch = os.path.join(root, "stages")
             os.makedirs(scratch)
-            figures["stages_ms"] = stages(model, dict(list(photos.items())[:12]), scratch)
+            figures["stages_ms"] = stages(
+                model, dict(list(photos.items())[:12]), scratch
+            )
             print(json.dumps({"stages_ms": figures["stages_ms"]}), flush=True)
             runs = {}
             for output in ("crop", "both"):
+
                 def step(output=output):
                     out = os.path.join(root, f"out_{output}")
                     shutil.rmtree(out, ignore_errors=True)

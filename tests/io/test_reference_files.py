@@ -10,8 +10,8 @@ scaled over all its channels, then ``W_c @ [x_c; 1]`` for the file of channel
 from __future__ import annotations
 
 import datetime
-import logging
 import itertools
+import logging
 import os
 
 import numpy as np
