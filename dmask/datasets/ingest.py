@@ -22,13 +22,13 @@ from dmask.io.face_crops import (
     ALIGN_METHODS,
     CROP_MODES,
     check_resize,
-    convert_channels,
     crop_box,
     crop_resize,
     find_crop,
     is_face_crop,
+    warp_face,
 )
-from dmask.io.photographs import ImageReadError, dtype_peak, image_files, read_image
+from dmask.io.photographs import ImageReadError, image_files, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -263,15 +263,11 @@ def write_samples(
     """
     height, width = size
     out = np.empty((len(files), height, width, channels), dtype=dtype)
-    target = None if canonical is None else alignment.from_fractions(canonical, size)
     for i, (name, box) in enumerate(zip(files, boxes, strict=True)):
         image = read_image(name)
-        found = None if points is None or target is None else points[i]
+        found = None if points is None or canonical is None else points[i]
         if found is not None:
-            matrix = alignment.similarity(np.asarray(found), target)
-            warped = alignment.warp_to_crop(image, matrix, size)
-            face = np.clip(np.rint(warped), 0, dtype_peak(image.dtype))
-            face = convert_channels(face.astype(image.dtype), channels)
+            face, _ = warp_face(image, np.asarray(found), canonical, size, channels)
         else:
             face = crop_resize(image, box, size, channels, resize)
         if out.dtype == np.uint16 and face.dtype == np.uint8:

@@ -36,6 +36,7 @@ __all__ = [
     "PRECROPPED_FACTOR",
     "RESIZE_METHODS",
     "align_face",
+    "warp_face",
     "center_box",
     "convert_channels",
     "crop_box",
@@ -462,14 +463,9 @@ def align_face(
     if crop == "align" and target is not None:
         found = landmarks.detect_landmarks(image)
         if found is not None:
-            matrix = alignment.similarity(found[0], target)
-            warped = alignment.warp_to_crop(image, matrix, size)
-            peak = dtype_peak(image.dtype)
-            face = np.clip(np.rint(warped), 0, peak).astype(image.dtype)
+            face, matrix = warp_face(image, found[0], canonical, size, channels)
             points = alignment.apply_transform(matrix, found[0])
-            return AlignedFace(
-                convert_channels(face, channels), matrix, "landmarks", points
-            )
+            return AlignedFace(face, matrix, "landmarks", points)
     if precropped or crop == "none":
         box, method = (0, image.shape[0], 0, image.shape[1]), "whole image"
     elif crop == "center":
@@ -484,3 +480,31 @@ def align_face(
             return None
     face = crop_resize(image, box, size, channels, resize)
     return AlignedFace(face, alignment.box_transform(box, size), method)
+
+
+def warp_face(
+    image: np.ndarray,
+    points: np.ndarray,
+    canonical: np.ndarray,
+    size: tuple[int, int],
+    channels: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A face moved so its landmarks go where ``canonical`` says.
+
+    ``points`` are the photograph's ``(5, 2)`` landmarks, ``canonical`` their
+    place as fractions of the crop (:func:`align_face`). The similarity that
+    takes one to the other in the least-squares sense
+    (:func:`dmask.core.alignment.similarity`) resamples the photograph
+    (:func:`dmask.core.alignment.warp_to_crop`), rounded to its dtype.
+
+    Returns
+    -------
+    face, matrix : numpy.ndarray
+        The ``(H, W, C)`` crop and its ``(2, 3)`` transform.
+    """
+    target = _canonical(canonical, size)
+    assert target is not None
+    matrix = alignment.similarity(np.asarray(points, dtype=np.float64), target)
+    warped = alignment.warp_to_crop(image, matrix, size)
+    face = np.clip(np.rint(warped), 0, dtype_peak(image.dtype)).astype(image.dtype)
+    return convert_channels(face, channels), matrix
