@@ -40,7 +40,7 @@ __all__ = [
     "BatchReport",
     "Synthesised",
     "apply_to_folder",
-    "paste_face",
+    "paste_faces",
     "read_synthesised",
     "scan_images",
 ]
@@ -286,18 +286,19 @@ def predict_files(
             peak = 1.0 if normalize else face.peak
             if output in ("crop", "both"):
                 _write_png(_aligned_path(out, face.relative), raw[i], face.peak)
-            for name, values in zip(names, predicted[:, i], strict=True):
-                if output in ("crop", "both"):
+                for name, values in zip(names, predicted[:, i], strict=True):
                     crops = os.path.join(out, CROPS)
                     _write_png(
                         _output_path(crops, name, face.relative), values, peak, display
                     )
-                if output in ("photo", "both"):
-                    units = _in_units(values, low[i], scale[i]) if normalize else values
-                    pasted = paste_face(face.image, units, raw[i], face.aligned)
-                    _write_png(
-                        _output_path(out, name, face.relative), pasted, face.peak
-                    )
+            if output in ("photo", "both"):
+                units = [
+                    _in_units(v, low[i], scale[i]) if normalize else v
+                    for v in predicted[:, i]
+                ]
+                pasted = paste_faces(face.image, units, raw[i], face.aligned)
+                for name, photo in zip(names, pasted, strict=True):
+                    _write_png(_output_path(out, name, face.relative), photo, face.peak)
     return problems, notes, methods
 
 
@@ -306,23 +307,28 @@ def _in_units(values: np.ndarray, low: float, scale: float) -> np.ndarray:
     return values / scale + low if scale > 0 else np.full_like(values, low)
 
 
-def paste_face(
+def paste_faces(
     photo: np.ndarray,
-    face: np.ndarray,
+    faces: Sequence[np.ndarray],
     original: np.ndarray,
     aligned: face_crops.AlignedFace,
-) -> np.ndarray:
-    """The photograph with the synthesised ``face`` pasted back at full size.
+) -> list[np.ndarray]:
+    """The photograph with each synthesised face pasted back at full size.
 
-    ``face`` and ``original`` (the crop as taken) are in the photograph's
-    units. The face gets the original crop's colour and brightness under a
-    feathered mask over eyes, nose and mouth (the crop's inscribed ellipse
-    when it was taken without landmarks), then goes back through the inverse
-    of the crop's transform (:func:`dmask.core.alignment.paste_back`).
+    ``faces`` (one per target) and ``original`` (the crop as taken) are in the
+    photograph's units. Each face gets the original crop's colour and
+    brightness under a feathered mask over eyes, nose and mouth (the crop's
+    inscribed ellipse when it was taken without landmarks), then goes back
+    through the inverse of the crop's transform, once computed for all
+    (:func:`dmask.core.alignment.paste_map`). The results have the
+    photograph's dtype; outside the mask they are the photograph itself.
     """
-    mask = alignment.face_mask(face.shape[:2], aligned.points)
-    matched = alignment.match_colour(face, original, mask)
-    return alignment.paste_back(photo, matched, aligned.matrix, mask)
+    mask = alignment.face_mask(original.shape[:2], aligned.points)
+    where = alignment.paste_map(photo.shape, aligned.matrix, mask)
+    return [
+        alignment.paste_with(photo, alignment.match_colour(f, original, mask), where)
+        for f in faces
+    ]
 
 
 def _write_png(

@@ -251,6 +251,11 @@ def to_uint8(
     check_display(display)
     if display == "stretch":
         return stretch_uint8(values)
+    values = np.asarray(values)
+    if values.dtype == np.uint8 and peak == 255:  # already 8-bit pixels
+        return values
+    if values.dtype == np.uint16 and peak == 65535:  # rint(v / 257), exactly
+        return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
     scaled = np.asarray(values, dtype=np.float64) / peak
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0)
     return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
