@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import LOCAL_CLUSTER
 from PIL import Image
 
 from dmask.cli import main
@@ -16,8 +17,6 @@ from dmask.model import open_model
 pytestmark = pytest.mark.skipif(
     not landmarks.available(), reason=str(landmarks.missing_reason())
 )
-
-LOCAL = ["--workers", "1", "--threads-per-worker", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +89,6 @@ def test_auto_records_where_the_landmarks_lie_and_train_keeps_it(
     assert np.abs(canonical - mean).max() <= 3 / 64
     model = tmp_path / "m.zarr"
     argv = ["train", str(store), "--out", str(model), "--split", "", "--field", "1",
-            "--targets", "happy", *LOCAL]  # fmt: skip
+            "--targets", "happy", *LOCAL_CLUSTER]  # fmt: skip
     assert main(argv) == 0
     np.testing.assert_allclose(open_model(model).landmarks, canonical)
