@@ -80,6 +80,20 @@ def test_box_transform_is_the_resize_convention(rng, box):
     assert np.abs(warped - expected)[inside].max() <= 0.5 + 1e-9
 
 
+def _bilinear(image: np.ndarray, x: float, y: float) -> np.ndarray:
+    """``image`` at ``(x, y)`` from its four neighbours, the edge repeated."""
+    x = min(max(x, 0), image.shape[1] - 1)
+    y = min(max(y, 0), image.shape[0] - 1)
+    ix, iy = min(int(x), image.shape[1] - 2), min(int(y), image.shape[0] - 2)
+    fx, fy = x - ix, y - iy
+    return (
+        image[iy, ix] * (1 - fx) * (1 - fy)
+        + image[iy, ix + 1] * fx * (1 - fy)
+        + image[iy + 1, ix] * (1 - fx) * fy
+        + image[iy + 1, ix + 1] * fx * fy
+    )
+
+
 def test_warp_samples_where_the_transform_says(rng):
     """Each crop pixel is the bilinear value of the photograph at the inverse."""
     image = rng.uniform(0, 1, size=(40, 50, 2))
@@ -90,16 +104,7 @@ def test_warp_samples_where_the_transform_says(rng):
     for i in range(size[0]):
         for j in range(size[1]):
             x, y = alignment.apply_transform(inverse, np.array([[j, i]]))[0]
-            x = min(max(x, 0), image.shape[1] - 1)
-            y = min(max(y, 0), image.shape[0] - 1)
-            ix, iy = min(int(x), image.shape[1] - 2), min(int(y), image.shape[0] - 2)
-            fx, fy = x - ix, y - iy
-            want = (
-                image[iy, ix] * (1 - fx) * (1 - fy)
-                + image[iy, ix + 1] * fx * (1 - fy)
-                + image[iy + 1, ix] * (1 - fx) * fy
-                + image[iy + 1, ix + 1] * fx * fy
-            )
+            want = _bilinear(image, x, y)
             np.testing.assert_allclose(crop[i, j], want, atol=1e-12)
 
 
@@ -186,14 +191,7 @@ def test_colour_match_and_paste_back(rng):
             x, y = alignment.apply_transform(matrix, np.array([[j, i]]))[0]
             if not (0 <= x <= size[1] - 1 and 0 <= y <= size[0] - 1):
                 continue
-            ix, iy = min(int(x), size[1] - 2), min(int(y), size[0] - 2)
-            fx, fy = x - ix, y - iy
-            alpha = (
-                mask[iy, ix] * (1 - fx) * (1 - fy)
-                + mask[iy, ix + 1] * fx * (1 - fy)
-                + mask[iy + 1, ix] * (1 - fx) * fy
-                + mask[iy + 1, ix + 1] * fx * fy
-            )
+            alpha = _bilinear(mask, x, y)
             expected[i, j] = (1 - alpha) * photo[i, j]
     np.testing.assert_allclose(out, expected, atol=1e-9)
 
