@@ -563,8 +563,9 @@ def read_synthesised(
     Returns
     -------
     dict of str to Synthesised
-        Per input file (its relative path without suffix). Files with no
-        output of every target are left out.
+        Per input file (its relative path without suffix), with the targets
+        the run wrote (a run of ``targets=[...]`` wrote some). Files with no
+        output are left out.
     """
     found = {}
     for relative in scan_images(folder):
@@ -573,7 +574,7 @@ def read_synthesised(
         photos = {t: _output_path(str(out), t, relative) for t in model.targets}
         crops = {t: p for t, p in crops.items() if os.path.exists(p)}
         photos = {t: p for t, p in photos.items() if os.path.exists(p)}
-        if len(crops) < len(model.targets) and len(photos) < len(model.targets):
+        if not crops and not photos:
             continue
         try:
             image = photographs.read_image(os.path.join(folder, relative))

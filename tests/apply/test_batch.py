@@ -223,3 +223,15 @@ def test_bad_folders_are_refused(model_store, photo_folder, tmp_path):
         folder.apply_to_folder(model, photo_folder, tmp_path / "o", crop="magic")
     with pytest.raises(InputError, match="not in the model"):
         folder.apply_to_folder(model, photo_folder, tmp_path / "o", targets=["angry"])
+
+
+def test_a_run_of_some_targets_is_read_back(model_store, photo_folder, tmp_path):
+    model = dmask.open_model(model_store)
+    out = tmp_path / "out"
+    folder.apply_to_folder(model, photo_folder, out, crop="center", targets=["sad"])
+    shown = folder.read_synthesised(model, photo_folder, out, crop="center")
+    assert sorted(shown) == sorted(os.path.splitext(g)[0] for g in GOOD)
+    for entry in shown.values():
+        assert list(entry.crops) == ["sad"] and list(entry.photos) == ["sad"]
+        assert entry.photo.shape[:2] == entry.photos["sad"].shape[:2]
+        assert entry.crop.shape == entry.crops["sad"].shape == (24, 20, 3)
