@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,7 +312,7 @@ def paste_faces(
     faces: Sequence[np.ndarray],
     original: np.ndarray,
     aligned: face_crops.AlignedFace,
-) -> list[np.ndarray]:
+) -> Iterator[np.ndarray]:
     """The photograph with each synthesised face pasted back at full size.
 
     ``faces`` (one per target) and ``original`` (the crop as taken) are in the
@@ -320,15 +320,16 @@ def paste_faces(
     brightness under a feathered mask over eyes, nose and mouth (the crop's
     inscribed ellipse when it was taken without landmarks), then goes back
     through the inverse of the crop's transform, once computed for all
-    (:func:`dmask.core.alignment.paste_map`). The results have the
-    photograph's dtype; outside the mask they are the photograph itself.
+    (:func:`dmask.core.alignment.paste_map`). The results, one at a time (a
+    large photograph is not held once per target), have the photograph's
+    dtype; outside the mask they are the photograph itself.
     """
     mask = alignment.face_mask(original.shape[:2], aligned.points)
     where = alignment.paste_map(photo.shape, aligned.matrix, mask)
-    return [
-        alignment.paste_with(photo, alignment.match_colour(f, original, mask), where)
-        for f in faces
-    ]
+    for face in faces:
+        yield alignment.paste_with(
+            photo, alignment.match_colour(face, original, mask), where
+        )
 
 
 def _write_png(
