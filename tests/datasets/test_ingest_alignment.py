@@ -74,7 +74,7 @@ def test_auto_records_where_the_landmarks_lie_and_train_keeps_it(
     store = tmp_path / "b.zarr"
     report = ingest(moved_people, store, size=(64, 64), test_fraction=0)
     # the LBP cascade misses some turned faces (left out) that align keeps
-    assert report.taken >= 4 and report.no_face >= 2
+    assert 4 <= report.taken <= 10  # of the 12 people's faces
     assert report.methods["face box"] == report.taken == report.landmarks
     ds = dataset_store.open_dataset(store)
     canonical = alignment.read_landmarks(ds.attrs)
