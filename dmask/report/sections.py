@@ -252,7 +252,11 @@ def photographs_section(entries: list[tuple], targets: list[str]) -> str:
         lead = (
             f"<td rowspan='{span}'>{html.escape(label)}</td>"
             + f"<td rowspan='{span}'>"
-            + ("" if photo is None else img_tag(as_pixels(photo), f"{label} photo"))
+            + (
+                ""
+                if photo is None
+                else img_tag(as_pixels(photo), f"{label} photo", photo=True)
+            )
             + f"</td><td rowspan='{span}'>"
             + img_tag(as_pixels(crop), f"{label} aligned crop")
             + "</td>"
@@ -261,7 +265,11 @@ def photographs_section(entries: list[tuple], targets: list[str]) -> str:
             cells = [html.escape(target)]
             for images, what in ((crops, "synthesised"), (photos, "pasted back")):
                 cells.append(
-                    img_tag(as_pixels(images[target]), f"{label} {target} {what}")
+                    img_tag(
+                        as_pixels(images[target]),
+                        f"{label} {target} {what}",
+                        photo=images is photos,
+                    )
                     if target in images
                     else ""
                 )

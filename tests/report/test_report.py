@@ -424,3 +424,33 @@ def test_report_of_a_sparse_model(trained, tmp_path):
     assert not [a for a in alts if "fields at chosen pixels" in a]
     for image in page.images:
         _decode(image["src"])
+
+
+def test_photographs_of_a_folder_run(trained, tmp_path):
+    """Synthesised records: photograph | aligned crop | per target, synthesised and
+    pasted back; photographs as JPEG, faces as PNG, pixel for pixel."""
+    from dmask.apply.folder import Synthesised
+
+    ds, model = trained
+    rng = np.random.default_rng(4)
+    crop = rng.random((24, 20, 3))
+    entry = Synthesised(
+        photo=rng.random((90, 70, 3)),
+        crop=crop,
+        crops={"happy": crop, "sad": crop},
+        photos={"happy": rng.random((90, 70, 3))},
+    )
+    path = tmp_path / "r.html"
+    write_report(path, model, ds, photographs={"p": entry})
+    page = _parse(path)
+    by_alt = {a["alt"]: a for a in page.images}
+    for alt in ("p photo", "p happy pasted back"):
+        src = by_alt[alt]["src"]
+        assert src.startswith("data:image/jpeg;base64,")
+        raw = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert Image.open(io.BytesIO(raw)).size == (70, 90)
+    shown = np.asarray(_decode(by_alt["p happy synthesised"]["src"]))
+    np.testing.assert_allclose(shown, crop * 255, atol=HALF_LEVEL)
+    assert "p sad pasted back" not in by_alt and "p sad synthesised" in by_alt
+    text = path.read_text(encoding="utf-8")
+    assert "rowspan='2'" in text  # the photograph spans its two targets' rows
