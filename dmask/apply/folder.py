@@ -99,7 +99,7 @@ class BatchReport:
         )
 
     def alignment(self) -> str:
-        """How the faces were taken, e.g. ``"; aligned: 4 landmarks, 2 centre"``."""
+        """How the faces were taken, e.g. ``"; taken by: 4 landmarks, 2 centre"``."""
         parts = [f"{n} {way}" for way, n in self.methods.items() if n]
         return "; taken by: " + ", ".join(parts) if parts else ""
 
@@ -194,10 +194,15 @@ def _aligned_path(out: str, relative: str) -> str:
     return os.path.join(out, ALIGNED, str(Path(relative).with_suffix(".png")))
 
 
+#: Photographs up to this size stay in memory until pasted into; larger ones
+#: are read again then (a block of large photographs is not held at once).
+HOLD_BYTES = 8 * 2**20
+
+
 @dataclass
 class _Face:
     relative: str
-    image: np.ndarray  # the photograph, in the model's channels
+    image: np.ndarray | None  # the photograph in the model's channels, if held
     aligned: face_crops.AlignedFace
     peak: float
 
@@ -265,9 +270,13 @@ def predict_files(
         if found < channels:
             notes.append((relative, f"{found} channel(s): copied to {channels}"))
         image = face_crops.convert_channels(image, channels)
-        aligned = face_crops.align_face(
-            image, (height, width), crop, canonical, margin, channels, resize
-        )
+        try:
+            aligned = face_crops.align_face(
+                image, (height, width), crop, canonical, margin, channels, resize
+            )
+        except (ValueError, np.linalg.LinAlgError) as exc:  # degenerate landmarks
+            problems.append((relative, f"cannot take the face: {exc}"))
+            continue
         if aligned is None:
             problems.append((relative, "no face found"))
             continue
@@ -276,7 +285,8 @@ def predict_files(
         if remark:
             notes.append((relative, remark))
         peak = photographs.dtype_peak(image.dtype)
-        faces.append(_Face(relative, image, aligned, peak))
+        held = image if output != "crop" and image.nbytes <= HOLD_BYTES else None
+        faces.append(_Face(relative, held, aligned, peak))
     if faces:  # the block at once: one product for every face
         raw = np.stack([f.aligned.face for f in faces]).astype(np.float64)
         low, scale = minmax.minmax_parameters(raw)
@@ -296,9 +306,14 @@ def predict_files(
                     _in_units(v, low[i], scale[i]) if normalize else v
                     for v in predicted[:, i]
                 ]
-                pasted = paste_faces(face.image, units, raw[i], face.aligned)
-                for name, photo in zip(names, pasted, strict=True):
-                    _write_png(_output_path(out, name, face.relative), photo, face.peak)
+                photo = face.image
+                if photo is None:
+                    photo = photographs.read_image(os.path.join(folder, face.relative))
+                    photo = face_crops.convert_channels(photo, channels)
+                pasted = paste_faces(photo, units, raw[i], face.aligned)
+                for name, result in zip(names, pasted, strict=True):
+                    path = _output_path(out, name, face.relative)
+                    _write_png(path, result, face.peak)
     return problems, notes, methods
 
 
@@ -399,9 +414,10 @@ def apply_to_folder(
     resize : {"lanczos", "bilinear", "area"}
         How faces are resized (:func:`dmask.io.face_crops.resize_image`).
     display : {"clip", "stretch"}
-        How outputs become 8-bit pixels: clipped to [0, 1], or each image's
-        minimum and maximum stretched to 0 and 255
-        (:func:`dmask.io.photographs.to_uint8`).
+        How the synthesised crops become 8-bit pixels: clipped to [0, 1], or
+        each image's minimum and maximum stretched to 0 and 255
+        (:func:`dmask.io.photographs.to_uint8`); pasted-back photographs are
+        always clipped (they keep the photograph's own values around the face).
     strength : float
         Expression strength (see :meth:`dmask.Model.predict`).
     output : {"photo", "crop", "both"}
@@ -555,11 +571,14 @@ def read_synthesised(
     out: str | os.PathLike,
     resize: str = "lanczos",
     crop: str = "auto",
+    max_side: int | None = 512,
 ) -> dict[str, Synthesised]:
     """Inputs and outputs of a finished batch run, for figures and reports.
 
     ``resize`` and ``crop`` are the run's (:func:`apply_to_folder`); they
     retake the aligned crop where the run wrote none (``output="photo"``).
+    Photographs are read shrunk to at most ``max_side`` pixels on their
+    longer side (None: full size), so a folder of large ones stays small.
 
     Returns
     -------
@@ -597,11 +616,23 @@ def read_synthesised(
             face = taken.face
         x = face[None].astype(np.float64) / photographs.dtype_peak(face.dtype)
         shown = minmax.normalize_images(x)[0] if model.normalize == "minmax" else x[0]
-        peak = photographs.dtype_peak(image.dtype)
         found[str(Path(relative).with_suffix(""))] = Synthesised(
-            photo=image / peak,
+            photo=_shrunk(image, max_side),
             crop=shown,
             crops={t: photographs.read_image(p) / 255.0 for t, p in crops.items()},
-            photos={t: photographs.read_image(p) / 255.0 for t, p in photos.items()},
+            photos={
+                t: _shrunk(photographs.read_image(p), max_side)
+                for t, p in photos.items()
+            },
         )
     return found
+
+
+def _shrunk(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """An image in [0, 1], its longer side at most ``max_side`` (area average)."""
+    peak = photographs.dtype_peak(image.dtype)
+    longer = max(image.shape[:2])
+    if max_side is None or longer <= max_side:
+        return image / peak
+    size = tuple(max(1, round(v * max_side / longer)) for v in image.shape[:2])
+    return face_crops.resize_image(image, size, "area") / peak

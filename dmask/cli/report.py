@@ -33,6 +33,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="a folder given to dmask apply, and that run's output folder",
     )
     _add_resize_option(report, "the --resize of that dmask apply run (its inputs)")
+    report.add_argument(
+        "--crop",
+        default="auto",
+        choices=["auto", "align", "detect", "center", "none"],
+        help="the --crop of that dmask apply run (retakes its aligned crops where "
+        "it wrote none, as --output photo does)",
+    )
     report.add_argument("--overwrite", action="store_true")
     _add_cluster_options(report)
 
@@ -52,7 +59,9 @@ def run(args: argparse.Namespace) -> None:
     size_curve = _json_rows(args.size_curve)
     with _cluster(args):
         photographs = (
-            read_synthesised(model, *args.photographs, resize=args.resize)
+            read_synthesised(
+                model, *args.photographs, resize=args.resize, crop=args.crop
+            )
             if args.photographs
             else None
         )

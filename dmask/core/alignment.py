@@ -19,8 +19,10 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "EDGE_FADE",
     "FEATHER",
     "LANDMARKS",
+    "PASTE_BAND",
     "PasteMap",
     "apply_transform",
     "box_transform",
@@ -49,6 +51,12 @@ LANDMARKS: tuple[str, ...] = (
 
 #: Width of the mask's feathered band, a fraction of the face ellipse's size.
 FEATHER = 0.2
+
+#: The mask also falls to 0 over this fraction of the crop's side at its edge.
+EDGE_FADE = 0.06
+
+#: Photograph pixels a paste handles at once (bounds its temporaries).
+PASTE_BAND = 1 << 20
 
 
 def to_fractions(points: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -205,7 +213,11 @@ def face_mask(
     v = (dx * axis_v[0] + dy * axis_v[1]) / semi[1]
     radius = np.sqrt(u**2 + v**2)
     inner = 1.0 - float(np.clip(feather, 1e-6, 1.0))
-    return np.clip((1.0 - radius) / (1.0 - inner), 0.0, 1.0)
+    mask = np.clip((1.0 - radius) / (1.0 - inner), 0.0, 1.0)
+    # and to 0 at the crop's own edge, so a tight crop leaves no seam
+    band = max(1.0, EDGE_FADE * min(height, width))
+    edge = np.minimum(np.minimum(jj, width - 1 - jj), np.minimum(ii, height - 1 - ii))
+    return np.minimum(mask, np.clip(edge / band, 0.0, 1.0))
 
 
 def match_colour(
@@ -226,18 +238,13 @@ def match_colour(
 
 @dataclass(frozen=True)
 class PasteMap:
-    """Where a crop lands in its photograph: computed once, used per target.
-
-    ``region`` is the photograph's ``(rows, cols)`` slices the mask reaches;
-    ``alpha`` the mask there ``(h, w, 1)``; ``taps`` the crop's flat pixel
-    indices of the four bilinear neighbours and ``weights`` theirs, each
-    ``(h, w)``.
-    """
+    """Where a crop lands in its photograph: the part of the photograph its
+    mask reaches (``region``: row and column slices), the crop's ``matrix``
+    and ``mask``."""
 
     region: tuple[slice, slice]
-    alpha: np.ndarray
-    taps: tuple[np.ndarray, ...]
-    weights: tuple[np.ndarray, ...]
+    matrix: np.ndarray
+    mask: np.ndarray
 
 
 def paste_map(
@@ -258,14 +265,13 @@ def paste_map(
     y1 = int(np.clip(np.ceil(spot[:, 1].max()) + 1, 0, rows))
     if x1 <= x0 or y1 <= y0:
         return None
-    jj, ii = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1))
-    xs = matrix[0, 0] * jj + matrix[0, 1] * ii + matrix[0, 2]
-    ys = matrix[1, 0] * jj + matrix[1, 1] * ii + matrix[1, 2]
-    # outside the crop the mask is 0 (not its edge repeated)
-    alpha = ndimage.map_coordinates(
-        mask, [ys, xs], order=1, mode="constant", cval=0.0, prefilter=False
-    )
-    height, width = mask.shape
+    return PasteMap((slice(y0, y1), slice(x0, x1)), np.asarray(matrix), mask)
+
+
+def _bilinear_taps(
+    xs: np.ndarray, ys: np.ndarray, height: int, width: int
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Flat indices and weights of the four neighbours, the edge repeated."""
     xs = np.clip(xs, 0, width - 1)
     ys = np.clip(ys, 0, height - 1)
     left = np.minimum(xs.astype(np.intp), max(width - 2, 0))
@@ -275,15 +281,18 @@ def paste_map(
     bottom = np.minimum(top + 1, height - 1)
     taps = (top * width + left, top * width + right, bottom * width + left,
             bottom * width + right)  # fmt: skip
-    weights = ((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy)
-    return PasteMap((slice(y0, y1), slice(x0, x1)), alpha[..., None], taps, weights)
+    return taps, ((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy)
 
 
 def paste_with(
     photo: np.ndarray, face: np.ndarray, where: PasteMap | None
 ) -> np.ndarray:
     """``photo`` (its dtype, rounded and clipped) with ``face`` blended in at
-    ``where`` (:func:`paste_map`); ``face`` in the photograph's units."""
+    ``where`` (:func:`paste_map`); ``face`` in the photograph's units.
+
+    Works through the region in bands of :data:`PASTE_BAND` pixels, so its
+    temporaries stay small whatever the photograph's size.
+    """
     photo = np.asarray(photo)
     squeeze = photo.ndim == 2
     image = photo[..., None] if squeeze else photo
@@ -291,16 +300,32 @@ def paste_with(
     if where is None:
         return out[..., 0] if squeeze else out
     flat = np.asarray(face, dtype=np.float64).reshape(-1, image.shape[2])
-    pasted = sum(
-        w[..., None] * flat[t] for t, w in zip(where.taps, where.weights, strict=True)
-    )
-    region = image[where.region].astype(np.float64)
-    blended = where.alpha * pasted + (1.0 - where.alpha) * region
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        blended = np.clip(np.rint(blended), info.min, info.max)
-    # where the mask is 0 the photograph stays as it was, bit for bit
-    out[where.region] = np.where(where.alpha > 0, blended, region).astype(image.dtype)
+    height, width = where.mask.shape
+    m = where.matrix
+    rows, cols = where.region
+    step = max(1, PASTE_BAND // max(1, cols.stop - cols.start))
+    integer = np.issubdtype(image.dtype, np.integer)
+    for start in range(rows.start, rows.stop, step):
+        band = slice(start, min(rows.stop, start + step))
+        jj, ii = np.meshgrid(
+            np.arange(cols.start, cols.stop, dtype=np.float64),
+            np.arange(band.start, band.stop, dtype=np.float64),
+        )
+        xs = m[0, 0] * jj + m[0, 1] * ii + m[0, 2]
+        ys = m[1, 0] * jj + m[1, 1] * ii + m[1, 2]
+        # outside the crop the mask is 0 (not its edge repeated)
+        alpha = ndimage.map_coordinates(
+            where.mask, [ys, xs], order=1, mode="constant", cval=0.0, prefilter=False
+        )[..., None]
+        taps, weights = _bilinear_taps(xs, ys, height, width)
+        pasted = sum(w[..., None] * flat[t] for t, w in zip(taps, weights, strict=True))
+        region = image[band, cols].astype(np.float64)
+        blended = alpha * pasted + (1.0 - alpha) * region
+        if integer:
+            info = np.iinfo(image.dtype)
+            blended = np.clip(np.rint(blended), info.min, info.max)
+        # where the mask is 0 the photograph stays as it was, bit for bit
+        out[band, cols] = np.where(alpha > 0, blended, region).astype(image.dtype)
     return out[..., 0] if squeeze else out
 
 
@@ -378,4 +403,7 @@ def read_landmarks(attrs: Mapping[str, Any]) -> np.ndarray | None:
     xy = np.asarray(entry.get("xy"), dtype=np.float64)
     if xy.shape != (len(LANDMARKS), 2) or not np.isfinite(xy).all():
         raise ValueError(f"attribute landmarks has xy of shape {xy.shape}, not (5, 2)")
+    eyes, mouth = xy[:2].mean(axis=0), xy[3:].mean(axis=0)
+    if np.hypot(*(xy[1] - xy[0])) <= 0 or np.hypot(*(mouth - eyes)) <= 0:
+        raise ValueError("attribute landmarks has coinciding eyes or eyes and mouth")
     return xy

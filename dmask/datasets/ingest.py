@@ -185,8 +185,9 @@ def inspect_files(
     compares images with (:func:`dmask.io.face_crops.is_face_crop`). The
     landmarks are looked for in every image (where a detector is installed):
     ``align`` takes a face by them, and every mode measures where they lie
-    in the crops. With ``align``, a face with landmarks has the square around
-    the landmark detector's face box as its box.
+    in the crops (landmarks outside the crop box, of another face than the
+    one cropped, are not counted). With ``align``, a face with landmarks has
+    the square around the landmark detector's face box as its box.
     """
     infos = []
     for path in paths:
@@ -201,6 +202,8 @@ def inspect_files(
             box, method = crop_box(image.shape, found[1], margin), "landmarks"
         else:
             box = find_crop(image, crop, margin, size)
+            if found is not None and not _within(found[0], box):
+                found = None  # dlib's face is not the one cropped: not measured
             method = (
                 "whole image" if precropped or crop == "none"
                 else "centre" if crop == "center" else "face box"
@@ -220,6 +223,15 @@ def inspect_files(
             )
         )
     return infos
+
+
+def _within(points: np.ndarray, box: tuple[int, int, int, int] | None) -> bool:
+    """Whether every point lies in the crop box ``(y0, y1, x0, x1)``."""
+    if box is None:
+        return False
+    y0, y1, x0, x1 = box
+    xs, ys = points[:, 0], points[:, 1]
+    return bool(((xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)).all())
 
 
 def canonical_landmarks(

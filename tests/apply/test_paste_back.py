@@ -155,3 +155,36 @@ def test_a_model_records_its_training_faces_landmarks(tmp_path):
     assert dmask.fit(sources, targets).landmarks is None
     with pytest.raises(InputError, match="landmarks"):
         dmask.fit(sources, targets, landmarks={"points": ["nose"], "xy": [[0, 0]]})
+
+
+def test_large_photographs_are_read_again_and_errors_stay_per_file(
+    mixed, tmp_path, monkeypatch
+):
+    model = _identity_model((32, 32))
+    held = folder.apply_to_folder(model, mixed, tmp_path / "held", output="photo")
+    monkeypatch.setattr(folder, "HOLD_BYTES", 0)  # every photograph read again
+    again = folder.apply_to_folder(model, mixed, tmp_path / "again", output="photo")
+    assert held.written == again.written == held.scanned
+    for relative in folder.scan_images(mixed):
+        stem = os.path.splitext(relative)[0] + ".png"
+        a = photographs.read_image(tmp_path / "held" / "same" / stem)
+        b = photographs.read_image(tmp_path / "again" / "same" / stem)
+        np.testing.assert_array_equal(a, b)
+    # read back for reports, shrunk
+    shown = folder.read_synthesised(model, mixed, tmp_path / "held", max_side=100)
+    assert max(shown["astronaut"].photo.shape[:2]) == 100
+    assert max(shown["astronaut"].photos["same"].shape[:2]) == 100
+    real = face_crops.align_face
+
+    def failing(image, *args, **kwargs):
+        colour = not np.array_equal(image[..., 0], image[..., 1])
+        if image.shape[:2] == (512, 512) and colour:  # astronaut.png
+            raise ValueError("source points all coincide")
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(face_crops, "align_face", failing)
+    report = folder.apply_to_folder(model, mixed, tmp_path / "bad", output="photo")
+    assert report.problems == [
+        "astronaut.png: cannot take the face: source points all coincide"
+    ]
+    assert report.written == report.scanned - 1

@@ -130,4 +130,5 @@ def test_option_choices_are_the_library_s():
         ("apply", "display"): photographs.DISPLAY_MODES,
         ("apply", "output"): folder.OUTPUT_KINDS,
         ("report", "resize"): face_crops.RESIZE_METHODS,
+        ("report", "crop"): face_crops.CROP_MODES,
     }

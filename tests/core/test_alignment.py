@@ -172,9 +172,15 @@ def test_face_mask_is_feathered_and_follows_the_landmarks():
     np.testing.assert_allclose(np.rot90(plain, k=-1), square, atol=0.08)
     without = alignment.face_mask(size)
     assert without[32, 30] == 1 and without[0, 0] == 0
+    # landmarks of a tight crop: the ellipse leaves the crop, the mask still
+    # falls to 0 at its edge (no seam in the photograph)
+    tight = alignment.face_mask(size, (points - [30, 34]) * 2.5 + [30, 34])
+    assert tight[:, 0].max() == tight[:, -1].max() == 0
+    assert tight[0].max() == tight[-1].max() == 0
+    assert np.abs(np.diff(tight, axis=1)).max() <= 1 / 3 + 1e-9
 
 
-def test_colour_match_and_paste_back(rng):
+def test_colour_match_and_paste_back(rng, monkeypatch):
     photo = rng.uniform(0, 255, size=(50, 70, 3))
     matrix = _similarity_matrix(0.2, 0.8, (-5.0, -3.0))
     size = (24, 24)
@@ -194,6 +200,10 @@ def test_colour_match_and_paste_back(rng):
             alpha = _bilinear(mask, x, y)
             expected[i, j] = (1 - alpha) * photo[i, j]
     np.testing.assert_allclose(out, expected, atol=1e-9)
+    # in bands of a few rows: the same
+    monkeypatch.setattr(alignment, "PASTE_BAND", 50)
+    banded = alignment.paste_back(photo, np.zeros_like(crop), matrix, mask)
+    np.testing.assert_array_equal(banded, out)
 
 
 def test_landmarks_attribute_round_trip_and_refusals():
@@ -206,3 +216,5 @@ def test_landmarks_attribute_round_trip_and_refusals():
         alignment.read_landmarks({"landmarks": {"points": ["a"], "xy": []}})
     with pytest.raises(ValueError, match=r"\(5, 2\)"):
         alignment.read_landmarks({"landmarks": {**attr, "xy": [[0, 0]]}})
+    with pytest.raises(ValueError, match="coinciding"):
+        alignment.read_landmarks({"landmarks": {**attr, "xy": [[0.5, 0.5]] * 5}})
