@@ -154,7 +154,7 @@ def stages(model, images: dict[str, np.ndarray], out: str) -> dict[str, float]:
         t4 = time.perf_counter()
         taken = face_crops.AlignedFace(raw, matrix, "landmarks", points)
         units = [folder._in_units(p[0], low[0], scale[0]) for p in predicted]
-        pasted = list(folder.paste_faces(image, units, raw, taken))
+        pasted = folder.paste_faces(image, units, raw, taken)
         t5 = time.perf_counter()
         for i, values in enumerate(pasted):
             photographs.write_png(os.path.join(out, f"w{i}_{label}.png"), values, 255)

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,24 +327,21 @@ def paste_faces(
     faces: Sequence[np.ndarray],
     original: np.ndarray,
     aligned: face_crops.AlignedFace,
-) -> Iterator[np.ndarray]:
+) -> list[np.ndarray]:
     """The photograph with each synthesised face pasted back at full size.
 
     ``faces`` (one per target) and ``original`` (the crop as taken) are in the
     photograph's units. Each face gets the original crop's colour and
     brightness under a feathered mask over eyes, nose and mouth (the crop's
     inscribed ellipse when it was taken without landmarks), then goes back
-    through the inverse of the crop's transform, once computed for all
-    (:func:`dmask.core.alignment.paste_map`). The results, one at a time (a
-    large photograph is not held once per target), have the photograph's
-    dtype; outside the mask they are the photograph itself.
+    through the inverse of the crop's transform, sampled once for all
+    (:func:`dmask.core.alignment.paste_with`). The results have the
+    photograph's dtype; outside the mask they are the photograph itself.
     """
     mask = alignment.face_mask(original.shape[:2], aligned.points)
     where = alignment.paste_map(photo.shape, aligned.matrix, mask)
-    for face in faces:
-        yield alignment.paste_with(
-            photo, alignment.match_colour(face, original, mask), where
-        )
+    matched = [alignment.match_colour(face, original, mask) for face in faces]
+    return alignment.paste_with(photo, matched, where)
 
 
 def _write_png(

@@ -285,48 +285,55 @@ def _bilinear_taps(
 
 
 def paste_with(
-    photo: np.ndarray, face: np.ndarray, where: PasteMap | None
-) -> np.ndarray:
-    """``photo`` (its dtype, rounded and clipped) with ``face`` blended in at
-    ``where`` (:func:`paste_map`); ``face`` in the photograph's units.
+    photo: np.ndarray, faces: Sequence[np.ndarray], where: PasteMap | None
+) -> list[np.ndarray]:
+    """``photo`` (its dtype, rounded and clipped) with each of ``faces`` blended
+    in at ``where`` (:func:`paste_map`); faces in the photograph's units.
 
-    Works through the region in bands of :data:`PASTE_BAND` pixels, so its
-    temporaries stay small whatever the photograph's size.
+    Works through the region in bands of :data:`PASTE_BAND` pixels, each
+    band's sampling positions computed once for every face, so temporaries
+    stay small whatever the photograph's size (the results are one copy of
+    the photograph per face).
     """
     photo = np.asarray(photo)
     squeeze = photo.ndim == 2
     image = photo[..., None] if squeeze else photo
-    out = image.copy()
-    if where is None:
-        return out[..., 0] if squeeze else out
-    flat = np.asarray(face, dtype=np.float64).reshape(-1, image.shape[2])
-    height, width = where.mask.shape
-    m = where.matrix
-    rows, cols = where.region
-    step = max(1, PASTE_BAND // max(1, cols.stop - cols.start))
-    integer = np.issubdtype(image.dtype, np.integer)
-    for start in range(rows.start, rows.stop, step):
-        band = slice(start, min(rows.stop, start + step))
-        jj, ii = np.meshgrid(
-            np.arange(cols.start, cols.stop, dtype=np.float64),
-            np.arange(band.start, band.stop, dtype=np.float64),
-        )
-        xs = m[0, 0] * jj + m[0, 1] * ii + m[0, 2]
-        ys = m[1, 0] * jj + m[1, 1] * ii + m[1, 2]
-        # outside the crop the mask is 0 (not its edge repeated)
-        alpha = ndimage.map_coordinates(
-            where.mask, [ys, xs], order=1, mode="constant", cval=0.0, prefilter=False
-        )[..., None]
-        taps, weights = _bilinear_taps(xs, ys, height, width)
-        pasted = sum(w[..., None] * flat[t] for t, w in zip(taps, weights, strict=True))
-        region = image[band, cols].astype(np.float64)
-        blended = alpha * pasted + (1.0 - alpha) * region
-        if integer:
-            info = np.iinfo(image.dtype)
-            blended = np.clip(np.rint(blended), info.min, info.max)
-        # where the mask is 0 the photograph stays as it was, bit for bit
-        out[band, cols] = np.where(alpha > 0, blended, region).astype(image.dtype)
-    return out[..., 0] if squeeze else out
+    outs = [image.copy() for _ in faces]
+    if where is not None and outs:
+        flats = [
+            np.asarray(f, dtype=np.float64).reshape(-1, image.shape[2]) for f in faces
+        ]
+        height, width = where.mask.shape
+        m = where.matrix
+        rows, cols = where.region
+        step = max(1, PASTE_BAND // max(1, cols.stop - cols.start))
+        info = np.iinfo(image.dtype) if np.issubdtype(image.dtype, np.integer) else None
+        for start in range(rows.start, rows.stop, step):
+            band = slice(start, min(rows.stop, start + step))
+            jj, ii = np.meshgrid(
+                np.arange(cols.start, cols.stop, dtype=np.float64),
+                np.arange(band.start, band.stop, dtype=np.float64),
+            )
+            xs = m[0, 0] * jj + m[0, 1] * ii + m[0, 2]
+            ys = m[1, 0] * jj + m[1, 1] * ii + m[1, 2]
+            # outside the crop the mask is 0 (not its edge repeated)
+            alpha = ndimage.map_coordinates(
+                where.mask, [ys, xs], order=1, mode="constant", prefilter=False
+            )[..., None]
+            taps, weights = _bilinear_taps(xs, ys, height, width)
+            region = image[band, cols].astype(np.float64)
+            keep = alpha <= 0
+            for out, flat in zip(outs, flats, strict=True):
+                pasted = sum(
+                    w[..., None] * flat[t] for t, w in zip(taps, weights, strict=True)
+                )
+                blended = alpha * pasted + (1.0 - alpha) * region
+                if info is not None:
+                    blended = np.clip(np.rint(blended), info.min, info.max)
+                # where the mask is 0 the photograph stays as it was, bit for bit
+                blended[keep[..., 0]] = region[keep[..., 0]]
+                out[band, cols] = blended.astype(image.dtype)
+    return [out[..., 0] for out in outs] if squeeze else outs
 
 
 def paste_back(
@@ -354,15 +361,15 @@ def paste_back(
         Float64 ``(H, W, C)``: ``photo`` exactly where the mask, carried back
         to the photograph, is 0, and ``mask * face + (1 - mask) * photo``
         (both bilinear, in the photograph's pixels) elsewhere. Several faces
-        of one crop are pasted faster with one :func:`paste_map` and
-        :func:`paste_with` each.
+        of one crop are pasted faster at once (:func:`paste_map`,
+        :func:`paste_with`).
     """
     photo = np.asarray(photo, dtype=np.float64)
     if photo.ndim == 2:
         photo = photo[..., None]
     if face.ndim == 2:
         face = face[..., None]
-    return paste_with(photo, face, paste_map(photo.shape, matrix, mask))
+    return paste_with(photo, [face], paste_map(photo.shape, matrix, mask))[0]
 
 
 def landmarks_attribute(
