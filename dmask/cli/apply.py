@@ -8,6 +8,7 @@ import time
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _add_crop_option,
     _add_resize_option,
     _check_output_folder,
     _cluster,
@@ -34,11 +35,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     apply.add_argument("--targets", help="comma-separated subset of model targets")
     apply.add_argument("--png", help="also write PNG files to this folder")
     apply.add_argument("--sample-block", type=_positive_int, help="samples per task")
-    apply.add_argument(
-        "--crop",
-        default="auto",
-        choices=["auto", "align", "detect", "center", "none"],
-        help="folders: how faces are taken (auto: a face crop whole, else align: "
+    _add_crop_option(
+        apply,
+        "folders: how faces are taken (auto: a face crop whole, else align: "
         "by landmarks, else the face box, else the centre)",
     )
     apply.add_argument(

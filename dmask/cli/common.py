@@ -22,6 +22,15 @@ def _add_resize_option(parser: argparse.ArgumentParser, text: str) -> None:
     )
 
 
+#: ``--crop`` choices: :data:`dmask.io.face_crops.CROP_MODES` (spelled out, as
+#: the resize methods, so ``--help`` loads no image code; a test checks both).
+CROP_MODES = ["auto", "align", "detect", "center", "none"]
+
+
+def _add_crop_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--crop", default="auto", choices=CROP_MODES, help=text)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -8,6 +8,7 @@ import time
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _add_crop_option,
     _add_resize_option,
     _cluster,
     _image_size,
@@ -34,11 +35,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ingest.add_argument(
         "--size", type=_positive_int, nargs="+", metavar="N", help="H [W] (default 128)"
     )
-    ingest.add_argument(
-        "--crop",
-        default="auto",
-        choices=["auto", "align", "detect", "center", "none"],
-        help="auto (default): square images up to 2x the size whole, else the "
+    _add_crop_option(
+        ingest,
+        "auto (default): square images up to 2x the size whole, else the "
         "face box; align: every face moved by its landmarks to their mean position",
     )
     _add_resize_option(ingest, "lanczos (default), or bilinear/area as OpenCV's")

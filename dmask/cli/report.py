@@ -6,6 +6,7 @@ import argparse
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _add_crop_option,
     _add_resize_option,
     _check_folders,
     _check_writable,
@@ -33,11 +34,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="a folder given to dmask apply, and that run's output folder",
     )
     _add_resize_option(report, "the --resize of that dmask apply run (its inputs)")
-    report.add_argument(
-        "--crop",
-        default="auto",
-        choices=["auto", "align", "detect", "center", "none"],
-        help="the --crop of that dmask apply run (retakes its aligned crops where "
+    _add_crop_option(
+        report,
+        "the --crop of that dmask apply run (retakes its aligned crops where "
         "it wrote none, as --output photo does)",
     )
     report.add_argument("--overwrite", action="store_true")
