@@ -188,3 +188,17 @@ def test_large_photographs_are_read_again_and_errors_stay_per_file(
         "astronaut.png: cannot take the face: source points all coincide"
     ]
     assert report.written == report.scanned - 1
+
+
+def test_a_cluster_aligns_and_pastes_as_one_process(mixed, tmp_path, cluster_client):
+    """Worker processes load the landmark model themselves: the same files."""
+    model = _identity_model((48, 48))
+    local = folder.apply_to_folder(model, mixed, tmp_path / "local", block=2)
+    with cluster_client.as_current():
+        remote = folder.apply_to_folder(model, mixed, tmp_path / "remote", block=2)
+    assert remote.methods == local.methods and remote.written == local.written
+    for relative in folder.scan_images(mixed):
+        stem = os.path.splitext(relative)[0] + ".png"
+        for part in ("same", "crops/same", "aligned"):
+            a = (tmp_path / "local" / part / stem).read_bytes()
+            assert a == (tmp_path / "remote" / part / stem).read_bytes(), stem
