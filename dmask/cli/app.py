@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -19,6 +18,7 @@ from dmask.cli import (
     synth,
     train,
     tune,
+    verbosity,
     verify,
 )
 from dmask.errors import DmaskError
@@ -66,10 +66,12 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Masked ridge regression for facial expression synthesis.",
     )
     parser.add_argument("--version", action="version", version=f"dmask {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    verbosity.add_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in PARSERS:
         command.add_parser(sub)
+    for each in sub.choices.values():  # -v and -q after the subcommand too
+        verbosity.add_options(each, sub=True)
     return parser
 
 
@@ -77,10 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-    )
+    clash = verbosity.resolve(args)
+    if clash:
+        parser.error(clash)
+    verbosity.configure(args.verbose, args.quiet)
     try:
         COMMANDS[args.command](args)
     except DmaskError as exc:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> None:
 
     from dmask.cluster.ssh import ssh_cluster
 
-    if not args.verbose:
+    if args.verbose < 2:  # distributed's own log with -vv
         logging.getLogger("distributed").setLevel(logging.ERROR)
     options: dict[str, Any] = {}
     if args.ssh_port:

@@ -99,7 +99,7 @@ def _cluster(args: argparse.Namespace) -> Iterator[Any]:
         tls_ca_file=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
-        quiet=not args.verbose,
+        quiet=args.verbose < 2,  # scheduler and worker logs with -vv
     )
     _check_writable(getattr(args, "report", None))
     with connect(options) as client:
