@@ -76,16 +76,15 @@ def configure(verbose: int, quiet: bool) -> None:
     root.setLevel(other_level)
     logging.getLogger("dmask").setLevel(dmask_level)
     # distributed configures its own handler and format when imported: in
-    # worker processes from the environment, here also if already imported
-    name = logging.getLevelName(other_level).lower()
+    # worker processes from the environment, here also if already imported.
+    # Only the format: levels stay distributed's own in other processes (an
+    # SSH cluster passes dask's configuration on, and waits for its remote
+    # scheduler's INFO line), which dmask silences or not by -vv.
     os.environ["DASK_DISTRIBUTED__ADMIN__LOG_FORMAT"] = LOG_FORMAT
-    os.environ["DASK_LOGGING__DISTRIBUTED"] = name
     if "dask" in sys.modules:
         import dask.config
 
-        dask.config.set(
-            {"distributed.admin.log-format": LOG_FORMAT, "logging.distributed": name}
-        )
+        dask.config.set({"distributed.admin.log-format": LOG_FORMAT})
     if "distributed" in sys.modules:
         logger = logging.getLogger("distributed")
         logger.setLevel(other_level)
