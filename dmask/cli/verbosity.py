@@ -20,6 +20,8 @@ __all__ = ["LOG_FORMAT", "add_options", "configure", "resolve"]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _SUB = "_sub"
+#: Marks the handler :func:`configure` added (replaced by the next call).
+_OURS = "_dmask_cli"
 
 
 def add_options(parser: argparse.ArgumentParser, sub: bool = False) -> None:
@@ -69,10 +71,13 @@ def _levels(verbose: int, quiet: bool) -> tuple[int, int]:
 def configure(verbose: int, quiet: bool) -> None:
     """Set up logging on stderr for a run of the command line."""
     dmask_level, other_level = _levels(verbose, quiet)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, _OURS, False)]
+    if not root.handlers:  # as logging.basicConfig: a host's handlers stay
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        setattr(handler, _OURS, True)
+        root.addHandler(handler)
     root.setLevel(other_level)
     logging.getLogger("dmask").setLevel(dmask_level)
     # distributed configures its own handler and format when imported: in
