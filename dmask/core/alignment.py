@@ -129,16 +129,29 @@ def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def _sample(
-    image: np.ndarray, xs: np.ndarray, ys: np.ndarray, order: int = 1
+def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """``image`` (H, W, C) at float coordinates (bilinear, edge repeated)."""
+    taps, weights = _bilinear_taps(xs, ys, image.shape[0], image.shape[1])
+    return _gather(image.reshape(-1, image.shape[2]), taps, weights)
+
+
+def _gather(
+    flat: np.ndarray, taps: Sequence[np.ndarray], weights: Sequence[np.ndarray]
 ) -> np.ndarray:
-    """``image`` (H, W, C) at float coordinates, edge values repeated outside."""
-    out = np.empty((*xs.shape, image.shape[2]), dtype=np.float64)
-    for c in range(image.shape[2]):
-        out[..., c] = ndimage.map_coordinates(
-            image[..., c], [ys, xs], order=order, mode="nearest", prefilter=False
-        )
-    return out
+    """The weighted sum of ``flat``'s rows (pixels, channels) at the taps."""
+    return sum(w[..., None] * flat[t] for t, w in zip(taps, weights, strict=True))
+
+
+def _through(
+    matrix: np.ndarray, cols: Sequence[int], rows: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the pixel centres ``cols x rows`` go under ``matrix``: ``xs, ys``."""
+    jj, ii = np.meshgrid(
+        np.asarray(cols, dtype=np.float64), np.asarray(rows, dtype=np.float64)
+    )
+    xs = matrix[0, 0] * jj + matrix[0, 1] * ii + matrix[0, 2]
+    ys = matrix[1, 0] * jj + matrix[1, 1] * ii + matrix[1, 2]
+    return xs, ys
 
 
 def _scale_of(matrix: np.ndarray) -> float:
@@ -159,10 +172,7 @@ def warp_to_crop(
     if image.ndim == 2:
         image = image[..., None]
     height, width = int(size[0]), int(size[1])
-    inverse = invert(matrix)
-    jj, ii = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height))
-    xs = inverse[0, 0] * jj + inverse[0, 1] * ii + inverse[0, 2]
-    ys = inverse[1, 0] * jj + inverse[1, 1] * ii + inverse[1, 2]
+    xs, ys = _through(invert(matrix), range(width), range(height))
     sigma = max(0.0, (1.0 / _scale_of(matrix) - 1.0) / 2.0)
     pad = int(np.ceil(4 * sigma)) + 2
     rows, cols = image.shape[:2]
@@ -310,12 +320,9 @@ def paste_with(
         info = np.iinfo(image.dtype) if np.issubdtype(image.dtype, np.integer) else None
         for start in range(rows.start, rows.stop, step):
             band = slice(start, min(rows.stop, start + step))
-            jj, ii = np.meshgrid(
-                np.arange(cols.start, cols.stop, dtype=np.float64),
-                np.arange(band.start, band.stop, dtype=np.float64),
+            xs, ys = _through(
+                m, range(cols.start, cols.stop), range(band.start, band.stop)
             )
-            xs = m[0, 0] * jj + m[0, 1] * ii + m[0, 2]
-            ys = m[1, 0] * jj + m[1, 1] * ii + m[1, 2]
             # outside the crop the mask is 0 (not its edge repeated)
             alpha = ndimage.map_coordinates(
                 where.mask, [ys, xs], order=1, mode="constant", prefilter=False
@@ -324,9 +331,7 @@ def paste_with(
             region = image[band, cols].astype(np.float64)
             keep = alpha <= 0
             for out, flat in zip(outs, flats, strict=True):
-                pasted = sum(
-                    w[..., None] * flat[t] for t, w in zip(taps, weights, strict=True)
-                )
+                pasted = _gather(flat, taps, weights)
                 blended = alpha * pasted + (1.0 - alpha) * region
                 if info is not None:
                     blended = np.clip(np.rint(blended), info.min, info.max)

@@ -368,15 +368,10 @@ def prepare_face(
         ``(H, W, C)`` of the input dtype; None when ``crop`` is ``detect`` or
         ``auto`` and no face is found.
     """
-    image = check_image(image)
-    core_resize.check_size(size)
-    check_resize(resize)
-    if channels not in (None, 1, 3):
-        raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
-    box = find_crop(image, crop, margin, size)
-    if box is None:
-        return None
-    return crop_resize(image, box, size, channels, resize)
+    taken = align_face(
+        image, size, crop, None, margin, channels, resize, centre_fallback=False
+    )
+    return None if taken is None else taken.face
 
 
 @dataclass
@@ -455,6 +450,9 @@ def align_face(
     image = check_image(image)
     size = core_resize.check_size(size)
     check_choice("crop", crop, CROP_MODES)
+    check_resize(resize)
+    if channels not in (None, 1, 3):
+        raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
     target = _canonical(canonical, size)
     precropped = crop == "auto" and is_face_crop(image.shape, size)
     centre_fallback = centre_fallback and crop in ("align", "auto")
