@@ -160,4 +160,5 @@ def _run_folder(args: argparse.Namespace) -> None:
             taken_by=report.alignment().removeprefix("; taken by: ") or "-",
             throughput=f"{report.written / max(wall, 1e-9):.1f} images/s",
         )
-    print(f"synthesised faces: {args.out} (report: {args.out}/report.txt)")
+    report_file = os.path.join(args.out, "report.txt")
+    print(f"synthesised faces: {args.out} (report: {report_file})")
