@@ -57,6 +57,8 @@ def fit(
     method: str = "auto",
     resume: bool = False,
     landmarks: Mapping[str, Any] | None = None,
+    statistics: str | os.PathLike | None = None,
+    statistics_field: int | None = None,
 ) -> Model:
     """Train masked ridge regression.
 
@@ -108,12 +110,28 @@ def fit(
         recorded in the model so photographs are aligned to it. By default
         the ``landmarks`` attribute of ``sources`` when it has one (an xarray
         object's ``attrs``).
+    statistics : str or path, optional
+        Also keep the training pairs' sums in this statistics store (one pass
+        over the images), for fields up to ``statistics_field`` (``field`` by
+        default); the model is then solved from it
+        (:func:`dmask.statistics.solve`), equal to training without it.
+        Subjects are the ``subject`` coordinate of ``sources`` when it has one.
 
     Returns
     -------
     Model
     """
     check_settings(field, lam, normalize)
+    if statistics is not None:
+        return _fit_keeping(
+            sources, targets, field, lam, normalize, lam_grid=lam_grid, store=store,
+            overwrite=overwrite, tile_shape=tile_shape, sample_block=sample_block,
+            memory_limit=memory_limit, method=method, resume=resume,
+            landmarks=landmarks, statistics=statistics,
+            statistics_field=statistics_field,
+        )  # fmt: skip
+    if statistics_field is not None:
+        raise InputError("statistics_field is only used with statistics")
     if method not in ("auto", "covariance", "displacement"):
         raise InputError(
             f"method must be 'auto', 'covariance' or 'displacement', got {method!r}"
@@ -213,6 +231,62 @@ def fit(
             **settings, store=store, tile_shape=tile_shape, sample_block=sample_block,
             method=method, previous=previous, previous_path=previous_path,
         )  # fmt: skip
+
+
+def _fit_keeping(
+    sources: Any,
+    targets: Any,
+    field: int,
+    lam: float | str,
+    normalize: str,
+    *,
+    statistics: str | os.PathLike,
+    statistics_field: int | None,
+    method: str,
+    resume: bool,
+    landmarks: Mapping[str, Any] | None,
+    **solve_options: Any,
+) -> Model:
+    """:func:`fit` with ``statistics``: keep the sums, then solve from them."""
+    from dmask import statistics as kept
+
+    if resume:
+        raise InputError("resume is not available while keeping statistics")
+    if lam == "loo":
+        raise InputError(
+            "lam='loo' needs the images' residuals, which the statistics do not "
+            "hold: keep statistics with a fixed lam or 'gcv'"
+        )
+    if method == "covariance":
+        raise InputError("statistics are kept with method 'auto' or 'displacement'")
+    largest = field if statistics_field is None else statistics_field
+    check_settings(largest, 0.4, normalize)
+    if int(largest) < int(field):
+        raise InputError(
+            f"statistics_field {largest} is smaller than the field {field} to train"
+        )
+    single = not isinstance(targets, Mapping)
+    named = {SINGLE_TARGET: targets} if single else dict(targets)
+    if not named:
+        raise InputError("targets is an empty mapping")
+    n = inputs.as_image_source(sources, "sources", keep_numpy=True).shape[0]
+    coord = getattr(sources, "coords", {}).get("subject")
+    subjects = (
+        [str(s) for s in np.asarray(coord.values)]
+        if coord is not None and coord.shape == (n,)
+        else [f"sample-{i:06d}" for i in range(n)]
+    )
+    landmarks = _landmarks_of(sources, landmarks)
+    options = {k: solve_options.pop(k) for k in ("tile_shape", "sample_block")}
+    memory_limit = solve_options.pop("memory_limit")
+    info = kept.accumulate(
+        sources, named, statistics, field=int(largest), subjects=subjects,
+        subject_folds=np.zeros(n, dtype=np.int64), normalize=normalize,
+        attrs={"landmarks": landmarks} if landmarks else None,
+        overwrite=solve_options["overwrite"], memory_limit=memory_limit,
+        inputs_of_run=[solve_options["store"]], **options,
+    )  # fmt: skip
+    return kept.solve(info, int(field), lam, single_target=single, **solve_options)
 
 
 def _landmarks_of(

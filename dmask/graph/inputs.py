@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "minmax_bounds",
     "read_bounds",
     "lazy_sample_bounds",
+    "lazy_sample_digests",
 ]
 
 
@@ -191,3 +193,41 @@ def as_numpy(*arrays: Any) -> list[np.ndarray]:
         else:
             out.append(np.asarray(array))
     return out
+
+
+def _digests(images: np.ndarray) -> list[str]:
+    """A content digest of every sample: its dtype, shape and bytes."""
+    out = []
+    for image in np.asarray(images):
+        digest = hashlib.sha256(repr((image.dtype.str, image.shape)).encode())
+        digest.update(np.ascontiguousarray(image).tobytes())
+        out.append(digest.hexdigest()[:16])
+    return out
+
+
+def read_digests(path: str, index: np.ndarray | slice) -> list[str]:
+    """Task: content digests of stored samples."""
+    return _digests(read_images(path, index))
+
+
+def _concat_lists(parts: Sequence[list[str]]) -> list[str]:
+    return [value for part in parts for value in part]
+
+
+def lazy_sample_digests(images: da.Array | StoredImages | np.ndarray) -> Any:
+    """Lazy per-sample content digests (hex strings) of images."""
+    if isinstance(images, np.ndarray):
+        return dask.delayed(_digests, pure=True)(images)
+    if isinstance(images, StoredImages):
+        block = _bounds_block(images)
+        task = dask.delayed(read_digests, pure=True)
+        parts = [
+            task(images.path, compact_index(images.index[s0 : s0 + block]))
+            for s0 in range(0, images.shape[0], block)
+        ]
+    else:
+        whole = images.rechunk({1: -1, 2: -1, 3: -1})
+        parts = [
+            dask.delayed(_digests, pure=True)(b) for b in whole.to_delayed().ravel()
+        ]
+    return dask.delayed(_concat_lists, pure=True)(parts)

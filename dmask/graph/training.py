@@ -26,10 +26,10 @@ from dmask.graph.runtime import runs_locally
 from dmask.graph.taskgraph import GraphMaker, LocalTasks, TaskMaker
 from dmask.io.dataset_store import StoredImages
 
-__all__ = ["fit_tiles"]
+__all__ = ["finish_tile", "fit_tiles", "tree_sum"]
 
 
-def _tree_sum(
+def tree_sum(
     parts: list[Any], tasks: TaskMaker, split_every: int = COMBINE_FAN_IN
 ) -> Any:
     while len(parts) > 1:
@@ -123,14 +123,14 @@ def fit_tiles(
                 statistics_and_solve, *reads[0], padding, field, plan.method, tile,
                 plan.image_shape, lam, grid,
             )  # fmt: skip
-            results.append(_finish(tasks, solution, tile, store, arrays))
+            results.append(finish_tile(tasks, solution, tile, store, arrays))
             continue
         parts = [
             tasks(statistics, *read, padding, field, plan.method, squares)
             for read in reads
         ]
         if lam == "loo":
-            factors = tasks(factor, _tree_sum(parts, tasks), field)
+            factors = tasks(factor, tree_sum(parts, tasks), field)
             press_parts = []
             for (s0, s1), (_, _, bounds) in zip(plan.blocks, reads, strict=True):
                 src = region(sources, s0, s1, rows, cols, tasks, pure=False)
@@ -138,19 +138,19 @@ def fit_tiles(
                 press_parts.append(
                     tasks(press, factors, src, tgt, bounds, padding, field, grid)
                 )
-            scores = _tree_sum(press_parts, tasks)
+            scores = tree_sum(press_parts, tasks)
             solution = tasks(
                 select, factors, scores, tile, plan.image_shape, field, grid
             )
         else:
             solution = tasks(
-                solve, _tree_sum(parts, tasks), tile, plan.image_shape, field, lam, grid
+                solve, tree_sum(parts, tasks), tile, plan.image_shape, field, lam, grid
             )
-        results.append(_finish(tasks, solution, tile, store, arrays))
+        results.append(finish_tile(tasks, solution, tile, store, arrays))
     return tasks.results(results)
 
 
-def _finish(
+def finish_tile(
     tasks: TaskMaker,
     solution: Any,
     tile: Tile,

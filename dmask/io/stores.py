@@ -32,6 +32,7 @@ __all__ = [
     "DATASET_FORMAT",
     "FORMAT_VERSION",
     "MODEL_FORMAT",
+    "STATISTICS_FORMAT",
     "channel_names",
     "discard_store",
     "finalize_store",
@@ -46,6 +47,9 @@ DATASET_FORMAT = "dmask-dataset"
 
 
 MODEL_FORMAT = "dmask-model"
+
+
+STATISTICS_FORMAT = "dmask-statistics"
 
 
 FORMAT_VERSION = 1

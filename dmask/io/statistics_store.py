@@ -1,0 +1,279 @@
+"""Statistics stores: the schema, tile writes, reading a tile's window, opening.
+
+A statistics store keeps the image-layout sums of :mod:`dmask.core.sufficient`
+for a largest field, per *fold* (a group of subjects), chunked by tile like a
+model. Its subjects are recorded with their fold and a fingerprint of their
+images, so an update can refuse subjects already counted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from dmask.core.planning import Tile, tile_grid
+from dmask.core.sufficient import IMAGE_PARTS
+from dmask.core.windows import displacements, window_offsets
+from dmask.errors import StoreError
+from dmask.io.locations import store_path
+from dmask.io.stores import (
+    FORMAT_VERSION,
+    STATISTICS_FORMAT,
+    channel_names,
+    open_store,
+    prepare_output,
+    quiet_zarr,
+)
+
+__all__ = [
+    "StatisticsInfo",
+    "create_statistics_template",
+    "open_statistics_store",
+    "read_statistics_window",
+    "statistics_info",
+    "write_statistics_tile",
+]
+
+
+@dataclass(frozen=True)
+class StatisticsInfo:
+    """What a statistics store holds (its attributes and subject table).
+
+    Attributes
+    ----------
+    path : str
+        The store.
+    field : int
+        Largest field ``r_max``: every odd ``r <= field`` can be solved.
+    targets : list of str
+        Target expressions.
+    source : str
+        Source expression.
+    normalize : str
+        Normalisation the sums were taken in.
+    image_shape : tuple of int
+        ``(H, W)``.
+    channels : int
+        Channels.
+    tile_shape : tuple of int
+        Chunk (and solve) tile shape.
+    counts : numpy.ndarray
+        ``(folds,)`` training pairs per fold.
+    subjects, subject_folds, fingerprints : numpy.ndarray
+        One entry per subject counted.
+    attrs : dict
+        Every attribute.
+    """
+
+    path: str
+    field: int
+    targets: list[str]
+    source: str
+    normalize: str
+    image_shape: tuple[int, int]
+    channels: int
+    tile_shape: tuple[int, int]
+    counts: np.ndarray
+    subjects: np.ndarray
+    subject_folds: np.ndarray
+    fingerprints: np.ndarray
+    attrs: dict[str, Any]
+
+    @property
+    def folds(self) -> int:
+        """Number of folds."""
+        return len(self.counts)
+
+
+def create_statistics_template(
+    path: str | os.PathLike,
+    targets: Sequence[str],
+    image_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    tile_shape: tuple[int, int],
+    counts: Sequence[int],
+    subjects: Mapping[str, Sequence[Any]],
+    attrs: Mapping[str, Any],
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike | None] = (),
+) -> str:
+    """Write the metadata of a statistics store whose tiles tasks fill in later.
+
+    ``subjects`` holds ``subject``, ``subject_fold`` and ``fingerprint``, one
+    entry per subject. Returns the store to write to (see
+    :func:`dmask.io.stores.prepare_output`).
+    """
+    import dask.array as da
+
+    path = prepare_output(path, overwrite, inputs=inputs)
+    height, width = image_shape
+    th, tw = tile_shape
+    n_folds, n_targets = len(counts), len(targets)
+    deltas = np.array(displacements(field), dtype=np.int32)
+    offsets = window_offsets(field).astype(np.int32)
+    pixel = ("y", "x", "channel")
+
+    def zeros(shape: tuple[int, ...], chunks: tuple[int, ...]) -> da.Array:
+        return da.zeros(shape, chunks=chunks, dtype="f8")
+
+    image = (height, width, channels)
+    chunk = (th, tw, channels)
+    variables = {
+        "pair_sums": (
+            ("fold", "displacement", *pixel),
+            zeros((n_folds, len(deltas), *image), (1, len(deltas), *chunk)),
+        ),
+        "sums": (("fold", *pixel), zeros((n_folds, *image), (1, *chunk))),
+        "cross_sums": (
+            ("fold", "target", "k", *pixel),
+            zeros(
+                (n_folds, n_targets, len(offsets), *image),
+                (1, 1, len(offsets), *chunk),
+            ),
+        ),
+        "target_sums": (
+            ("fold", "target", *pixel),
+            zeros((n_folds, n_targets, *image), (1, 1, *chunk)),
+        ),
+        "target_squares": (
+            ("fold", "target", *pixel),
+            zeros((n_folds, n_targets, *image), (1, 1, *chunk)),
+        ),
+        "count": (("fold",), np.asarray(counts, dtype=np.int64)),
+        "tile_complete": (
+            ("fold", "tile_y", "tile_x"),
+            da.zeros(
+                (n_folds, *tile_grid(image_shape, tile_shape)),
+                chunks=(1, 1, 1),
+                dtype="u1",
+            ),
+        ),
+    }
+    coords = {
+        "target": np.asarray(list(targets), dtype=str),
+        "channel": channel_names(channels),
+        "displacement_y": ("displacement", deltas[:, 0]),
+        "displacement_x": ("displacement", deltas[:, 1]),
+        "offset_y": ("k", offsets[:, 0]),
+        "offset_x": ("k", offsets[:, 1]),
+        "subject": np.asarray(list(subjects["subject"]), dtype=str),
+        "subject_fold": ("subject", np.asarray(subjects["subject_fold"], np.int64)),
+        "fingerprint": ("subject", np.asarray(subjects["fingerprint"], dtype=str)),
+    }
+    ds = xr.Dataset(
+        variables,
+        coords=coords,
+        attrs={
+            "format": STATISTICS_FORMAT,
+            "format_version": FORMAT_VERSION,
+            **dict(attrs),
+            "field": int(field),
+            "height": int(height),
+            "width": int(width),
+            "channels": int(channels),
+            "tile_shape": [int(th), int(tw)],
+            "complete": False,
+        },
+    )
+    with quiet_zarr():
+        ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
+    return path
+
+
+def write_statistics_tile(
+    path: str | os.PathLike, tile: Tile, fold: int, parts: Mapping[str, np.ndarray]
+) -> tuple[int, int, int]:
+    """Write one fold's image-layout sums of one tile, then mark it done."""
+    inner = (slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
+    with quiet_zarr():
+        group = zarr.open_group(str(path), mode="r+")
+        group["pair_sums"][fold, :, inner[0], inner[1]] = parts["pair_sums"]
+        group["sums"][fold, inner[0], inner[1]] = parts["sums"]
+        group["cross_sums"][fold, :, :, inner[0], inner[1]] = parts["cross_sums"]
+        for name in ("target_sums", "target_squares"):
+            group[name][fold, :, inner[0], inner[1]] = parts[name]
+        group["tile_complete"][(fold, *tile.index)] = 1
+    return (fold, *tile.index)
+
+
+def read_statistics_window(
+    path: str | os.PathLike,
+    folds: Sequence[int],
+    rows: slice,
+    cols: slice,
+    inner: tuple[slice, slice],
+    displacement: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Image-layout sums over ``folds`` (added in their order) of one window.
+
+    ``rows, cols`` (clipped to the image) are read of ``pair_sums`` and
+    ``sums``; ``inner`` (the tile) of the others. ``displacement`` and
+    ``offsets`` pick the entries of a smaller field (all when None).
+    """
+    every = slice(None)
+    picks = {
+        "pair_sums": (every if displacement is None else displacement, rows, cols),
+        "sums": (rows, cols),
+        "cross_sums": (every, every if offsets is None else offsets, *inner),
+        "target_sums": (every, *inner),
+        "target_squares": (every, *inner),
+    }
+    out: dict[str, np.ndarray] = {}
+    try:
+        with quiet_zarr():
+            group = zarr.open_group(str(path), mode="r")
+            for name in IMAGE_PARTS:
+                array = group[name]
+                total = None
+                for fold in folds:
+                    part = array.get_orthogonal_selection((fold, *picks[name]))
+                    total = part if total is None else total + part
+                if total is None:
+                    raise StoreError(f"no folds to read of statistics store {path}")
+                out[name] = total
+    except (RuntimeError, ValueError, OSError) as exc:  # a damaged chunk
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(
+            f"cannot read statistics store {path}: {reason} (dmask verify {path} "
+            "finds the damaged chunk)"
+        ) from None
+    return out
+
+
+def open_statistics_store(path: str | os.PathLike) -> xr.Dataset:
+    """Open a finished statistics store lazily and check its layout."""
+    ds = open_store(path, "statistics", STATISTICS_FORMAT)
+    for name in (*IMAGE_PARTS, "count"):
+        if name not in ds:
+            raise StoreError(f"statistics store {path} has no {name} array")
+    ds.encoding["dmask_path"] = store_path(path)
+    return ds
+
+
+def statistics_info(path: str | os.PathLike) -> StatisticsInfo:
+    """The settings and subject table of a finished statistics store."""
+    ds = open_statistics_store(path)
+    attrs = dict(ds.attrs)
+    return StatisticsInfo(
+        path=store_path(path),
+        field=int(attrs["field"]),
+        targets=[str(t) for t in ds["target"].values],
+        source=str(attrs.get("source", "")),
+        normalize=str(attrs["normalize"]),
+        image_shape=(int(attrs["height"]), int(attrs["width"])),
+        channels=int(attrs["channels"]),
+        tile_shape=(int(attrs["tile_shape"][0]), int(attrs["tile_shape"][1])),
+        counts=np.asarray(ds["count"].values, dtype=np.int64),
+        subjects=np.asarray(ds["subject"].values).astype(str),
+        subject_folds=np.asarray(ds["subject_fold"].values, dtype=np.int64),
+        fingerprints=np.asarray(ds["fingerprint"].values).astype(str),
+        attrs=attrs,
+    )
