@@ -52,6 +52,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="finish an interrupted run: solve only the tiles not yet written",
     )
+    kept = train.add_argument_group("statistics")
+    kept.add_argument(
+        "--keep-statistics",
+        metavar="STATS",
+        help="also keep the sums in this statistics store (dmask solve, tune, update)",
+    )
+    kept.add_argument(
+        "--statistics-field",
+        type=int,
+        metavar="R",
+        help="largest field the kept statistics serve (default --field)",
+    )
+    kept.add_argument(
+        "--statistics-folds",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="subject folds kept apart, for cross-validation (default 1)",
+    )
     _add_cluster_options(train)
 
 
@@ -72,6 +91,16 @@ def run(args: argparse.Namespace) -> None:
         prepare_output(args.out, args.overwrite, inputs=[args.dataset])
     elif same_store(args.out, args.dataset):
         raise DmaskError(f"output store {args.out} is the dataset; choose another")
+    if args.keep_statistics:
+        if args.resume:
+            raise DmaskError("--resume is not available with --keep-statistics")
+        if same_store(args.keep_statistics, args.out):
+            raise DmaskError("--keep-statistics and --out are the same store")
+        prepare_output(args.keep_statistics, args.overwrite, inputs=[args.dataset])
+    elif args.statistics_field is not None or args.statistics_folds != 1:
+        raise DmaskError(
+            "--statistics-field and --statistics-folds need --keep-statistics"
+        )
     ds = open_dataset(args.dataset)
     targets = _split_names(args.targets)
     if targets is None:
@@ -84,21 +113,24 @@ def run(args: argparse.Namespace) -> None:
     check_field(args.field, sources.shape[1:3], f"images of {args.dataset}")
     with _cluster(args) as client:
         started = time.perf_counter()
-        model = fit(
-            sources,
-            target_arrays,
-            field=args.field,
-            lam=args.lam,
-            normalize=args.normalize,
-            store=args.out,
-            overwrite=True,
-            tile_shape=tuple(args.tile) if args.tile else None,
-            sample_block=args.sample_block,
-            method=args.method,
-            resume=args.resume,
-            lam_grid=args.lam_grid,
-            landmarks=ds.attrs.get("landmarks"),
-        )
+        if args.keep_statistics:
+            model = _train_keeping(args, ds, targets)
+        else:
+            model = fit(
+                sources,
+                target_arrays,
+                field=args.field,
+                lam=args.lam,
+                normalize=args.normalize,
+                store=args.out,
+                overwrite=True,
+                tile_shape=tuple(args.tile) if args.tile else None,
+                sample_block=args.sample_block,
+                method=args.method,
+                resume=args.resume,
+                lam_grid=args.lam_grid,
+                landmarks=ds.attrs.get("landmarks"),
+            )
         height, width = model.image_shape
         pixels = height * width * model.channels * len(model.targets)
         if before is not None and before.tile_complete.shape == (
@@ -121,3 +153,21 @@ def run(args: argparse.Namespace) -> None:
             throughput=f"{pixels / max(wall, 1e-9):.0f} problems/s",
         )
     print(f"model: {args.out}")
+
+
+def _train_keeping(args: argparse.Namespace, ds: object, targets: list[str]) -> object:
+    """Keep the dataset's sums in --keep-statistics, then solve the model from them."""
+    from dmask.statistics import keep_statistics, solve
+
+    info = keep_statistics(
+        ds, args.keep_statistics, source=args.source, targets=targets,
+        field=args.statistics_field or args.field, folds=args.statistics_folds,
+        split=args.split or None, normalize=args.normalize, overwrite=args.overwrite,
+        tile_shape=tuple(args.tile) if args.tile else None,
+        sample_block=args.sample_block,
+    )  # fmt: skip
+    print(f"statistics: {args.keep_statistics}")
+    return solve(
+        info, args.field, args.lam, lam_grid=args.lam_grid, store=args.out,
+        overwrite=True,
+    )  # fmt: skip

@@ -30,6 +30,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     tune.add_argument(
         "--sizes", type=int, nargs="+", help="also: test MSE against N (MR, full ridge)"
     )
+    tune.add_argument(
+        "--statistics",
+        metavar="STATS",
+        help="solve every setting from this statistics store (kept first if absent)",
+    )
+    tune.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="subject-level k-fold cross-validation on the training subjects",
+    )
     tune.add_argument("--json", help="write the sweep's rows here")
     tune.add_argument("--csv", help="write the sweep's rows here")
     tune.add_argument("--size-json", help="write the N curve's rows here")
@@ -42,6 +53,8 @@ def run(args: argparse.Namespace) -> None:
     from dmask.io.dataset_store import open_dataset
 
     _check_writable(args.csv, args.json, args.size_json)
+    if args.folds is not None and args.folds < 2:
+        raise DmaskError(f"--folds must be at least 2, got {args.folds}")
     if args.sizes and min(args.sizes) < 1:
         raise DmaskError(f"--sizes must be positive, got {min(args.sizes)}")
     ds = open_dataset(args.dataset)
@@ -53,13 +66,21 @@ def run(args: argparse.Namespace) -> None:
             targets=_split_names(args.targets),
             fields=tuple(args.fields),
             lams=tuple(args.lams),
+            statistics=args.statistics,
+            folds=args.folds,
         )
         means = [r for r in rows if r["expression"] == "mean"]
-        print(f"{'r':>3} {'lambda':>8} {'MSE':>10} {'PSNR':>7}")
+        spread = "folds" in means[0]
+        print(
+            f"{'r':>3} {'lambda':>8} {'MSE':>10}"
+            + (f" {'MSE sd':>9}" if spread else "")
+            + f" {'PSNR':>7}"
+        )
         for row in means:
             print(
-                f"{row['field']:>3} {row['lam']!s:>8} {row['mse']:>10.5f} "
-                f"{row['psnr']:>7.2f}{'  best' if row.get('best') else ''}"
+                f"{row['field']:>3} {row['lam']!s:>8} {row['mse']:>10.5f}"
+                + (f" {row['mse_std']:>9.5f}" if spread else "")
+                + f" {row['psnr']:>7.2f}{'  best' if row.get('best') else ''}"
             )
         best = best_setting(rows)
         print(f"best: r={best['field']} lambda={best['lam']} (MSE {best['mse']:.5f})")

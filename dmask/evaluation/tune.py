@@ -138,6 +138,8 @@ def tune(
     fields: Sequence[int] = (1, 3, 5, 7),
     lams: Sequence[float | str] = (0.01, 0.1, 0.4, 1, 4, 10),
     split_fraction: float | None = None,
+    statistics: str | os.PathLike | None = None,
+    folds: int | None = None,
 ) -> list[dict[str, Any]]:
     """Test error of every receptive field and penalty of a grid.
 
@@ -161,6 +163,17 @@ def tune(
         Score on this fraction of the training subjects (the last by name),
         trained on the rest, leaving the test split untouched; by default
         train on the ``train`` split and score on the ``test`` split.
+    statistics : str or path, optional
+        Solve every setting from this statistics store
+        (:mod:`dmask.statistics`) instead of training it: one pass over the
+        images for the whole sweep. A store that does not exist yet is kept
+        first, from the training split, for the largest field of ``fields``.
+    folds : int, optional
+        Subject-level k-fold cross-validation on the training split instead:
+        statistics kept per fold (in ``statistics``, or a temporary store),
+        each fold scored by the model of the other folds; rows then carry the
+        mean over folds of ``mse`` and ``psnr``, their spread ``mse_std`` and
+        ``folds``.
 
     Returns
     -------
@@ -177,6 +190,13 @@ def tune(
     for field in fields:
         for lam in lams:
             check_settings(field, lam, "minmax")
+    if statistics is not None or folds is not None:
+        if split_fraction is not None:
+            raise InputError("split_fraction is not used with statistics or folds")
+        rows = _tune_from_statistics(
+            ds, source, names, fields, lams, statistics, folds
+        )  # fmt: skip
+        return _mark_best(rows)
     ds, train_split, test_split = _holdout(ds, split_fraction)
     rows: list[dict[str, Any]] = []
     for field in fields:
@@ -186,6 +206,10 @@ def tune(
                 "field %s lam %s: mean MSE %.6f", field, lam, scored[-1]["mse"]
             )  # fmt: skip
             rows += scored
+    return _mark_best(rows)
+
+
+def _mark_best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     best = best_setting(rows)
     for row in rows:
         row["best"] = row["expression"] == "mean" and (row["field"], row["lam"]) == (
@@ -196,6 +220,121 @@ def tune(
         "best: field %s lam %s (mean MSE %.6f, PSNR %.2f dB)",
         best["field"], best["lam"], best["mse"], best["psnr"],
     )  # fmt: skip
+    return rows
+
+
+def _scored_rows(
+    model: Any,
+    ds: xr.Dataset,
+    source: str,
+    names: list[str],
+    split: str,
+    field: int,
+    lam: float | str,
+) -> list[dict[str, Any]]:
+    scored = evaluate(
+        model, ds, source=source, split=split, train_split="train", targets=names
+    )
+    rows = [
+        {
+            "field": int(field),
+            "lam": lam if isinstance(lam, str) else float(lam),
+            "expression": row["expression"],
+            "n_train": int(model.dataset.attrs["n_samples"]),
+            "n_test": row["n_test"],
+            "mse": row["mse_mr"],
+            "psnr": row["psnr_mr"],
+        }
+        for row in scored
+        if row["expression"] != "mean"
+    ]
+    return [*rows, _mean_row(rows)]
+
+
+def _fold_mean(per_fold: list[list[dict[str, Any]]], folds: int) -> list[dict]:
+    """One row per expression: the folds' mean MSE and PSNR, and MSE's spread."""
+    out = []
+    for rows in zip(*per_fold, strict=True):
+        mse = np.array([r["mse"] for r in rows])
+        out.append(
+            {
+                **rows[0],
+                "n_train": int(np.mean([r["n_train"] for r in rows])),
+                "n_test": int(sum(r["n_test"] for r in rows)),
+                "mse": float(mse.mean()),
+                "mse_std": float(mse.std(ddof=1)) if len(mse) > 1 else 0.0,
+                "psnr": float(np.mean([r["psnr"] for r in rows])),
+                "folds": folds,
+            }
+        )
+    return out
+
+
+def _tune_from_statistics(
+    ds: xr.Dataset,
+    source: str,
+    names: list[str],
+    fields: Sequence[int],
+    lams: Sequence[float | str],
+    statistics: str | os.PathLike | None,
+    folds: int | None,
+) -> list[dict[str, Any]]:
+    """:func:`tune` from one statistics pass: held-out test split, or k folds."""
+    import tempfile
+
+    from dmask.statistics import keep_statistics, open_statistics, solve
+
+    if any(lam == "loo" for lam in lams):
+        raise InputError(
+            "lam 'loo' needs the images' residuals, not kept in statistics: "
+            "use 'gcv', or tune without statistics and folds"
+        )
+    largest = max(int(f) for f in fields)
+    with tempfile.TemporaryDirectory(prefix="dmask-tune-") as scratch:
+        path = statistics or os.path.join(scratch, "statistics.zarr")
+        if os.path.exists(path) if "://" not in str(path) else False:
+            info = open_statistics(path)
+            if folds is not None and info.folds != folds:
+                raise InputError(
+                    f"{path} keeps {info.folds} fold(s), not the {folds} asked for"
+                )
+            if info.field < largest or set(names) - set(info.targets):
+                raise InputError(
+                    f"{path} keeps r <= {info.field} for {info.targets}; the sweep "
+                    f"needs r = {largest} for {names}"
+                )
+        else:
+            info = keep_statistics(
+                ds, path, source=source, targets=names, field=largest,
+                folds=folds or 1,
+            )  # fmt: skip
+        split = np.asarray(ds["split"].values).astype(str)
+        subjects = np.asarray(ds["subject"].values).astype(str)
+        rows: list[dict[str, Any]] = []
+        for field in fields:
+            for lam in lams:
+                if folds is None:
+                    model = solve(info, int(field), lam)
+                    scored = _scored_rows(model, ds, source, names, "test", field, lam)
+                else:
+                    per_fold = []
+                    for fold in range(info.folds):
+                        held = info.subjects[info.subject_folds == fold]
+                        marked = np.where(
+                            np.isin(subjects, held) & (split == "train"), "fold", split
+                        )
+                        model = solve(info, int(field), lam, exclude_folds=[fold])
+                        per_fold.append(
+                            _scored_rows(
+                                model, ds.assign_coords(split=("sample", marked)),
+                                source, names, "fold", field, lam,
+                            )
+                        )  # fmt: skip
+                    scored = _fold_mean(per_fold, info.folds)
+                logger.info(
+                    "field %s lam %s: mean MSE %.6f", field, lam, scored[-1]["mse"]
+                )  # fmt: skip
+                rows += scored
     return rows
 
 
