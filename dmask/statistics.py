@@ -54,16 +54,6 @@ def open_statistics(path: str | os.PathLike) -> StatisticsInfo:
     return statistics_info(locations.store_path(path))
 
 
-def _open(dataset: xr.Dataset | str | os.PathLike) -> xr.Dataset:
-    if isinstance(dataset, xr.Dataset):
-        if "dmask_path" not in dataset.encoding:
-            raise InputError(
-                "dataset must be opened with dmask.io.dataset_store.open_dataset"
-            )
-        return dataset
-    return dataset_store.open_dataset(dataset)
-
-
 def _pairs(
     ds: xr.Dataset, source: str, names: Sequence[str], split: str | None
 ) -> tuple[Any, dict[str, Any], np.ndarray]:
@@ -125,7 +115,7 @@ def keep_statistics(
     -------
     StatisticsInfo
     """
-    ds = _open(dataset)
+    ds = dataset_store.opened(dataset)
     names = list(targets) if targets else dataset_store.other_expressions(ds, source)
     if not names:
         raise InputError(f"the dataset has no expression besides {source!r}")
@@ -162,7 +152,7 @@ def update(
     union of the subjects.
     """
     info = open_statistics(statistics)
-    ds = _open(dataset)
+    ds = dataset_store.opened(dataset)
     src, tgts, subjects = _pairs(ds, info.source, info.targets, split)
     if src.shape[1:3] != info.image_shape or src.shape[3] != info.channels:
         raise InputError(

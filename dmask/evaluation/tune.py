@@ -35,16 +35,6 @@ logger = logging.getLogger(__name__)
 VALIDATION = "validation"
 
 
-def _open(dataset: xr.Dataset | str | os.PathLike) -> xr.Dataset:
-    if isinstance(dataset, xr.Dataset):
-        if "dmask_path" not in dataset.encoding:
-            raise InputError(
-                "dataset must be opened with dmask.io.dataset_store.open_dataset"
-            )
-        return dataset
-    return dataset_store.open_dataset(dataset)
-
-
 def _target_names(ds: xr.Dataset, source: str, targets: Sequence[str] | None) -> list:
     if targets:
         return list(targets)
@@ -110,24 +100,7 @@ def _score_mr(
         src = dataset_store.stored_images(ds, index[0])
         tgt = {name: dataset_store.stored_images(ds, i) for name, i in index[1].items()}
     model = fit(src, tgt, field=field, lam=lam)
-    scored = evaluate(
-        model, ds, source=source, split=test_split, train_split=train_split,
-        targets=names,
-    )  # fmt: skip
-    rows = [
-        {
-            "field": int(field),
-            "lam": lam if isinstance(lam, str) else float(lam),
-            "expression": row["expression"],
-            "n_train": src.shape[0],
-            "n_test": row["n_test"],
-            "mse": row["mse_mr"],
-            "psnr": row["psnr_mr"],
-        }
-        for row in scored
-        if row["expression"] != "mean"
-    ]
-    return [*rows, _mean_row(rows)]
+    return _scored_rows(model, ds, source, names, test_split, field, lam, train_split)
 
 
 def tune(
@@ -183,7 +156,7 @@ def tune(
         and ``best`` (True on the mean row of least MSE; see
         :func:`best_setting`).
     """
-    ds = _open(dataset)
+    ds = dataset_store.opened(dataset)
     names = _target_names(ds, source, targets)
     if not fields or not lams:
         raise InputError("fields and lams must each hold at least one value")
@@ -231,9 +204,11 @@ def _scored_rows(
     split: str,
     field: int,
     lam: float | str,
+    train_split: str = "train",
 ) -> list[dict[str, Any]]:
+    """Rows of a trained model's test MSE and PSNR per expression, and their mean."""
     scored = evaluate(
-        model, ds, source=source, split=split, train_split="train", targets=names
+        model, ds, source=source, split=split, train_split=train_split, targets=names
     )
     rows = [
         {
@@ -467,7 +442,7 @@ def training_size_curve(
     check_settings(field, lam, "minmax")
     if include_full_ridge and isinstance(lam, str):
         raise InputError(f"full ridge regression needs a numeric lam, got {lam!r}")
-    ds = _open(dataset)
+    ds = dataset_store.opened(dataset)
     names = _target_names(ds, source, targets)
     if not sizes or any(
         isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1

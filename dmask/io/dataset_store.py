@@ -27,6 +27,7 @@ __all__ = [
     "compact_index",
     "create_dataset_template",
     "open_dataset",
+    "opened",
     "other_expressions",
     "pair_indices",
     "read_images",
@@ -129,6 +130,17 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
         raise StoreError(f"dataset store {path} is empty (no samples)")
     ds.encoding["dmask_path"] = store_path(path)
     return ds
+
+
+def opened(dataset: xr.Dataset | str | os.PathLike) -> xr.Dataset:
+    """A dataset store opened by :func:`open_dataset` (a path is opened)."""
+    if isinstance(dataset, xr.Dataset):
+        if "dmask_path" not in dataset.encoding:
+            raise StoreError(
+                "dataset must be opened with dmask.io.dataset_store.open_dataset"
+            )
+        return dataset
+    return open_dataset(dataset)
 
 
 def other_expressions(ds: xr.Dataset, source: str) -> list[str]:
