@@ -35,6 +35,7 @@ from dmask.core import _engine, alignment, minmax, sufficient
 from dmask.core.planning import (
     FitPlan,
     check_field,
+    format_bytes,
     plan_tiles,
     prediction_tile_shape,
     tile_grid,
@@ -258,7 +259,12 @@ def _fit_keeping(
     method: str,
     resume: bool,
     landmarks: Mapping[str, Any] | None,
-    **solve_options: Any,
+    lam_grid: Sequence[float] | None,
+    store: str | os.PathLike | None,
+    overwrite: bool,
+    tile_shape: tuple[int, int] | None,
+    sample_block: int | None,
+    memory_limit: int | None,
 ) -> Model:
     """:func:`fit` with ``statistics``: keep the sums, then solve from them."""
     if resume:
@@ -288,18 +294,17 @@ def _fit_keeping(
         else [f"sample-{i:06d}" for i in range(n)]
     )
     landmarks = _landmarks_of(sources, landmarks)
-    options = {k: solve_options.pop(k) for k in ("tile_shape", "sample_block")}
-    memory_limit = solve_options.pop("memory_limit")
     info = accumulate(
         sources, named, statistics, field=int(largest), subjects=subjects,
         subject_folds=np.zeros(n, dtype=np.int64), normalize=normalize,
-        attrs={"landmarks": landmarks} if landmarks else None,
-        overwrite=solve_options["overwrite"], memory_limit=memory_limit,
-        inputs_of_run=[solve_options["store"]], **options,
+        attrs={"landmarks": landmarks} if landmarks else None, overwrite=overwrite,
+        tile_shape=tile_shape, sample_block=sample_block, memory_limit=memory_limit,
+        inputs_of_run=[store],
     )  # fmt: skip
     return solve_statistics(
-        info, int(field), lam, single_target=single, **solve_options
-    )
+        info, int(field), lam, lam_grid=lam_grid, store=store, overwrite=overwrite,
+        single_target=single,
+    )  # fmt: skip
 
 
 def _landmarks_of(
@@ -409,31 +414,47 @@ def _fit_planned(
         logger.info("model written to %s", store)
         return open_model(store)
 
-    k = field * field
-    weight = np.empty((len(names), height, width, channels, k))
-    bias = np.empty((len(names), height, width, channels))
-    lam_map = np.empty((len(names), height, width, channels)) if lam_grid else None
-    arrays = (weight, bias) if lam_map is None else (weight, bias, lam_map)
     # In this process the tasks place their tiles in the arrays, in parallel.
-    local = runtime.runs_locally(src, *tgts.values())
-    tasks = training.fit_tiles(
-        src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
-        lam_grid=lam_grid, arrays=arrays if local else None,
+    return _held_model(
+        names, (height, width), channels, field, plan.tiles, attrs,
+        bool(lam_grid), runtime.runs_locally(src, *tgts.values()),
+        lambda arrays: training.fit_tiles(
+            src, list(tgts.values()), source_bounds, target_bounds, plan, field,
+            lam, lam_grid=lam_grid, arrays=arrays,
+        ),
     )  # fmt: skip
-    results = taskgraph.run(tasks)
+
+
+def _held_model(
+    names: Sequence[str],
+    image_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    tiles: Sequence[Any],
+    attrs: dict[str, Any],
+    with_lam_map: bool,
+    local: bool,
+    make_tasks: Any,
+) -> Model:
+    """A model held in memory, its tiles solved by ``make_tasks(arrays)``' tasks.
+
+    Run in this process (``local``), the tasks place their tiles in the arrays
+    themselves; otherwise ``make_tasks(None)``'s results are placed here.
+    """
+    height, width = image_shape
+    shape = (len(names), height, width, channels)
+    weight, bias = np.empty((*shape, field * field)), np.empty(shape)
+    lam_map = np.empty(shape) if with_lam_map else None
+    arrays = (weight, bias) if lam_map is None else (weight, bias, lam_map)
+    results = taskgraph.run(make_tasks(arrays if local else None))
     if not local:
-        for tile, solution in zip(plan.tiles, results, strict=True):
+        for tile, solution in zip(tiles, results, strict=True):
             fit_tasks.place_tile(arrays, tile, solution)
-    grid = (plan.tiles[-1].index[0] + 1, plan.tiles[-1].index[1] + 1)
+    grid = (tiles[-1].index[0] + 1, tiles[-1].index[1] + 1)
     dataset = model_store.model_dataset(
-        weight,
-        bias,
-        names,
-        field,
-        np.ones(grid, dtype="u1"),
-        {**attrs, "complete": True},
-        lam_map=lam_map,
-    )
+        weight, bias, list(names), field, np.ones(grid, dtype="u1"),
+        {**attrs, "complete": True}, lam_map=lam_map,
+    )  # fmt: skip
     return Model(dataset)
 
 
@@ -445,7 +466,7 @@ def subject_fingerprints(digests: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
-def _bounds_and_fingerprints(
+def bounds_and_fingerprints(
     images: Sequence[Any], labels: Sequence[str]
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
     """Per-sample min-max bounds of every image set, and per-pair fingerprints."""
@@ -469,7 +490,7 @@ def _narrow(images: Any, index: np.ndarray) -> Any:
     return images[index]
 
 
-def _fold_inputs(
+def fold_inputs(
     src: Any,
     tgts: Sequence[Any],
     bounds: Sequence[tuple[np.ndarray, np.ndarray]] | None,
@@ -542,7 +563,7 @@ def accumulate(
         memory_limit, "displacement", None,
     )  # fmt: skip
     labels = ["sources", *(f"targets[{name!r}]" for name in names)]
-    bounds, fingerprints = _bounds_and_fingerprints([src, *tgts], labels)
+    bounds, fingerprints = bounds_and_fingerprints([src, *tgts], labels)
     counts = np.bincount(folds, minlength=n_folds)
     store = locations.store_path(out)
     settings = {
@@ -567,16 +588,11 @@ def accumulate(
         )  # fmt: skip
         use = bounds if normalize == "minmax" else None
         tasks = keep_tiles(
-            _fold_inputs(src, tgts, use, folds, range(n_folds)), plan.tiles,
+            fold_inputs(src, tgts, use, folds, range(n_folds)), n_folds, plan.tiles,
             (height, width), field, plan.sample_block, written,
         )  # fmt: skip
-        try:
+        with stores.finished_or_discarded(written):  # never a half-kept store
             taskgraph.run(tasks)
-        except BaseException:
-            if stores.replaced_path(written) is None:
-                stores.discard_store(written)  # never a half-kept store left
-            raise
-        stores.finalize_store(written)
     logger.info("statistics written to %s", store)
     return statistics_info(store)
 
@@ -584,8 +600,6 @@ def accumulate(
 def _size_text(
     image_shape: tuple[int, int], channels: int, field: int, n_targets: int, folds: int
 ) -> str:
-    from dmask.core.planning import format_bytes
-
     size = folds * sufficient.statistics_bytes(image_shape, channels, field, n_targets)
     return f"{format_bytes(size)} of sums"
 
@@ -692,17 +706,7 @@ def solve_statistics(
         "solving r = %d, lam = %s from %s (%d pairs in %d fold(s)): %d tiles",
         field, lam, info.path, count, len(folds), len(tiles),
     )  # fmt: skip
-    args = (
-        info.path,
-        folds,
-        tiles,
-        info.image_shape,
-        info.field,
-        field,
-        count,
-        lam,
-        grid,
-    )
+    args = (info.path, folds, tiles, info.image_shape, info.field, field, count)
     if store is not None:
         path = locations.store_path(store)
         with locks.output_lock(path):
@@ -710,33 +714,15 @@ def solve_statistics(
                 path, info.targets, info.image_shape, info.channels, field,
                 info.tile_shape, attrs, overwrite=overwrite, lam_map=grid is not None,
             )  # fmt: skip
-            try:
-                taskgraph.run(solve_tiles(*args, store=written))
-            except BaseException:
-                if stores.replaced_path(written) is None:
-                    stores.discard_store(written)
-                raise
-            stores.finalize_store(written)
+            with stores.finished_or_discarded(written):
+                taskgraph.run(solve_tiles(*args, lam, grid, store=written))
         logger.info("model written to %s", path)
         return open_model(path)
-    n_targets, k = len(info.targets), field * field
-    weight = np.empty((n_targets, height, width, info.channels, k))
-    bias = np.empty((n_targets, height, width, info.channels))
-    lam_map = None if grid is None else np.empty_like(bias)
-    arrays = (weight, bias) if lam_map is None else (weight, bias, lam_map)
-    local = runtime.runs_locally()
-    results = taskgraph.run(solve_tiles(*args, arrays=arrays if local else None))
-    if not local:
-        from dmask.graph.fit_tasks import place_tile
-
-        for tile, solution in zip(tiles, results, strict=True):
-            place_tile(arrays, tile, solution)
-    grid_shape = (tiles[-1].index[0] + 1, tiles[-1].index[1] + 1)
-    dataset = model_store.model_dataset(
-        weight, bias, info.targets, field, np.ones(grid_shape, dtype="u1"),
-        {**attrs, "complete": True}, lam_map=lam_map,
+    return _held_model(
+        info.targets, info.image_shape, info.channels, field, tiles, attrs,
+        grid is not None, runtime.runs_locally(),
+        lambda arrays: solve_tiles(*args, lam, grid, arrays=arrays),
     )  # fmt: skip
-    return Model(dataset)
 
 
 def _block_budget() -> int:

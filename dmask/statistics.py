@@ -29,9 +29,9 @@ from dmask.io.statistics_store import (
     statistics_info,
 )
 from dmask.model import (
-    _bounds_and_fingerprints,
-    _fold_inputs,
     accumulate,
+    bounds_and_fingerprints,
+    fold_inputs,
     subject_fingerprints,
 )
 from dmask.model import solve_statistics as solve
@@ -161,7 +161,7 @@ def update(
         )
     labels = ["sources", *(f"targets[{n!r}]" for n in info.targets)]
     arrays = [src, *tgts.values()]
-    bounds, fingerprints = _bounds_and_fingerprints(arrays, labels)
+    bounds, fingerprints = bounds_and_fingerprints(arrays, labels)
     seen = dict(zip(info.fingerprints.tolist(), info.subjects.tolist(), strict=True))
     repeated = [
         (name, seen[f])
@@ -199,17 +199,13 @@ def update(
         )  # fmt: skip
         use = bounds if info.normalize == "minmax" else None
         tasks = keep_tiles(
-            _fold_inputs(src, list(tgts.values()), use, new_folds, range(info.folds)),
-            plan_tiles(info.image_shape, info.tile_shape), info.image_shape,
-            info.field, int(info.attrs["sample_block"]), written, base=info.path,
-            base_folds=range(info.folds),
+            fold_inputs(src, list(tgts.values()), use, new_folds, range(info.folds)),
+            info.folds, plan_tiles(info.image_shape, info.tile_shape),
+            info.image_shape, info.field, int(info.attrs["sample_block"]), written,
+            base=info.path,
         )  # fmt: skip
-        try:
+        with stores.finished_or_discarded(written):  # the old store stays whole
             taskgraph.run(tasks)
-        except BaseException:
-            stores.discard_store(written)  # the old store stays as it was
-            raise
-        stores.finalize_store(written)
     logger.info("statistics updated in %s", info.path)
     return statistics_info(info.path)
 

@@ -60,10 +60,11 @@ def run_solve(args: argparse.Namespace) -> None:
 
 
 def run_update(args: argparse.Namespace) -> None:
+    from dmask.io.locations import same_store
     from dmask.statistics import open_statistics, update
 
     before = open_statistics(args.statistics)
-    if args.dataset.rstrip("/") == args.statistics.rstrip("/"):
+    if same_store(args.dataset, args.statistics):
         raise DmaskError("the dataset and the statistics store are the same path")
     with _cluster(args) as client:
         started = time.perf_counter()

@@ -24,7 +24,7 @@ from dmask.evaluation.baselines import FullRidge
 from dmask.evaluation.evaluate import evaluate
 from dmask.evaluation.metrics import psnr
 from dmask.graph import inputs
-from dmask.io import dataset_store
+from dmask.io import dataset_store, locations
 from dmask.model import fit
 
 __all__ = ["best_setting", "training_size_curve", "tune"]
@@ -267,7 +267,7 @@ def _tune_from_statistics(
     largest = max(int(f) for f in fields)
     with tempfile.TemporaryDirectory(prefix="dmask-tune-") as scratch:
         path = statistics or os.path.join(scratch, "statistics.zarr")
-        if os.path.exists(path) if "://" not in str(path) else False:
+        if not locations.is_local(path) or os.path.exists(path):
             info = open_statistics(path)
             if folds is not None and info.folds != folds:
                 raise InputError(

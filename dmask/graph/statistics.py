@@ -45,17 +45,16 @@ def keep_tile(
     field: int,
     stats: Any,
     base: str | None,
-    base_fold: int,
 ) -> tuple[int, int, int]:
-    """Task: write one fold's sums of a tile, plus those of ``base`` if given.
+    """Task: write one fold's sums of a tile, plus the same fold's of ``base``.
 
     ``stats`` is the tile's :class:`~dmask.core.displacement.TileStatistics`
     (None: nothing new for this fold, so only the base's sums are copied).
     """
     inner = (slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
     parts = None if stats is None else sufficient.image_parts(stats, field, tile, grown)
-    if base is not None and base_fold >= 0:
-        old = read_statistics_window(base, [base_fold], *inner, inner)
+    if base is not None:
+        old = read_statistics_window(base, [fold], *inner, inner)
         parts = old if parts is None else {k: old[k] + parts[k] for k in parts}
     assert parts is not None
     return write_statistics_tile(path, tile, fold, parts)
@@ -63,27 +62,26 @@ def keep_tile(
 
 def keep_tiles(
     folds: Sequence[FoldInputs],
+    n_folds: int,
     tiles: Sequence[Tile],
     image_shape: tuple[int, int],
     field: int,
     sample_block: int,
     store: str | os.PathLike,
     base: str | None = None,
-    base_folds: Sequence[int] = (),
 ) -> list[Any] | LocalTasks:
     """Tasks that sum every fold's pairs tile by tile and write them to ``store``.
 
     Each fold's samples are summed in blocks of ``sample_block`` as training
     sums them (the same blocks, so the same sums). With ``base`` (an update),
-    fold ``i`` of the new store is fold ``base_folds[i]`` of ``base`` plus the
-    new pairs of ``folds`` given for ``i`` (a fold with none is copied).
+    each of the ``n_folds`` folds of the new store is the same fold of ``base``
+    plus the new pairs ``folds`` give it (a fold given none is copied).
     """
     halo_width = field // 2
     images = [f.sources for f in folds] + [t for f in folds for t in f.targets]
     local = runs_locally(*images)
     tasks = GraphMaker() if local else TaskMaker()
     given = {f.fold: f for f in folds}
-    n_folds = max([*given, len(base_folds) - 1]) + 1
     blocks = {}
     for f in folds:
         blocks[f.fold] = []
@@ -105,7 +103,6 @@ def keep_tiles(
         rows, cols, padding = grown.halo(halo_width, image_shape)
         inner = slice(grown.y0, grown.y1), slice(grown.x0, grown.x1)
         for fold in range(n_folds):
-            base_fold = base_folds[fold] if fold < len(base_folds) else -1
             total = None
             if fold in given:
                 f = given[fold]
@@ -121,17 +118,7 @@ def keep_tiles(
                     )  # fmt: skip
                 total = tree_sum(parts, tasks)
             results.append(
-                tasks(
-                    keep_tile,
-                    str(store),
-                    tile,
-                    grown,
-                    fold,
-                    field,
-                    total,
-                    base,
-                    base_fold,
-                )
+                tasks(keep_tile, str(store), tile, grown, fold, field, total, base)
             )
     return tasks.results(results)
 

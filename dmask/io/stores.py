@@ -36,6 +36,7 @@ __all__ = [
     "channel_names",
     "discard_store",
     "finalize_store",
+    "finished_or_discarded",
     "prepare_output",
     "quiet_zarr",
     "replaced_path",
@@ -219,6 +220,21 @@ def prepare_output(
         "writing beside %s; it is replaced when the new store is complete", path
     )
     return staged
+
+
+@contextlib.contextmanager
+def finished_or_discarded(written: str | os.PathLike) -> Iterator[None]:
+    """Finalise the store ``written`` after the block, or remove it if it fails.
+
+    For stores written whole in one run (no resume): a failure never leaves a
+    half-written store, and a staging store's old output stays as it was.
+    """
+    try:
+        yield
+    except BaseException:
+        discard_store(written)
+        raise
+    finalize_store(written)
 
 
 def open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.Dataset:
