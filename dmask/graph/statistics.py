@@ -123,26 +123,6 @@ def keep_tiles(
     return tasks.results(results)
 
 
-def tile_statistics(
-    path: str,
-    folds: Sequence[int],
-    tile: Tile,
-    image_shape: tuple[int, int],
-    largest: int,
-    field: int,
-    count: int,
-) -> Any:
-    """One tile's statistics at ``field``, summed over ``folds`` of a store."""
-    rows, cols, padding = tile.halo(field // 2, image_shape)
-    inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
-    window = read_statistics_window(
-        path, folds, rows, cols, inner,
-        displacement=sufficient.displacement_subset(field, largest),
-        offsets=sufficient.offset_subset(field, largest),
-    )  # fmt: skip
-    return sufficient.field_statistics(window, count, field, field, padding)
-
-
 def solve_stored(
     path: str,
     folds: Sequence[int],
@@ -154,8 +134,16 @@ def solve_stored(
     lam: float | str,
     grid: Sequence[float] | None,
 ) -> tuple[np.ndarray, ...]:
-    """Task: read one tile's statistics from a store and solve it."""
-    stats = tile_statistics(path, folds, tile, image_shape, largest, field, count)
+    """Task: one tile's statistics at ``field``, summed over ``folds`` of a
+    store for ``largest``, solved."""
+    rows, cols, padding = tile.halo(field // 2, image_shape)
+    inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
+    window = read_statistics_window(
+        path, folds, rows, cols, inner,
+        displacement=sufficient.displacement_subset(field, largest),
+        offsets=sufficient.offset_subset(field, largest),
+    )  # fmt: skip
+    stats = sufficient.field_statistics(window, count, field, field, padding)
     return solve(stats, tile, image_shape, field, lam, grid)
 
 
