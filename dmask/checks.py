@@ -6,6 +6,7 @@ setting or the data at fault.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -138,7 +139,14 @@ def _checked_plan(
     method: str,
     lam_grid: tuple[float, ...] | None,
 ) -> FitPlan:
-    """The fit's plan, refused if it cannot finish (too many or too large tasks)."""
+    """The fit's plan, refused if it cannot finish (too many or too large tasks).
+
+    ``method="joint"`` (the joint colour mode) is planned as displacement sums
+    of ``C * C`` channel pairs, which its sums are.
+    """
+    joint = method == "joint"
+    if joint:
+        channels, method = channels * channels, "displacement"
     memory = runtime.thread_memory()  # one question to the scheduler
     per_thread = memory[0]
     if memory_limit is None:  # the planner aims below what a thread has
@@ -156,7 +164,7 @@ def _checked_plan(
         n_lams=len(lam_grid) if lam_grid else 0,
     )
     check_plan(plan, options.get("max-tasks"), per_thread, selecting=bool(lam_grid))
-    return plan
+    return dataclasses.replace(plan, method="joint") if joint else plan
 
 
 #: Attributes that must match for a run to resume another's store.

@@ -125,9 +125,15 @@ def export_reference(
     ------
     InputError
         ``out_dir`` exists and ``overwrite`` is false, ``target`` is unknown, or
-        a sparse model reads across channels (the format is per channel).
+        the model reads across channels (a joint colour model, or such a sparse
+        model: the format is per channel).
     """
     check_choice("naming", naming, NAMINGS)
+    if model.dataset.attrs.get("channel_mode") == "joint" and model.channels > 1:
+        raise InputError(
+            "a joint colour model reads every input channel for each output channel; "
+            "the reference format has one matrix per channel, so it cannot hold it"
+        )
     if channel_order is None:
         channel_order = "bgr" if naming == "reference" else "rgb"
     check_choice("channel_order", channel_order, CHANNEL_ORDERS)

@@ -73,6 +73,7 @@ def fit(
     landmarks: Mapping[str, Any] | None = None,
     statistics: str | os.PathLike | None = None,
     statistics_field: int | None = None,
+    channels: str = "independent",
 ) -> Model:
     """Train masked ridge regression.
 
@@ -130,19 +131,30 @@ def fit(
         default); the model is then solved from it
         (:func:`dmask.statistics.solve`), equal to training without it.
         Subjects are the ``subject`` coordinate of ``sources`` when it has one.
+    channels : {"independent", "joint"}
+        Each output channel regresses on the window in its own channel (the
+        paper's model), or in all channels (``k = r * r * C`` weights per output
+        value, one Gram matrix per pixel shared by every channel and target;
+        :mod:`dmask.core.joint`). Joint models store ``k`` offset-major with an
+        ``input_channel`` coordinate and are predicted, tuned and solved like
+        the others; the per-channel reference format cannot hold them.
 
     Returns
     -------
     Model
     """
     check_settings(field, lam, normalize)
+    if channels not in model_store.CHANNEL_MODES:
+        raise InputError(
+            f"channels must be one of {model_store.CHANNEL_MODES}, got {channels!r}"
+        )
     if statistics is not None:
         return _fit_keeping(
             sources, targets, field, lam, normalize, lam_grid=lam_grid, store=store,
             overwrite=overwrite, tile_shape=tile_shape, sample_block=sample_block,
             memory_limit=memory_limit, method=method, resume=resume,
             landmarks=landmarks, statistics=statistics,
-            statistics_field=statistics_field,
+            statistics_field=statistics_field, channels=channels,
         )  # fmt: skip
     if statistics_field is not None:
         raise InputError("statistics_field is only used with statistics")
@@ -150,6 +162,10 @@ def fit(
         raise InputError(
             f"method must be 'auto', 'covariance' or 'displacement', got {method!r}"
         )
+    if channels == "joint":
+        if method == "covariance":
+            raise InputError("the joint colour mode sums displacements: method 'auto'")
+        method = "joint"
     _check_positive("tile_shape", tile_shape)
     _check_positive("sample_block", sample_block)
     selecting = isinstance(lam, str) and lam in LAM_SELECTIONS
@@ -159,7 +175,7 @@ def fit(
             raise InputError(
                 f"lam={lam!r} needs method 'auto' or 'displacement', not 'covariance'"
             )
-        method = "displacement"
+        method = "joint" if method == "joint" else "displacement"
     elif lam_grid is not None:
         raise InputError("lam_grid is only used with lam='loo' or lam='gcv'")
     else:
@@ -265,6 +281,7 @@ def _fit_keeping(
     tile_shape: tuple[int, int] | None,
     sample_block: int | None,
     memory_limit: int | None,
+    channels: str,
 ) -> Model:
     """:func:`fit` with ``statistics``: keep the sums, then solve from them."""
     if resume:
@@ -299,7 +316,7 @@ def _fit_keeping(
         subject_folds=np.zeros(n, dtype=np.int64), normalize=normalize,
         attrs={"landmarks": landmarks} if landmarks else None, overwrite=overwrite,
         tile_shape=tile_shape, sample_block=sample_block, memory_limit=memory_limit,
-        inputs_of_run=[store],
+        inputs_of_run=[store], channels=channels,
     )  # fmt: skip
     return solve_statistics(
         info, int(field), lam, lam_grid=lam_grid, store=store, overwrite=overwrite,
@@ -385,6 +402,7 @@ def _fit_planned(
         kernels="numba" if _engine.enabled() else "numpy",
         lam_grid=tuple(lam_grid) if lam_grid else None,
         landmarks=landmarks,
+        **model_store.channel_attrs(plan.method == "joint"),
     ).to_dict()
     if store is not None:
         if previous is not None:
@@ -443,7 +461,8 @@ def _held_model(
     """
     height, width = image_shape
     shape = (len(names), height, width, channels)
-    weight, bias = np.empty((*shape, field * field)), np.empty(shape)
+    k = model_store.features(field, channels, attrs.get("channel_mode", ""))
+    weight, bias = np.empty((*shape, k)), np.empty(shape)
     lam_map = np.empty(shape) if with_lam_map else None
     arrays = (weight, bias) if lam_map is None else (weight, bias, lam_map)
     results = taskgraph.run(make_tasks(arrays if local else None))
@@ -534,19 +553,26 @@ def accumulate(
     sample_block: int | None = None,
     memory_limit: int | None = None,
     inputs_of_run: Sequence[str | None] = (),
+    channels: str = "independent",
 ) -> StatisticsInfo:
     """Sum training pairs (arrays or stored images) into a statistics store.
 
     One sample per subject: ``subjects[i]`` is the pair ``sources[i]``,
-    ``targets[name][i]``, in fold ``subject_folds[i]``.
+    ``targets[name][i]``, in fold ``subject_folds[i]``. ``channels="joint"``
+    keeps the joint colour mode's sums (see :func:`fit`).
     """
+    if channels not in model_store.CHANNEL_MODES:
+        raise InputError(
+            f"channels must be one of {model_store.CHANNEL_MODES}, got {channels!r}"
+        )
+    joint = channels == "joint"
     check_settings(field, 0.4, normalize)
     if int(n_folds) < 1:
         raise InputError(f"folds must be at least 1, got {n_folds}")
     src = inputs.as_image_source(sources, "sources", keep_numpy=True)
     names = list(targets)
     tgts = [inputs.as_image_source(targets[n], f"targets[{n!r}]", True) for n in names]
-    n, height, width, channels = src.shape
+    n, height, width, nc = src.shape
     for name, array in zip(names, tgts, strict=True):
         if array.shape != src.shape:
             raise InputError(
@@ -559,8 +585,8 @@ def accumulate(
     if folds.size and (folds.min() < 0 or folds.max() >= n_folds):
         raise InputError(f"subject folds must be in 0..{n_folds - 1}")
     plan = _checked_plan(
-        n, (height, width), channels, field, len(names), tile_shape, sample_block,
-        memory_limit, "displacement", None,
+        n, (height, width), nc, field, len(names), tile_shape, sample_block,
+        memory_limit, "joint" if joint else "displacement", None,
     )  # fmt: skip
     labels = ["sources", *(f"targets[{name!r}]" for name in names)]
     bounds, fingerprints = bounds_and_fingerprints([src, *tgts], labels)
@@ -576,20 +602,20 @@ def accumulate(
     logger.info(
         "keeping the statistics of %d pairs of %dx%dx%d for r <= %d in %d fold(s): "
         "%d tiles of %s, %s",
-        n, height, width, channels, field, n_folds, len(plan.tiles), plan.tile_shape,
-        _size_text((height, width), channels, field, len(names), n_folds),
+        n, height, width, nc, field, n_folds, len(plan.tiles), plan.tile_shape,
+        _size_text((height, width), nc, field, len(names), n_folds, joint),
     )  # fmt: skip
     with locks.output_lock(store):
         written = create_statistics_template(
-            store, names, (height, width), channels, field, plan.tile_shape, counts,
+            store, names, (height, width), nc, field, plan.tile_shape, counts,
             {"subject": list(subjects), "subject_fold": folds,
              "fingerprint": fingerprints},
-            settings, overwrite=overwrite, inputs=list(inputs_of_run),
+            settings, overwrite=overwrite, inputs=list(inputs_of_run), joint=joint,
         )  # fmt: skip
         use = bounds if normalize == "minmax" else None
         tasks = keep_tiles(
             fold_inputs(src, tgts, use, folds, range(n_folds)), n_folds, plan.tiles,
-            (height, width), field, plan.sample_block, written,
+            (height, width), field, plan.sample_block, written, joint=joint,
         )  # fmt: skip
         with stores.finished_or_discarded(written):  # never a half-kept store
             taskgraph.run(tasks)
@@ -598,9 +624,16 @@ def accumulate(
 
 
 def _size_text(
-    image_shape: tuple[int, int], channels: int, field: int, n_targets: int, folds: int
+    image_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    n_targets: int,
+    folds: int,
+    joint: bool,
 ) -> str:
-    size = folds * sufficient.statistics_bytes(image_shape, channels, field, n_targets)
+    size = folds * sufficient.statistics_bytes(
+        image_shape, channels, field, n_targets, joint
+    )
     return f"{format_bytes(size)} of sums"
 
 
@@ -697,9 +730,10 @@ def solve_statistics(
         single_target=bool(single_target) and len(info.targets) == 1,
         training_fingerprint=fingerprint[:16], tile_shape=info.tile_shape,
         sample_block=int(info.attrs.get("sample_block", 0)) or None,
-        statistics_method="displacement",
+        statistics_method="joint" if info.joint else "displacement",
         kernels="numba" if _engine.enabled() else "numpy",
         lam_grid=tuple(grid) if grid else None, landmarks=info.attrs.get("landmarks"),
+        **model_store.channel_attrs(info.joint),
     ).to_dict()  # fmt: skip
     attrs["statistics"] = info.path
     logger.info(
@@ -715,13 +749,15 @@ def solve_statistics(
                 info.tile_shape, attrs, overwrite=overwrite, lam_map=grid is not None,
             )  # fmt: skip
             with stores.finished_or_discarded(written):
-                taskgraph.run(solve_tiles(*args, lam, grid, store=written))
+                taskgraph.run(
+                    solve_tiles(*args, lam, grid, store=written, joint=info.joint)
+                )
         logger.info("model written to %s", path)
         return open_model(path)
     return _held_model(
         info.targets, info.image_shape, info.channels, field, tiles, attrs,
         grid is not None, runtime.runs_locally(),
-        lambda arrays: solve_tiles(*args, lam, grid, arrays=arrays),
+        lambda arrays: solve_tiles(*args, lam, grid, arrays=arrays, joint=info.joint),
     )  # fmt: skip
 
 

@@ -83,6 +83,7 @@ def keep_statistics(
     tile_shape: tuple[int, int] | None = None,
     sample_block: int | None = None,
     memory_limit: int | None = None,
+    channels: str = "independent",
 ) -> StatisticsInfo:
     """Sum a dataset store's training pairs once into a statistics store.
 
@@ -108,8 +109,9 @@ def keep_statistics(
         As in :func:`dmask.fit`.
     overwrite : bool
         Replace an existing store (only once the new one is complete).
-    tile_shape, sample_block, memory_limit
-        As in :func:`dmask.fit`.
+    tile_shape, sample_block, memory_limit, channels
+        As in :func:`dmask.fit` (``channels="joint"``: the joint colour mode's
+        sums, for joint models).
 
     Returns
     -------
@@ -133,6 +135,7 @@ def keep_statistics(
                **_landmarks_attrs(ds)},
         overwrite=overwrite, tile_shape=tile_shape, sample_block=sample_block,
         memory_limit=memory_limit, inputs_of_run=[ds.encoding["dmask_path"]],
+        channels=channels,
     )  # fmt: skip
 
 
@@ -195,14 +198,14 @@ def update(
             {"subject": [*info.subjects.tolist(), *subjects],
              "subject_fold": np.concatenate([info.subject_folds, new_folds]),
              "fingerprint": [*info.fingerprints.tolist(), *fingerprints]},
-            settings, overwrite=True,
+            settings, overwrite=True, joint=info.joint,
         )  # fmt: skip
         use = bounds if info.normalize == "minmax" else None
         tasks = keep_tiles(
             fold_inputs(src, list(tgts.values()), use, new_folds, range(info.folds)),
             info.folds, plan_tiles(info.image_shape, info.tile_shape),
             info.image_shape, info.field, int(info.attrs["sample_block"]), written,
-            base=info.path,
+            base=info.path, joint=info.joint,
         )  # fmt: skip
         with stores.finished_or_discarded(written):  # the old store stays whole
             taskgraph.run(tasks)
@@ -212,6 +215,6 @@ def update(
 
 #: Attributes a statistics store template sets itself.
 _STORE_KEYS = (
-    "format", "format_version", "field", "height", "width", "channels",
+    "format", "format_version", "field", "height", "width", "channels", "channel_mode",
     "tile_shape", "complete", "chunk_manifest",
 )  # fmt: skip

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     compare.add_argument(
         "--methods",
         help="comma-separated subset of mr, full_ridge, reduced_rank, kernel_ridge, "
-        "lasso, omp, identity, mean_difference",
+        "lasso, omp, identity, mean_difference (the default), and mr_joint: MR in the "
+        "joint colour mode",
     )
     compare.add_argument("--rank", type=_positive_int, help="reduced-rank q")
     compare.add_argument("--csv", help="write the rows as CSV here")
@@ -38,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     compare.add_argument(
         "--save-models",
         metavar="FOLDER",
-        help="save MR (mr_r<r>.zarr) and the lasso and OMP baselines (lasso.zarr, "
+        help="save MR (mr_r<r>.zarr, mr_joint_r<r>.zarr) and the lasso and OMP "
+        "baselines (lasso.zarr, "
         "omp.zarr: sparse models) as model stores for dmask apply",
     )
     _add_cluster_options(compare)

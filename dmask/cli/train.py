@@ -46,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=["auto", "covariance", "displacement"],
         help="how statistics are accumulated (same model either way)",
     )
+    train.add_argument(
+        "--channels",
+        default="independent",
+        choices=["independent", "joint"],
+        help="each output channel reads its own channel's window, or every channel's",
+    )
     train.add_argument("--overwrite", action="store_true")
     train.add_argument(
         "--resume",
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> None:
                 resume=args.resume,
                 lam_grid=args.lam_grid,
                 landmarks=ds.attrs.get("landmarks"),
+                channels=args.channels,
             )
         height, width = model.image_shape
         pixels = height * width * model.channels * len(model.targets)
@@ -164,7 +171,7 @@ def _train_keeping(args: argparse.Namespace, ds: object, targets: list[str]) -> 
         field=args.statistics_field or args.field, folds=args.statistics_folds,
         split=args.split or None, normalize=args.normalize, overwrite=args.overwrite,
         tile_shape=tuple(args.tile) if args.tile else None,
-        sample_block=args.sample_block,
+        sample_block=args.sample_block, channels=args.channels,
     )  # fmt: skip
     print(f"statistics: {args.keep_statistics}")
     return solve(

@@ -19,7 +19,9 @@ def apply_tile(
     halo : numpy.ndarray
         ``(n, h + 2b, w + 2b, C)`` normalised, zero-padded source halo block.
     weights : numpy.ndarray
-        ``(T, h, w, C, r * r)``.
+        ``(T, h, w, C, r * r)``, or ``(T, h, w, C, r * r * C)`` in the joint
+        colour mode (:mod:`dmask.core.joint`: each output channel reads the
+        window in every channel).
     bias : numpy.ndarray
         ``(T, h, w, C)``.
     field : int
@@ -35,6 +37,12 @@ def apply_tile(
     out = np.empty((n_targets, n, h, w, nc))
     out[:] = np.asarray(bias, dtype=np.float64)[:, None]
     offsets = window_offsets(field) + field // 2
+    if weights.shape[-1] != len(offsets):  # joint: offset-major, channel last
+        per = weights.reshape(n_targets, h, w, nc, len(offsets), -1)
+        for a, (oy, ox) in enumerate(offsets):
+            window = halo[:, oy : oy + h, ox : ox + w]
+            out += np.einsum("tyxce,nyxe->tnyxc", per[..., a, :], window)
+        return out
     for a, (oy, ox) in enumerate(offsets):
         window = halo[:, oy : oy + h, ox : ox + w]
         out += weights[:, None, :, :, :, a] * window[None]

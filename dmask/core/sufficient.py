@@ -15,6 +15,9 @@ Image layout, for an ``(H, W, C)`` image and ``T`` targets:
 ``cross_sums``     ``(T, r_max^2, H, W, C)``: ``sum_n x(p + u) t(p)``.
 ``target_sums``    ``(T, H, W, C)``: ``sum_n t(p)``.
 ``target_squares`` ``(T, H, W, C)``: ``sum_n t(p)^2``.
+
+In the joint colour mode (:mod:`dmask.core.joint`) ``pair_sums`` and
+``cross_sums`` have a last axis more, the other channel of each product.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from functools import cache
 import numpy as np
 
 from dmask.core.displacement import TileStatistics
+from dmask.core.joint import JointStatistics
 from dmask.core.planning import Tile
 from dmask.core.windows import displacements, window_offsets
 
@@ -79,7 +83,7 @@ def reach(tile: Tile, field: int, image_shape: tuple[int, int]) -> Tile:
 
 
 def image_parts(
-    stats: TileStatistics, field: int, tile: Tile, grown: Tile
+    stats: TileStatistics | JointStatistics, field: int, tile: Tile, grown: Tile
 ) -> dict[str, np.ndarray]:
     """``tile``'s statistics in image layout, from those of its :func:`reach`.
 
@@ -108,7 +112,8 @@ def field_statistics(
     field: int,
     largest: int,
     padding: tuple[tuple[int, int], tuple[int, int]],
-) -> TileStatistics:
+    joint: bool = False,
+) -> TileStatistics | JointStatistics:
     """One tile's statistics at ``field`` from image-layout windows at ``largest``.
 
     Parameters
@@ -123,19 +128,26 @@ def field_statistics(
         The field to solve, and the field the statistics were kept for.
     padding : tuple
         ``((top, bottom), (left, right))`` of the halo outside the image.
+    joint : bool
+        Statistics of the joint colour mode.
 
     Returns
     -------
-    TileStatistics
+    TileStatistics or JointStatistics
         Equal to the statistics of the tile accumulated at ``field``.
     """
-    (top, bottom), (left, right) = padding
-    pad = ((top, bottom), (left, right), (0, 0))
-    pairs = halo["pair_sums"][displacement_subset(field, largest)]
-    pairs = np.pad(pairs, ((0, 0), *pad)) if any(sum(pad, ())) else pairs
-    sums = np.pad(halo["sums"], pad) if any(sum(pad, ())) else halo["sums"]
+
+    def padded(array: np.ndarray, lead: int) -> np.ndarray:
+        if not any(sum(padding, ())):
+            return array
+        rest = [(0, 0)] * (array.ndim - lead - 2)
+        return np.pad(array, [(0, 0)] * lead + [*padding] + rest)
+
+    pairs = padded(halo["pair_sums"][displacement_subset(field, largest)], 1)
+    sums = padded(halo["sums"], 0)
     cross = halo["cross_sums"][:, offset_subset(field, largest)]
-    return TileStatistics(
+    kind = JointStatistics if joint else TileStatistics
+    return kind(
         np.ascontiguousarray(pairs),
         np.ascontiguousarray(sums),
         np.ascontiguousarray(cross),
@@ -146,8 +158,15 @@ def field_statistics(
 
 
 def statistics_bytes(
-    image_shape: tuple[int, int], channels: int, field: int, n_targets: int
+    image_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    n_targets: int,
+    joint: bool = False,
 ) -> int:
     """Bytes of one fold of image-layout statistics (float64) at ``field``."""
-    per_value = len(displacements(field)) + 1 + n_targets * (field * field + 2)
+    pairs = channels if joint else 1  # products with every other channel
+    per_value = (
+        len(displacements(field)) * pairs + 1 + n_targets * (field * field * pairs + 2)
+    )
     return 8 * per_value * image_shape[0] * image_shape[1] * channels

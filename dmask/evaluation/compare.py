@@ -54,6 +54,14 @@ COMPARED_METHODS = (
 )
 
 
+#: Every method compare knows: the defaults, and MR in the joint colour mode
+#: (``mr_joint``: each output channel reads the window in every channel).
+KNOWN_METHODS = (*COMPARED_METHODS, "mr_joint")
+
+#: The MR variants, with their ``channels`` setting of :func:`dmask.fit`.
+MR_MODES = {"mr": "independent", "mr_joint": "joint"}
+
+
 #: Keys of every row, in order.
 COLUMNS = (
     "method",
@@ -247,16 +255,16 @@ def _check_arguments(
 ) -> None:
     if isinstance(methods, str) or not methods:
         raise InputError("methods must be a non-empty sequence of method names")
-    known = set(COMPARED_METHODS)
+    known = set(KNOWN_METHODS)
     for method in methods:
         if method not in known:
             raise InputError(
-                f"methods has unknown method {method!r} (known: {COMPARED_METHODS})"
+                f"methods has unknown method {method!r} (known: {KNOWN_METHODS})"
             )
     if len(set(methods)) != len(methods):
         raise InputError(f"methods names a method twice: {list(methods)}")
     check_settings(3, lam, "minmax")
-    if "mr" in methods:
+    if set(MR_MODES) & set(methods):
         if isinstance(fields, (str, int)) or not fields:
             raise InputError("fields must be a non-empty sequence of odd integers")
         for field in fields:
@@ -335,14 +343,14 @@ def _images(dataset: xr.Dataset, source: str, name: str, split: str) -> Any:
     return src.data, {name: tgt[name].data}
 
 
-def _train_mr(sources: Any, targets: Any, field: int, lam: float) -> Any:
+def _train_mr(sources: Any, targets: Any, field: int, lam: float, channels: str) -> Any:
     """Fit MR and measure it on the client and every worker process."""
     client = runtime.current_client()
     if client is not None:
         client.run(sampling_start)
     try:
         with measured_memory() as usage:
-            model = fit_mr(sources, targets, field=field, lam=lam)
+            model = fit_mr(sources, targets, field=field, lam=lam, channels=channels)
     finally:
         peaks = client.run(sampling_stop) if client is not None else {}
     peak = usage["peak"] + sum(
@@ -383,7 +391,8 @@ def compare(
     lam : float
         Ridge penalty of MR, full ridge, reduced-rank and kernel ridge.
     methods : sequence of str
-        Among :data:`COMPARED_METHODS`.
+        Among :data:`KNOWN_METHODS` (by default :data:`COMPARED_METHODS`;
+        ``mr_joint`` is MR in the joint colour mode, rows ``mr_joint r=<r>``).
     rank : int, optional
         Rank of reduced-rank ridge; default half the training pairs.
     memory_budget : int, optional
@@ -437,7 +446,7 @@ def compare(
             method, lam, rank, int(pair[0].shape[0]), options.get(method, {})
         )
         for method in methods
-        if method != "mr"
+        if method not in MR_MODES
         for name, pair in pairs.items()
     }
     logger.info(
@@ -450,14 +459,17 @@ def compare(
     )
     rows: dict[str, list[dict[str, Any]]] = {}
     trained: dict[str, dict[str, Any]] | None = {} if save_models is not None else None
-    if "mr" in methods:
-        rows.update(_compare_mr(pairs, fields, lam, data, d, trained))
+    for method, channels in MR_MODES.items():
+        if method in methods:
+            rows.update(
+                _compare_mr(pairs, fields, lam, data, d, trained, method, channels)
+            )
     rows.update(_compare_baselines(models, pairs, budget, data, d, trained))
     if trained is not None:
         saved_models.save(trained, save_models, (height, width, channels))
     out: list[dict[str, Any]] = []
     for method in methods:
-        labels = [f"mr r={r}" for r in fields] if method == "mr" else [method]
+        labels = [f"{method} r={r}" for r in fields] if method in MR_MODES else [method]
         for label in labels:
             out += rows[label]
             out.append(_mean_row(label, rows[label]))
@@ -471,6 +483,8 @@ def _compare_mr(
     data: dict[str, Any],
     d: int,
     trained: dict[str, dict[str, Any]] | None,
+    method: str = "mr",
+    channels: str = "independent",
 ) -> dict[str, list[dict[str, Any]]]:
     """Train MR per field and target (each its own graph), then score it.
 
@@ -479,20 +493,21 @@ def _compare_mr(
     rows: dict[str, list[dict[str, Any]]] = {}
     pending = []
     for field in fields:
-        label = f"mr r={field}"
+        label = f"{method} r={field}"
         rows[label] = []
         warm_src, warm_tgt, _, _ = next(iter(pairs.values()))
-        fit_mr(warm_src, warm_tgt, field=field, lam=lam)  # compile, untimed
+        fit_mr(warm_src, warm_tgt, field=field, lam=lam, channels=channels)  # untimed
+        per_output = field * field * (warm_src.shape[3] if channels == "joint" else 1)
         for name, (train_src, train_tgt, test_src, _) in pairs.items():
             logger.info("training %s for %s", label, name)
-            model, seconds, peak = _train_mr(train_src, train_tgt, field, lam)
+            model, seconds, peak = _train_mr(train_src, train_tgt, field, lam, channels)
             if trained is not None:
                 trained.setdefault(label, {})[name] = model
             row = _row(label, name, train_src.shape[0], test_src.shape[0])
             _fill(
                 row,
                 {
-                    "n_parameters": d * (field * field + 1),
+                    "n_parameters": d * (per_output + 1),
                     "train_seconds": seconds,
                     "peak_bytes": peak,
                     "status": "ok",

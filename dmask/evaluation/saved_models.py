@@ -35,7 +35,9 @@ SAVED_METHODS = ("lasso", "omp")
 
 
 def _store_names(methods: Sequence[str], fields: Sequence[int]) -> list[str]:
-    names = [f"mr_r{r}.zarr" for r in fields] if "mr" in methods else []
+    names = [
+        f"{m}_r{r}.zarr" for m in ("mr", "mr_joint") if m in methods for r in fields
+    ]
     return names + [f"{m}.zarr" for m in SAVED_METHODS if m in methods]
 
 
@@ -147,9 +149,10 @@ def save(
     for label, per_target in trained.items():
         if not per_target:
             continue
-        if label.startswith("mr r="):
+        if label.startswith(("mr r=", "mr_joint r=")):
             model = _joined_mr(per_target)
-            name = f"mr_r{label.split('=')[1]}.zarr"
+            method, field = label.split(" r=")
+            name = f"{method}_r{field}.zarr"
         elif label in SAVED_METHODS:
             model = sparse_from_rows(per_target, shape, f"dmask compare: {label}")
             name = f"{label}.zarr"

@@ -11,6 +11,7 @@ import numpy as np
 from dmask.core import (
     covariance,
     displacement,
+    joint,
     lambdas,
     methods,
     minmax,
@@ -103,12 +104,16 @@ def statistics(
     field: int,
     method: str = "covariance",
     squares: bool = False,
-) -> displacement.TileStatistics | covariance.CovarianceStatistics:
+) -> (
+    displacement.TileStatistics
+    | covariance.CovarianceStatistics
+    | joint.JointStatistics
+):
     """Task: statistics of one tile over one block of samples.
 
     ``bounds`` holds the block's per-sample ``(min, max)`` of the sources and of
     each target (None: no normalisation). ``squares`` (displacement method
-    only) adds the sums of squared targets.
+    and joint methods) adds the sums of squared targets.
     """
     source_bounds, target_bounds = bounds
     low, high = source_bounds if source_bounds is not None else (None, None)
@@ -118,8 +123,6 @@ def statistics(
         return displacement.raw_displacement_statistics(
             source, targets, (low, scale), target_params, padding, field, squares
         )
-    if squares:
-        raise ValueError("squared target sums need the displacement method")
     halo = read_halo(source, low, high, padding)
     stacked = np.stack(
         [
@@ -127,6 +130,10 @@ def statistics(
             for t, p in zip(targets, target_params, strict=True)
         ]
     )
+    if method == "joint":
+        return joint.joint_statistics(halo, stacked, field, squares)
+    if squares:
+        raise ValueError("squared target sums need the displacement method")
     return methods.tile_statistics(
         halo, stacked, field, method=method, side=COVARIANCE_SIDE
     )
@@ -154,6 +161,10 @@ def solve(
     validity = windows.window_validity(
         tile.y0, tile.x0, *tile.shape, image_shape, field
     )
+    if isinstance(stats, joint.JointStatistics):
+        if lam == "gcv":
+            return joint.solve_joint_gcv(stats, field, np.asarray(grid), validity)
+        return joint.solve_joint(stats, field, float(lam), validity)
     if lam == "gcv":
         return lambdas.solve_gcv(stats, field, np.asarray(grid), validity)
     return methods.solve_tile(stats, field, lam, validity)
@@ -182,13 +193,21 @@ def statistics_and_solve(
     return solve(stats, tile, image_shape, field, lam, grid)
 
 
-def factor(stats: displacement.TileStatistics, field: int) -> lambdas.SpectralFactors:
-    """Task: eigendecompose the Gram matrix of every pixel of a tile."""
-    return lambdas.spectral_factors(stats, field)
+def factor(
+    stats: displacement.TileStatistics | joint.JointStatistics, field: int
+) -> tuple[lambdas.SpectralFactors, int]:
+    """Task: eigendecompose the Gram matrix of every pixel of a tile.
+
+    Returns the factors and the number of targets (the joint mode's factors
+    hold ``T * C`` right-hand sides per pixel).
+    """
+    if isinstance(stats, joint.JointStatistics):
+        return joint.joint_factors(stats, field), stats.target_sums.shape[0]
+    return lambdas.spectral_factors(stats, field), stats.target_sums.shape[0]
 
 
 def press(
-    factors: lambdas.SpectralFactors,
+    factored: tuple[lambdas.SpectralFactors, int],
     source: np.ndarray,
     targets: Sequence[np.ndarray],
     bounds: BlockBounds,
@@ -197,6 +216,7 @@ def press(
     grid: Sequence[float],
 ) -> np.ndarray:
     """Task: leave-one-out squared errors of one tile over one block of samples."""
+    factors, _ = factored
     source_bounds, target_bounds = bounds
     low, high = source_bounds if source_bounds is not None else (None, None)
     halo = read_halo(source, low, high, padding)
@@ -204,11 +224,18 @@ def press(
     stacked = np.stack(
         [minmax.normalize_block(t, *p) for t, p in zip(targets, params, strict=True)]
     )
+    if _is_joint(factors, field):
+        return joint.press_joint(factors, halo, stacked, field, np.asarray(grid))
     return lambdas.press_tile(factors, halo, stacked, field, np.asarray(grid))
 
 
+def _is_joint(factors: lambdas.SpectralFactors, field: int) -> bool:
+    """Whether factors are of the joint mode (with one channel, both are one)."""
+    return factors.values.shape[-1] != field * field + 1
+
+
 def select(
-    factors: lambdas.SpectralFactors,
+    factored: tuple[lambdas.SpectralFactors, int],
     scores: np.ndarray,
     tile: Tile,
     image_shape: tuple[int, int],
@@ -216,9 +243,14 @@ def select(
     grid: Sequence[float],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Task: solve every pixel of a tile with its penalty of least score."""
+    factors, n_targets = factored
     validity = windows.window_validity(
         tile.y0, tile.x0, *tile.shape, image_shape, field
     )
+    if _is_joint(factors, field):
+        return joint.select_joint(
+            factors, scores, np.asarray(grid), n_targets, validity
+        )
     return lambdas.solve_selected(factors, scores, np.asarray(grid), validity)
 
 

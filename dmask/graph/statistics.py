@@ -69,6 +69,7 @@ def keep_tiles(
     sample_block: int,
     store: str | os.PathLike,
     base: str | None = None,
+    joint: bool = False,
 ) -> list[Any] | LocalTasks:
     """Tasks that sum every fold's pairs tile by tile and write them to ``store``.
 
@@ -76,7 +77,9 @@ def keep_tiles(
     sums them (the same blocks, so the same sums). With ``base`` (an update),
     each of the ``n_folds`` folds of the new store is the same fold of ``base``
     plus the new pairs ``folds`` give it (a fold given none is copied).
+    ``joint``: the sums of the joint colour mode.
     """
+    method = "joint" if joint else "displacement"
     halo_width = field // 2
     images = [f.sources for f in folds] + [t for f in folds for t in f.targets]
     local = runs_locally(*images)
@@ -112,8 +115,8 @@ def keep_tiles(
                     tgt = [region(t, s0, s1, *inner, tasks) for t in f.targets]
                     parts.append(
                         tasks(
-                            statistics, src, tgt, bounds, padding, field,
-                            "displacement", True,
+                            statistics, src, tgt, bounds, padding, field, method,
+                            True,
                         )
                     )  # fmt: skip
                 total = tree_sum(parts, tasks)
@@ -133,6 +136,7 @@ def solve_stored(
     count: int,
     lam: float | str,
     grid: Sequence[float] | None,
+    joint: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Task: one tile's statistics at ``field``, summed over ``folds`` of a
     store for ``largest``, solved."""
@@ -143,7 +147,7 @@ def solve_stored(
         displacement=sufficient.displacement_subset(field, largest),
         offsets=sufficient.offset_subset(field, largest),
     )  # fmt: skip
-    stats = sufficient.field_statistics(window, count, field, field, padding)
+    stats = sufficient.field_statistics(window, count, field, field, padding, joint)
     return solve(stats, tile, image_shape, field, lam, grid)
 
 
@@ -159,6 +163,7 @@ def solve_tiles(
     grid: Sequence[float] | None = None,
     store: str | os.PathLike | None = None,
     arrays: tuple[np.ndarray, ...] | None = None,
+    joint: bool = False,
 ) -> list[Any] | LocalTasks:
     """Tasks that solve every tile from a statistics store (see :func:`fit_tiles`).
 
@@ -173,7 +178,7 @@ def solve_tiles(
     for tile in tiles:
         solution = tasks(
             solve_stored, path, list(folds), tile, image_shape, largest, field,
-            count, lam, None if grid is None else tuple(grid),
+            count, lam, None if grid is None else tuple(grid), joint,
         )  # fmt: skip
         results.append(finish_tile(tasks, solution, tile, store, arrays))
     return tasks.results(results)

@@ -89,7 +89,7 @@ def fit_tiles(
     halo_width = field // 2
     selecting = lam in ("gcv", "loo")
     grid = tuple(float(v) for v in lam_grid) if selecting and lam_grid else None
-    if selecting and (grid is None or plan.method != "displacement"):
+    if selecting and (grid is None or plan.method not in ("displacement", "joint")):
         raise ValueError("choosing penalties needs a grid and displacement statistics")
     local = runs_locally(sources, *targets)
     if arrays is not None and (store is not None or not local):

@@ -29,12 +29,16 @@ from dmask.io.stores import (
 )
 
 __all__ = [
+    "CHANNEL_MODES",
     "FIELD_LAYOUT",
+    "JOINT_LAYOUT",
     "KINDS",
     "SLOT_LAYOUT",
     "ModelAttrs",
     "ModelProgress",
+    "channel_attrs",
     "create_model_template",
+    "features",
     "model_dataset",
     "open_model_store",
     "read_model_progress",
@@ -48,12 +52,22 @@ FIELD_LAYOUT = (
     "weights of offsets outside the image are 0"
 )
 
+#: How the ``k`` axis is laid out in the joint colour mode.
+JOINT_LAYOUT = (
+    "offset-major: k = a * channels + input_channel for the row-major window "
+    "offset a (offset_y, offset_x) in input_channel; weights of offsets outside "
+    "the image are 0"
+)
+
 #: How a sparse model's slots are laid out (stored in every sparse model).
 SLOT_LAYOUT = (
     "per output value, slots of (source, weight): source is the flat input "
     "position (y * width + x) * channels + channel, -1 for an unused slot; "
     "output = bias + sum of weight * input[source]"
 )
+
+#: How output channels read input channels: each its own, or all (k = r * r * C).
+CHANNEL_MODES = ("independent", "joint")
 
 #: Model kinds: dense r x r fields (masked ridge regression) and sparse slots.
 KINDS = ("field", "sparse")
@@ -108,14 +122,34 @@ class ModelAttrs:
         return out
 
 
-def _model_coords(targets: Sequence[str], field: int, channels: int) -> dict[str, Any]:
+def _model_coords(
+    targets: Sequence[str], field: int, channels: int, joint: bool = False
+) -> dict[str, Any]:
+    """Coordinates; the joint mode's ``k`` is offset-major with ``input_channel``."""
     offsets = window_offsets(field).astype(np.int32)
-    return {
-        "target": np.asarray(list(targets), dtype=str),
-        "offset_y": ("k", offsets[:, 0]),
-        "offset_x": ("k", offsets[:, 1]),
-        "channel": channel_names(channels),
-    }
+    coords = {"target": np.asarray(list(targets), dtype=str)}
+    if joint:
+        offsets = np.repeat(offsets, channels, axis=0)
+        inputs = np.tile(np.arange(channels, dtype=np.int32), field * field)
+        coords["input_channel"] = ("k", inputs)
+    coords.update(
+        offset_y=("k", offsets[:, 0]),
+        offset_x=("k", offsets[:, 1]),
+        channel=channel_names(channels),
+    )
+    return coords
+
+
+def channel_attrs(joint: bool) -> dict[str, str]:
+    """``channel_mode`` and ``field_layout`` of a field model (joint or not)."""
+    if joint:
+        return {"channel_mode": "joint", "field_layout": JOINT_LAYOUT}
+    return {"channel_mode": "independent", "field_layout": FIELD_LAYOUT}
+
+
+def features(field: int, channels: int, channel_mode: str = "independent") -> int:
+    """Weights per output value: ``r * r``, or ``r * r * C`` in the joint mode."""
+    return field * field * (channels if channel_mode == "joint" else 1)
 
 
 def model_dataset(
@@ -132,6 +166,7 @@ def model_dataset(
     ``lam_map`` (like ``bias``), the penalty chosen per pixel, is added when given.
     """
     channels = weight.shape[3]
+    joint = attrs.get("channel_mode") == "joint"
     variables = {
         "weight": (("target", "y", "x", "channel", "k"), weight),
         "bias": (("target", "y", "x", "channel"), bias),
@@ -141,7 +176,7 @@ def model_dataset(
         variables["lam_map"] = (("target", "y", "x", "channel"), lam_map)
     return xr.Dataset(
         variables,
-        coords=_model_coords(targets, field, channels),
+        coords=_model_coords(targets, field, channels, joint),
         attrs={"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **dict(attrs)},
     )
 
@@ -211,7 +246,7 @@ def create_model_template(
     n_targets = len(targets)
     height, width = image_shape
     th, tw = tile_shape
-    k = field * field
+    k = features(field, channels, str(attrs.get("channel_mode", "independent")))
     grid = tile_grid(image_shape, tile_shape)
 
     def per_pixel() -> da.Array:

@@ -67,6 +67,8 @@ class StatisticsInfo:
         ``(folds,)`` training pairs per fold.
     subjects, subject_folds, fingerprints : numpy.ndarray
         One entry per subject counted.
+    joint : bool
+        Sums of the joint colour mode.
     attrs : dict
         Every attribute.
     """
@@ -83,6 +85,7 @@ class StatisticsInfo:
     subjects: np.ndarray
     subject_folds: np.ndarray
     fingerprints: np.ndarray
+    joint: bool
     attrs: dict[str, Any]
 
     @property
@@ -103,12 +106,14 @@ def create_statistics_template(
     attrs: Mapping[str, Any],
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike | None] = (),
+    joint: bool = False,
 ) -> str:
     """Write the metadata of a statistics store whose tiles tasks fill in later.
 
     ``subjects`` holds ``subject``, ``subject_fold`` and ``fingerprint``, one
-    entry per subject. Returns the store to write to (see
-    :func:`dmask.io.stores.prepare_output`).
+    entry per subject. ``joint``: the joint colour mode's sums, with an
+    ``other_channel`` axis last in ``pair_sums`` and ``cross_sums``. Returns
+    the store to write to (see :func:`dmask.io.stores.prepare_output`).
     """
     import dask.array as da
 
@@ -125,17 +130,21 @@ def create_statistics_template(
 
     image = (height, width, channels)
     chunk = (th, tw, channels)
+    pairs, pair_image, pair_chunk = pixel, image, chunk
+    if joint:
+        pairs = (*pixel, "other_channel")
+        pair_image, pair_chunk = (*image, channels), (*chunk, channels)
     variables = {
         "pair_sums": (
-            ("fold", "displacement", *pixel),
-            zeros((n_folds, len(deltas), *image), (1, len(deltas), *chunk)),
+            ("fold", "displacement", *pairs),
+            zeros((n_folds, len(deltas), *pair_image), (1, len(deltas), *pair_chunk)),
         ),
         "sums": (("fold", *pixel), zeros((n_folds, *image), (1, *chunk))),
         "cross_sums": (
-            ("fold", "target", "k", *pixel),
+            ("fold", "target", "k", *pairs),
             zeros(
-                (n_folds, n_targets, len(offsets), *image),
-                (1, 1, len(offsets), *chunk),
+                (n_folds, n_targets, len(offsets), *pair_image),
+                (1, 1, len(offsets), *pair_chunk),
             ),
         ),
         "target_sums": (
@@ -179,6 +188,7 @@ def create_statistics_template(
             "width": int(width),
             "channels": int(channels),
             "tile_shape": [int(th), int(tw)],
+            "channel_mode": "joint" if joint else "independent",
             "complete": False,
         },
     )
@@ -233,8 +243,9 @@ def read_statistics_window(
             for name in IMAGE_PARTS:
                 array = group[name]
                 total = None
+                pick = (*picks[name], *(every,) * (array.ndim - 1 - len(picks[name])))
                 for fold in folds:
-                    part = array.get_orthogonal_selection((fold, *picks[name]))
+                    part = array.get_orthogonal_selection((fold, *pick))
                     total = part if total is None else total + part
                 if total is None:
                     raise StoreError(f"no folds to read of statistics store {path}")
@@ -275,5 +286,6 @@ def statistics_info(path: str | os.PathLike) -> StatisticsInfo:
         subjects=np.asarray(ds["subject"].values).astype(str),
         subject_folds=np.asarray(ds["subject_fold"].values, dtype=np.int64),
         fingerprints=np.asarray(ds["fingerprint"].values).astype(str),
+        joint=attrs.get("channel_mode") == "joint",
         attrs=attrs,
     )
