@@ -162,7 +162,8 @@ def fit(
         raise InputError(
             f"method must be 'auto', 'covariance' or 'displacement', got {method!r}"
         )
-    if channels == "joint":
+    channel_mode = channels  # the name is the images' channel count below
+    if channel_mode == "joint":
         if method == "covariance":
             raise InputError("the joint colour mode sums displacements: method 'auto'")
         method = "joint"
@@ -251,6 +252,12 @@ def fit(
             else:
                 previous, previous_path = model_store.read_model_progress(store), store
         if previous is not None:  # the unfinished run's plan, for the same sums
+            recorded = previous.attrs.get("channel_mode", "independent")
+            if recorded != channel_mode:
+                raise InputError(
+                    f"cannot resume {store}: it was trained with channels="
+                    f"{recorded!r}, not {channel_mode!r}"
+                )
             for key in ("tile_shape", "sample_block", "statistics_method"):
                 if key not in previous.attrs:
                     raise InputError(f"cannot resume {store}: it does not record {key}")

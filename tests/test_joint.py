@@ -201,3 +201,28 @@ def test_distributed_joint_equals_local(faces, cluster_client, tmp_path):
     for name in ("happy", "sad"):
         assert_model_close(remote, local, name, atol=0, rtol=0)
         assert_model_close(solved, local, name, atol=0, rtol=0)
+
+
+def test_an_interrupted_joint_run_resumes(rng, tmp_path, monkeypatch):
+    from dmask.graph import fit_tasks
+
+    sources, targets = random_pairs(rng, 6, 10, 9, 3)
+    settings = {"field": 3, "channels": "joint", "tile_shape": (4, 4)}
+    memory = dmask.fit(sources, targets, **settings)
+    real, calls = fit_tasks.write_model_tile, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_tasks, "write_model_tile", flaky)
+    with pytest.raises(RuntimeError, match="disk full"):
+        dmask.fit(sources, targets, **settings, store=tmp_path / "m")
+    monkeypatch.setattr(fit_tasks, "write_model_tile", real)
+    with pytest.raises(dmask.InputError):  # another mode: not the same training
+        dmask.fit(sources, targets, field=3, tile_shape=(4, 4), store=tmp_path / "m",
+                  resume=True)  # fmt: skip
+    resumed = dmask.fit(sources, targets, **settings, store=tmp_path / "m", resume=True)
+    assert_model_close(resumed, memory, atol=0, rtol=0)

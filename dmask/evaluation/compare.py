@@ -459,11 +459,9 @@ def compare(
     )
     rows: dict[str, list[dict[str, Any]]] = {}
     trained: dict[str, dict[str, Any]] | None = {} if save_models is not None else None
-    for method, channels in MR_MODES.items():
+    for method, mode in MR_MODES.items():
         if method in methods:
-            rows.update(
-                _compare_mr(pairs, fields, lam, data, d, trained, method, channels)
-            )
+            rows.update(_compare_mr(pairs, fields, lam, data, d, trained, method, mode))
     rows.update(_compare_baselines(models, pairs, budget, data, d, trained))
     if trained is not None:
         saved_models.save(trained, save_models, (height, width, channels))
