@@ -820,7 +820,8 @@ class Model:
 
     @property
     def slots(self) -> int:
-        """Weights per output value: ``r * r`` for a field, ``S`` for a sparse model."""
+        """Weights per output value: ``r * r`` for a field (``r * r * C`` in the
+        joint colour mode), ``S`` for a sparse model."""
         return int(self.dataset["weight"].shape[-1])
 
     @property
@@ -939,7 +940,7 @@ class Model:
                 * channels
             )
             sample_block = int(max(1, min(n, _block_budget() // per_sample)))
-        k = self.field * self.field
+        k = self.slots
         runtime.check_task_memory(
             8 * len(self.targets) * th * tw * channels * (k + 1)
             + 8 * sample_block * (th + self.field) * (tw + self.field) * channels,

@@ -176,6 +176,9 @@ def test_commands(faces, tmp_path, capsys):
                  *LOCAL_CLUSTER])  # fmt: skip
     assert code == 0
     assert keep_statistics is not None and dmask.statistics.open_statistics(stats).joint
+    page = str(tmp_path / "r.html")
+    assert main(["-q", "report", model, data, "--out", page, *LOCAL_CLUSTER]) == 0
+    assert "weights on the channel's own input" in open(page).read()
     assert main(["export", model, "--out", str(tmp_path / "ref")]) == 2
     assert "one matrix per channel" in capsys.readouterr().err
     code = main(["-q", "compare", data, "--targets", "happy", "--fields", "3",

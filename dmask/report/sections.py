@@ -288,10 +288,21 @@ def photographs_section(entries: list[tuple], targets: list[str]) -> str:
     )
 
 
+def _own_channel(model: Model) -> slice:
+    """Channel 0's weights on its own input channel, along ``k``.
+
+    All of ``k`` for a per-channel model; every ``C``-th entry for a joint
+    colour model (``k`` offset-major, input channel last).
+    """
+    joint = model.dataset.attrs.get("channel_mode") == "joint"
+    return slice(0, None, model.channels if joint else 1)
+
+
 def _weight_maps(model: Model, target: str) -> tuple[np.ndarray, ...]:
     """Centre weight, off-centre mass and bias of channel 0, a strip at a time."""
     position = model.targets.index(target)
     weight = model.dataset["weight"].data
+    own = _own_channel(model)
     bias = model.dataset["bias"].data
     height, width = model.image_shape
     k = model.field * model.field
@@ -299,7 +310,7 @@ def _weight_maps(model: Model, target: str) -> tuple[np.ndarray, ...]:
     centre = np.empty((height, width))
     mass = np.empty((height, width))
     for y0 in range(0, height, rows):
-        strip = inputs.as_numpy(weight[position, y0 : y0 + rows, :, 0, :])[0]
+        strip = inputs.as_numpy(weight[position, y0 : y0 + rows, :, 0, own])[0]
         centre[y0 : y0 + rows] = field_maps.centre_weight(strip, model.field)
         mass[y0 : y0 + rows] = field_maps.off_centre_mass(strip, model.field)
     return (
@@ -340,7 +351,13 @@ def fields_section(
         "of each output pixel on its own input pixel; off-centre mass: sum of |w| "
         f"over the other {r * r - 1} window offsets; bias: the constant term. "
         "The r x r fields below are the weights of the pixels marked on the mean "
-        "input face (rows: dy, columns: dx; offsets outside the image weigh 0).</p>",
+        "input face (rows: dy, columns: dx; offsets outside the image weigh 0)."
+        + (
+            " A joint colour model: the weights on the channel's own input."
+            if model.dataset.attrs.get("channel_mode") == "joint"
+            else ""
+        )
+        + "</p>",
         f'<img src="{_marked_face(mean_face, pixels)}" alt="chosen pixels marked '
         'on the mean input face">',
     ]
@@ -354,7 +371,10 @@ def fields_section(
         show_map(figure, axes[2], bias, "bias", signed=True)
         maps = figure_uri(figure)
         slabs = inputs.as_numpy(
-            *(weight[position, y : y + 1, x : x + 1, 0, :] for y, x in pixels.values())
+            *(
+                weight[position, y : y + 1, x : x + 1, 0, _own_channel(model)]
+                for y, x in pixels.values()
+            )
         )
         windows = {
             name: field_maps.field_at(slab, r, 0, 0)
