@@ -561,12 +561,15 @@ def accumulate(
     memory_limit: int | None = None,
     inputs_of_run: Sequence[str | None] = (),
     channels: str = "independent",
+    dataset: Mapping[str, str] | None = None,
 ) -> StatisticsInfo:
     """Sum training pairs (arrays or stored images) into a statistics store.
 
     One sample per subject: ``subjects[i]`` is the pair ``sources[i]``,
     ``targets[name][i]``, in fold ``subject_folds[i]``. ``channels="joint"``
-    keeps the joint colour mode's sums (see :func:`fit`).
+    keeps the joint colour mode's sums (see :func:`fit`). ``dataset``
+    (``path`` and ``split``) is the dataset store the pairs are the
+    ``subjects`` of, recorded so that leave-one-out can read them again.
     """
     if channels not in model_store.CHANNEL_MODES:
         raise InputError(
@@ -601,6 +604,7 @@ def accumulate(
     store = locations.store_path(out)
     settings = {
         **dict(attrs or {}),
+        "datasets": [dict(dataset)] if dataset else [],
         "normalize": normalize,
         "source": source_name,
         "sample_block": plan.sample_block,
@@ -616,7 +620,8 @@ def accumulate(
         written = create_statistics_template(
             store, names, (height, width), nc, field, plan.tile_shape, counts,
             {"subject": list(subjects), "subject_fold": folds,
-             "fingerprint": fingerprints},
+             "fingerprint": fingerprints,
+             "subject_dataset": np.full(n, 0 if dataset else -1, dtype=np.int64)},
             settings, overwrite=overwrite, inputs=list(inputs_of_run), joint=joint,
         )  # fmt: skip
         use = bounds if normalize == "minmax" else None
@@ -657,6 +662,60 @@ def _fold_choice(info: StatisticsInfo, exclude: Sequence[int]) -> list[int]:
     return kept
 
 
+def _counted_pairs(info: StatisticsInfo, folds: Sequence[int]) -> list[FoldInputs]:
+    """The training pairs of ``folds``, read again from their dataset stores.
+
+    For leave-one-out, which needs every pair's residual. Each subject is found
+    by name in the dataset its sums came from, in the order they were summed,
+    and its images must still have the fingerprint they had then.
+    """
+    used = np.isin(info.subject_folds, folds)
+    if (info.subject_datasets[used] < 0).any():
+        raise InputError(
+            f"lam='loo' reads the training images again, and {info.path} holds pairs "
+            "given as arrays (fit(statistics=...)), not from a dataset store: "
+            "use 'gcv', or train from the images with lam='loo'"
+        )
+    groups = []
+    for d in sorted(set(info.subject_datasets[used].tolist())):
+        entry = info.datasets[d]
+        ds = dataset_store.open_dataset(entry["path"])
+        mine = used & (info.subject_datasets == d)
+        src, tgt = dataset_store.pair_indices(
+            ds, info.source, info.targets, entry["split"] or None
+        )
+        names = np.asarray(ds["subject"].values).astype(str)[src]
+        position = {name: i for i, name in enumerate(names.tolist())}
+        missing = [n for n in info.subjects[mine].tolist() if n not in position]
+        if missing:
+            raise InputError(
+                f"{entry['path']} no longer has subject {missing[0]} whose sums "
+                f"{info.path} holds: leave-one-out cannot read its images"
+            )
+        index = np.array([position[n] for n in info.subjects[mine].tolist()])
+        sources = dataset_store.stored_images(ds, src[index])
+        targets = [dataset_store.stored_images(ds, tgt[n][index]) for n in info.targets]
+        labels = [
+            f"{entry['path']} sources",
+            *(f"{entry['path']} {n}" for n in info.targets),
+        ]
+        bounds, fingerprints = bounds_and_fingerprints([sources, *targets], labels)
+        changed = np.flatnonzero(np.asarray(fingerprints) != info.fingerprints[mine])
+        if changed.size:
+            raise InputError(
+                f"{entry['path']} changed since {info.path} kept its sums (subject "
+                f"{info.subjects[mine][changed[0]]}): leave-one-out would not match"
+            )
+        minmax_on = info.normalize == "minmax"
+        groups.append(
+            FoldInputs(
+                d, sources, targets, bounds[0] if minmax_on else None,
+                bounds[1:] if minmax_on else None,
+            )
+        )  # fmt: skip
+    return groups
+
+
 def solve_statistics(
     statistics: str | os.PathLike | StatisticsInfo,
     field: int | None = None,
@@ -676,12 +735,14 @@ def solve_statistics(
         A statistics store (:func:`keep_statistics`).
     field : int, optional
         Odd receptive field size up to the store's; the store's by default.
-    lam : float or "gcv"
-        Ridge penalty, or the choice per pixel by generalised cross-validation
-        from ``lam_grid``. Leave-one-out needs every training image's residual,
-        which sums do not hold: train from the images for it.
+    lam : float or {"gcv", "loo"}
+        Ridge penalty, or the choice per pixel from ``lam_grid`` by generalised
+        cross-validation (from the sums alone) or leave-one-out (PRESS, exact:
+        it needs every training pair's residual, so it reads the pairs again
+        from the dataset stores the sums came from, refusing any whose images
+        changed since).
     lam_grid : sequence of float, optional
-        Penalties to choose from with ``lam="gcv"``.
+        Penalties to choose from with ``lam="gcv"`` or ``"loo"``.
     exclude_folds : sequence of int
         Folds whose pairs are left out (the training set of a cross-validation
         fold).
@@ -711,21 +772,16 @@ def solve_statistics(
             f"field {field} cannot be solved from {info.path}: it keeps odd fields "
             f"up to {info.field}"
         )
-    if lam == "loo":
-        raise InputError(
-            "lam='loo' needs every training image's leave-one-out residual, which "
-            f"the statistics in {info.path} do not hold: use 'gcv', or train from "
-            "the images with lam='loo'"
-        )
     check_settings(field, lam, info.normalize)
     grid = None
     if isinstance(lam, str) and lam in LAM_SELECTIONS:
         grid = check_lam_grid(lam_grid)
     elif lam_grid is not None:
-        raise InputError("lam_grid is only used with lam='gcv'")
+        raise InputError("lam_grid is only used with lam='gcv' or 'loo'")
     else:
         lam = float(lam)
     folds = _fold_choice(info, exclude_folds)
+    images = _counted_pairs(info, folds) if lam == "loo" else []
     count = int(info.counts[folds].sum())
     height, width = info.image_shape
     tiles = plan_tiles(info.image_shape, info.tile_shape)
@@ -748,6 +804,11 @@ def solve_statistics(
         field, lam, info.path, count, len(folds), len(tiles),
     )  # fmt: skip
     args = (info.path, folds, tiles, info.image_shape, info.field, field, count)
+    again = {
+        "joint": info.joint,
+        "images": images,
+        "sample_block": int(info.attrs.get("sample_block", 1)),
+    }
     if store is not None:
         path = locations.store_path(store)
         with locks.output_lock(path):
@@ -756,15 +817,13 @@ def solve_statistics(
                 info.tile_shape, attrs, overwrite=overwrite, lam_map=grid is not None,
             )  # fmt: skip
             with stores.finished_or_discarded(written):
-                taskgraph.run(
-                    solve_tiles(*args, lam, grid, store=written, joint=info.joint)
-                )
+                taskgraph.run(solve_tiles(*args, lam, grid, store=written, **again))
         logger.info("model written to %s", path)
         return open_model(path)
     return _held_model(
         info.targets, info.image_shape, info.channels, field, tiles, attrs,
         grid is not None, runtime.runs_locally(),
-        lambda arrays: solve_tiles(*args, lam, grid, arrays=arrays, joint=info.joint),
+        lambda arrays: solve_tiles(*args, lam, grid, arrays=arrays, **again),
     )  # fmt: skip
 
 

@@ -131,8 +131,8 @@ def keep_statistics(
         src, tgts, out, field=field, subjects=subjects,
         subject_folds=np.arange(len(subjects)) % n_folds, n_folds=n_folds,
         normalize=normalize, source_name=source,
-        attrs={"dataset": ds.encoding["dmask_path"], "split": split or "",
-               **_landmarks_attrs(ds)},
+        attrs=_landmarks_attrs(ds),
+        dataset={"path": ds.encoding["dmask_path"], "split": split or ""},
         overwrite=overwrite, tile_shape=tile_shape, sample_block=sample_block,
         memory_limit=memory_limit, inputs_of_run=[ds.encoding["dmask_path"]],
         channels=channels,
@@ -186,7 +186,9 @@ def update(
         per_fold[fold] += 1
         counts[fold] += 1
     settings = {k: v for k, v in info.attrs.items() if k not in _STORE_KEYS}
-    settings["updates"] = [*info.attrs.get("updates", []), ds.encoding["dmask_path"]]
+    added = {"path": ds.encoding["dmask_path"], "split": split or ""}
+    settings["datasets"] = [*info.datasets, added]
+    new_dataset = np.full(len(subjects), len(info.datasets), dtype=np.int64)
     logger.info(
         "adding %d subject(s) of %s to %s", len(subjects), ds.encoding["dmask_path"],
         info.path,
@@ -197,7 +199,8 @@ def update(
             info.tile_shape, counts,
             {"subject": [*info.subjects.tolist(), *subjects],
              "subject_fold": np.concatenate([info.subject_folds, new_folds]),
-             "fingerprint": [*info.fingerprints.tolist(), *fingerprints]},
+             "fingerprint": [*info.fingerprints.tolist(), *fingerprints],
+             "subject_dataset": np.concatenate([info.subject_datasets, new_dataset])},
             settings, overwrite=True, joint=info.joint,
         )  # fmt: skip
         use = bounds if info.normalize == "minmax" else None

@@ -47,13 +47,16 @@ TARGETS = ["happy", "sad"]
 
 
 def _trained(ds, field, lam="0.4", index=None, **options):
+    """Training from the images of ``ds`` (or samples ``index``)."""
     if index is None:
         src, tgt = dataset_store.stored_pairs(ds, "neutral", TARGETS)
     else:
         src = dataset_store.stored_images(ds, index[0])
         tgt = {n: dataset_store.stored_images(ds, i) for n, i in index[1].items()}
-    lam = lam if lam == "gcv" else float(lam)
-    return dmask.fit(src, tgt, field=field, lam=lam, method="displacement", **options)
+    lam = lam if lam in ("gcv", "loo") else float(lam)
+    if options.get("channels") != "joint":
+        options["method"] = "displacement"
+    return dmask.fit(src, tgt, field=field, lam=lam, **options)
 
 
 @pytest.mark.usefixtures("backend")
@@ -85,6 +88,51 @@ def test_gcv_from_statistics_equals_training(faces, tmp_path):
         assert_model_close(solved, trained, name, atol=0, rtol=0)
         np.testing.assert_array_equal(solved.lam_map(name), trained.lam_map(name))
     assert solved.dataset.attrs["statistics"] == str(tmp_path / "s.zarr")
+
+
+@pytest.mark.parametrize("channels", ["independent", "joint"])
+def test_loo_from_statistics_equals_training(faces, more_faces, tmp_path, channels):
+    path = tmp_path / "s.zarr"
+    keep_statistics(
+        faces, path, targets=TARGETS, field=5, sample_block=4, channels=channels
+    )
+    trained = _trained(faces, 3, "loo", sample_block=4, channels=channels)
+    solved = solve(path, 3, "loo")  # the pairs read again from the dataset
+    for name in TARGETS:
+        assert_model_close(solved, trained, name, atol=0, rtol=0)
+        np.testing.assert_array_equal(solved.lam_map(name), trained.lam_map(name))
+    # after an update, from both datasets
+    update(path, more_faces)
+    both = solve(path, 3, "loo", lam_grid=(0.1, 1.0, 10.0))
+    pairs = []
+    for ds in (faces, more_faces):
+        s, t = dataset_store.pair_indices(ds, "neutral", TARGETS)
+        images = np.asarray(ds["images"].values)
+        pairs.append((images[s], {n: images[i] for n, i in t.items()}))
+    union = dmask.fit(
+        np.concatenate([p[0] for p in pairs]),
+        {n: np.concatenate([p[1][n] for p in pairs]) for n in TARGETS},
+        field=3, lam="loo", lam_grid=(0.1, 1.0, 10.0), channels=channels,
+    )  # fmt: skip
+    for name in TARGETS:
+        np.testing.assert_array_equal(both.lam_map(name), union.lam_map(name))
+        assert_model_close(both, union, name, atol=REORDERED)
+
+
+def test_loo_refuses_pairs_it_cannot_read_again(rng, faces, tmp_path):
+    sources, targets = random_pairs(rng, 6, 9, 8, 1)
+    dmask.fit(sources, targets, field=3, statistics=tmp_path / "a.zarr")
+    with pytest.raises(dmask.InputError, match="given as arrays"):
+        solve(tmp_path / "a.zarr", 3, "loo")
+    copy = tmp_path / "faces.zarr"
+    make_synthetic_dataset(copy, 9, (22, 17), seed=5, test_fraction=0.34)
+    keep_statistics(dataset_store.open_dataset(copy), tmp_path / "s.zarr",
+                    targets=TARGETS)  # fmt: skip
+    make_synthetic_dataset(
+        copy, 9, (22, 17), seed=6, test_fraction=0.34, overwrite=True
+    )  # other faces, the same names
+    with pytest.raises(dmask.InputError, match="changed since"):
+        solve(tmp_path / "s.zarr", 3, "loo")
 
 
 def test_fold_models_equal_training_without_the_fold(faces, tmp_path):
@@ -160,8 +208,6 @@ def test_refusals_and_size(faces, tmp_path):
         solve(info, 5, 0.4)
     with pytest.raises(dmask.InputError, match="up to 3"):
         solve(info, 2, 0.4)
-    with pytest.raises(dmask.InputError, match="leave-one-out"):
-        solve(info, 3, "loo")
     with pytest.raises(dmask.StoreError, match="already exists"):
         keep_statistics(faces, tmp_path / "s.zarr", targets=TARGETS, field=3)
     with pytest.raises(dmask.InputError, match="folds must be between"):

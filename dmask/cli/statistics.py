@@ -19,9 +19,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--field", type=int, help="odd receptive field r, up to the store's (default)"
     )
     solve.add_argument(
-        "--lam", type=_lam, default=0.4, help="ridge penalty, or gcv (per pixel)"
+        "--lam",
+        type=_lam,
+        default=0.4,
+        help="ridge penalty, or gcv / loo: chosen per pixel (loo reads the images "
+        "again)",
     )
-    solve.add_argument("--lam-grid", type=float, nargs="+", help="penalties for gcv")
+    solve.add_argument(
+        "--lam-grid", type=float, nargs="+", help="penalties for --lam gcv|loo"
+    )
     solve.add_argument(
         "--exclude-folds", type=int, nargs="+", default=[], metavar="FOLD",
         help="leave these folds' subjects out",

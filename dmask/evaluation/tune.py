@@ -259,11 +259,6 @@ def _tune_from_statistics(
 
     from dmask.statistics import keep_statistics, open_statistics, solve
 
-    if any(lam == "loo" for lam in lams):
-        raise InputError(
-            "lam 'loo' needs the images' residuals, not kept in statistics: "
-            "use 'gcv', or tune without statistics and folds"
-        )
     largest = max(int(f) for f in fields)
     with tempfile.TemporaryDirectory(prefix="dmask-tune-") as scratch:
         path = statistics or os.path.join(scratch, "statistics.zarr")

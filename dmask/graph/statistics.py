@@ -11,7 +11,7 @@ import numpy as np
 
 from dmask.core import sufficient
 from dmask.core.planning import Tile, sample_blocks
-from dmask.graph.fit_tasks import region, solve, statistics
+from dmask.graph.fit_tasks import factor, press, region, select, solve, statistics
 from dmask.graph.runtime import runs_locally
 from dmask.graph.taskgraph import GraphMaker, LocalTasks, TaskMaker
 from dmask.graph.timing import timed_phase
@@ -60,6 +60,29 @@ def keep_tile(
     return write_statistics_tile(path, tile, fold, parts)
 
 
+def block_bounds(
+    inputs: FoldInputs, sample_block: int, tasks: TaskMaker
+) -> list[tuple[int, int, Any]]:
+    """``(start, stop, bounds)`` of each sample block of a fold's pairs.
+
+    ``bounds`` is one graph key per block, shared by every tile's tasks.
+    """
+    out = []
+    for s0, s1 in sample_blocks(inputs.sources.shape[0], sample_block):
+        sb = (
+            None
+            if inputs.source_bounds is None
+            else tuple(b[s0:s1] for b in inputs.source_bounds)
+        )
+        tb = (
+            None
+            if inputs.target_bounds is None
+            else [tuple(b[s0:s1] for b in pair) for pair in inputs.target_bounds]
+        )
+        out.append((s0, s1, tasks.value((sb, tb))))
+    return out
+
+
 def keep_tiles(
     folds: Sequence[FoldInputs],
     n_folds: int,
@@ -85,21 +108,7 @@ def keep_tiles(
     local = runs_locally(*images)
     tasks = GraphMaker() if local else TaskMaker()
     given = {f.fold: f for f in folds}
-    blocks = {}
-    for f in folds:
-        blocks[f.fold] = []
-        for s0, s1 in sample_blocks(f.sources.shape[0], sample_block):
-            sb = (
-                None
-                if f.source_bounds is None
-                else tuple(b[s0:s1] for b in f.source_bounds)
-            )
-            tb = (
-                None
-                if f.target_bounds is None
-                else [tuple(b[s0:s1] for b in pair) for pair in f.target_bounds]
-            )
-            blocks[f.fold].append((s0, s1, tasks.value((sb, tb))))
+    blocks = {f.fold: block_bounds(f, sample_block, tasks) for f in folds}
     results = []
     for tile in tiles:
         grown = sufficient.reach(tile, field, image_shape)
@@ -126,7 +135,7 @@ def keep_tiles(
     return tasks.results(results)
 
 
-def solve_stored(
+def stored_statistics(
     path: str,
     folds: Sequence[int],
     tile: Tile,
@@ -134,12 +143,9 @@ def solve_stored(
     largest: int,
     field: int,
     count: int,
-    lam: float | str,
-    grid: Sequence[float] | None,
-    joint: bool = False,
-) -> tuple[np.ndarray, ...]:
-    """Task: one tile's statistics at ``field``, summed over ``folds`` of a
-    store for ``largest``, solved."""
+    joint: bool,
+) -> Any:
+    """One tile's statistics at ``field``, summed over ``folds`` of a store."""
     rows, cols, padding = tile.halo(field // 2, image_shape)
     inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
     window = read_statistics_window(
@@ -147,8 +153,25 @@ def solve_stored(
         displacement=sufficient.displacement_subset(field, largest),
         offsets=sufficient.offset_subset(field, largest),
     )  # fmt: skip
-    stats = sufficient.field_statistics(window, count, field, field, padding, joint)
-    return solve(stats, tile, image_shape, field, lam, grid)
+    return sufficient.field_statistics(window, count, field, field, padding, joint)
+
+
+def solve_stored(
+    stored: tuple[Any, ...],
+    lam: float | str,
+    grid: Sequence[float] | None,
+) -> tuple[np.ndarray, ...]:
+    """Task: solve one tile from a store.
+
+    ``stored`` holds the arguments of :func:`stored_statistics`.
+    """
+    tile, image_shape, field = stored[2], stored[3], stored[5]
+    return solve(stored_statistics(*stored), tile, image_shape, field, lam, grid)
+
+
+def factor_stored(stored: tuple[Any, ...]) -> Any:
+    """Task: the spectral factors of one tile from a store (for leave-one-out)."""
+    return factor(stored_statistics(*stored), stored[5])
 
 
 def solve_tiles(
@@ -164,21 +187,46 @@ def solve_tiles(
     store: str | os.PathLike | None = None,
     arrays: tuple[np.ndarray, ...] | None = None,
     joint: bool = False,
+    images: Sequence[FoldInputs] = (),
+    sample_block: int = 1,
 ) -> list[Any] | LocalTasks:
     """Tasks that solve every tile from a statistics store (see :func:`fit_tiles`).
 
     Written to a model ``store``, placed in ``arrays`` (in this process), or
-    returned as each tile's solution.
+    returned as each tile's solution. ``lam="loo"`` reads the training pairs
+    again (``images``, in blocks of ``sample_block``) for their leave-one-out
+    errors, as training does.
     """
     local = runs_locally()
     tasks = GraphMaker() if local else TaskMaker()
     if arrays is not None and not local:
         raise ValueError("arrays are for runs in this process")
+    if lam == "loo" and not images:
+        raise ValueError("leave-one-out needs the training pairs")
+    grid = None if grid is None else tuple(grid)
+    blocks = [(g, block_bounds(g, sample_block, tasks)) for g in images]
     results = []
     for tile in tiles:
+        stored = (path, list(folds), tile, image_shape, largest, field, count, joint)
+        if lam != "loo":
+            solution = tasks(solve_stored, stored, lam, grid)
+            results.append(finish_tile(tasks, solution, tile, store, arrays))
+            continue
+        factors = tasks(factor_stored, stored)
+        rows, cols, padding = tile.halo(field // 2, image_shape)
+        inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
+        parts = []
+        for group, bounds in blocks:
+            for s0, s1, block in bounds:
+                src = region(group.sources, s0, s1, rows, cols, tasks, pure=False)
+                tgt = [
+                    region(t, s0, s1, *inner, tasks, pure=False) for t in group.targets
+                ]
+                parts.append(
+                    tasks(press, factors, src, tgt, block, padding, field, grid)
+                )
         solution = tasks(
-            solve_stored, path, list(folds), tile, image_shape, largest, field,
-            count, lam, None if grid is None else tuple(grid), joint,
-        )  # fmt: skip
+            select, factors, tree_sum(parts, tasks), tile, image_shape, field, grid
+        )
         results.append(finish_tile(tasks, solution, tile, store, arrays))
     return tasks.results(results)

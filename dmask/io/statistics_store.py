@@ -65,8 +65,11 @@ class StatisticsInfo:
         Chunk (and solve) tile shape.
     counts : numpy.ndarray
         ``(folds,)`` training pairs per fold.
-    subjects, subject_folds, fingerprints : numpy.ndarray
-        One entry per subject counted.
+    subjects, subject_folds, fingerprints, subject_datasets : numpy.ndarray
+        One entry per subject counted: its name, fold, a hash of its images,
+        and the index of its dataset in ``datasets`` (-1: given as arrays).
+    datasets : list of dict
+        The dataset stores summed (``path`` and ``split``), in order.
     joint : bool
         Sums of the joint colour mode.
     attrs : dict
@@ -85,6 +88,8 @@ class StatisticsInfo:
     subjects: np.ndarray
     subject_folds: np.ndarray
     fingerprints: np.ndarray
+    subject_datasets: np.ndarray
+    datasets: list[dict[str, str]]
     joint: bool
     attrs: dict[str, Any]
 
@@ -110,9 +115,11 @@ def create_statistics_template(
 ) -> str:
     """Write the metadata of a statistics store whose tiles tasks fill in later.
 
-    ``subjects`` holds ``subject``, ``subject_fold`` and ``fingerprint``, one
-    entry per subject. ``joint``: the joint colour mode's sums, with an
-    ``other_channel`` axis last in ``pair_sums`` and ``cross_sums``. Returns
+    ``subjects`` holds ``subject``, ``subject_fold``, ``fingerprint`` and
+    ``subject_dataset`` (index into the ``datasets`` attribute, -1 for pairs
+    given as arrays), one entry per subject. ``joint``: the joint colour
+    mode's sums, with an ``other_channel`` axis last in ``pair_sums`` and
+    ``cross_sums``. Returns
     the store to write to (see :func:`dmask.io.stores.prepare_output`).
     """
     import dask.array as da
@@ -175,6 +182,10 @@ def create_statistics_template(
         "subject": np.asarray(list(subjects["subject"]), dtype=str),
         "subject_fold": ("subject", np.asarray(subjects["subject_fold"], np.int64)),
         "fingerprint": ("subject", np.asarray(subjects["fingerprint"], dtype=str)),
+        "subject_dataset": (
+            "subject",
+            np.asarray(subjects["subject_dataset"], dtype=np.int64),
+        ),
     }
     ds = xr.Dataset(
         variables,
@@ -286,6 +297,8 @@ def statistics_info(path: str | os.PathLike) -> StatisticsInfo:
         subjects=np.asarray(ds["subject"].values).astype(str),
         subject_folds=np.asarray(ds["subject_fold"].values, dtype=np.int64),
         fingerprints=np.asarray(ds["fingerprint"].values).astype(str),
+        subject_datasets=np.asarray(ds["subject_dataset"].values, dtype=np.int64),
+        datasets=[dict(d) for d in attrs.get("datasets", [])],
         joint=attrs.get("channel_mode") == "joint",
         attrs=attrs,
     )
