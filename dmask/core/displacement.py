@@ -61,7 +61,7 @@ class TileStatistics:
         squares = None
         if self.target_squares is not None and other.target_squares is not None:
             squares = self.target_squares + other.target_squares
-        return TileStatistics(
+        return type(self)(
             self.pair_sums + other.pair_sums,
             self.sums + other.sums,
             self.cross_sums + other.cross_sums,

@@ -15,13 +15,13 @@ pixel's systems as one "channel" of ``C * T`` targets. Numpy only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
 from dmask.core import lambdas
 from dmask.core.cholesky import solve_spd
+from dmask.core.displacement import TileStatistics
 from dmask.core.windows import displacements, window_offsets
 
 __all__ = [
@@ -35,46 +35,17 @@ __all__ = [
 ]
 
 
-@dataclass
-class JointStatistics:
+class JointStatistics(TileStatistics):
     """Sufficient statistics of one tile in the joint colour mode.
 
-    Attributes
-    ----------
-    pair_sums : numpy.ndarray
-        ``(n_displacements, Hh, Ww, C, C)``: ``sum_n x_c(q) x_c'(q + d)``.
-    sums : numpy.ndarray
-        ``(Hh, Ww, C)``: ``sum_n x_c(q)``.
-    cross_sums : numpy.ndarray
-        ``(T, r * r, h, w, C, C)``: ``sum_n t_c(p) x_c'(p + u)`` (output channel
-        ``c`` first, input channel ``c'`` last).
-    target_sums : numpy.ndarray
-        ``(T, h, w, C)``.
-    count : int
-        Training pairs.
-    target_squares : numpy.ndarray or None
-        ``(T, h, w, C)``: ``sum_n t(p)^2`` when asked for.
+    The fields of :class:`~dmask.core.displacement.TileStatistics`, with the
+    other channel of each product as a last axis:
+
+    ``pair_sums`` ``(n_displacements, Hh, Ww, C, C)``: ``sum_n x_c(q) x_c'(q + d)``;
+    ``cross_sums`` ``(T, r * r, h, w, C, C)``: ``sum_n t_c(p) x_c'(p + u)``
+    (output channel ``c`` first, input channel ``c'`` last). ``sums``,
+    ``target_sums``, ``count`` and ``target_squares`` are as there.
     """
-
-    pair_sums: np.ndarray
-    sums: np.ndarray
-    cross_sums: np.ndarray
-    target_sums: np.ndarray
-    count: int
-    target_squares: np.ndarray | None = None
-
-    def __add__(self, other: JointStatistics) -> JointStatistics:
-        squares = None
-        if self.target_squares is not None and other.target_squares is not None:
-            squares = self.target_squares + other.target_squares
-        return JointStatistics(
-            self.pair_sums + other.pair_sums,
-            self.sums + other.sums,
-            self.cross_sums + other.cross_sums,
-            self.target_sums + other.target_sums,
-            self.count + other.count,
-            squares,
-        )
 
 
 def joint_statistics(
