@@ -40,11 +40,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "StatisticsInfo",
+    "accumulate",
     "keep_statistics",
     "open_statistics",
     "solve",
     "subject_fingerprints",
-    "accumulate",
     "update",
 ]
 

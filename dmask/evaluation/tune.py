@@ -280,6 +280,16 @@ def _tune_from_statistics(
             )  # fmt: skip
         split = np.asarray(ds["split"].values).astype(str)
         subjects = np.asarray(ds["subject"].values).astype(str)
+        here = [  # this dataset's subjects in the store (an update adds others)
+            i
+            for i, entry in enumerate(info.datasets)
+            if locations.same_store(entry["path"], ds.encoding["dmask_path"])
+        ]
+        ours = np.isin(info.subject_datasets, here)
+        if folds is not None and not ours.any():
+            raise InputError(
+                f"{info.path} holds no subject of {ds.encoding['dmask_path']} to score"
+            )
         rows: list[dict[str, Any]] = []
         for field in fields:
             for lam in lams:
@@ -289,7 +299,7 @@ def _tune_from_statistics(
                 else:
                     per_fold = []
                     for fold in range(info.folds):
-                        held = info.subjects[info.subject_folds == fold]
+                        held = info.subjects[(info.subject_folds == fold) & ours]
                         marked = np.where(
                             np.isin(subjects, held) & (split == "train"), "fold", split
                         )
