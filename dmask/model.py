@@ -216,7 +216,7 @@ def fit(
         for a, o in zip(arrays, originals, strict=True)
         if not isinstance(o, np.ndarray)
     ]
-    computed = iter(runtime.compute(*lazy) if lazy else ())
+    computed = iter(runtime.compute(*lazy, phase="reading bounds") if lazy else ())
     bounds = [
         minmax.sample_bounds(o) if isinstance(o, np.ndarray) else next(computed)
         for o in originals
@@ -434,7 +434,7 @@ def _fit_planned(
             src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,
             store=written, lam_grid=lam_grid,
         )  # fmt: skip
-        taskgraph.run(tasks)
+        taskgraph.run(tasks, phase="fitting tiles")
         stores.finalize_store(written)
         logger.info("model written to %s", store)
         return open_model(store)
@@ -472,7 +472,9 @@ def _held_model(
     weight, bias = np.empty((*shape, k)), np.empty(shape)
     lam_map = np.empty(shape) if with_lam_map else None
     arrays = (weight, bias) if lam_map is None else (weight, bias, lam_map)
-    results = taskgraph.run(make_tasks(arrays if local else None))
+    results = taskgraph.run(
+        make_tasks(arrays if local else None), phase="fitting tiles"
+    )
     if not local:
         for tile, solution in zip(tiles, results, strict=True):
             fit_tasks.place_tile(arrays, tile, solution)
@@ -498,7 +500,7 @@ def bounds_and_fingerprints(
     """Per-sample min-max bounds of every image set, and per-pair fingerprints."""
     lazy = [inputs.lazy_sample_bounds(a) for a in images]
     lazy += [inputs.lazy_sample_digests(a) for a in images]
-    computed = runtime.compute(*lazy)
+    computed = runtime.compute(*lazy, phase="reading bounds")
     bounds = [tuple(np.asarray(v) for v in b) for b in computed[: len(images)]]
     for label, (low, high) in zip(labels, bounds, strict=True):
         _check_bounds(label, low, high)
@@ -630,7 +632,7 @@ def accumulate(
             (height, width), field, plan.sample_block, written, joint=joint,
         )  # fmt: skip
         with stores.finished_or_discarded(written):  # never a half-kept store
-            taskgraph.run(tasks)
+            taskgraph.run(tasks, phase="keeping statistics")
     logger.info("statistics written to %s", store)
     return statistics_info(store)
 
@@ -817,7 +819,10 @@ def solve_statistics(
                 info.tile_shape, attrs, overwrite=overwrite, lam_map=grid is not None,
             )  # fmt: skip
             with stores.finished_or_discarded(written):
-                taskgraph.run(solve_tiles(*args, lam, grid, store=written, **again))
+                taskgraph.run(
+                    solve_tiles(*args, lam, grid, store=written, **again),
+                    phase="solving tiles",
+                )
         logger.info("model written to %s", path)
         return open_model(path)
     return _held_model(
@@ -1087,7 +1092,7 @@ class Model:
             out = lazy
         else:
             names = list(lazy)
-            values = runtime.compute(*lazy.values())
+            values = runtime.compute(*lazy.values(), phase="predicting")
             out = dict(zip(names, values, strict=True))
         if self.dataset.attrs.get("single_target", False) and len(out) == 1:
             return next(iter(out.values()))

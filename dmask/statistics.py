@@ -211,7 +211,7 @@ def update(
             base=info.path, joint=info.joint,
         )  # fmt: skip
         with stores.finished_or_discarded(written):  # the old store stays whole
-            taskgraph.run(tasks)
+            taskgraph.run(tasks, phase="updating statistics")
     logger.info("statistics updated in %s", info.path)
     return statistics_info(info.path)
 

@@ -521,7 +521,9 @@ def apply_to_folder(
     report.methods = dict.fromkeys(face_crops.ALIGN_METHODS, 0)
     for wave in range(0, len(blocks), BLOCKS_IN_FLIGHT):
         parts = blocks[wave : wave + BLOCKS_IN_FLIGHT]
-        results = runtime.compute(*[run_block(part) for part in parts])
+        results = runtime.compute(
+            *[run_block(part) for part in parts], phase="synthesising images"
+        )
         for part, (problems, notes, methods) in zip(parts, results, strict=True):
             report.written += len(part) - len(problems)
             report.problems.extend(f"{f}: {why}" for f, why in problems)

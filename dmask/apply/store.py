@@ -136,7 +136,7 @@ def apply_to_store(
         delayed = region.to_zarr(
             written, mode="r+", compute=False, zarr_format=3, consolidated=False
         )
-    runtime.compute(delayed)
+    runtime.compute(delayed, phase="predicting")
     stores.finalize_store(written)
     logger.info("wrote %d synthesised faces to %s", images.shape[0], out)
     return dataset_store.open_dataset(out)
@@ -186,4 +186,4 @@ def write_pngs(
         chunk = names[start : start + size]
         tasks.append(task(block, chunk, str(folder), peak, display))
         start += size
-    return int(sum(runtime.compute(*tasks)))
+    return int(sum(runtime.compute(*tasks, phase="writing images")))

@@ -596,7 +596,8 @@ def ingest(
         *[
             task(paths[i : i + step], crop, float(margin), size)
             for i in range(0, len(paths), step)
-        ]
+        ],
+        phase="inspecting images",
     )
     infos = dict(zip(paths, [info for part in parts for info in part], strict=True))
     usable = []
@@ -730,7 +731,7 @@ def ingest(
         len(tasks),
         out,
     )
-    runtime.compute(*tasks)
+    runtime.compute(*tasks, phase="reading images")
 
     report.lines = [*lines, report.summary()]
     stores.finalize_store(written)  # then the report of the store now in place

@@ -169,6 +169,6 @@ def make_synthetic_dataset(
         len(tasks),
         path,
     )
-    runtime.compute(*tasks)
+    runtime.compute(*tasks, phase="drawing faces")
     stores.finalize_store(written)
     return dataset_store.open_dataset(path)

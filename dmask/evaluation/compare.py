@@ -515,7 +515,7 @@ def _compare_mr(
             lazy = model.predict_lazy(test_src, name="test sources")
             predicted = lazy[model.targets[0]]
             pending.append(dask.delayed(_score_predicted)(predicted, data[name]))
-    scores = iter(runtime.compute(*pending))
+    scores = iter(runtime.compute(*pending, phase="scoring models"))
     for label in rows:
         for row in rows[label]:
             _fill(row, next(scores))
@@ -566,7 +566,9 @@ def _compare_baselines(
             task = dask.delayed(_fit_and_score, pure=True)(model, data[name])
         pending.append((row, task))
     if pending:
-        results = runtime.compute(*[task for _, task in pending])
+        results = runtime.compute(
+            *[task for _, task in pending], phase="fitting and scoring baselines"
+        )
         for (row, _), result in zip(pending, results, strict=True):
             if "weights" in result and trained is not None:
                 trained.setdefault(row["method"], {})[row["expression"]] = result.pop(

@@ -87,7 +87,7 @@ def evaluate(
             )
         )
     flat = [arr for _, methods in pending for arr in methods.values()]
-    values = iter(runtime.compute(*flat))
+    values = iter(runtime.compute(*flat, phase="evaluating"))
     rows = []
     for name, methods in pending:
         row: dict[str, Any] = {"expression": name}

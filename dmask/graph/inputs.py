@@ -183,7 +183,7 @@ def as_numpy(*arrays: Any) -> list[np.ndarray]:
     computation on the current client or the threaded scheduler.
     """
     lazy = [a for a in arrays if isinstance(a, da.Array)]
-    done = iter(compute(*lazy) if lazy else ())
+    done = iter(compute(*lazy, phase="reading images") if lazy else ())
     out = []
     for array in arrays:
         if isinstance(array, da.Array):

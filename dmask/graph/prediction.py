@@ -17,10 +17,15 @@ from dmask.graph.inputs import minmax_bounds, read_bounds
 from dmask.graph.taskgraph import TaskMaker
 from dmask.io.dataset_store import StoredImages, compact_index
 
-__all__ = ["apply", "apply_slots", "predict_sparse_tiles", "predict_tiles"]
+__all__ = [
+    "predict_sparse_tile",
+    "predict_sparse_tiles",
+    "predict_tile",
+    "predict_tiles",
+]
 
 
-def apply(
+def predict_tile(
     source: np.ndarray,
     bounds: tuple[np.ndarray, np.ndarray] | None,
     padding: tuple[tuple[int, int], tuple[int, int]],
@@ -47,7 +52,7 @@ def _check_finite(source: np.ndarray, start: int) -> None:
         )
 
 
-def apply_slots(
+def predict_sparse_tile(
     source: np.ndarray,
     bounds: tuple[np.ndarray, np.ndarray] | None,
     index: np.ndarray,
@@ -103,7 +108,7 @@ def predict_sparse_tiles(
     n, height, width, _ = sources.shape
     n_targets, channels = weight.shape[0], weight.shape[3]
     stored, low, high = _block_bounds(sources, normalize)
-    task = dask.delayed(apply_slots, pure=True)
+    task = dask.delayed(predict_sparse_tile, pure=True)
     whole = (slice(0, height), slice(0, width))
     grid = []
     for s0 in range(0, n, sample_block):
@@ -165,7 +170,7 @@ def predict_tiles(
     n_targets = weight.shape[0]
     channels = weight.shape[3]
     stored, low, high = _block_bounds(sources, normalize)
-    apply_task = dask.delayed(apply, pure=True)
+    apply_task = dask.delayed(predict_tile, pure=True)
     halo_width = field // 2
     grid = []
     for s0 in range(0, n, sample_block):

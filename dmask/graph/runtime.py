@@ -54,37 +54,43 @@ def _blas_controller() -> Any:
 
 
 @contextlib.contextmanager
-def threaded_run() -> Iterator[None]:
+def threaded_run(phase: str = "computing") -> Iterator[None]:
     """Around a run on the threaded scheduler: one BLAS thread, progress if asked."""
     with _blas_controller().limit(limits=1, user_api="blas"):
         if not options.get("progress"):
             yield
             return
-        from dask.diagnostics import ProgressBar
+        from dmask.graph.progress import Display, local_progress
 
-        with ProgressBar():
+        with local_progress(Display(phase)):
             yield
 
 
-def compute(*collections: Any) -> tuple[Any, ...]:
+def compute(*collections: Any, phase: str = "computing") -> tuple[Any, ...]:
     """Compute dask collections on the current client or the threaded scheduler.
 
+    ``phase`` names the work: in the progress display (option ``progress``) and,
+    on a distributed cluster, as the span its tasks belong to on the dashboard.
     On the threaded scheduler BLAS runs single-threaded, as in distributed's
     worker processes: the threads already fill the cores, and the same BLAS
     thread count gives the same floating-point sums everywhere.
     """
     client = current_client()
     if client is None:
-        with threaded_run():
+        with threaded_run(phase):
             return dask.compute(*collections, scheduler="threads")
-    futures = client.compute(list(collections))
+    from distributed import span
+
+    with span(phase):
+        futures = client.compute(list(collections))
     with _watchdog(client, futures) as stalled:
         try:
-            if options.get("progress"):
-                from distributed import progress
+            if not options.get("progress"):
+                return tuple(client.gather(futures))
+            from dmask.graph.progress import Display, distributed_progress
 
-                progress(futures)
-            return tuple(client.gather(futures))
+            with distributed_progress(client, futures, Display(phase)):
+                return tuple(client.gather(futures))
         except Exception:
             if stalled():
                 raise DmaskError(

@@ -79,7 +79,7 @@ def block_bounds(
             if inputs.target_bounds is None
             else [tuple(b[s0:s1] for b in pair) for pair in inputs.target_bounds]
         )
-        out.append((s0, s1, tasks.value((sb, tb))))
+        out.append((s0, s1, tasks.value((sb, tb), "sample_block_bounds")))
     return out
 
 

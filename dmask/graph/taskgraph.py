@@ -24,9 +24,12 @@ class TaskMaker:
     def __call__(self, func: Any, *args: Any, pure: bool = False) -> Any:
         return dask.delayed(func, pure=pure)(*args)
 
-    def value(self, obj: Any) -> Any:
-        """A graph key holding ``obj``, shared by the tasks given its handle."""
-        return dask.delayed(obj, traverse=False, pure=False)
+    def value(self, obj: Any, name: str = "value") -> Any:
+        """A graph key holding ``obj``, shared by the tasks given its handle.
+
+        ``name`` says what it holds (the key's prefix on the dashboard).
+        """
+        return dask.delayed(obj, name=f"{name}-{uuid.uuid4().hex}", traverse=False)
 
     def results(self, handles: list[Any]) -> list[Any] | LocalTasks:
         return handles
@@ -62,8 +65,8 @@ class GraphMaker(TaskMaker):
         self.graph[key] = (func, *args)
         return key
 
-    def value(self, obj: Any) -> Any:
-        key = self._key("value")
+    def value(self, obj: Any, name: str = "value") -> Any:
+        key = self._key(name)
         self.graph[key] = (_identity, obj)
         return key
 
@@ -75,10 +78,13 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def run(tasks: list[Any] | LocalTasks) -> tuple[Any, ...]:
-    """Compute what :func:`fit_tiles` returns: delayed results or a plain graph."""
+def run(tasks: list[Any] | LocalTasks, phase: str = "computing") -> tuple[Any, ...]:
+    """Compute what :func:`fit_tiles` returns: delayed results or a plain graph.
+
+    ``phase`` names the work in the progress display and the dashboard's spans.
+    """
     if not isinstance(tasks, LocalTasks):
-        return compute(*tasks)
+        return compute(*tasks, phase=phase)
     import dask.threaded
 
     workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
@@ -86,5 +92,5 @@ def run(tasks: list[Any] | LocalTasks) -> tuple[Any, ...]:
     # hand-overs through the scheduler's thread, which for jobs of a few
     # milliseconds per task measured 6% of the wall time.
     chunk = 2 if len(tasks.keys) >= 2 * workers else 1
-    with threaded_run():
+    with threaded_run(phase):
         return tuple(dask.threaded.get(tasks.graph, tasks.keys, chunksize=chunk))

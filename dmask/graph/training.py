@@ -107,7 +107,7 @@ def fit_tiles(
             if target_bounds is None
             else [tuple(b[s0:s1] for b in pair) for pair in target_bounds]
         )
-        block_bounds.append(tasks.value((sb, tb)))
+        block_bounds.append(tasks.value((sb, tb), "sample_block_bounds"))
     results = []
     for tile in plan.tiles:
         rows, cols, padding = tile.halo(halo_width, plan.image_shape)
