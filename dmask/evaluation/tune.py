@@ -154,7 +154,10 @@ def tune(
         Per setting, one row per expression and a ``mean`` row: ``field``,
         ``lam``, ``expression``, ``n_train``, ``n_test``, ``mse``, ``psnr``
         and ``best`` (True on the mean row of least MSE; see
-        :func:`best_setting`).
+        :func:`best_setting`). A ``"loo"``/``"gcv"`` setting's rows also
+        carry ``lam_median``, the median of the penalties it chose per pixel
+        and channel (over every target on the mean row; with ``folds``, the
+        median of the folds' medians).
     """
     ds = dataset_store.opened(dataset)
     names = _target_names(ds, source, targets)
@@ -223,7 +226,21 @@ def _scored_rows(
         for row in scored
         if row["expression"] != "mean"
     ]
-    return [*rows, _mean_row(rows)]
+    mean = _mean_row(rows)
+    if isinstance(lam, str):  # chosen per pixel: the median penalty chosen
+        chosen = {
+            row["expression"]: _chosen_lams(model, row["expression"]) for row in rows
+        }
+        for row in rows:
+            row["lam_median"] = float(np.median(chosen[row["expression"]]))
+        mean["lam_median"] = float(np.median(np.concatenate(list(chosen.values()))))
+    return [*rows, mean]
+
+
+def _chosen_lams(model: Any, target: str) -> np.ndarray:
+    """The penalties a ``gcv``/``loo`` model chose for ``target``, every pixel."""
+    (values,) = inputs.as_numpy(model.lam_map(target).data)
+    return np.asarray(values, dtype=np.float64).ravel()
 
 
 def _fold_mean(per_fold: list[list[dict[str, Any]]], folds: int) -> list[dict]:
@@ -242,6 +259,8 @@ def _fold_mean(per_fold: list[list[dict[str, Any]]], folds: int) -> list[dict]:
                 "folds": folds,
             }
         )
+        if "lam_median" in rows[0]:  # the median over folds of each one's median
+            out[-1]["lam_median"] = float(np.median([r["lam_median"] for r in rows]))
     return out
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from dmask.io.photographs import to_uint8
 
-__all__ = ["MAX_SIDE", "MIN_SIDE", "STYLE"]
+__all__ = ["MAX_SIDE", "MIN_SIDE", "STYLE", "colour_bar_figure"]
 
 
 #: Faces larger than this (pixels per side) are downscaled for the page.
@@ -33,6 +33,10 @@ table.data td, table.data th { border: 1px solid #ccc; }
 table.data td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.mr { background: #fff3c4; font-weight: bold; }
 img.px { image-rendering: pixelated; }
+section.headline { background: #f4f8ff; border: 1px solid #b8cdf0; padding: 0 1em; }
+section.headline h2 { border: none; margin: 0.5em 0 0.2em; }
+details > summary { cursor: pointer; margin: 0.5em 0; }
+footer { margin-top: 2em; border-top: 1px solid #ccc; }
 .note { color: #555; font-size: 90%; }
 figure { display: inline-block; margin: 0.3em; }
 """
@@ -109,17 +113,28 @@ def heat_map(error: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarra
     return np.ascontiguousarray(rgba[..., :3])
 
 
-def colour_bar_img(vmax: float, label: str, cmap: str = "inferno") -> str:
-    """Data URI of a vertical colour bar from 0 to ``vmax``."""
+def colour_bar_figure(vmax: float, label: str, cmap: str = "inferno") -> Any:
+    """A figure of one vertical colour bar from 0 to ``vmax``, labelled.
+
+    Laid out by matplotlib's constrained layout, so the tick labels and the
+    label stay inside the figure whatever their length.
+    """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(1.1, 2.4))
-    axes = figure.add_axes((0.1, 0.05, 0.25, 0.9))
+    figure = Figure(figsize=(1.25, 3.0), layout="constrained")
+    axes = figure.add_subplot()
     mappable = ScalarMappable(Normalize(0.0, vmax if vmax > 0 else 1.0), cmap)
-    figure.colorbar(mappable, cax=axes, label=label, extend="max")
-    return figure_uri(figure, tight=True)
+    bar = figure.colorbar(mappable, cax=axes, extend="max")
+    bar.set_label(label, fontsize=9)
+    bar.ax.tick_params(labelsize=8)
+    return figure
+
+
+def colour_bar_img(vmax: float, label: str, cmap: str = "inferno") -> str:
+    """Data URI of a vertical colour bar from 0 to ``vmax``."""
+    return figure_uri(colour_bar_figure(vmax, label, cmap))
 
 
 def new_figure(panels: int, aspect: float, row_height: float = 2.6) -> tuple[Any, Any]:

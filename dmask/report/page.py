@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import html
+import json
 import logging
 import os
+import shlex
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,15 +21,18 @@ from dmask.errors import InputError, StoreError
 from dmask.io import atomic
 from dmask.model import Model
 from dmask.report.html import STYLE, table_html
-from dmask.report.sections import (
+from dmask.report.results import (
     comparison_section,
+    headline,
+    size_section,
+    tuning_section,
+)
+from dmask.report.sections import (
     faces_section,
     fields_section,
     photographs_section,
-    size_section,
     sparse_section,
     strength_section,
-    tuning_section,
 )
 
 logger = logging.getLogger(__name__)
@@ -148,7 +155,7 @@ def _header(model: Model, dataset: xr.Dataset, source: str, split: str) -> str:
         ]
     else:
         shape = [("receptive field r", model.field)]
-    lam = "unknown" if model.lam == -1.0 else model.lam
+    lam = _lam_text(model)
     settings = [
         ("targets", ", ".join(model.targets)),
         *shape,
@@ -163,6 +170,7 @@ def _header(model: Model, dataset: xr.Dataset, source: str, split: str) -> str:
             settings.append((key.replace("_", " "), attrs[key]))
     if "dmask_path" in model.dataset.encoding:
         settings.append(("store", model.dataset.encoding["dmask_path"]))
+    settings += _provenance(attrs.get("provenance"))
 
     images = dataset["images"]
     subjects = np.asarray(dataset["subject"].values).astype(str)
@@ -198,6 +206,60 @@ def _header(model: Model, dataset: xr.Dataset, source: str, split: str) -> str:
     )
 
 
+def _lam_text(model: Model) -> str:
+    """The model's penalty: a number, ``gcv``/``loo`` (per pixel) or unknown."""
+    value = model.dataset.attrs.get("lam")
+    if isinstance(value, str):
+        return f"{value} (chosen per pixel)"
+    if value is None or model.lam == -1.0:
+        return "unknown"
+    return f"{model.lam:g}"
+
+
+def _provenance(recorded: Any) -> list[tuple[str, Any]]:
+    """Rows of a store's ``provenance`` attribute (JSON), where it has one."""
+    if isinstance(recorded, str):
+        try:
+            recorded = json.loads(recorded)
+        except ValueError:
+            return [("provenance", recorded)]
+    if not isinstance(recorded, Mapping):
+        return []
+    rows: list[tuple[str, Any]] = []
+    if recorded.get("created"):
+        rows.append(("model written", recorded["created"]))
+    versions = recorded.get("versions")
+    if isinstance(versions, Mapping) and versions.get("dmask"):
+        rows.append(("written by dmask", versions["dmask"]))
+    command = recorded.get("command")
+    if command:
+        text = command if isinstance(command, str) else shlex.join(map(str, command))
+        rows.append(("written by the command", text))
+    return rows
+
+
+def dmask_version() -> str:
+    """The installed dmask's version (``0+unknown`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dmask")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _command_text(command: str | Sequence[str] | None) -> str:
+    """The command line that writes the report (``sys.argv`` by default)."""
+    if command is None:
+        argv = list(sys.argv)
+        if not argv or not argv[0]:
+            return "(interactive Python)"
+        command = [os.path.basename(argv[0]), *argv[1:]]
+    if isinstance(command, str):
+        return command
+    return shlex.join(str(part) for part in command)
+
+
 def _check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     target = Path(path)
     if target.is_dir():
@@ -223,6 +285,7 @@ def write_report(
     photographs: Mapping[str, Any] | None = None,
     pixels: Mapping[str, tuple[int, int]] | None = None,
     overwrite: bool = False,
+    command: str | Sequence[str] | None = None,
 ) -> Path:
     """Write one self-contained HTML report of a model.
 
@@ -240,10 +303,16 @@ def write_report(
     subjects : int
         Held-out subjects shown per target.
     comparison : sequence of dict, optional
-        Table rows with any of the keys :data:`COMPARISON_KEYS` (and others).
+        Rows of :func:`dmask.evaluation.compare.compare` (any of the keys
+        :data:`dmask.report.results.COMPARISON_KEYS`, and others): the
+        headline (MR's best against the best baseline and the identity), a
+        table of the means per method and one of every row, MSE against r
+        when MR ran with several, and each refusal said once.
     tuning : sequence of dict, optional
-        Rows with ``field``, ``lam``, ``expression``, ``mse``: plots of test MSE
-        against ``r`` and ``lambda``.
+        Rows with ``field``, ``lam`` (a number, or ``"gcv"``/``"loo"`` with
+        the optional ``lam_median`` :func:`dmask.evaluation.tune.tune`
+        records), ``expression``, ``mse``: a table of the settings and plots
+        of test MSE against ``r`` and ``lambda`` (where there are several).
     size_curve : sequence of dict, optional
         Rows with ``method``, ``n``, ``mse``: test MSE against training size.
     photographs : mapping, optional
@@ -256,6 +325,9 @@ def write_report(
         corner, an eye and a cheek (:data:`DEFAULT_PIXELS`).
     overwrite : bool
         Replace an existing file.
+    command : str or sequence of str, optional
+        The command line shown in the page's header and footer; by default
+        this process's (``sys.argv``).
 
     Returns
     -------
@@ -298,7 +370,7 @@ def write_report(
 
     started = time.perf_counter()
     sections = [_header(model, dataset, source, split)]
-    faces, mean_face = faces_section(model, dataset, source, split, subjects)
+    faces, mean_face, held_out = faces_section(model, dataset, source, split, subjects)
     sections.append(faces)
     sections.append(strength_section(model, dataset, source, split))
     if entries:
@@ -314,7 +386,8 @@ def write_report(
     if size_rows is not None:
         sections.append(size_section(size_rows))
 
-    links = [("model", "Model"), ("dataset", "Dataset"), ("faces", "Held-out faces")]
+    links = [("headline", "Headline"), ("model", "Model"), ("dataset", "Dataset")]
+    links.append(("faces", "Held-out faces"))
     links.append(("strength", "Expression strength"))
     if entries:
         links.append(("photographs", "Out-of-dataset images"))
@@ -331,16 +404,25 @@ def write_report(
     described = (
         f"sparse, {model.slots} slots"
         if model.kind == "sparse"
-        else f"r={model.field}, lambda={model.lam:g}"
+        else f"r={model.field}, lambda={_lam_text(model).split(' ')[0]}"
     )
     title = f"dmask report: {', '.join(model.targets)} ({described})"
+    now = datetime.datetime.now(datetime.UTC)
+    written = now.isoformat(timespec="seconds").replace("+00:00", "Z")
+    stamp = (
+        f"dmask {html.escape(dmask_version())}, <time datetime='{written}'>"
+        f"{written}</time> (UTC), command <code>"
+        f"{html.escape(_command_text(command))}</code>"
+    )
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class='note'>Written "
-        f"{html.escape(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p><nav>{nav}</nav>"
+        f"<h1>{html.escape(title)}</h1><p class='note' id='written'>Written by "
+        f"{stamp}.</p>"
+        + headline(comparison_rows, held_out)
+        + f"<nav>{nav}</nav>"
         + "".join(sections)
-        + "</body></html>\n"
+        + f"<footer class='note'>Written by {stamp}.</footer></body></html>\n"
     )
     atomic.write_text(target, page, sync=True)
     logger.info(

@@ -1,20 +1,19 @@
-"""The report's sections: held-out faces, photographs, fields, comparison, tuning."""
+"""The report's sections of images: held-out faces, strengths, photographs, fields."""
 
 from __future__ import annotations
 
 import html
 import logging
-import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from dmask.checks import LAM_SELECTIONS
 from dmask.core import field_maps, sparse
 from dmask.core.minmax import normalize_block, normalize_images
-from dmask.errors import InputError, StoreError
+from dmask.errors import StoreError
 from dmask.graph import inputs
 from dmask.io import dataset_store
 from dmask.model import Model
@@ -30,14 +29,7 @@ from dmask.report.html import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COMPARISON_KEYS", "ERROR_PERCENTILE", "MEAN_FACES", "STRIP_BYTES"]
-
-
-#: Columns of the comparison table, in order (others follow).
-COMPARISON_KEYS = (
-    "method", "expression", "mse", "psnr", "ssim", "n_parameters",
-    "train_seconds", "peak_memory_mib", "status",
-)  # fmt: skip
+__all__ = ["ERROR_PERCENTILE", "MEAN_FACES", "STRIP_BYTES", "HeldOut"]
 
 
 #: Bytes of model weights read at a time.
@@ -52,18 +44,6 @@ ERROR_PERCENTILE = 99.5
 MEAN_FACES = 64
 
 
-def _number(row: Mapping[str, Any], key: str, name: str, i: int) -> float:
-    value = row[key]
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise InputError(
-            f"{name} row {i}: {key} must be a number, got {value!r}"
-        ) from None
-
-
 def _display_scale(images: np.ndarray, minmax: bool, peak: float) -> np.ndarray:
     """Images in the model's scale (min-max per image, else ``/ peak``), float64."""
     if minmax:
@@ -71,10 +51,32 @@ def _display_scale(images: np.ndarray, minmax: bool, peak: float) -> np.ndarray:
     return normalize_block(images, None, None) / peak
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """MR's and the identity's errors on the held-out faces a report shows.
+
+    Means over the faces of per-face MSE and PSNR (peak 1), in the scale the
+    model sees (min-max normalised, else stored values over the peak).
+    """
+
+    faces: int
+    targets: int
+    mse: float
+    psnr: float
+    identity_mse: float
+    identity_psnr: float
+
+
+def _psnr(mse: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(1.0 / mse)
+
+
 def faces_section(
     model: Model, dataset: xr.Dataset, source: str, split: str, subjects: int
-) -> tuple[str, np.ndarray | None]:
-    """Held-out grids per target and the mean source face (None if no pairs)."""
+) -> tuple[str, np.ndarray | None, HeldOut | None]:
+    """Held-out grids per target, the mean source face (None if no pairs) and
+    the errors of the faces shown (None if none)."""
     minmax = model.normalize == "minmax"
     peak = 1.0 if minmax else dataset_store.value_peak(dataset)
     names = np.asarray(dataset["subject"].values).astype(str)
@@ -157,7 +159,19 @@ def faces_section(
     mean_face = None
     if all_sources is not None:
         mean_face = _mean_face(images, all_sources[:MEAN_FACES], minmax, peak)
-    return "".join(parts), mean_face
+    scores = None
+    if found:
+        axes = (1, 2, 3)
+        mr = np.concatenate([((p - t) ** 2).mean(axis=axes) for *_, p, t, _ in found])
+        same = np.concatenate(
+            [((s - t) ** 2).mean(axis=axes) for _, _, s, _, t, _ in found]
+        )
+        scores = HeldOut(
+            faces=len(mr), targets=len(found),
+            mse=float(mr.mean()), psnr=float(_psnr(mr).mean()),
+            identity_mse=float(same.mean()), identity_psnr=float(_psnr(same).mean()),
+        )  # fmt: skip
+    return "".join(parts), mean_face, scores
 
 
 def _mean_face(
@@ -460,147 +474,3 @@ def _windows_figure(
                     )  # fmt: skip
     figure.colorbar(image, ax=list(axes), shrink=0.85)
     return figure_uri(figure)
-
-
-def _format_cell(key: str, value: Any) -> tuple[str, bool]:
-    """Text of one table cell and whether it is a number."""
-    if value is None:
-        return "", False
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value)), False
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}", True
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if math.isnan(value):
-            return "", True
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf", True
-        formats = {"mse": ".5g", "psnr": ".2f", "ssim": ".4f", "peak_memory_mib": ".0f"}
-        return format(value, formats.get(key, ".4g")), True
-    return str(value), False
-
-
-def _is_mr(method: Any) -> bool:
-    text = str(method).strip().lower()
-    return text == "mr" or text.startswith(("mr ", "mr-", "mr_", "mr(", "dmask"))
-
-
-def comparison_section(rows: list[Mapping[str, Any]]) -> str:
-    present = {key for row in rows for key in row}
-    columns = [k for k in COMPARISON_KEYS if k in present]
-    columns += [
-        k for k in dict.fromkeys(k for row in rows for k in row) if k not in columns
-    ]
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in columns)
-    lines = [f"<tr>{head}</tr>"]
-    for row in rows:
-        cells = []
-        for key in columns:
-            text, numeric = _format_cell(key, row.get(key))
-            css = ' class="num"' if numeric else ""
-            cells.append(f"<td{css}>{html.escape(text)}</td>")
-        css = ' class="mr"' if _is_mr(row.get("method", "")) else ""
-        lines.append(f"<tr{css}>{''.join(cells)}</tr>")
-    return (
-        "<h2 id='comparison'>Comparison</h2><p class='note'>MR rows highlighted.</p>"
-        f"<table class='data' id='comparison-table'>{''.join(lines)}</table>"
-    )
-
-
-def _mean_by(points: list[tuple[Any, float]]) -> dict[Any, float]:
-    sums: dict[Any, list[float]] = {}
-    for key, value in points:
-        sums.setdefault(key, []).append(value)
-    return {key: float(np.mean(values)) for key, values in sums.items()}
-
-
-def tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
-    points = []
-    for i, row in enumerate(rows):
-        if row["lam"] in LAM_SELECTIONS:  # a penalty per pixel: no point on the axis
-            continue
-        field = _number(row, "field", "tuning", i)
-        lam = _number(row, "lam", "tuning", i)
-        mse = _number(row, "mse", "tuning", i)
-        if all(math.isfinite(v) for v in (field, lam, mse)):
-            points.append((int(field), lam, str(row["expression"]), mse))
-    left = len(rows) - len(points)
-    if any(p[2] == "mean" for p in points):
-        points = [p for p in points if p[2] == "mean"]
-        what = "the 'mean' rows"
-    else:
-        what = "mean over expressions"
-    table = _mean_by([((f, lam), mse) for f, lam, _, mse in points])
-    parts = ["<h2 id='tuning'>Tuning</h2>"]
-    if not table:
-        return parts[0] + "<p>No tuning rows with a finite MSE.</p>"
-    fields_ = sorted({f for f, _ in table})
-    lams = sorted({lam for _, lam in table})
-    (best_f, best_lam), best = min(table.items(), key=lambda item: item[1])
-    figure, axes = new_figure(2, 1.35, row_height=3.2)
-    for lam in lams:
-        xs = [f for f in fields_ if (f, lam) in table]
-        axes[0].plot(xs, [table[f, lam] for f in xs], marker="o", label=f"λ={lam:g}")
-    for f in fields_:
-        xs = [lam for lam in lams if (f, lam) in table]
-        axes[1].plot(xs, [table[f, lam] for lam in xs], marker="o", label=f"r={f}")
-    if (model.field, model.lam) in table:
-        value = table[model.field, model.lam]
-        axes[0].plot(model.field, value, marker="*", ms=14, color="black", ls="none",
-                     label="this model")  # fmt: skip
-        axes[1].plot(model.lam, value, marker="*", ms=14, color="black", ls="none",
-                     label="this model")  # fmt: skip
-    axes[0].set_xlabel("receptive field r")
-    axes[0].set_xticks(fields_)
-    axes[1].set_xlabel("lambda")
-    if len(lams) > 1 and lams[0] > 0 and lams[-1] / lams[0] >= 10:
-        axes[1].set_xscale("log")
-    for ax, title in zip(
-        axes, ("test MSE against r", "test MSE against lambda"), strict=True
-    ):
-        ax.set_ylabel(f"test MSE ({what})")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    parts.append(
-        f'<img src="{figure_uri(figure)}" alt="test MSE against r and lambda">'
-    )
-    parts.append(
-        f"<p class='note'>Lowest test MSE: r = {best_f}, lambda = {best_lam:g} "
-        f"(MSE {best:.5g}); {len(points)} rows used"
-        + (f", {left} left out (no finite MSE, or a penalty per pixel)" if left else "")
-        + ".</p>"
-    )
-    return "".join(parts)
-
-
-def size_section(rows: list[Mapping[str, Any]]) -> str:
-    points = []
-    for i, row in enumerate(rows):
-        n = _number(row, "n_train" if "n_train" in row else "n", "size_curve", i)
-        mse = _number(row, "mse", "size_curve", i)
-        if math.isfinite(n) and math.isfinite(mse):
-            points.append(((str(row["method"]), n), mse))
-    table = _mean_by(points)
-    head = "<h2 id='size'>Training set size</h2>"
-    if not table:
-        return head + "<p>No size-curve rows with a finite MSE.</p>"
-    figure, (axes,) = new_figure(1, 1.6, row_height=3.4)
-    methods = list(dict.fromkeys(m for m, _ in table))
-    for method in methods:
-        ns = sorted(n for m, n in table if m == method)
-        mr = _is_mr(method)
-        axes.plot(
-            ns, [table[method, n] for n in ns], marker="o", label=method,
-            lw=2.8 if mr else 1.3, zorder=3 if mr else 2,
-        )  # fmt: skip
-    ns = [n for _, n in table]
-    if min(ns) > 0 and max(ns) / min(ns) >= 10:
-        axes.set_xscale("log")
-    axes.set_xlabel("training pairs N")
-    axes.set_ylabel("test MSE")
-    axes.set_title("test MSE against N", fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    return head + f'<img src="{figure_uri(figure)}" alt="test MSE against N">'
