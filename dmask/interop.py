@@ -29,7 +29,6 @@ import scipy.sparse as sp
 
 from dmask.checks import NORMALIZATIONS, SINGLE_TARGET
 from dmask.core import sparse
-from dmask.core.planning import tile_grid
 from dmask.errors import InputError, check_choice
 from dmask.graph import runtime
 from dmask.io import atomic, model_store
@@ -603,14 +602,11 @@ def _import_field(
                 f"{divmod(read, width)} outside the {field}x{field} field"
             )
     tile_shape = (min(IMPORT_TILE, height), min(IMPORT_TILE, width))
-    grid = tile_grid((height, width), tile_shape)
     attrs = model_store.ModelAttrs(
         field=field, tile_shape=tile_shape, **common
     ).to_dict()
     attrs["complete"] = True
-    dataset = model_store.model_dataset(
-        weight, bias, plan.names, field, np.ones(grid, dtype="u1"), attrs
-    )
+    dataset = model_store.model_dataset(weight, bias, plan.names, field, attrs)
     return Model(dataset)
 
 

@@ -478,10 +478,9 @@ def _held_model(
     if not local:
         for tile, solution in zip(tiles, results, strict=True):
             fit_tasks.place_tile(arrays, tile, solution)
-    grid = (tiles[-1].index[0] + 1, tiles[-1].index[1] + 1)
     dataset = model_store.model_dataset(
-        weight, bias, list(names), field, np.ones(grid, dtype="u1"),
-        {**attrs, "complete": True}, lam_map=lam_map,
+        weight, bias, list(names), field, {**attrs, "complete": True},
+        lam_map=lam_map,
     )  # fmt: skip
     return Model(dataset)
 

@@ -82,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> None:
     from dmask.checks import check_settings
-    from dmask.core.planning import check_field, plan_tiles
+    from dmask.core.planning import check_field, plan_tiles, tile_grid
     from dmask.datasets.drawing import EXPRESSIONS
     from dmask.io.dataset_store import open_dataset, other_expressions, stored_pairs
     from dmask.io.locations import same_store
@@ -140,10 +140,9 @@ def run(args: argparse.Namespace) -> None:
             )
         height, width = model.image_shape
         pixels = height * width * model.channels * len(model.targets)
-        if before is not None and before.tile_complete.shape == (
-            model.dataset.sizes["tile_y"],
-            model.dataset.sizes["tile_x"],
-        ):  # a resumed run solved only the tiles left
+        grid = tile_grid(model.image_shape, model.tile_shape)
+        if before is not None and before.tile_complete.shape == grid:
+            # a resumed run solved only the tiles left
             done = [
                 t for t in plan_tiles(model.image_shape, model.tile_shape)
                 if before.tile_complete[t.index]
@@ -155,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
             started,
             targets=len(model.targets),
             training_pairs=sources.shape[0],
-            tiles=int(model.dataset.sizes["tile_y"] * model.dataset.sizes["tile_x"]),
+            tiles=grid[0] * grid[1],
             problems_solved=pixels,
             throughput=f"{pixels / max(wall, 1e-9):.0f} problems/s",
         )

@@ -19,7 +19,6 @@ import numpy as np
 import scipy.sparse
 
 from dmask.core import sparse
-from dmask.core.planning import tile_grid
 from dmask.errors import InputError
 from dmask.graph import runtime
 from dmask.io import model_store
@@ -130,12 +129,7 @@ def _joined_mr(models: Mapping[str, Model]) -> Model:
     }
     attrs.pop("format", None)
     attrs.pop("format_version", None)
-    grid = tile_grid(first.image_shape, first.tile_shape)
-    return Model(
-        model_store.model_dataset(
-            weight, bias, names, first.field, np.ones(grid, dtype="u1"), attrs
-        )
-    )
+    return Model(model_store.model_dataset(weight, bias, names, first.field, attrs))
 
 
 def save(

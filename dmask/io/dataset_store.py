@@ -17,13 +17,18 @@ from dmask.io.stores import (
     DATASET_FORMAT,
     FORMAT_VERSION,
     channel_names,
+    describe,
     open_store,
     prepare_output,
+    provenance,
     quiet_zarr,
+    text_as_strings,
 )
 
 __all__ = [
+    "DESCRIPTIONS",
     "StoredImages",
+    "image_attrs",
     "compact_index",
     "create_dataset_template",
     "open_dataset",
@@ -37,6 +42,36 @@ __all__ = [
     "value_peak",
     "write_dataset_block",
 ]
+
+
+#: CF-style attributes of a dataset store's coordinates (``images``: see
+#: :func:`image_attrs`).
+DESCRIPTIONS: dict[str, dict[str, Any]] = {
+    "subject": {"long_name": "subject (identity) of each face"},
+    "expression": {"long_name": "facial expression of each face"},
+    "split": {"long_name": "train or test split of each face"},
+    "channel": {"long_name": "colour channel"},
+    "person": {"long_name": "person of each face (the split unit)"},
+    "file": {"long_name": "image file, relative to the input folder"},
+    "taken_by": {"long_name": "how the face was found in its photograph"},
+}
+
+
+def image_attrs(dtype: Any, value_range: Sequence[float] | None) -> dict[str, Any]:
+    """CF-style attributes of ``images``: pixel values, dimensionless.
+
+    Integer images have the valid range ``[0, white]`` (``value_range``'s
+    upper end, else the dtype's largest value); float images (predictions,
+    which a linear model may take past white) have none.
+    """
+    attrs: dict[str, Any] = {"long_name": "face image pixel values", "units": "1"}
+    kind = np.dtype(dtype)
+    if kind.kind in "ui":
+        peak = value_range[1] if value_range else np.iinfo(kind).max
+        attrs.update(valid_min=0, valid_max=int(peak))
+    elif value_range:
+        attrs["comment"] = f"white is {float(value_range[1]):g}; values are unclipped"
+    return attrs
 
 
 def create_dataset_template(
@@ -70,7 +105,7 @@ def create_dataset_template(
     path = prepare_output(path, overwrite)
     n, _, _, channels = shape
     sample_coords = {
-        name: ("sample", np.asarray(values, dtype=str))
+        name: ("sample", np.asarray(values, dtype=np.dtypes.StringDType()))
         for name, values in coords.items()
     }
     for name, (_, values) in sample_coords.items():
@@ -91,8 +126,12 @@ def create_dataset_template(
             "format_version": FORMAT_VERSION,
             "complete": False,
             **dict(attrs),
+            "provenance": provenance(),
         },
     )
+    describe(ds, DESCRIPTIONS)
+    ds["images"].attrs.update(image_attrs(dtype, attrs.get("value_range")))
+    ds = text_as_strings(ds)
     with quiet_zarr():
         ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
     return path

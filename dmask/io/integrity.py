@@ -144,7 +144,11 @@ def verify(path: str | os.PathLike) -> VerifyReport:
     try:
         with quiet_zarr():
             group = zarr.open_group(str(path), mode="r")
-            arrays = list(group.arrays())
+            arrays = [  # the subgroups' too (the tile bookkeeping)
+                (name, node)
+                for name, node in group.members(max_depth=None)
+                if isinstance(node, zarr.Array)
+            ]
     except Exception as exc:  # zarr raises many kinds here
         raise StoreError(f"cannot read store {path}: {exc}") from None
     chunks = 0

@@ -14,34 +14,43 @@ import zarr
 
 from dmask.core.planning import Tile, sparse_tile_shape, tile_grid
 from dmask.core.windows import window_offsets
-from dmask.errors import StoreError
+from dmask.errors import InputError, StoreError
 from dmask.io.locations import is_local, store_path
 from dmask.io.stores import (
     FORMAT_VERSION,
     MODEL_FORMAT,
     channel_names,
+    create_progress,
+    describe,
     discard_store,
     finalize_store,
     open_store,
     prepare_output,
+    progress_array,
+    provenance,
     quiet_zarr,
     replaced_path,
+    text_as_strings,
 )
 
 __all__ = [
     "CHANNEL_MODES",
+    "DESCRIPTIONS",
     "FIELD_LAYOUT",
     "JOINT_LAYOUT",
     "KINDS",
     "SLOT_LAYOUT",
+    "WEIGHT_DTYPES",
     "ModelAttrs",
     "ModelProgress",
     "channel_attrs",
+    "check_weights_dtype",
     "create_model_template",
     "features",
     "model_dataset",
     "open_model_store",
     "read_model_progress",
+    "weight_codecs",
     "write_model_store",
     "write_model_tile",
 ]
@@ -72,6 +81,77 @@ CHANNEL_MODES = ("independent", "joint")
 #: Model kinds: dense r x r fields (masked ridge regression) and sparse slots.
 KINDS = ("field", "sparse")
 
+#: Dtypes a model's weights and bias may be stored in: float64 (the default,
+#: exactly the solved values) or float32 (half the size, for batch use).
+WEIGHT_DTYPES = ("float64", "float32")
+
+#: CF-style attributes of a model's variables (``units`` "1": dimensionless, the
+#: weights and bias act on min-max normalised images, or on the images' own
+#: values when ``normalize`` is ``none``).
+DESCRIPTIONS: dict[str, dict[str, Any]] = {
+    "weight": {
+        "long_name": "masked ridge regression weight of each window entry",
+        "units": "1",
+    },
+    "bias": {"long_name": "bias of each output value", "units": "1"},
+    "lam_map": {
+        "long_name": "ridge penalty chosen for each output value",
+        "units": "1",
+        "valid_min": 0.0,
+    },
+    "source": {
+        "long_name": "flat input position read by each slot, -1 for an unused slot",
+        "units": "1",
+        "valid_min": -1,
+    },
+    "target": {"long_name": "target expression"},
+    "channel": {"long_name": "colour channel"},
+    "offset_y": {"long_name": "window offset in y of each weight", "units": "pixel"},
+    "offset_x": {"long_name": "window offset in x of each weight", "units": "pixel"},
+    "input_channel": {"long_name": "input channel each weight reads"},
+}
+
+
+def check_weights_dtype(dtype: Any) -> str:
+    """``"float64"`` or ``"float32"`` (:data:`WEIGHT_DTYPES`), else InputError."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in WEIGHT_DTYPES:
+        raise InputError(f"weights dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
+    return name
+
+
+def weight_codecs(dtype: Any) -> list[Any]:
+    """Compression of weights and bias: blosc's zstd after a byte shuffle.
+
+    Chosen by ``pipelines/bench_store.py`` (docs/benchmarks.md): shuffling the
+    bytes of float64 weights groups their exponents, which takes a 128 x 128
+    RGB model at r = 3 from 91% of its raw size with plain zstd to 82%, and
+    reads it back faster. Blosc is a codec of the zarr v3 specification.
+    """
+    from zarr.codecs import BloscCodec
+
+    return [
+        BloscCodec(
+            cname="zstd", clevel=3, shuffle="shuffle", typesize=np.dtype(dtype).itemsize
+        )
+    ]
+
+
+def _encoding(ds: xr.Dataset, chunks: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Chunks of every array; the weights' compression for the float ones."""
+    encoding: dict[str, Any] = {}
+    for name, variable in ds.data_vars.items():
+        entry: dict[str, Any] = {}
+        if name in chunks:
+            entry["chunks"] = chunks[name]
+        if variable.dtype.kind == "f":
+            entry["compressors"] = weight_codecs(variable.dtype)
+        encoding[name] = entry
+    return encoding
+
 
 @dataclass(frozen=True)
 class ModelAttrs:
@@ -79,7 +159,10 @@ class ModelAttrs:
 
     Trained models record how they were trained (``sample_block``,
     ``statistics_method``, ``kernels``, and ``lam_grid`` for penalties chosen
-    per pixel); imported ones leave those out.
+    per pixel); imported ones leave those out. ``provenance`` holds what the
+    trainer knows of its inputs (``dataset``: the dataset store's ``path`` and
+    the inputs' ``fingerprint``); the store adds versions, time and command
+    when it is written (:func:`dmask.io.stores.provenance`).
     """
 
     field: int
@@ -103,6 +186,7 @@ class ModelAttrs:
     shared_channels: bool | None = None
     origin: str | None = None
     landmarks: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The attributes to store: JSON types, unset optional ones left out."""
@@ -111,7 +195,7 @@ class ModelAttrs:
             "field_layout", "shared_channels", "origin", "height",
             "width", "channels", "n_samples", "single_target",
             "training_fingerprint", "tile_shape", "sample_block",
-            "statistics_method", "kernels", "lam_grid", "landmarks",
+            "statistics_method", "kernels", "lam_grid", "landmarks", "provenance",
         )  # fmt: skip
         out: dict[str, Any] = {}
         for key in order:
@@ -157,28 +241,29 @@ def model_dataset(
     bias: Any,
     targets: Sequence[str],
     field: int,
-    tile_complete: Any,
     attrs: Mapping[str, Any],
     lam_map: Any = None,
 ) -> xr.Dataset:
     """Assemble the xarray form of a model from (numpy or dask) arrays.
 
-    ``lam_map`` (like ``bias``), the penalty chosen per pixel, is added when given.
+    ``lam_map`` (like ``bias``), the penalty chosen per pixel, is added when
+    given. Every variable carries its :data:`DESCRIPTIONS`.
     """
     channels = weight.shape[3]
     joint = attrs.get("channel_mode") == "joint"
     variables = {
         "weight": (("target", "y", "x", "channel", "k"), weight),
         "bias": (("target", "y", "x", "channel"), bias),
-        "tile_complete": (("tile_y", "tile_x"), tile_complete),
     }
     if lam_map is not None:
         variables["lam_map"] = (("target", "y", "x", "channel"), lam_map)
-    return xr.Dataset(
+    ds = xr.Dataset(
         variables,
         coords=_model_coords(targets, field, channels, joint),
         attrs={"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **dict(attrs)},
     )
+    describe(ds, DESCRIPTIONS)
+    return ds
 
 
 def sparse_model_dataset(
@@ -205,10 +290,6 @@ def sparse_model_dataset(
         "weight": (("target", "y", "x", "channel", "slot"), weight),
         "source": (("target", "y", "x", "channel", "slot"), source),
         "bias": (("target", "y", "x", "channel"), bias),
-        "tile_complete": (
-            ("tile_y", "tile_x"),
-            np.ones(tile_grid((height, width), tile_shape), dtype="u1"),
-        ),
     }
     coords = {
         "target": np.asarray(list(targets), dtype=str),
@@ -221,7 +302,9 @@ def sparse_model_dataset(
         "slot_layout": SLOT_LAYOUT,
         "complete": True,
     }
-    return xr.Dataset(variables, coords=coords, attrs=settings)
+    ds = xr.Dataset(variables, coords=coords, attrs=settings)
+    describe(ds, DESCRIPTIONS)
+    return ds
 
 
 def create_model_template(
@@ -234,44 +317,70 @@ def create_model_template(
     attrs: Mapping[str, Any],
     overwrite: bool = False,
     lam_map: bool = False,
+    weights_dtype: str = "float64",
 ) -> str:
     """Write the metadata of a model store whose tiles workers fill in later.
 
-    With ``lam_map``, the store also has the per-pixel penalty array. Returns
+    With ``lam_map``, the store also has the per-pixel penalty array;
+    ``weights_dtype`` (:data:`WEIGHT_DTYPES`) is what the weights and bias are
+    stored as (the tiles' float64 solutions are rounded when written). Returns
     the store to write the tiles to (see :func:`prepare_output`).
     """
     import dask.array as da
 
+    dtype = check_weights_dtype(weights_dtype)
     path = prepare_output(path, overwrite)
     n_targets = len(targets)
     height, width = image_shape
     th, tw = tile_shape
     k = features(field, channels, str(attrs.get("channel_mode", "independent")))
-    grid = tile_grid(image_shape, tile_shape)
 
-    def per_pixel() -> da.Array:
+    def per_pixel(kind: str = dtype) -> da.Array:
         return da.zeros(
             (n_targets, height, width, channels),
             chunks=(1, th, tw, channels),
-            dtype="f8",
+            dtype=kind,
         )
 
+    settings = _settings(attrs)
     ds = model_dataset(
         da.zeros(
             (n_targets, height, width, channels, k),
             chunks=(1, th, tw, channels, k),
-            dtype="f8",
+            dtype=dtype,
         ),
         per_pixel(),
         targets,
         field,
-        da.zeros(grid, chunks=(1, 1), dtype="u1"),
-        {**dict(attrs), "complete": False, "tile_shape": [th, tw]},
-        lam_map=per_pixel() if lam_map else None,
+        {**settings, "complete": False, "tile_shape": [th, tw]},
+        lam_map=per_pixel("f8") if lam_map else None,
     )
+    ds = text_as_strings(ds)
     with quiet_zarr():
-        ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
+        ds.to_zarr(
+            str(path), mode="w", compute=False, zarr_format=3, consolidated=True,
+            encoding=_encoding(ds, {}),
+        )  # fmt: skip
+    create_progress(path, tile_grid(image_shape, tile_shape), ("tile_y", "tile_x"))
     return path
+
+
+def _settings(attrs: Mapping[str, Any], copied_from: str | None = None) -> dict:
+    """``attrs`` with the ``provenance`` of a store written now.
+
+    What the trainer recorded of its inputs (``dataset``) is kept; a model
+    copied from a store says which (``copied_from``) and keeps its ``command``
+    and ``trained`` time when it had them.
+    """
+    out = dict(attrs)
+    before = dict(out.get("provenance") or {})
+    extra: dict[str, Any] = {"dataset": before.get("dataset")}
+    if copied_from is not None:
+        extra["copied_from"] = copied_from
+        extra["trained"] = before.get("trained", before.get("created"))
+        extra["trained_by"] = before.get("trained_by", before.get("command"))
+    out["provenance"] = provenance(**extra)
+    return out
 
 
 @dataclass
@@ -310,7 +419,7 @@ def read_model_progress(path: str | os.PathLike) -> ModelProgress | None:
         with quiet_zarr():
             group = zarr.open_group(str(path), mode="r")
             attrs = dict(group.attrs)
-            done = np.asarray(group["tile_complete"][...]).astype(bool)
+            done = np.asarray(progress_array(group)[...]).astype(bool)
             targets = [str(t) for t in group["target"][...]]
     except FileNotFoundError:
         return None
@@ -348,35 +457,60 @@ def write_model_tile(
         group["bias"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = bias
         if lam_map is not None:
             group["lam_map"][:, tile.y0 : tile.y1, tile.x0 : tile.x1] = lam_map
-        group["tile_complete"][tile.index] = 1
+        progress_array(group)[tile.index] = 1
     return tile.index
 
 
-def write_model_store(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool) -> None:
-    """Write a whole model dataset (numpy or dask backed) to a new store."""
+def write_model_store(
+    ds: xr.Dataset,
+    path: str | os.PathLike,
+    overwrite: bool,
+    weights_dtype: str = "float64",
+) -> None:
+    """Write a whole model dataset (numpy or dask backed) to a new store.
+
+    ``weights_dtype`` (:data:`WEIGHT_DTYPES`): what the weights and bias are
+    stored as; float32 rounds them, for a store half the size.
+    """
     import contextlib
 
     import dask
     import dask.array as da
 
-    target = prepare_output(path, overwrite, inputs=[ds.encoding.get("dmask_path")])
+    dtype = check_weights_dtype(weights_dtype)
+    source = ds.encoding.get("dmask_path")
+    target = prepare_output(path, overwrite, inputs=[source])
     in_memory = not any(isinstance(v.data, da.Array) for v in ds.variables.values())
     th, tw = ds.attrs["tile_shape"]
     last = "slot" if "slot" in ds.dims else "k"
     channels, k = ds.sizes["channel"], ds.sizes[last]
-    ds = ds.copy()
-    ds.attrs["complete"] = False
+    ds = ds.drop_vars("tile_complete", errors="ignore")  # format 1 models
+    for name in ("weight", "bias"):
+        ds[name] = ds[name].astype(dtype)
+    describe(ds, DESCRIPTIONS)
+    ds.attrs = {
+        **_settings(ds.attrs, copied_from=source),
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "complete": False,
+    }
+    ds.attrs.pop("chunk_manifest", None)
     ds = ds.chunk({"target": 1, "y": th, "x": tw, "channel": channels, last: k})
-    ds = ds.chunk({"tile_y": 1, "tile_x": 1})
     for name in ds.variables:
         ds[name].encoding = {}
+    ds = text_as_strings(ds)
     # arrays in this process are written from it, not shipped to a cluster's workers
     local = (
         dask.config.set(scheduler="threads") if in_memory else contextlib.nullcontext()
     )
     try:
         with quiet_zarr(), local:
-            ds.to_zarr(target, mode="w", zarr_format=3, consolidated=True)
+            ds.to_zarr(
+                target, mode="w", zarr_format=3, consolidated=True,
+                encoding=_encoding(ds, {}),
+            )  # fmt: skip
+        grid = tile_grid((ds.sizes["y"], ds.sizes["x"]), (th, tw))
+        create_progress(target, grid, ("tile_y", "tile_x"), done=True)
     except BaseException:
         discard_store(target)  # never a half-written model left behind
         raise
@@ -399,5 +533,11 @@ def open_model_store(path: str | os.PathLike) -> xr.Dataset:
     for name in ("weight", "bias", *(("source",) if kind == "sparse" else ())):
         if name not in ds:
             raise StoreError(f"model store {path} has no {name} array")
+    for name in ("weight", "bias"):
+        if ds[name].dtype.name not in WEIGHT_DTYPES:
+            raise StoreError(
+                f"model store {path} has {name} of dtype {ds[name].dtype}, not one "
+                f"of {WEIGHT_DTYPES}"
+            )
     ds.encoding["dmask_path"] = store_path(path)
     return ds

@@ -26,12 +26,18 @@ from dmask.io.stores import (
     FORMAT_VERSION,
     STATISTICS_FORMAT,
     channel_names,
+    create_progress,
+    describe,
     open_store,
     prepare_output,
+    progress_array,
+    provenance,
     quiet_zarr,
+    text_as_strings,
 )
 
 __all__ = [
+    "DESCRIPTIONS",
     "StatisticsInfo",
     "create_statistics_template",
     "open_statistics_store",
@@ -39,6 +45,45 @@ __all__ = [
     "statistics_info",
     "write_statistics_tile",
 ]
+
+
+#: CF-style attributes of a statistics store's variables (sums of products of
+#: normalised pixel values: dimensionless).
+DESCRIPTIONS: dict[str, dict[str, Any]] = {
+    "pair_sums": {
+        "long_name": "sum over training pairs of x(q) x(q + d), per displacement d",
+        "units": "1",
+    },
+    "sums": {"long_name": "sum over training pairs of x(q)", "units": "1"},
+    "cross_sums": {
+        "long_name": "sum over training pairs of x(p + u_k) t(p), per window offset",
+        "units": "1",
+    },
+    "target_sums": {"long_name": "sum over training pairs of t(p)", "units": "1"},
+    "target_squares": {
+        "long_name": "sum over training pairs of t(p) squared",
+        "units": "1",
+        "valid_min": 0.0,
+    },
+    "count": {
+        "long_name": "training pairs summed per fold",
+        "units": "1",
+        "valid_min": 0,
+    },
+    "target": {"long_name": "target expression"},
+    "channel": {"long_name": "colour channel"},
+    "displacement_y": {"long_name": "displacement in y", "units": "pixel"},
+    "displacement_x": {"long_name": "displacement in x", "units": "pixel"},
+    "offset_y": {"long_name": "window offset in y", "units": "pixel"},
+    "offset_x": {"long_name": "window offset in x", "units": "pixel"},
+    "subject": {"long_name": "subject counted"},
+    "subject_fold": {"long_name": "fold each subject is counted in"},
+    "fingerprint": {"long_name": "hash of each subject's images"},
+    "subject_dataset": {
+        "long_name": "index of each subject's dataset in the datasets attribute, "
+        "-1 for pairs given as arrays"
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -163,14 +208,6 @@ def create_statistics_template(
             zeros((n_folds, n_targets, *image), (1, 1, *chunk)),
         ),
         "count": (("fold",), np.asarray(counts, dtype=np.int64)),
-        "tile_complete": (
-            ("fold", "tile_y", "tile_x"),
-            da.zeros(
-                (n_folds, *tile_grid(image_shape, tile_shape)),
-                chunks=(1, 1, 1),
-                dtype="u1",
-            ),
-        ),
     }
     coords = {
         "target": np.asarray(list(targets), dtype=str),
@@ -201,10 +238,18 @@ def create_statistics_template(
             "tile_shape": [int(th), int(tw)],
             "channel_mode": "joint" if joint else "independent",
             "complete": False,
+            "provenance": provenance(),
         },
     )
+    describe(ds, DESCRIPTIONS)
+    ds = text_as_strings(ds)
     with quiet_zarr():
         ds.to_zarr(str(path), mode="w", compute=False, zarr_format=3, consolidated=True)
+    create_progress(
+        path,
+        (n_folds, *tile_grid(image_shape, tile_shape)),
+        ("fold", "tile_y", "tile_x"),
+    )
     return path
 
 
@@ -220,7 +265,7 @@ def write_statistics_tile(
         group["cross_sums"][fold, :, :, inner[0], inner[1]] = parts["cross_sums"]
         for name in ("target_sums", "target_squares"):
             group[name][fold, :, inner[0], inner[1]] = parts[name]
-        group["tile_complete"][(fold, *tile.index)] = 1
+        progress_array(group)[(fold, *tile.index)] = 1
     return (fold, *tile.index)
 
 

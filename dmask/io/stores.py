@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import datetime
 import logging
 import os
 import shutil
+import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 import zarr
 
@@ -32,8 +37,18 @@ __all__ = [
     "DATASET_FORMAT",
     "FORMAT_VERSION",
     "MODEL_FORMAT",
+    "PROGRESS_GROUP",
+    "READABLE_VERSIONS",
     "STATISTICS_FORMAT",
     "channel_names",
+    "command_line",
+    "create_progress",
+    "describe",
+    "progress_array",
+    "provenance",
+    "recording_command",
+    "text_as_fixed_width",
+    "text_as_strings",
     "discard_store",
     "finalize_store",
     "finished_or_discarded",
@@ -53,12 +68,26 @@ MODEL_FORMAT = "dmask-model"
 STATISTICS_FORMAT = "dmask-statistics"
 
 
-FORMAT_VERSION = 1
+#: The version this dmask writes. 2: variable-length strings, CF attributes on
+#: every variable, ``provenance``, and the tile bookkeeping in :data:`PROGRESS_GROUP`.
+FORMAT_VERSION = 2
+
+#: Versions this dmask opens: 1 is what dmask wrote before 2 (fixed-length
+#: UTF-32 strings, ``tile_complete`` among the data variables).
+READABLE_VERSIONS = (1, 2)
+
+#: The subgroup that holds a store's tile bookkeeping (``tile_complete``), out of
+#: the data variables that ``xarray.open_zarr`` shows.
+PROGRESS_GROUP = "progress"
 
 
 @contextlib.contextmanager
 def quiet_zarr() -> Iterator[None]:
-    """Silence zarr's notes on string dtypes and consolidated metadata in v3."""
+    """Silence zarr's notes on consolidated metadata in v3.
+
+    And on the fixed-length strings of format 1 stores, which dmask reads but no
+    longer writes.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Zarr V3 specification.*")
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
@@ -72,6 +101,180 @@ def quiet_zarr() -> Iterator[None]:
 def channel_names(channels: int) -> list[str]:
     """``R, G, B`` for three channels, else ``c0, c1, ...``."""
     return ["R", "G", "B"] if channels == 3 else [f"c{i}" for i in range(channels)]
+
+
+def text_as_strings(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every text variable as numpy's variable-length ``StringDType``.
+
+    xarray and zarr write those as zarr v3's ``string`` data type (``vlen-utf8``
+    codec); numpy's fixed-width ``<U`` text would become zarr's
+    ``fixed_length_utf32``, which has no v3 specification.
+    """
+    strings = np.dtypes.StringDType()
+    changed = {
+        name: variable.astype(strings)
+        for name, variable in ds.variables.items()
+        if variable.dtype.kind in "USO" and variable.dtype != strings
+    }
+    if not changed:
+        return ds
+    ds = ds.copy()
+    for name, variable in changed.items():
+        variable.encoding = {}
+        if name in ds.indexes:
+            ds = ds.assign_coords({name: variable})
+        else:
+            ds[name] = variable
+    return ds
+
+
+def text_as_fixed_width(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its variable-length text (as read) as numpy's ``<U``, in memory.
+
+    numpy cannot cast ``StringDType`` with ``astype(str)``, which code that
+    reads labels uses; the labels are small (coordinates), so they are loaded.
+    """
+    strings = np.dtypes.StringDType()
+    changed = {
+        name: variable.copy(data=np.asarray(variable.values).astype(object).astype(str))
+        for name, variable in ds.variables.items()
+        if variable.dtype == strings
+    }
+    if not changed:
+        return ds
+    ds = ds.copy()
+    for name, variable in changed.items():
+        if name in ds.indexes:
+            ds = ds.assign_coords({name: variable})
+        else:
+            ds[name] = variable
+    return ds
+
+
+def describe(ds: xr.Dataset, descriptions: Mapping[str, Mapping[str, Any]]) -> None:
+    """Set CF-style attributes (``long_name``, ``units``, ...) on ``ds``'s variables.
+
+    ``descriptions`` maps a variable name to its attributes; names ``ds`` does
+    not have are skipped. Changes ``ds`` in place.
+    """
+    for name, attrs in descriptions.items():
+        if name in ds.variables:
+            ds[name].attrs.update(attrs)
+
+
+_COMMAND: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "dmask_command", default=None
+)
+
+
+@contextlib.contextmanager
+def recording_command(argv: Sequence[str]) -> Iterator[None]:
+    """Record ``argv`` as the command line of the stores written in the block."""
+    token = _COMMAND.set([str(a) for a in argv])
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
+
+
+def command_line() -> list[str] | None:
+    """The command line that is writing a store: None from the Python API.
+
+    What :func:`recording_command` set, else ``sys.argv`` when this process is
+    dmask's command line (the ``dmask`` script or ``python -m dmask``).
+    """
+    recorded = _COMMAND.get()
+    if recorded is not None:
+        return recorded
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if getattr(spec, "name", None) == "dmask.__main__" or script in (
+        "dmask",
+        "dmask.exe",
+    ):
+        return list(sys.argv)
+    return None
+
+
+#: Libraries whose versions every store records.
+PROVENANCE_PACKAGES = ("dmask", "dask", "distributed", "zarr", "xarray", "numpy")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """Who wrote a store, when and how: the ``provenance`` attribute (JSON).
+
+    ``created`` (UTC, ISO 8601 with ``Z``), ``versions`` of
+    :data:`PROVENANCE_PACKAGES` and Python, ``command`` (see
+    :func:`command_line`), and ``extra`` entries left as given (None ones left
+    out).
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    versions = {name: _version(name) for name in PROVENANCE_PACKAGES}
+    versions["python"] = ".".join(str(v) for v in sys.version_info[:3])
+    out: dict[str, Any] = {
+        "created": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "versions": versions,
+        "command": command_line(),
+    }
+    out.update({key: value for key, value in extra.items() if value is not None})
+    return out
+
+
+def create_progress(
+    path: str | os.PathLike,
+    shape: tuple[int, ...],
+    dims: tuple[str, ...],
+    done: bool = False,
+) -> None:
+    """Add the ``tile_complete`` array (one chunk per tile) in :data:`PROGRESS_GROUP`.
+
+    Each tile's task sets its own entry to 1 once the tile's chunks are written
+    (``done``: all 1 already). Then the store's metadata is consolidated again.
+    """
+    with quiet_zarr():
+        group = zarr.open_group(str(path), mode="r+")
+        progress = group.create_group(
+            PROGRESS_GROUP,
+            attributes={"description": "dmask's bookkeeping of the tiles written"},
+            overwrite=True,
+        )
+        array = progress.create_array(
+            "tile_complete",
+            shape=shape,
+            chunks=(1,) * len(shape),
+            dtype="u1",
+            fill_value=0,
+            dimension_names=dims,
+            attributes={
+                "long_name": "tile written (1) or not yet (0)",
+                "units": "1",
+                "valid_min": 0,
+                "valid_max": 1,
+            },
+            overwrite=True,
+        )
+        if done:
+            array[...] = 1
+        zarr.consolidate_metadata(str(path))
+
+
+def progress_array(group: zarr.Group) -> zarr.Array:
+    """A store's ``tile_complete``: in :data:`PROGRESS_GROUP`, or at the root
+    (format 1)."""
+    if PROGRESS_GROUP in group:
+        found = group[PROGRESS_GROUP]["tile_complete"]
+    else:
+        found = group["tile_complete"]
+    assert isinstance(found, zarr.Array)
+    return found
 
 
 #: Suffix of the store a run writes beside an existing output it replaces.
@@ -238,6 +441,13 @@ def finished_or_discarded(written: str | os.PathLike) -> Iterator[None]:
 
 
 def open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.Dataset:
+    """Open a finished store of ``kind`` lazily: its format, version and chunks
+    checked.
+
+    Stores of every version in :data:`READABLE_VERSIONS` open, the same way: a
+    format 1 store's ``tile_complete`` is left out as format 2 keeps it out of
+    the data variables.
+    """
     if is_local(path) and not os.path.exists(path):
         raise StoreError(f"{kind} store {path} does not exist")
     try:
@@ -253,14 +463,25 @@ def open_store(path: str | os.PathLike, kind: str, expected_format: str) -> xr.D
             f"{expected_format!r})"
         )
     version = ds.attrs.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StoreError(f"{kind} store {path} has unsupported version {version!r}")
+    if version not in READABLE_VERSIONS:
+        raise StoreError(
+            f"{kind} store {path} has format_version {version!r}; this dmask reads "
+            f"versions {', '.join(map(str, READABLE_VERSIONS))} (a newer dmask wrote "
+            "it: upgrade dmask to open it)"
+        )
     if not ds.attrs.get("complete", False):
         raise StoreError(
             f"{kind} store {path} is incomplete (the run that wrote it did not finish)"
         )
     integrity.check_manifest(path, kind, required=bool(ds.attrs.get("chunk_manifest")))
-    return ds
+    if version != FORMAT_VERSION:
+        logger.info(
+            "%s store %s has format_version %s (read as it is; dmask writes %s)",
+            kind, path, version, FORMAT_VERSION,
+        )  # fmt: skip
+    if "tile_complete" in ds.data_vars:  # format 1 kept it among the data
+        ds = ds.drop_vars("tile_complete")
+    return text_as_fixed_width(ds)
 
 
 def finalize_store(path: str | os.PathLike, **attrs: Any) -> str:
