@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["DmaskError", "InputError", "StoreError", "check_choice"]
+__all__ = ["DmaskError", "InputError", "StoreError", "UsageError", "check_choice"]
 
 
 class DmaskError(ValueError):
@@ -17,6 +17,14 @@ class InputError(DmaskError):
 
 class StoreError(DmaskError):
     """A store is missing, unreadable, incomplete, of the wrong kind, or in the way."""
+
+
+class UsageError(DmaskError):
+    """Command-line options that cannot go together, found after parsing them.
+
+    The command line's usage errors (exit 2, as argparse's own); every other
+    :class:`DmaskError` is a failure of the run (exit 1).
+    """
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> str:

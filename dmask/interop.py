@@ -86,7 +86,7 @@ def _file_order(channel_order: str, channels: int) -> list[int]:
 def export_reference(
     model: Model,
     out_dir: str | os.PathLike,
-    target: str | None = None,
+    target: str | Sequence[str] | None = None,
     overwrite: bool = False,
     *,
     channel_order: str | None = None,
@@ -100,8 +100,8 @@ def export_reference(
         The model (a field or a sparse model, in memory or opened from a store).
     out_dir : str or path
         New directory: per target a folder of ``.npz`` files, and ``manifest.json``.
-    target : str, optional
-        Export this target only; all targets when omitted.
+    target : str or sequence of str, optional
+        Export this target (or these) only; all targets when omitted.
     overwrite : bool
         Replace an existing ``out_dir``.
     channel_order : {"rgb", "bgr"}, optional
@@ -139,9 +139,11 @@ def export_reference(
     out_dir = Path(os.path.abspath(out_dir))
     names = model.targets
     if target is not None:
-        if target not in names:
-            raise InputError(f"target {target!r} is not in the model (has {names})")
-        names = [target]
+        wanted = [target] if isinstance(target, str) else list(dict.fromkeys(target))
+        for one in wanted:
+            if one not in names:
+                raise InputError(f"target {one!r} is not in the model (has {names})")
+        names = wanted
     for name in names:
         safe_name(name)
     if os.path.lexists(out_dir) and not overwrite:

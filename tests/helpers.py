@@ -232,12 +232,20 @@ def process_tree(pid: int) -> list[int]:
         return []
 
 
-#: Command-line options for a one-worker cluster of threads in this process.
-LOCAL_CLUSTER = ["--workers", "1", "--threads", "--dashboard-address", "127.0.0.1:0"]
+#: Command-line options for a one-worker cluster of threads in this process,
+#: without progress lines on stderr (tests count its lines).
+LOCAL_CLUSTER = [
+    "--workers", "1", "--in-process", "--dashboard-address", "127.0.0.1:0",
+    "--no-progress",
+]  # fmt: skip
 
 
-def cli_error(capsys: Any, *argv: Any, code: int = 2, seconds: float = 60.0) -> str:
+def cli_error(capsys: Any, *argv: Any, code: int = 1, seconds: float = 60.0) -> str:
     """Run ``dmask`` in this process; it must fail with ``code`` and one line.
+
+    ``code`` 1: the run failed; 2: a usage error found after parsing (options
+    that cannot go together). argparse's own errors print the usage too: see
+    :func:`usage_error`.
 
     Returns that line of stderr. ``seconds`` bounds how long the failure may
     take (refusals come before the work).
@@ -254,3 +262,19 @@ def cli_error(capsys: Any, *argv: Any, code: int = 2, seconds: float = 60.0) -> 
     assert len(lines) == 1, captured.err
     assert time.perf_counter() - started < seconds
     return lines[0]
+
+
+def usage_error(capsys: Any, *argv: Any) -> str:
+    """Run ``dmask`` in this process; argparse must refuse it (exit 2).
+
+    Returns the error line (the last line of stderr, after the usage).
+    """
+    from dmask.cli import main
+
+    got = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert got == 2, captured.err
+    assert lines and lines[0].startswith("usage: dmask"), captured.err
+    assert ": error: " in lines[-1], captured.err
+    return lines[-1]

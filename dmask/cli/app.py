@@ -1,8 +1,15 @@
-"""The top-level parser, the dispatch to each command's handler and the exit codes."""
+"""The top-level parser, the dispatch to each command's handler and the exit codes.
+
+Exit codes: 0 done; 1 the run failed (bad input files, settings the data
+refuse, stores in the way, a full disk, a lost cluster, anything unforeseen);
+2 a usage error (argparse's, or options that cannot go together); 130 stopped
+by Ctrl-C (SIGINT).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -22,12 +29,18 @@ from dmask.cli import (
     verbosity,
     verify,
 )
-from dmask.errors import DmaskError
+from dmask.cli.common import DEPRECATIONS, HelpFormatter
+from dmask.errors import DmaskError, UsageError
 
-__all__ = ["main"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
 
-EXIT_ERROR = 2
+#: The run finished.
+EXIT_OK = 0
+#: The run failed: bad input, a store in the way, a failure while running.
 EXIT_FAILED = 1
+#: A usage error: argparse's own, or options that cannot go together.
+EXIT_USAGE = 2
+#: Stopped by Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
 
 # The subcommands in the order --help lists them.
@@ -68,6 +81,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmask",
         description="Masked ridge regression for facial expression synthesis.",
+        epilog="examples:\n"
+        "  dmask synth --out faces.zarr --subjects 30 --size 64\n"
+        "  dmask train faces.zarr --out model.zarr --targets happy sad\n"
+        "  dmask train --help    # every command has its own help and examples\n"
+        "\nexit codes: 0 done, 1 the run failed, 2 a usage error, 130 Ctrl-C",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dmask {__version__}")
     verbosity.add_options(parser)
@@ -82,16 +101,26 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
-    clash = verbosity.resolve(args)
-    if clash:
-        parser.error(clash)
+    try:
+        args = parser.parse_args(argv)
+        clash = verbosity.resolve(args)
+        if clash:
+            parser.error(clash)
+    except SystemExit as exc:  # --help, --version, or argparse's usage error
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or EXIT_OK
+        return EXIT_USAGE
     verbosity.configure(args.verbose, args.quiet)
+    for note in getattr(args, DEPRECATIONS, ()):
+        logging.getLogger("dmask.cli").warning("%s", note)
     try:
         COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except DmaskError as exc:
         print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_FAILED
     except OSError as exc:  # a full disk, a network failure: the run failed
         print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -108,4 +137,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    return 0
+    return EXIT_OK

@@ -9,18 +9,35 @@ import time
 from dmask.cli.common import (
     _add_cluster_options,
     _add_crop_option,
+    _add_overwrite_option,
     _add_resize_option,
     _check_output_folder,
     _cluster,
+    _every,
+    _images_bytes,
     _is_store,
     _positive_int,
-    _split_names,
     _summary,
+    add_command,
+    every_option,
+    names_option,
 )
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    apply = sub.add_parser("apply", help="synthesise faces with a stored model")
+    apply = add_command(
+        sub,
+        "apply",
+        "synthesise faces with a stored model",
+        [
+            "dmask apply model.zarr faces.zarr --out out.zarr --split test --png pngs/",
+            "dmask apply model.zarr photos/ --out synthesised/ --targets happy "
+            "--strength 1.5",
+        ],
+        description="Synthesise faces with a stored model: from a dataset store "
+        "into a store (and PNG files), or from a folder of photographs into a "
+        "folder (each face aligned, synthesised and pasted back).",
+    )
     apply.add_argument("model", help="model store")
     apply.add_argument(
         "dataset", help="dataset store of source faces, or a folder of photographs"
@@ -30,11 +47,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         required=True,
         help="output store (from a store) or output folder of PNGs (from a folder)",
     )
-    apply.add_argument("--source", default="neutral", help="('' for every sample)")
-    apply.add_argument("--split", default="", help="only this split ('' for all)")
-    apply.add_argument("--targets", help="comma-separated subset of model targets")
-    apply.add_argument("--png", help="also write PNG files to this folder")
-    apply.add_argument("--sample-block", type=_positive_int, help="samples per task")
+    every_option(
+        apply, "--source", "neutral", "stores: source expression, or all (every sample)"
+    )
+    every_option(apply, "--split", "all", "stores: only this split, or all")
+    names_option(
+        apply, "--targets", "subset of the model's targets (default: all of them)"
+    )
+    apply.add_argument(
+        "--png", metavar="FOLDER", help="stores: also write PNG files to this folder"
+    )
+    apply.add_argument(
+        "--sample-block",
+        type=_positive_int,
+        metavar="N",
+        help="stores: samples per task (default: from the workers' memory)",
+    )
     _add_crop_option(
         apply,
         "folders: how faces are taken (auto: a face crop whole, else align: "
@@ -47,7 +75,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="folders: write the photographs with the face pasted back "
         "(OUT/<target>/), the crops (OUT/crops/<target>/, OUT/aligned/), or both",
     )
-    apply.add_argument("--margin", type=float, default=0.25, help="around a face")
+    apply.add_argument(
+        "--margin",
+        type=float,
+        default=0.25,
+        metavar="FRACTION",
+        help="folders: margin around a found face box, a fraction of its size",
+    )
     _add_resize_option(
         apply, "folders: how faces are resized (bilinear, area: as OpenCV's)"
     )
@@ -62,22 +96,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=1.0,
         metavar="ALPHA",
-        help="expression strength: 0 keeps the input, 1 is the model (default), "
+        help="expression strength: 0 keeps the input, 1 is the model, "
         "in between interpolates, above 1 exaggerates",
     )
     apply.add_argument(
         "--convert-channels",
         action="store_true",
         help="folders: turn colour photographs grey for a one-channel model "
-        "(default: skip them, a report line each)",
+        "(without it: skip them, a report line each)",
     )
     apply.add_argument(
-        "--files-per-task", type=_positive_int, default=16, help="folders: files/task"
+        "--files-per-task",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="folders: image files per task",
     )
-    apply.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the output store; for folders, redo files already done",
+    _add_overwrite_option(
+        apply, "replace the output store; for folders, redo files already done"
     )
     _add_cluster_options(apply)
 
@@ -96,15 +132,15 @@ def run(args: argparse.Namespace) -> None:
     prepare_output(args.out, args.overwrite, inputs=[args.model, args.dataset])
     model = open_model(args.model)
     ds = open_dataset(args.dataset)
-    with _cluster(args) as client:
+    with _cluster(args, _images_bytes(ds)) as client:
         started = time.perf_counter()
         out = apply_to_store(
             model,
             ds,
             args.out,
-            source=args.source or None,
-            split=args.split or None,
-            targets=_split_names(args.targets),
+            source=_every(args.source),
+            split=_every(args.split),
+            targets=args.targets or None,
             overwrite=True,
             sample_block=args.sample_block,
             strength=args.strength,
@@ -134,7 +170,7 @@ def _run_folder(args: argparse.Namespace) -> None:
             model,
             args.dataset,
             args.out,
-            targets=_split_names(args.targets),
+            targets=args.targets or None,
             crop=args.crop,
             margin=args.margin,
             block=args.files_per_task,

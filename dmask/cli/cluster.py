@@ -6,31 +6,100 @@ import argparse
 import logging
 from typing import Any
 
-from dmask.cli.common import _positive_int
+from dmask.cli.common import _memory_limit, _positive_int, add_command, renamed
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cluster = sub.add_parser(
-        "cluster", help="start a Dask cluster for the other commands to use"
+    cluster = add_command(
+        sub,
+        "cluster",
+        "start a Dask cluster for the other commands to use",
+        [
+            "dmask cluster ssh node1 node2 --scheduler-file s.json",
+            "dmask cluster ssh --help",
+        ],
     )
-    kinds = cluster.add_subparsers(dest="kind", required=True)
-    ssh = kinds.add_parser(
-        "ssh", help="over SSH: the scheduler on the first host, workers on the rest"
+    kinds = cluster.add_subparsers(dest="kind", required=True, metavar="KIND")
+    ssh = add_command(
+        kinds,
+        "ssh",
+        "over SSH: the scheduler on the first host, workers on the rest",
+        [
+            "dmask cluster ssh node1 node2 node3 --workers-per-host 2 "
+            "--threads-per-worker 4 --memory-limit 16GB --scheduler-file s.json",
+            "dmask train faces.zarr --out model.zarr --scheduler-file s.json   "
+            "# in another shell",
+        ],
+        description="Start a Dask cluster over SSH (distributed's SSHCluster): the "
+        "scheduler on the first host, workers on the others (one host: both). "
+        "It runs until Ctrl-C.",
     )
-    ssh.add_argument("hosts", nargs="+", metavar="HOST")
-    ssh.add_argument("--workers-per-host", type=_positive_int, default=1)
-    ssh.add_argument("--threads", type=_positive_int, default=1, help="per worker")
-    ssh.add_argument("--memory-limit", default="auto", help="per worker, e.g. 4GB")
-    ssh.add_argument("--port", type=int, default=8786, help="scheduler port")
-    ssh.add_argument("--dashboard-address", default="127.0.0.1:8787")
     ssh.add_argument(
-        "--remote-python", help="Python with dmask on the hosts (default: this one)"
+        "hosts", nargs="+", metavar="HOST", help="the scheduler's host, then workers'"
     )
-    ssh.add_argument("--ssh-port", type=int)
-    ssh.add_argument("--ssh-user")
-    ssh.add_argument("--ssh-key", action="append", help="private key (repeatable)")
-    ssh.add_argument("--known-hosts", help="known_hosts file ('none': no checks)")
-    ssh.add_argument("--scheduler-file", help="write the scheduler's address here")
+    ssh.add_argument(
+        "--workers-per-host",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes on each host",
+    )
+    ssh.add_argument(
+        "--threads-per-worker",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="threads per worker",
+    )
+    renamed(
+        ssh, "--threads", "--threads-per-worker", "threads_per_worker",
+        type=_positive_int,
+    )  # fmt: skip
+    ssh.add_argument(
+        "--memory-limit",
+        type=_memory_limit,
+        default="auto",
+        metavar="SIZE",
+        help="memory limit per worker, e.g. 4GB",
+    )
+    ssh.add_argument(
+        "--scheduler-port", type=int, default=8786, metavar="PORT",
+        help="the scheduler's port",
+    )  # fmt: skip
+    renamed(ssh, "--port", "--scheduler-port", "scheduler_port", type=int)
+    ssh.add_argument(
+        "--dashboard-address",
+        default="127.0.0.1:8787",
+        metavar="ADDRESS",
+        help="the dashboard's address on the scheduler's host",
+    )
+    ssh.add_argument(
+        "--remote-python",
+        metavar="PATH",
+        help="Python with dmask on the hosts (default: this one's path)",
+    )
+    ssh.add_argument(
+        "--ssh-port", type=int, metavar="PORT", help="SSH port (default: 22)"
+    )
+    ssh.add_argument(
+        "--ssh-user", metavar="USER", help="SSH user name (default: yours)"
+    )
+    ssh.add_argument(
+        "--ssh-key",
+        action="append",
+        metavar="FILE",
+        help="private key file (repeatable; default: SSH's own)",
+    )
+    ssh.add_argument(
+        "--known-hosts",
+        metavar="FILE",
+        help="known_hosts file ('none': no host key checks; default: SSH's own)",
+    )
+    ssh.add_argument(
+        "--scheduler-file",
+        metavar="FILE",
+        help="write the scheduler's address here (removed when the cluster stops)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -57,9 +126,9 @@ def run(args: argparse.Namespace) -> None:
     cluster = ssh_cluster(
         args.hosts,
         workers_per_host=args.workers_per_host,
-        threads=args.threads,
+        threads=args.threads_per_worker,
         memory_limit=args.memory_limit,
-        scheduler_port=args.port,
+        scheduler_port=args.scheduler_port,
         dashboard_address=args.dashboard_address,
         remote_python=args.remote_python,
         connect_options=options or None,

@@ -4,12 +4,262 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from dmask.errors import DmaskError
+from dmask.errors import DmaskError, UsageError
+
+# ------------------------------------------------------------------ vocabulary
+# One spelling for each idea across the commands:
+#   lists           --targets happy sad (space-separated; a comma list works too)
+#   one name        --source neutral, --target happy (import, ingest's pairs)
+#   image sizes     --size H [W] (one number: square)
+#   every sample    --split all, --source all
+#   local cluster   --workers N --threads-per-worker N --in-process
+#   outputs         --out PATH, --overwrite; --csv/--json FILE for tables
+#   Dask's report   --performance-report FILE.html
+#   TLS             --tls-ca-file, --tls-cert, --tls-key (as dask's own tools)
+# An old spelling stays one release as a hidden alias that logs a warning.
+
+#: Where :class:`_Renamed` and friends leave their deprecation warnings (logged
+#: once logging is set up, see :func:`dmask.cli.app.main`).
+DEPRECATIONS = "_deprecations"
+
+
+class HelpFormatter(
+    argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter
+):
+    """Every option's default in ``--help``; epilogs keep their lines.
+
+    Defaults of None or False (nothing, a switch off) are not shown, nor where
+    the help already says its default; lists show as typed (``1 3 5``).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+            or isinstance(action, argparse._CountAction)
+        ):
+            return text
+        if isinstance(default, (list, tuple)):
+            shown = " ".join(str(v) for v in default)
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if isinstance(action, _Size):
+            return "H [W]"
+        return super()._format_args(action, default_metavar)
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    examples: Sequence[str],
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand's parser: its help, defaults shown, and an examples epilog."""
+    lines = ["examples:", *(f"  {example}" for example in examples)]
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help[0].upper() + help[1:] + ".",
+        epilog="\n".join(lines),
+        formatter_class=HelpFormatter,
+    )
+
+
+def deprecated(namespace: argparse.Namespace, message: str) -> None:
+    """Note an old spelling's warning, for :func:`dmask.cli.app.main` to log."""
+    notes = list(getattr(namespace, DEPRECATIONS, []))
+    notes.append(message)
+    setattr(namespace, DEPRECATIONS, notes)
+
+
+class _Renamed(argparse.Action):
+    """An old spelling of an option: hidden, sets the new one's value, warns."""
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str,
+        new: str = "",
+        convert: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs["default"] = argparse.SUPPRESS
+        kwargs["help"] = argparse.SUPPRESS
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+        self.convert = convert
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        value = self.const if self.nargs == 0 else values
+        if self.convert is not None:
+            value = self.convert(value)
+        setattr(namespace, self.dest, value)
+        deprecated(
+            namespace,
+            f"{option_string} is deprecated and will be removed: use {self.new}",
+        )
+
+
+def renamed(
+    parser: argparse.ArgumentParser | Any, old: str, new: str, dest: str, **kwargs: Any
+) -> None:
+    """Keep ``old`` working as a hidden, warning alias of the option ``new``."""
+    parser.add_argument(old, action=_Renamed, dest=dest, new=new, **kwargs)
+
+
+class _List(argparse.Action):
+    """Space-separated values (``--targets happy sad``); commas split them too.
+
+    ``item`` converts each value; a bad one is a usage error naming the option.
+    """
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str,
+        item: Callable[[str], Any] = str,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("nargs", "+")
+        super().__init__(option_strings, dest, **kwargs)
+        self.item = item
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, _items(self, values, self.item))
+
+
+def _items(action: argparse.Action, values: Any, item: Callable[[str], Any]) -> list:
+    out = []
+    for value in [values] if isinstance(values, str) else values:
+        for part in str(value).split(","):
+            if not part.strip():
+                continue
+            try:
+                out.append(item(part.strip()))
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                text = str(exc) if isinstance(exc, argparse.ArgumentTypeError) else ""
+                raise argparse.ArgumentError(
+                    action, text or f"invalid value {part.strip()!r}"
+                ) from None
+    return out
+
+
+def names_option(
+    parser: argparse.ArgumentParser | Any, name: str, help: str, **kwargs: Any
+) -> None:
+    """A list of names, such as ``--targets happy sad`` (or ``happy,sad``)."""
+    kwargs.setdefault("metavar", "NAME")
+    parser.add_argument(name, action=_List, help=help, **kwargs)
+
+
+def numbers_option(
+    parser: argparse.ArgumentParser | Any,
+    name: str,
+    item: Callable[[str], Any],
+    help: str,
+    **kwargs: Any,
+) -> None:
+    """A list of numbers, such as ``--fields 1 3 5`` (or ``1,3,5``)."""
+    parser.add_argument(name, action=_List, item=item, help=help, **kwargs)
+
+
+class _Size(argparse.Action):
+    """``--size H [W]``: an image's height and width; one number for a square."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs["nargs"] = "+"
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        numbers = _items(self, values, _positive_int)
+        if len(numbers) > 2:
+            raise argparse.ArgumentError(
+                self, f"takes H or H W, got {len(numbers)} numbers"
+            )
+        setattr(namespace, self.dest, (numbers[0], numbers[-1]))
+
+
+def size_option(parser: argparse.ArgumentParser | Any, help: str) -> None:
+    """``--size H [W]``, stored as ``(H, W)`` (None when not given)."""
+    parser.add_argument("--size", action=_Size, help=help)
+
+
+def _image_size(size: tuple[int, int] | None, default: int | None) -> Any:
+    """The ``(H, W)`` of ``--size``, or a square of ``default`` (None: none)."""
+    if size is None:
+        return None if default is None else (default, default)
+    return tuple(size)
+
+
+#: The word for "every split" (``--split all``); ``''`` is its old spelling.
+ALL = "all"
+
+
+class _Every(argparse.Action):
+    """``--split``/``--source``: a name, or ``all`` for every one (None)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if values == "":
+            deprecated(
+                namespace,
+                f"{option_string} '' is deprecated and will be removed: use "
+                f"{option_string} {ALL}",
+            )
+            values = ALL
+        setattr(namespace, self.dest, values)
+
+
+def every_option(
+    parser: argparse.ArgumentParser | Any, name: str, default: str, help: str
+) -> None:
+    """``--split NAME`` or ``--split all``; read it with :func:`_every`."""
+    parser.add_argument(name, action=_Every, default=default, metavar="NAME", help=help)
+
+
+def _every(value: str | None) -> str | None:
+    """None for ``all`` (every split, every expression), else the name."""
+    return None if value in (ALL, "", None) else value
+
 
 #: ``--resize`` choices: :data:`dmask.io.face_crops.RESIZE_METHODS` (spelled out
 #: here so that the command line starts without loading the image libraries).
@@ -31,58 +281,178 @@ def _add_crop_option(parser: argparse.ArgumentParser, text: str) -> None:
     parser.add_argument("--crop", default="auto", choices=CROP_MODES, help=text)
 
 
+def _add_overwrite_option(parser: argparse.ArgumentParser, text: str = "") -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=text
+        or "replace an existing output (the old one stays until the new is complete)",
+    )
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer, got {text}"
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def _at_least_two(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {text}")
+    return value
+
+
+def _field(text: str) -> int:
+    """An odd receptive field ``r >= 1``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive finite number, got {text}"
+        )
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
+def _memory_limit(text: str) -> str:
+    """``auto``, or a size dask understands (``4GB``, ``512MiB``, bytes)."""
+    if text == "auto":
+        return text
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"must be a size such as 4GB or auto, got {text}"
+        ) from None
+    return text
+
+
 def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("cluster")
-    group.add_argument("--scheduler", help="address of an existing Dask scheduler")
-    group.add_argument("--scheduler-file", help="scheduler file of an existing cluster")
-    group.add_argument(
-        "--workers", type=_positive_int, help="local workers (default: one per core)"
+    group = parser.add_argument_group(
+        "cluster", "a local cluster (the default) or an existing one"
     )
     group.add_argument(
-        "--threads-per-worker", type=_positive_int, help="threads per local worker"
+        "--scheduler", metavar="ADDRESS", help="address of an existing Dask scheduler"
     )
-    group.add_argument("--memory-limit", help="memory limit per local worker, e.g. 4GB")
     group.add_argument(
-        "--threads",
+        "--scheduler-file", metavar="FILE", help="scheduler file of an existing cluster"
+    )
+    group.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="local worker processes (default: one per core)",
+    )
+    group.add_argument(
+        "--threads-per-worker",
+        type=_positive_int,
+        metavar="N",
+        help="threads per local worker (default: cores / workers)",
+    )
+    group.add_argument(
+        "--memory-limit",
+        type=_memory_limit,
+        metavar="SIZE",
+        help="memory limit per local worker, e.g. 4GB (default: the machine's, shared)",
+    )
+    group.add_argument(
+        "--in-process",
         action="store_true",
-        help="run local workers as threads in this process instead of processes",
+        help="run the local workers as threads in this process, not as processes",
+    )
+    renamed(group, "--threads", "--in-process", "in_process", nargs=0, const=True)
+    group.add_argument(
+        "--processes",
+        action="store_true",
+        help="run the local workers as processes even for a small job (by default "
+        "a job of under 256 MiB of input runs on threads in this process; "
+        "configuration dmask.cluster.processes)",
     )
     group.add_argument(
         "--dashboard-address",
-        help="local dashboard address (default 127.0.0.1:8787)",
+        metavar="ADDRESS",
+        help="local dashboard's address (default: 127.0.0.1:8787; a port alone, "
+        ":8787, means 127.0.0.1)",
     )
-    group.add_argument("--report", help="write a Dask performance report (HTML) here")
     group.add_argument(
-        "--tls-ca", help="TLS: CA certificate (with --tls-cert/--tls-key)"
+        "--performance-report",
+        metavar="FILE",
+        help="write Dask's performance report of the run (HTML) here",
     )
-    group.add_argument("--tls-cert", help="TLS: this client's certificate")
-    group.add_argument("--tls-key", help="TLS: this client's private key")
+    renamed(group, "--report", "--performance-report", "performance_report")
+    group.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress on stderr: a live bar on a terminal, a plain line per "
+        "phase and every 10 s otherwise",
+    )
+    group.add_argument(
+        "--tls-ca-file",
+        metavar="FILE",
+        help="TLS: CA certificate (with --tls-cert and --tls-key)",
+    )
+    renamed(group, "--tls-ca", "--tls-ca-file", "tls_ca_file")
+    group.add_argument(
+        "--tls-cert", metavar="FILE", help="TLS: this client's certificate"
+    )
+    group.add_argument(
+        "--tls-key", metavar="FILE", help="TLS: this client's private key"
+    )
     group.add_argument(
         "--config",
-        help="YAML file of dask/dmask settings (the dmask: section; see cluster/)",
+        metavar="FILE",
+        help="YAML file of dask and dmask settings (the dmask: section; see "
+        "cluster/README.md)",
     )
 
 
 def _lam(text: str) -> float | str:
+    """A positive penalty, or ``loo`` / ``gcv`` (chosen per pixel)."""
     if text in ("loo", "gcv"):
         return text
     try:
-        return float(text)
-    except ValueError:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"must be a positive number, loo or gcv, got {text}"
         ) from None
 
 
 @contextlib.contextmanager
-def _cluster(args: argparse.Namespace) -> Iterator[Any]:
+def _cluster(args: argparse.Namespace, input_bytes: int | None = None) -> Iterator[Any]:
+    """The client of the run; ``input_bytes`` (the size of its inputs, if
+    known) lets a small job run its local workers as threads in this process."""
     from dmask.cluster.clients import ClusterOptions, connect
     from dmask.options import set_options
 
@@ -94,26 +464,35 @@ def _cluster(args: argparse.Namespace) -> Iterator[Any]:
         n_workers=args.workers,
         threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit,
-        processes=False if args.threads else None,
+        processes=False if args.in_process else (True if args.processes else None),
         dashboard_address=args.dashboard_address,
-        tls_ca_file=args.tls_ca,
+        tls_ca_file=args.tls_ca_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         quiet=args.verbose < 2,  # scheduler and worker logs with -vv
     )
-    _check_writable(getattr(args, "report", None))
+    if args.in_process and args.processes:
+        raise UsageError("give --in-process or --processes, not both")
+    options = options.for_job(input_bytes)
+    _check_writable(args.performance_report)
     with connect(options) as client:
-        print(f"dashboard: {_dashboard_link(client, options)}", flush=True)
+        # a message, not a result: stderr (stdout holds tables and results only)
+        print(f"dashboard: {_dashboard_link(client, options)}", file=sys.stderr)
         report: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if args.report:
+        if args.performance_report:
             from distributed import performance_report
 
-            report = performance_report(filename=args.report)
-        # the bars redraw a line with carriage returns: for terminals, not log files
-        with report, set_options(progress=sys.stdout.isatty()):
+            report = performance_report(filename=args.performance_report)
+        with report, set_options(progress=args.progress and not args.quiet):
             yield client
-        if args.report:
-            print(f"performance report: {args.report}")
+        if args.performance_report:
+            print(f"performance report: {args.performance_report}")
+
+
+def _images_bytes(ds: Any) -> int:
+    """Bytes of a dataset store's images (a job's size, for :func:`_cluster`)."""
+    images = ds["images"]
+    return int(math.prod(images.shape)) * int(images.dtype.itemsize)
 
 
 def _dashboard_link(client: Any, options: Any) -> str:
@@ -143,12 +522,6 @@ def _load_config(path: str) -> None:
     load_file(path)
 
 
-def _split_names(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def _summary(client: Any, started: float, **figures: Any) -> None:
     from dmask.cluster.clients import peak_worker_memory
 
@@ -159,16 +532,6 @@ def _summary(client: Any, started: float, **figures: Any) -> None:
     if peak:
         parts.append(f"peak worker memory {peak / 2**20:.0f} MiB")
     print("summary: " + ", ".join(parts))
-
-
-def _image_size(values: list[int] | None, default: int | None) -> Any:
-    from dmask.errors import InputError
-
-    if not values:
-        return None if default is None else (default, default)
-    if len(values) > 2:
-        raise InputError(f"--size takes H or H W, got {len(values)} numbers")
-    return (values[0], values[-1])
 
 
 def _is_store(path: str) -> bool:

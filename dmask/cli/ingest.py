@@ -9,17 +9,30 @@ import time
 from dmask.cli.common import (
     _add_cluster_options,
     _add_crop_option,
+    _add_overwrite_option,
     _add_resize_option,
     _cluster,
+    _fraction,
     _image_size,
-    _positive_int,
     _summary,
+    add_command,
+    renamed,
+    size_option,
 )
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ingest = sub.add_parser(
-        "ingest", help="turn a folder of face photographs into a dataset store"
+    ingest = add_command(
+        sub,
+        "ingest",
+        "turn a folder of face photographs into a dataset store",
+        [
+            "dmask ingest ~/KDEF --out kdef.zarr --size 128",
+            "dmask ingest dataset/ --out ref.zarr --resize bilinear   "
+            "# the reference's trainA/trainB tree",
+            "dmask ingest photos/ --out faces.zarr --layout manifest --manifest "
+            "faces.csv --crop align",
+        ],
     )
     ingest.add_argument(
         "folder", help="folder of images (KDEF, RaFD, trainA/trainB, train/trainA)"
@@ -29,28 +42,52 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--layout",
         default="auto",
         choices=["auto", "kdef", "rafd", "pairs", "manifest"],
-        help="file naming scheme (default: detected)",
+        help="file naming scheme; auto: found from the names",
     )
-    ingest.add_argument("--manifest", help="CSV: path,subject,expression[,split]")
     ingest.add_argument(
-        "--size", type=_positive_int, nargs="+", metavar="N", help="H [W] (default 128)"
+        "--manifest", metavar="CSV", help="CSV file: path,subject,expression[,split]"
+    )
+    size_option(
+        ingest, "height and width of the faces; one number: square (default: 128)"
     )
     _add_crop_option(
         ingest,
-        "auto (default): square images up to 2x the size whole, else the "
-        "face box; align: every face moved by its landmarks to their mean position",
+        "auto: square images up to 2x the size whole, else the face box; align: "
+        "every face moved by its landmarks to their mean position; detect: the "
+        "face box; center: the centred square; none: the whole image",
     )
-    _add_resize_option(ingest, "lanczos (default), or bilinear/area as OpenCV's")
-    ingest.add_argument("--margin", type=float, default=0.25, help="around a face")
-    ingest.add_argument("--channels", type=int, choices=[1, 3], help="force 1 or 3")
+    _add_resize_option(ingest, "how faces are resized (bilinear, area: as OpenCV's)")
     ingest.add_argument(
-        "--target-expression",
-        default="happy",
-        help="expression of trainB/ in the pairs layout",
+        "--margin",
+        type=float,
+        default=0.25,
+        metavar="FRACTION",
+        help="margin around a found face box, a fraction of its size",
     )
-    ingest.add_argument("--seed", type=int, default=0, help="train/test split seed")
-    ingest.add_argument("--test-fraction", type=float, default=0.25)
-    ingest.add_argument("--overwrite", action="store_true")
+    ingest.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        help="force grey (1) or colour (3) (default: the images')",
+    )
+    ingest.add_argument(
+        "--target",
+        default="happy",
+        metavar="NAME",
+        help="the pairs layout: the expression of trainB/ and testB/",
+    )
+    renamed(ingest, "--target-expression", "--target", "target")
+    ingest.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="train/test split seed"
+    )
+    ingest.add_argument(
+        "--test-fraction",
+        type=_fraction,
+        default=0.25,
+        metavar="FRACTION",
+        help="subjects held out for testing, where the layout does not say",
+    )
+    _add_overwrite_option(ingest)
     _add_cluster_options(ingest)
 
 
@@ -68,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
             crop=args.crop,
             margin=args.margin,
             channels=args.channels,
-            target_expression=args.target_expression,
+            target_expression=args.target,
             seed=args.seed,
             test_fraction=args.test_fraction,
             overwrite=args.overwrite,

@@ -5,17 +5,40 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dmask.cli.common import _image_size, _positive_int
+from dmask.cli.common import (
+    _add_overwrite_option,
+    _field,
+    _image_size,
+    _positive_float,
+    _positive_int,
+    add_command,
+    names_option,
+    renamed,
+    size_option,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    export = sub.add_parser(
-        "export", help="write a model in the reference implementation's format"
+    export = add_command(
+        sub,
+        "export",
+        "write a model in the reference implementation's format",
+        [
+            "dmask export model.zarr --out ref/ --targets happy",
+            "dmask export model.zarr --out ref2/ --naming reference   "
+            "# mr_weights_<date>_1..3, BGR",
+        ],
     )
     export.add_argument("model", help="model store")
     export.add_argument("--out", required=True, help="output folder")
-    export.add_argument("--format", default="reference", choices=["reference"])
-    export.add_argument("--target", help="one target (default: all)")
+    export.add_argument(
+        "--format",
+        default="reference",
+        choices=["reference"],
+        help="file format: the reference's scipy.sparse CSR matrices",
+    )
+    names_option(export, "--targets", "targets to export (default: all of them)")
+    renamed(export, "--target", "--targets", "targets", convert=lambda v: [v])
     export.add_argument(
         "--channel-order",
         choices=["rgb", "bgr"],
@@ -30,10 +53,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="file names: channel_<i>.npz, or the reference's "
         "mr_weights_<date>_<i>.npz (i from 1)",
     )
-    export.add_argument("--overwrite", action="store_true")
+    _add_overwrite_option(export, "replace an existing output folder")
 
-    import_ = sub.add_parser(
-        "import", help="read a reference-format model into a model store"
+    import_ = add_command(
+        sub,
+        "import",
+        "read a reference-format model into a model store",
+        [
+            "dmask import ref/ --out imported.zarr     # a dmask export (its manifest)",
+            "dmask import ref2/happy/mr_weights_*_{1,2,3}.npz --out ref.zarr "
+            "--target happy --size 128",
+            "dmask import omp_weights.npz --out omp.zarr --size 128   "
+            "# one file for R, G and B",
+        ],
     )
     import_.add_argument(
         "source",
@@ -42,13 +74,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "or one file for every channel",
     )
     import_.add_argument("--out", required=True, help="output model store")
-    import_.add_argument("--format", default="reference", choices=["reference"])
     import_.add_argument(
-        "--size", type=_positive_int, nargs="+", metavar="N", help="H [W] of images"
+        "--format",
+        default="reference",
+        choices=["reference"],
+        help="file format: the reference's scipy.sparse CSR matrices",
     )
-    import_.add_argument("--field", type=int, help="receptive field r (default: found)")
-    import_.add_argument("--target", default="target", help="target name (.npz files)")
-    import_.add_argument("--lam", type=float, help="ridge penalty, for the record")
+    size_option(
+        import_,
+        "height and width of the images; one number: square (default: the "
+        "export's, else a square found from the matrices)",
+    )
+    import_.add_argument(
+        "--field",
+        type=_field,
+        metavar="R",
+        help="receptive field r (default: found from the weights)",
+    )
+    import_.add_argument(
+        "--target",
+        default="target",
+        metavar="NAME",
+        help=".npz files: the name of the target they hold",
+    )
+    import_.add_argument(
+        "--lam", type=_positive_float, help="ridge penalty, for the record"
+    )
     import_.add_argument(
         "--normalize",
         choices=["minmax", "none"],
@@ -76,9 +127,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     import_.add_argument(
         "--channels",
         type=_positive_int,
+        metavar="N",
         help="channels of the images (one file: 3 by default, 1 for greyscale)",
     )
-    import_.add_argument("--overwrite", action="store_true")
+    _add_overwrite_option(import_)
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -88,7 +140,7 @@ def run_export(args: argparse.Namespace) -> None:
     written = export_reference(
         open_model(args.model),
         args.out,
-        target=args.target,
+        target=args.targets or None,
         overwrite=args.overwrite,
         channel_order=args.channel_order,
         naming=args.naming,
@@ -99,17 +151,17 @@ def run_export(args: argparse.Namespace) -> None:
 def run_import(args: argparse.Namespace) -> None:
     import os
 
-    from dmask.errors import InputError
+    from dmask.errors import UsageError
     from dmask.interop import import_reference
     from dmask.io.stores import prepare_output
 
-    prepare_output(args.out, args.overwrite, inputs=args.source)
     if args.shared_channels and len(args.source) != 1:
-        raise InputError(
+        raise UsageError(
             f"--shared-channels takes one weight file, got {len(args.source)}"
         )
     if args.shared_channels and args.channels == 1:
-        raise InputError("--shared-channels with --channels 1: nothing to share")
+        raise UsageError("--shared-channels with --channels 1: nothing to share")
+    prepare_output(args.out, args.overwrite, inputs=args.source)
     channels = args.channels
     if args.shared_channels and channels is None:
         channels = 3

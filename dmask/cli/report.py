@@ -7,26 +7,55 @@ import argparse
 from dmask.cli.common import (
     _add_cluster_options,
     _add_crop_option,
+    _add_overwrite_option,
     _add_resize_option,
     _check_folders,
     _check_writable,
     _cluster,
     _json_rows,
     _positive_int,
+    add_command,
 )
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    report = sub.add_parser("report", help="one self-contained HTML report")
+    report = add_command(
+        sub,
+        "report",
+        "one self-contained HTML report of a model",
+        [
+            "dmask report model.zarr faces.zarr --out report.html",
+            "dmask report model.zarr faces.zarr --out report.html --comparison "
+            "c.json --tuning t.json --size-curve n.json",
+            "dmask report model.zarr faces.zarr --out report.html --photographs "
+            "photos/ synthesised/",
+        ],
+    )
     report.add_argument("model", help="model store")
     report.add_argument("dataset", help="dataset store")
     report.add_argument("--out", required=True, help="output HTML file")
-    report.add_argument("--source", default="neutral")
-    report.add_argument("--split", default="test", help="held-out split shown")
-    report.add_argument("--subjects", type=_positive_int, default=4)
-    report.add_argument("--comparison", help="JSON rows from dmask compare")
-    report.add_argument("--tuning", help="JSON rows from dmask tune")
-    report.add_argument("--size-curve", help="JSON rows of MSE against N")
+    report.add_argument(
+        "--source", default="neutral", metavar="NAME", help="source expression"
+    )
+    report.add_argument(
+        "--split", default="test", metavar="NAME", help="held-out split shown"
+    )
+    report.add_argument(
+        "--subjects",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="held-out subjects shown in the grids",
+    )
+    report.add_argument(
+        "--comparison", metavar="JSON", help="rows from dmask compare --json"
+    )
+    report.add_argument("--tuning", metavar="JSON", help="rows from dmask tune --json")
+    report.add_argument(
+        "--size-curve",
+        metavar="JSON",
+        help="rows of MSE against N, from dmask tune --size-json",
+    )
     report.add_argument(
         "--photographs",
         nargs=2,
@@ -39,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "the --crop of that dmask apply run (retakes its aligned crops where "
         "it wrote none, as --output photo does)",
     )
-    report.add_argument("--overwrite", action="store_true")
+    _add_overwrite_option(report, "replace an existing report file")
     _add_cluster_options(report)
 
 

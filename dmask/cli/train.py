@@ -7,44 +7,88 @@ import time
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _add_overwrite_option,
     _cluster,
+    _every,
+    _field,
+    _images_bytes,
     _lam,
+    _positive_float,
     _positive_int,
-    _split_names,
     _summary,
+    add_command,
+    every_option,
+    names_option,
+    numbers_option,
 )
-from dmask.errors import DmaskError
+from dmask.errors import DmaskError, UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    train = sub.add_parser("train", help="train a model from a dataset store")
-    train.add_argument("dataset", help="dataset store")
-    train.add_argument("--out", required=True, help="output model store")
-    train.add_argument("--source", default="neutral", help="source expression")
-    train.add_argument(
-        "--targets", help="comma-separated target expressions (default: all others)"
+    train = add_command(
+        sub,
+        "train",
+        "train a model from a dataset store",
+        [
+            "dmask train faces.zarr --out model.zarr",
+            "dmask train faces.zarr --out model.zarr --field 5 --lam gcv "
+            "--targets happy sad",
+            "dmask train faces.zarr --out model.zarr --resume    # after a crash "
+            "or Ctrl-C",
+        ],
     )
-    train.add_argument("--split", default="train", help="training split ('' for all)")
-    train.add_argument("--field", type=int, default=3, help="odd receptive field r")
+    train.add_argument("dataset", help="dataset store (dmask synth or dmask ingest)")
+    train.add_argument("--out", required=True, help="output model store")
+    train.add_argument(
+        "--source", default="neutral", metavar="NAME", help="source expression"
+    )
+    names_option(
+        train,
+        "--targets",
+        "target expressions, space-separated (default: every other one)",
+    )
+    every_option(train, "--split", "train", "training split, or all")
+    train.add_argument(
+        "--field", type=_field, default=3, metavar="R", help="odd receptive field r"
+    )
     train.add_argument(
         "--lam",
         type=_lam,
         default=0.4,
+        metavar="LAM",
         help="ridge penalty, or loo / gcv: chosen per pixel from --lam-grid",
     )
-    train.add_argument(
-        "--lam-grid", type=float, nargs="+", help="penalties for --lam loo|gcv"
+    numbers_option(
+        train,
+        "--lam-grid",
+        _positive_float,
+        "penalties for --lam loo|gcv (default: 13 from 1e-3 to 1e3, and 0.4)",
+        metavar="LAM",
     )
-    train.add_argument("--normalize", default="minmax", choices=["minmax", "none"])
     train.add_argument(
-        "--tile", type=_positive_int, nargs=2, metavar=("H", "W"), help="tile shape"
+        "--normalize",
+        default="minmax",
+        choices=["minmax", "none"],
+        help="scale each image over all its channels to [0, 1], or not",
     )
-    train.add_argument("--sample-block", type=_positive_int, help="samples per task")
+    train.add_argument(
+        "--tile",
+        type=_positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="tile shape (default: from the workers' memory)",
+    )
+    train.add_argument(
+        "--sample-block",
+        type=_positive_int,
+        metavar="N",
+        help="samples per task (default: from the workers' memory)",
+    )
     train.add_argument(
         "--method",
         default="auto",
         choices=["auto", "covariance", "displacement"],
-        help="how statistics are accumulated (same model either way)",
+        help="how statistics are accumulated; the same model either way",
     )
     train.add_argument(
         "--channels",
@@ -52,7 +96,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=["independent", "joint"],
         help="each output channel reads its own channel's window, or every channel's",
     )
-    train.add_argument("--overwrite", action="store_true")
+    _add_overwrite_option(train)
     train.add_argument(
         "--resume",
         action="store_true",
@@ -66,16 +110,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     kept.add_argument(
         "--statistics-field",
-        type=int,
+        type=_field,
         metavar="R",
-        help="largest field the kept statistics serve (default --field)",
+        help="largest field the kept statistics serve (default: --field)",
     )
     kept.add_argument(
         "--statistics-folds",
         type=_positive_int,
         default=1,
         metavar="K",
-        help="subject folds kept apart, for cross-validation (default 1)",
+        help="subject folds kept apart, for cross-validation",
     )
     _add_cluster_options(train)
 
@@ -92,32 +136,32 @@ def run(args: argparse.Namespace) -> None:
 
     check_settings(args.field, args.lam, args.normalize)
     if args.resume and args.overwrite:
-        raise DmaskError("give --resume or --overwrite, not both")
+        raise UsageError("give --resume or --overwrite, not both")
     if not args.resume:
         prepare_output(args.out, args.overwrite, inputs=[args.dataset])
     elif same_store(args.out, args.dataset):
         raise DmaskError(f"output store {args.out} is the dataset; choose another")
     if args.keep_statistics:
         if args.resume:
-            raise DmaskError("--resume is not available with --keep-statistics")
+            raise UsageError("--resume is not available with --keep-statistics")
         if same_store(args.keep_statistics, args.out):
             raise DmaskError("--keep-statistics and --out are the same store")
         prepare_output(args.keep_statistics, args.overwrite, inputs=[args.dataset])
     elif args.statistics_field is not None or args.statistics_folds != 1:
-        raise DmaskError(
+        raise UsageError(
             "--statistics-field and --statistics-folds need --keep-statistics"
         )
     ds = open_dataset(args.dataset)
-    targets = _split_names(args.targets)
+    targets = args.targets or None
     if targets is None:
         present = other_expressions(ds, args.source)
         targets = [e for e in EXPRESSIONS if e in present] + [
             e for e in present if e not in EXPRESSIONS
         ]
-    sources, target_arrays = stored_pairs(ds, args.source, targets, args.split or None)
+    sources, target_arrays = stored_pairs(ds, args.source, targets, _every(args.split))
     before = read_model_progress(args.out) if args.resume else None
     check_field(args.field, sources.shape[1:3], f"images of {args.dataset}")
-    with _cluster(args) as client:
+    with _cluster(args, _images_bytes(ds)) as client:
         started = time.perf_counter()
         if args.keep_statistics:
             model = _train_keeping(args, ds, targets)
@@ -168,7 +212,7 @@ def _train_keeping(args: argparse.Namespace, ds: object, targets: list[str]) -> 
     info = keep_statistics(
         ds, args.keep_statistics, source=args.source, targets=targets,
         field=args.statistics_field or args.field, folds=args.statistics_folds,
-        split=args.split or None, normalize=args.normalize, overwrite=args.overwrite,
+        split=_every(args.split), normalize=args.normalize, overwrite=args.overwrite,
         tile_shape=tuple(args.tile) if args.tile else None,
         sample_block=args.sample_block, channels=args.channels,
     )  # fmt: skip

@@ -7,29 +7,54 @@ import time
 
 from dmask.cli.common import (
     _add_cluster_options,
+    _at_least_two,
     _check_writable,
     _cluster,
+    _field,
+    _images_bytes,
     _lam,
-    _split_names,
+    _positive_int,
     _summary,
+    add_command,
+    names_option,
+    numbers_option,
 )
-from dmask.errors import DmaskError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    tune = sub.add_parser(
-        "tune", help="sweep r and lambda, scored on held-out subjects"
+    tune = add_command(
+        sub,
+        "tune",
+        "sweep r and lambda, scored on held-out subjects",
+        [
+            "dmask tune faces.zarr --fields 1 3 5 7 --lams 0.1 0.4 1 gcv --json t.json",
+            "dmask tune faces.zarr --fields 1 3 5 7 --lams 0.1 0.4 1 --folds 5   "
+            "# k-fold CV",
+            "dmask tune faces.zarr --fields 1 3 5 --statistics stats.zarr   "
+            "# sweep from one pass",
+        ],
     )
     tune.add_argument("dataset", help="dataset store")
-    tune.add_argument("--source", default="neutral")
-    tune.add_argument("--targets", help="comma-separated target expressions")
-    tune.add_argument("--fields", type=int, nargs="+", default=[1, 3, 5, 7])
     tune.add_argument(
-        "--lams", type=_lam, nargs="+", default=[0.01, 0.1, 0.4, 1.0, 4.0, 10.0]
+        "--source", default="neutral", metavar="NAME", help="source expression"
     )
-    tune.add_argument(
-        "--sizes", type=int, nargs="+", help="also: test MSE against N (MR, full ridge)"
+    names_option(
+        tune,
+        "--targets",
+        "target expressions, space-separated (default: every other one)",
     )
+    numbers_option(
+        tune, "--fields", _field, "receptive fields r to try", default=[1, 3, 5, 7],
+        metavar="R",
+    )  # fmt: skip
+    numbers_option(
+        tune, "--lams", _lam, "penalties to try (gcv, loo: chosen per pixel)",
+        default=[0.01, 0.1, 0.4, 1.0, 4.0, 10.0], metavar="LAM",
+    )  # fmt: skip
+    numbers_option(
+        tune, "--sizes", _positive_int,
+        "also: test MSE against these training sizes N (MR, full ridge)", metavar="N",
+    )  # fmt: skip
     tune.add_argument(
         "--statistics",
         metavar="STATS",
@@ -37,13 +62,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     tune.add_argument(
         "--folds",
-        type=int,
+        type=_at_least_two,
         metavar="K",
         help="subject-level k-fold cross-validation on the training subjects",
     )
-    tune.add_argument("--json", help="write the sweep's rows here")
-    tune.add_argument("--csv", help="write the sweep's rows here")
-    tune.add_argument("--size-json", help="write the N curve's rows here")
+    tune.add_argument("--json", metavar="FILE", help="write the sweep's rows here")
+    tune.add_argument("--csv", metavar="FILE", help="write the sweep's rows here")
+    tune.add_argument(
+        "--size-json", metavar="FILE", help="write the N curve's rows here"
+    )
     _add_cluster_options(tune)
 
 
@@ -53,17 +80,13 @@ def run(args: argparse.Namespace) -> None:
     from dmask.io.dataset_store import open_dataset
 
     _check_writable(args.csv, args.json, args.size_json)
-    if args.folds is not None and args.folds < 2:
-        raise DmaskError(f"--folds must be at least 2, got {args.folds}")
-    if args.sizes and min(args.sizes) < 1:
-        raise DmaskError(f"--sizes must be positive, got {min(args.sizes)}")
     ds = open_dataset(args.dataset)
-    with _cluster(args) as client:
+    with _cluster(args, _images_bytes(ds)) as client:
         started = time.perf_counter()
         rows = tune(
             ds,
             source=args.source,
-            targets=_split_names(args.targets),
+            targets=args.targets or None,
             fields=tuple(args.fields),
             lams=tuple(args.lams),
             statistics=args.statistics,
@@ -90,7 +113,7 @@ def run(args: argparse.Namespace) -> None:
             curve = training_size_curve(
                 ds,
                 source=args.source,
-                targets=_split_names(args.targets),
+                targets=args.targets or None,
                 sizes=tuple(args.sizes),
                 field=int(best["field"]),
                 lam=best["lam"],

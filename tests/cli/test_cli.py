@@ -13,20 +13,28 @@ import dmask
 from dmask.cli import main
 from dmask.io import dataset_store
 
-THREADS = ["--workers", "1", "--threads", "--dashboard-address", ":0"]
+THREADS = [
+    "--workers",
+    "1",
+    "--in-process",
+    "--dashboard-address",
+    ":0",
+    "--no-progress",
+]
 
 
 def test_cli_end_to_end(tmp_path, capsys, cluster_client):
     faces, model, out = tmp_path / "f.zarr", tmp_path / "m.zarr", tmp_path / "o.zarr"
     assert main(["synth", "--out", str(faces), "--subjects", "8", "--size", "32",
-                 "--width", "24", *THREADS]) == 0  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "dashboard: http" in printed and "summary: images 56" in printed
+                 "24", *THREADS]) == 0  # fmt: skip
+    printed = capsys.readouterr()
+    assert "summary: images 56" in printed.out and "dashboard" not in printed.out
+    assert "dashboard: http" in printed.err
 
     report = tmp_path / "report.html"
     assert main(["train", str(faces), "--out", str(model), "--field", "5",
-                 "--targets", "happy,surprised", "--tile", "16", "16",
-                 "--method", "displacement", "--report", str(report),
+                 "--targets", "happy", "surprised", "--tile", "16", "16",
+                 "--method", "displacement", "--performance-report", str(report),
                  "--scheduler", cluster_client.scheduler.address]) == 0  # fmt: skip
     assert report.stat().st_size > 0
     printed = capsys.readouterr().out
@@ -73,10 +81,17 @@ def test_module_and_console_script():
          "--field", "2"],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "dmask train: error: field must be an odd integer >= 1, got 2"
+    assert result.returncode == 2  # a usage error: argparse's, with the usage
+    assert result.stderr.startswith("usage: dmask train")
+    assert result.stderr.strip().splitlines()[-1] == (
+        "dmask train: error: argument --field: must be an odd integer >= 1, got 2"
     )
+    result = subprocess.run(
+        [sys.executable, "-m", "dmask", "train", "nowhere.zarr", "--out", "x.zarr"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1  # a missing input: the run failed
+    assert "nowhere.zarr" in result.stderr and "does not exist" in result.stderr
 
 
 def _kdef_folder(root) -> None:
@@ -128,5 +143,5 @@ def test_cli_folder_to_model_to_synthesised_folder(tmp_path, capsys):
     back, trained = dmask.open_model(imported), dmask.open_model(model)
     assert_model_close(back, trained, "sad", atol=0, bias=False)
     bad = ["import", str(exported), "--out", str(tmp_path / "x.zarr"), "--field", "1"]
-    assert main(bad) == 2
+    assert main(bad) == 1  # the weights refuse it: a failure of the run
     assert "outside the 1x1 field" in capsys.readouterr().err

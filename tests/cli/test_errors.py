@@ -14,7 +14,7 @@ from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.graph import fit_tasks
 from dmask.io import dataset_store, stores
 
-LOCAL = ["--workers", "1", "--threads", "--dashboard-address", ":0"]
+LOCAL = ["--workers", "1", "--in-process", "--dashboard-address", ":0", "--no-progress"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -24,7 +24,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def assert_one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2
+    """A failure of the run: exit 1, one line naming ``words``."""
+    assert code == 1, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     for word in words:
@@ -134,14 +135,23 @@ def test_failed_training_leaves_an_incomplete_store(rng, tmp_path, monkeypatch):
 # ------------------------------------------------------------------ command line
 
 
+def assert_usage_error(code: int, err: str, *words: str) -> None:
+    """A usage error: exit 2, argparse's usage and a last line naming ``words``."""
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[0].startswith("usage: dmask"), err
+    for word in words:
+        assert word in lines[-1], lines[-1]
+
+
 def test_cli_bad_settings(capsys, faces, tmp_path):
     out = tmp_path / "m.zarr"
     code, _, err = run_cli(capsys, "train", faces, "--out", out, "--field", "4", *LOCAL)
-    assert_one_line_error(code, err, "field", "4")
+    assert_usage_error(code, err, "--field", "4")
     code, _, err = run_cli(capsys, "train", faces, "--out", out, "--lam", "0", *LOCAL)
-    assert_one_line_error(code, err, "lam")
+    assert_usage_error(code, err, "--lam")
     code, _, err = run_cli(capsys, "train", faces, "--out", out, "--lam", "-2", *LOCAL)
-    assert_one_line_error(code, err, "lam")
+    assert_usage_error(code, err, "--lam")
     assert not out.exists()
 
 
@@ -258,4 +268,4 @@ def test_cli_bad_memory_limit(capsys, faces, tmp_path):
         capsys, "train", faces, "--out", tmp_path / "m.zarr", "--memory-limit",
         "bogus", "--workers", "1", "--dashboard-address", ":0",
     )  # fmt: skip
-    assert_one_line_error(code, err, "cluster")
+    assert_usage_error(code, err, "--memory-limit", "bogus")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask
 import numpy as np
 import pytest
-from helpers import LOCAL_CLUSTER, cli_error
+from helpers import LOCAL_CLUSTER, cli_error, usage_error
 from PIL import Image
 
 import dmask
@@ -118,11 +118,11 @@ def test_outputs_and_inputs_checked_before_the_work(
     )
     assert "does not exist" in message and "e.csv" in message
     message = cli_error(
-        capsys, "train", faces, "--out", tmp_path / "m.zarr", "--report",
+        capsys, "train", faces, "--out", tmp_path / "m.zarr", "--performance-report",
         nowhere / "r.html", *LOCAL_CLUSTER,
     )  # fmt: skip
     assert "r.html" in message and not (tmp_path / "m.zarr").exists()
-    message = cli_error(capsys, "tune", faces, "--sizes", "0", *LOCAL_CLUSTER)
+    message = usage_error(capsys, "tune", faces, "--sizes", "0", *LOCAL_CLUSTER)
     assert "--sizes" in message
     message = cli_error(
         capsys, "report", model_path, faces, "--out", tmp_path / "r.html",

@@ -18,7 +18,7 @@ from dmask.core import minmax
 from dmask.datasets.drawing import render_face, subject_params
 from dmask.io import dataset_store, face_crops, photographs
 
-LOCAL = ["--workers", "1", "--threads", "--dashboard-address", ":0"]
+LOCAL = ["--workers", "1", "--in-process", "--dashboard-address", ":0", "--no-progress"]
 
 
 def _crop(subject: int, expression: str) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_a_failed_ingest_names_its_report(tmp_path, capsys):
     Image.fromarray(_crop(1, "neutral")).save(root / "train" / "trainA" / "f_1.png")
     (root / "train" / "trainB" / "f_1.png").write_text("not an image")
     out = tmp_path / "f.zarr"
-    assert main(["ingest", str(root), "--out", str(out), *LOCAL]) == 2
+    assert main(["ingest", str(root), "--out", str(out), *LOCAL]) == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1
     assert lines[0].startswith("dmask ingest: error: no subject in ")

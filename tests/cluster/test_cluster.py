@@ -118,10 +118,10 @@ def _assert_same_model(path: Path, local) -> None:
 
 
 TRAIN = ["--field", "5", "--tile", "8", "8", "--sample-block", "3",
-         "--method", "displacement", "--targets", ",".join(TARGETS)]  # fmt: skip
+         "--method", "displacement", "--targets", *TARGETS]  # fmt: skip
 #: Many small tasks, so that a run lasts long enough to be interrupted.
 SLOW = ["--field", "5", "--tile", "4", "4", "--sample-block", "1",
-        "--method", "displacement", "--targets", ",".join(TARGETS)]  # fmt: skip
+        "--method", "displacement", "--targets", *TARGETS]  # fmt: skip
 
 
 def _train_command(dataset: Path, out: Path, *extra: str) -> list[str]:
@@ -202,7 +202,7 @@ def test_interrupted_run_resumes_to_the_same_model(dask_processes, faces, tmp_pa
         [*_train_command(dataset, out, *scheduler, "--resume"), "--lam", "1.0"],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert changed.returncode == 2
+    assert changed.returncode == 1
     assert "cannot resume" in changed.stderr and "lam=0.4" in changed.stderr
 
 
@@ -223,7 +223,7 @@ def test_second_concurrent_run_is_refused(dask_processes, faces, tmp_path):
                                     capture_output=True, text=True)  # fmt: skip
             if first.poll() is not None:
                 break
-            assert second.returncode == 2, second.stderr
+            assert second.returncode == 1, second.stderr
             assert "being written by another run" in second.stderr
             assert second.stderr.count("\n") == 1
     finally:
@@ -250,7 +250,8 @@ def test_tls_cluster_refuses_clients_without_certificates(faces, tmp_path):
             pass
         out = tmp_path / "model.zarr"
         args = ["train", str(dataset), "--out", str(out), *TRAIN,
-                "--scheduler", processes.address, "--tls-ca", str(certs / "ca.pem"),
+                "--scheduler", processes.address,
+                "--tls-ca-file", str(certs / "ca.pem"),
                 "--tls-cert", str(certs / "cert.pem"),
                 "--tls-key", str(certs / "key.pem")]  # fmt: skip
         assert main(args) == 0
@@ -260,7 +261,7 @@ def test_tls_cluster_refuses_clients_without_certificates(faces, tmp_path):
              processes.address], capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert "Traceback" not in plain.stderr
-        assert plain.returncode == 2
+        assert plain.returncode == 1
         assert "cannot reach the scheduler" in plain.stderr
         assert not (tmp_path / "x.zarr").exists()
     finally:

@@ -106,7 +106,7 @@ def faces(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("slurm-data") / "faces.zarr"
     subprocess.run(
         [sys.executable, "-m", "dmask", "synth", "--out", str(path), "--subjects",
-         "6", "--size", "24", "--workers", "1", "--threads",
+         "6", "--size", "24", "--workers", "1", "--in-process",
          "--dashboard-address", ":0"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
@@ -172,7 +172,7 @@ def test_batch_runner_trains_the_local_model(slurm, faces, tmp_path):
 
 
 def test_batch_runner_passes_dmask_errors_on(slurm, faces, tmp_path):
-    # An output store that exists without --overwrite: dmask's exit code, 2.
+    # An output store that exists without --overwrite: dmask's exit code, 1.
     model = tmp_path / "model.zarr"
     model.mkdir()
     (model / "keep").write_text("not a model")
@@ -186,7 +186,7 @@ def test_batch_runner_passes_dmask_errors_on(slurm, faces, tmp_path):
         command, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT
     )
     job_out = next(tmp_path.glob("job-*.out")).read_text()
-    assert result.returncode == 2, f"{result.stderr}\n{_logs(tmp_path)}"
+    assert result.returncode == 1, f"{result.stderr}\n{_logs(tmp_path)}"
     assert "dmask train: error:" in job_out
     assert (model / "keep").read_text() == "not a model"
 

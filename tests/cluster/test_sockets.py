@@ -1,7 +1,7 @@
 """Every server dmask starts listens on loopback unless a host is named.
 
 Each mode is listed socket by socket: a LocalCluster of processes, one of
-threads (--threads), start-local.sh and the SSH launcher (in test_launch.py,
+threads (--in-process), start-local.sh and the SSH launcher (in test_launch.py,
 beside their fixtures).
 """
 
@@ -43,11 +43,11 @@ def test_cli_prints_the_loopback_dashboard_of_a_threaded_cluster(capsys, tmp_pat
     make_synthetic_dataset(faces, 3, (16, 16), test_fraction=0)
     argv = [
         "train", str(faces), "--out", str(tmp_path / "m.zarr"), "--targets", "happy",
-        "--workers", "1", "--threads", "--dashboard-address", ":0",
+        "--workers", "1", "--in-process", "--dashboard-address", ":0",
     ]  # fmt: skip
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    (line,) = [x for x in out.splitlines() if x.startswith("dashboard:")]
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("dashboard:")]
     assert line.startswith("dashboard: http://127.0.0.1:"), line
 
 

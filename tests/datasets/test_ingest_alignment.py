@@ -88,7 +88,7 @@ def test_auto_records_where_the_landmarks_lie_and_train_keeps_it(
     )
     assert np.abs(canonical - mean).max() <= 3 / 64
     model = tmp_path / "m.zarr"
-    argv = ["train", str(store), "--out", str(model), "--split", "", "--field", "1",
+    argv = ["train", str(store), "--out", str(model), "--split", "all", "--field", "1",
             "--targets", "happy", *LOCAL_CLUSTER]  # fmt: skip
     assert main(argv) == 0
     np.testing.assert_allclose(open_model(model).landmarks, canonical)
