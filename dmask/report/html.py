@@ -31,7 +31,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; }
 th, td { padding: 2px 8px; text-align: left; vertical-align: middle; }
 table.data td, table.data th { border: 1px solid #ccc; }
 table.data td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.mr { background: #fff3c4; font-weight: bold; }
+tr.mr, tr.best { background: #fff3c4; font-weight: bold; }
 img.px { image-rendering: pixelated; }
 section.headline { background: #f4f8ff; border: 1px solid #b8cdf0; padding: 0 1em; }
 section.headline h2 { border: none; margin: 0.5em 0 0.2em; }

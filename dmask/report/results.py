@@ -444,7 +444,7 @@ def tuning_section(rows: list[Mapping[str, Any]], model: Model) -> str:
                 {key for row in settings for key in row}]  # fmt: skip
 
     def best_class(row: Mapping[str, Any]) -> str | None:
-        return "mr" if (row["field"], row["lam"]) == (best_f, best_lam) else None
+        return "best" if (row["field"], row["lam"]) == (best_f, best_lam) else None
 
     parts.append(
         rows_table(

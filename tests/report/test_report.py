@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -89,8 +91,10 @@ class _Page(HTMLParser):
         self.images: list[dict[str, str]] = []
         self.cells: list[str] = []
         self.row_classes: list[str | None] = []
+        self.items: list[str] = []
         self.tags: set[str] = set()
         self._cell: list[str] | None = None
+        self._item: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
         self.tags.add(tag)
@@ -101,15 +105,22 @@ class _Page(HTMLParser):
             self.row_classes.append(attrs.get("class"))
         elif tag in ("td", "th"):
             self._cell = []
+        elif tag == "li":
+            self._item = []
 
     def handle_endtag(self, tag):
         if tag in ("td", "th") and self._cell is not None:
             self.cells.append("".join(self._cell))
             self._cell = None
+        elif tag == "li" and self._item is not None:
+            self.items.append("".join(self._item))
+            self._item = None
 
     def handle_data(self, data):
         if self._cell is not None:
             self._cell.append(data)
+        if self._item is not None:
+            self._item.append(data)
 
 
 def _parse(path: Path) -> _Page:
@@ -145,6 +156,10 @@ COMPARISON = [
      "peak_memory_mib": 40.0, "status": "ok"},
     {"method": "<script>alert(1)</script>", "expression": "happy & sad",
      "mse": float("nan"), "status": "failed: <oom>"},
+    {"method": "full_ridge", "expression": "happy", "mse": 0.0021, "psnr": 26.9,
+     "status": "ok"},
+    {"method": "identity", "expression": "happy", "mse": 0.0031, "psnr": 25.2,
+     "status": "ok"},
 ]  # fmt: skip
 TUNING = [
     {"field": f, "lam": lam, "expression": e, "mse": 0.01 / f + lam / 1000}
@@ -197,10 +212,13 @@ def test_report_is_self_contained_and_escaped(report, trained):
     assert "24 x 20 x 3" in page.cells and "test: 2 subjects, train: 6 subjects" in (
         page.cells
     )
-    # comparison table: escaped text, MR highlighted, numbers formatted
+    # comparison table: escaped text, MR highlighted, numbers formatted; the
+    # row that failed is said under the table, not as a row of blanks
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    assert "<script>alert(1)</script>" in page.cells
-    assert "happy &amp; sad" in text and "failed: <oom>" in page.cells
+    assert "<script>alert(1)</script>" not in page.cells
+    (failed,) = [item for item in page.items if item.startswith("failed")]
+    assert failed.startswith("failed: <oom> (said once for 1 row: <script>")
+    assert "happy &amp; sad" in text
     assert "12,345" in page.cells and "0.00123" in page.cells
     assert page.row_classes.count("mr") == 1
     assert "Lowest test MSE: r = 5, lambda = 0.01" in text
@@ -333,23 +351,47 @@ window.addEventListener("load", function () {
     if (images[i].complete && images[i].naturalWidth > 0) loaded++;
   }
   var out = document.createElement("div");
-  out.id = "loaded";
+  out.id = "probe";
   out.textContent = loaded + "/" + images.length;
   document.body.appendChild(out);
 });
 </script>"""
 
 
-def _loaded_in_browser(chromium: str, page: Path, tmp_path: Path) -> str:
-    """Open a copy of ``page`` with an image counter; return ``loaded/total``."""
+#: What the browser lays out of the headline: its place among the page's
+#: sections, its size and the text as rendered (innerText: visible text only).
+HEADLINE = """<script>
+window.addEventListener("load", function () {
+  var box = document.getElementById("headline");
+  var out = document.createElement("div");
+  out.id = "probe";
+  if (box) {
+    var rect = box.getBoundingClientRect();
+    var sections = document.querySelectorAll("h2");
+    var first = sections[0] === box.querySelector("h2") ? "first" : "not first";
+    out.textContent = JSON.stringify({
+      first: first, top: rect.top, width: rect.width, height: rect.height,
+      visible: getComputedStyle(box).display !== "none", text: box.innerText,
+    });
+  } else {
+    out.textContent = "{}";
+  }
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _in_browser(chromium: str, page: Path, tmp_path: Path, script: str) -> str:
+    """Open a copy of ``page`` with ``script``; the text it puts in ``#probe``."""
     probe = tmp_path / "probe.html"
     probe.write_text(
-        page.read_text(encoding="utf-8").replace("</body>", COUNTER + "</body>"),
+        page.read_text(encoding="utf-8").replace("</body>", script + "</body>"),
         encoding="utf-8",
     )
     command = [
         chromium, "--headless", "--no-sandbox", "--disable-gpu",
         "--disable-dev-shm-usage", "--no-first-run", "--virtual-time-budget=10000",
+        "--window-size=1280,900",
         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri(),
     ]  # fmt: skip
     try:
@@ -359,9 +401,16 @@ def _loaded_in_browser(chromium: str, page: Path, tmp_path: Path) -> str:
     if done.returncode != 0 or "<html" not in done.stdout:
         tail = done.stderr.strip().splitlines()[-3:]
         pytest.skip(f"Chromium could not start here (exit {done.returncode}): {tail}")
-    start = done.stdout.find('<div id="loaded">')
+    start = done.stdout.find('<div id="probe">')
     assert start >= 0, "the page's load event never ran"
-    return done.stdout[start + len('<div id="loaded">') :].split("<", 1)[0]
+    return html.unescape(
+        done.stdout[start + len('<div id="probe">') :].split("</div>", 1)[0]
+    )
+
+
+def _loaded_in_browser(chromium: str, page: Path, tmp_path: Path) -> str:
+    """``loaded/total`` images of ``page`` in Chromium."""
+    return _in_browser(chromium, page, tmp_path, COUNTER)
 
 
 def test_every_image_loads_in_chromium(report, chromium, tmp_path):
@@ -374,6 +423,31 @@ def test_every_image_loads_in_chromium(report, chromium, tmp_path):
         encoding="utf-8",
     )
     assert _loaded_in_browser(chromium, broken, tmp_path) == f"{total - 1}/{total}"
+
+
+def test_the_headline_is_rendered_first_in_chromium(report, chromium, tmp_path):
+    """The headline as Chromium lays it out: the first section, on screen at the
+    top, saying MR's figures and its gain over the best baseline and the identity
+    (COMPARISON: mr 0.00123 / 29.1 dB, full_ridge 0.0021 / 26.9, identity 0.0031
+    / 25.2)."""
+    shown = json.loads(_in_browser(chromium, report, tmp_path, HEADLINE))
+    assert shown, "no #headline element in the page as rendered"
+    assert shown["first"] == "first" and shown["visible"]
+    assert 0 < shown["top"] < 200 and shown["height"] > 40 and shown["width"] > 300
+    text = " ".join(shown["text"].split())
+    assert "test MSE 0.00123, PSNR 29.10 dB" in text
+    assert "the best baseline, full_ridge (MSE 0.0021, PSNR 26.90 dB): +2.20 dB" in (
+        text
+    )
+    assert "MR's MSE is 41% lower" in text
+    assert "identity (input as is) (MSE 0.0031, PSNR 25.20 dB): +3.90 dB" in text
+    # a page without the headline is noticed
+    bare = tmp_path / "bare.html"
+    bare.write_text(
+        report.read_text(encoding="utf-8").replace("id='headline'", "id='x'"),
+        encoding="utf-8",
+    )
+    assert json.loads(_in_browser(chromium, bare, tmp_path, HEADLINE)) == {}
 
 
 def test_report_reads_the_size_curve_dmask_tune_writes(trained, tmp_path):
