@@ -15,6 +15,8 @@ from dmask.errors import DmaskError, InputError, StoreError
 from dmask.options import set_options
 
 if TYPE_CHECKING:
+    from dmask.estimator import MaskedRidgeRegression
+    from dmask.io.dataset_store import open_dataset, select_pairs
     from dmask.model import Model, fit, open_model
 
 try:
@@ -25,15 +27,25 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "DmaskError",
     "InputError",
+    "MaskedRidgeRegression",
     "Model",
     "StoreError",
     "__version__",
     "fit",
+    "open_dataset",
     "open_model",
+    "select_pairs",
     "set_options",
 ]
 
-_LAZY = {"Model": "dmask.model", "fit": "dmask.model", "open_model": "dmask.model"}
+_LAZY = {
+    "Model": "dmask.model",
+    "fit": "dmask.model",
+    "open_model": "dmask.model",
+    "open_dataset": "dmask.io.dataset_store",
+    "select_pairs": "dmask.io.dataset_store",
+    "MaskedRidgeRegression": "dmask.estimator",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,9 @@ key                        meaning
 ``cluster.workers``        local cluster: worker processes (None: per core)
 ``cluster.threads-per-worker`` local cluster: threads per worker
 ``cluster.memory-limit``   local cluster: memory per worker (``4GB``)
-``cluster.processes``      local cluster: workers as processes (bool)
+``cluster.processes``      local cluster: workers as processes (bool, or ``auto``:
+                           threads in this process for a small job)
+``cluster.small-job``      ``auto``: a job of fewer input bytes is small
 ``cluster.dashboard-address`` where the local dashboard listens
 ``tls.ca-file``            CA certificate that signed every party's
 ``tls.cert``, ``tls.key``  this client's certificate and private key
@@ -58,6 +60,12 @@ def _flag(key: str, value: Any) -> bool | None:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def _flag_or_auto(key: str, value: Any) -> bool | str | None:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return _flag(key, value)
 
 
 def _count(key: str, value: Any) -> int | None:
@@ -113,7 +121,8 @@ KEYS: dict[str, Callable[[str, Any], Any]] = {
     "cluster.workers": _count,
     "cluster.threads-per-worker": _count,
     "cluster.memory-limit": _text,
-    "cluster.processes": _flag,
+    "cluster.processes": _flag_or_auto,
+    "cluster.small-job": _positive,
     "cluster.dashboard-address": _text,
     "tls.ca-file": _text,
     "tls.cert": _text,

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     # progress bars on a terminal only: a log file gets no carriage-return redraws
     with connect(options) as client, set_options(progress=True):
-        print(f"dashboard: {client.dashboard_link}", flush=True)
+        print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
         shape = (args.size, args.width or args.size)
         print(f"[1/7] synthesising {args.subjects} subjects x 7 faces at {shape}")
         t0 = time.perf_counter()

@@ -31,7 +31,7 @@ TIERS: tuple[tuple[str, ...], ...] = (
     ("graph",),
     ("checks",),  # a fit's checks before any work: below the model that runs them
     ("datasets", "model"),
-    ("statistics",),  # datasets' sums kept, updated, solved: Models made by model
+    ("statistics", "estimator"),  # on model: sums kept and solved; scikit-learn
     ("interop", "apply", "evaluation", "report", "dmask"),
     ("cluster",),
     ("cli",),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -30,8 +31,9 @@ class ClusterOptions:
         Size of the LocalCluster started when no scheduler is given.
     memory_limit : str, optional
         Memory limit per local worker (``"4GB"``, ``"auto"``).
-    processes : bool
-        Local workers as processes (True) or threads in this process.
+    processes : bool or "auto"
+        Local workers as processes (True) or threads in this process; "auto"
+        (see :meth:`for_job`) decides by the size of the job.
     dashboard_address : str
         Where the local dashboard listens (None: no dashboard); loopback unless
         asked otherwise.
@@ -47,7 +49,7 @@ class ClusterOptions:
     n_workers: int | None = None
     threads_per_worker: int | None = None
     memory_limit: str | None = None
-    processes: bool = True
+    processes: bool | str = True
     dashboard_address: str | None = "127.0.0.1:8787"
     tls_ca_file: str | None = None
     tls_cert: str | None = None
@@ -81,6 +83,31 @@ class ClusterOptions:
         values = {k: v for k, v in values.items() if v is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def for_job(self, input_bytes: int | None) -> ClusterOptions:
+        """These options with ``processes`` decided for a job of ``input_bytes``.
+
+        "auto" runs a local cluster's workers as threads in this process when
+        the job reads fewer bytes than ``cluster.small-job`` (no process
+        start-up, no data sent between processes), as processes otherwise or
+        when the size is not known.
+        """
+        if self.processes != "auto":
+            return self
+        from dmask.options import get
+
+        small = (
+            not (self.scheduler or self.scheduler_file)
+            and input_bytes is not None
+            and input_bytes < int(get("cluster.small-job"))
+        )
+        if small:
+            logger.info(
+                "a small job (%.0f MiB of input): local workers as threads in this "
+                "process (--processes starts processes)",
+                input_bytes / 2**20,
+            )
+        return dataclasses.replace(self, processes=not small)
 
     def security(self) -> Any:
         """distributed's Security for these options (None without TLS).
@@ -162,7 +189,7 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
     """
     from distributed import Client, LocalCluster
 
-    options = options or ClusterOptions()
+    options = (options or ClusterOptions()).for_job(None)  # "auto": processes
     if options.quiet:  # a failed task's error is reported once, by dmask
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
     if options.scheduler and options.scheduler_file:

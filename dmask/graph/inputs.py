@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,9 @@ from dmask.graph.runtime import compute, current_client
 from dmask.io.dataset_store import StoredImages, compact_index, read_images
 
 __all__ = [
+    "IMAGE_DIMS",
+    "image_data",
+    "ordered_images",
     "as_numpy",
     "normalized",
     "as_dask_array",
@@ -44,6 +48,65 @@ def _check_images(shape: tuple[int, ...], dtype: Any, name: str) -> None:
         raise InputError(f"{name} must hold real numbers, got dtype {dtype}")
 
 
+#: The dimension names of images, in dmask's order.
+IMAGE_DIMS = ("sample", "y", "x", "channel")
+
+#: More channels than this are probably not the last axis of images.
+MAX_CHANNELS = 4
+
+
+def ordered_images(images: xr.DataArray, name: str) -> xr.DataArray:
+    """A DataArray of images in ``(sample, y, x, channel)`` order, by dimension name.
+
+    ``channel`` is added when it has none.
+
+    Raises
+    ------
+    InputError
+        Dimensions other than images' (named in the message), or some missing.
+    """
+    dims = tuple(str(d) for d in images.dims)
+    unknown = [d for d in dims if d not in IMAGE_DIMS]
+    missing = [d for d in IMAGE_DIMS[:3] if d not in dims]
+    if unknown or missing:
+        raise InputError(
+            f"{name} has dimensions {dims}; images have "
+            f"{IMAGE_DIMS} (channel optional)"
+            + (f": unknown {unknown}" if unknown else "")
+            + (f": missing {missing}" if missing else "")
+        )
+    if "channel" not in dims:
+        images = images.expand_dims("channel", axis=-1)
+    return images.transpose(*IMAGE_DIMS)
+
+
+def image_data(images: Any, name: str) -> Any:
+    """The array of images in ``(sample, y, x, channel)`` order.
+
+    A DataArray is matched by its dimension names: transposed to dmask's
+    order, ``channel`` added when it has none; other names are refused. Any
+    array with more than :data:`MAX_CHANNELS` channels is warned about (a
+    channel-first ``(sample, channel, y, x)`` array looks like that).
+
+    Raises
+    ------
+    InputError
+        A DataArray whose dimensions are not images' (named in the message).
+    """
+    if isinstance(images, xr.DataArray):
+        images = ordered_images(images, name).data
+    shape = getattr(images, "shape", ())
+    if len(shape) == 4 and shape[3] > MAX_CHANNELS:
+        warnings.warn(
+            f"{name} has {shape[3]} channels (shape {tuple(shape)}): images are "
+            "(sample, y, x, channel); is it channel-first? "
+            "(numpy: array.transpose(0, 2, 3, 1))",
+            UserWarning,
+            stacklevel=4,
+        )
+    return images
+
+
 def as_dask_array(array: Any, name: str) -> da.Array:
     """A 4-D ``(sample, y, x, channel)`` dask array from numpy, dask or xarray.
 
@@ -52,8 +115,10 @@ def as_dask_array(array: Any, name: str) -> da.Array:
     InputError
         Not 4-D, empty, or not real numbers.
     """
-    if isinstance(array, xr.DataArray):
-        array = array.data
+    return _dask_images(image_data(array, name), name)
+
+
+def _dask_images(array: Any, name: str) -> da.Array:
     if not isinstance(array, da.Array):
         array = np.asarray(array)
         _check_images(array.shape, array.dtype, name)
@@ -115,11 +180,11 @@ def as_image_source(
         if any(size == 0 for size in images.shape):
             raise InputError(f"{name} is empty: shape {images.shape}")
         return images
-    data = images.data if isinstance(images, xr.DataArray) else images
+    data = image_data(images, name)
     if keep_numpy and isinstance(data, np.ndarray) and current_client() is None:
         _check_images(data.shape, data.dtype, name)
         return data
-    return as_dask_array(images, name)
+    return _dask_images(data, name)
 
 
 def minmax_bounds(array: da.Array) -> tuple[da.Array, da.Array]:
