@@ -103,7 +103,7 @@ class ClusterOptions:
         )
         if small:
             logger.info(
-                "a small job (%.0f MiB of input): local workers as threads in this "
+                "a small job (%.1f MiB of input): local workers as threads in this "
                 "process (--processes starts processes)",
                 input_bytes / 2**20,
             )
