@@ -483,8 +483,12 @@ def _cluster(args: argparse.Namespace, input_bytes: int | None = None) -> Iterat
             from distributed import performance_report
 
             report = performance_report(filename=args.performance_report)
-        with report, set_options(progress=args.progress and not args.quiet):
-            yield client
+        try:
+            with report, set_options(progress=args.progress and not args.quiet):
+                yield client
+        except KeyboardInterrupt:
+            _quiet_teardown()
+            raise
         if args.performance_report:
             print(f"performance report: {args.performance_report}")
 
@@ -493,6 +497,18 @@ def _images_bytes(ds: Any) -> int:
     """Bytes of a dataset store's images (a job's size, for :func:`_cluster`)."""
     images = ds["images"]
     return int(math.prod(images.shape)) * int(images.dtype.itemsize)
+
+
+def _quiet_teardown() -> None:
+    """After Ctrl-C: the client's gathers it cancels, unretrieved, stay unlogged.
+
+    (asyncio logs each as "Task exception was never retrieved" with a
+    traceback while the cluster closes; the run ends with one line instead.)
+    """
+    import logging
+
+    for name in ("asyncio", "distributed.client"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _dashboard_link(client: Any, options: Any) -> str:

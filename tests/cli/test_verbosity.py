@@ -17,8 +17,9 @@ LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (DEBUG|INFO|WARNING|ERROR) [\w.]+: 
 
 
 def _synth(tmp_path, *flags: str, threads: bool = True) -> subprocess.CompletedProcess:
-    cluster = LOCAL_CLUSTER if threads else ["--workers", "1", "--dashboard-address",
-                                             "127.0.0.1:0", "--no-progress"]  # fmt: skip
+    cluster = LOCAL_CLUSTER if threads else [
+        "--workers", "1", "--dashboard-address", "127.0.0.1:0", "--no-progress"
+    ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
     return subprocess.run(
         [sys.executable, "-m", "dmask", "synth", "--out", str(tmp_path / "f.zarr"),
