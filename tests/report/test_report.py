@@ -20,7 +20,6 @@ from PIL import Image
 
 import dmask
 from dmask.core import field_maps, minmax, windows
-from dmask.datasets.synthetic import make_synthetic_dataset
 from dmask.errors import InputError, StoreError
 from dmask.io import dataset_store
 from dmask.report.html import MAX_SIDE
@@ -137,17 +136,6 @@ def _decode(src: str) -> Image.Image:
     assert image.format == "PNG"
     image.load()
     return image
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny synthetic dataset and a model stored on disk (lazy weights)."""
-    folder = tmp_path_factory.mktemp("report")
-    make_synthetic_dataset(folder / "f.zarr", 8, (24, 20), seed=1)
-    ds = dataset_store.open_dataset(folder / "f.zarr")
-    sources, targets = dataset_store.stored_pairs(ds, "neutral", TARGETS, "train")
-    model = dmask.fit(sources, targets, field=3, lam=0.4, store=folder / "m.zarr")
-    return ds, model
 
 
 COMPARISON = [
