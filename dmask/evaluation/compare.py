@@ -97,7 +97,7 @@ def _flat_normalized(images: np.ndarray) -> np.ndarray:
     return minmax.normalize_images(images).reshape(images.shape[0], -1)
 
 
-def _prepare(
+def _normalized_pairs(
     train_src: Any, train_tgt: Any, test_src: Any, test_tgt: Any
 ) -> dict[str, Any]:
     """Task: the normalised, flattened training and test images of one target."""
@@ -439,7 +439,7 @@ def compare(
         train_src, train_tgt = _images(dataset, source, name, "train")
         test_src, test_tgt = _images(dataset, source, name, "test")
         pairs[name] = (train_src, train_tgt[name], test_src, test_tgt[name])
-        data[name] = dask.delayed(_prepare, pure=True)(*pairs[name])
+        data[name] = dask.delayed(_normalized_pairs, pure=True)(*pairs[name])
 
     models = {
         (method, name): _baseline(

@@ -275,7 +275,7 @@ def read_digests(path: str, index: np.ndarray | slice) -> list[str]:
     return _digests(read_images(path, index))
 
 
-def _concat_lists(parts: Sequence[list[str]]) -> list[str]:
+def _concat_digests(parts: Sequence[list[str]]) -> list[str]:
     return [value for part in parts for value in part]
 
 
@@ -295,4 +295,4 @@ def lazy_sample_digests(images: da.Array | StoredImages | np.ndarray) -> Any:
         parts = [
             dask.delayed(_digests, pure=True)(b) for b in whole.to_delayed().ravel()
         ]
-    return dask.delayed(_concat_lists, pure=True)(parts)
+    return dask.delayed(_concat_digests, pure=True)(parts)
