@@ -409,6 +409,7 @@ def _fit_planned(
         kernels="numba" if _engine.enabled() else "numpy",
         lam_grid=tuple(lam_grid) if lam_grid else None,
         landmarks=landmarks,
+        provenance=_trained_from(src, fingerprint),
         **model_store.channel_attrs(plan.method == "joint"),
     ).to_dict()
     if store is not None:
@@ -483,6 +484,13 @@ def _held_model(
         lam_map=lam_map,
     )  # fmt: skip
     return Model(dataset)
+
+
+def _trained_from(src: Any, fingerprint: str) -> dict[str, Any] | None:
+    """The model's ``provenance`` of its inputs: the dataset store read, if any."""
+    if not isinstance(src, dataset_store.StoredImages):
+        return None
+    return {"dataset": {"path": src.path, "fingerprint": fingerprint}}
 
 
 def subject_fingerprints(digests: Sequence[Sequence[str]]) -> list[str]:
@@ -797,6 +805,7 @@ def solve_statistics(
         statistics_method="joint" if info.joint else "displacement",
         kernels="numba" if _engine.enabled() else "numpy",
         lam_grid=tuple(grid) if grid else None, landmarks=info.attrs.get("landmarks"),
+        provenance={"statistics": info.path, "datasets": info.datasets},
         **model_store.channel_attrs(info.joint),
     ).to_dict()  # fmt: skip
     attrs["statistics"] = info.path
@@ -1097,7 +1106,12 @@ class Model:
             return next(iter(out.values()))
         return out
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+    def save(
+        self,
+        path: str | os.PathLike,
+        overwrite: bool = False,
+        dtype: str = "float64",
+    ) -> None:
         """Write the model to a new Zarr store.
 
         Parameters
@@ -1106,8 +1120,12 @@ class Model:
             Store location.
         overwrite : bool
             Replace an existing store.
+        dtype : {"float64", "float32"}
+            What the weights and bias are stored as. float64 (the default)
+            keeps them exactly; float32 halves the store for batch use, its
+            predictions within float32 rounding of the float64 model's.
         """
-        model_store.write_model_store(self.dataset, path, overwrite)
+        model_store.write_model_store(self.dataset, path, overwrite, dtype)
 
 
 def open_model(path: str | os.PathLike) -> Model:

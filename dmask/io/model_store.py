@@ -368,17 +368,18 @@ def create_model_template(
 def _settings(attrs: Mapping[str, Any], copied_from: str | None = None) -> dict:
     """``attrs`` with the ``provenance`` of a store written now.
 
-    What the trainer recorded of its inputs (``dataset``) is kept; a model
-    copied from a store says which (``copied_from``) and keeps its ``command``
-    and ``trained`` time when it had them.
+    What the trainer recorded of its inputs (``dataset``, or ``statistics`` and
+    ``datasets``) is kept; a model copied from a store says which
+    (``copied_from``) and keeps when and by what command it was ``trained``.
     """
     out = dict(attrs)
     before = dict(out.get("provenance") or {})
-    extra: dict[str, Any] = {"dataset": before.get("dataset")}
+    written = ("created", "versions", "command")
+    extra = {key: value for key, value in before.items() if key not in written}
     if copied_from is not None:
         extra["copied_from"] = copied_from
-        extra["trained"] = before.get("trained", before.get("created"))
-        extra["trained_by"] = before.get("trained_by", before.get("command"))
+        extra.setdefault("trained", before.get("created"))
+        extra.setdefault("trained_by", before.get("command"))
     out["provenance"] = provenance(**extra)
     return out
 
