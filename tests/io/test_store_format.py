@@ -300,8 +300,9 @@ def _as_format_1(store: Path, old: Path) -> Path:
             else None
         )
     for name in list(ds.variables):
+        chunks = ds[name].encoding.get("chunks")
         ds[name].attrs = {}
-        ds[name].encoding = {}
+        ds[name].encoding = {"chunks": chunks} if chunks else {}
         if ds[name].dtype.kind in "OT":  # StringDType, as xarray reads text
             values = np.asarray(ds[name].values).astype(object).astype(str)
             if name in ds.indexes:
