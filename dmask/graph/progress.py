@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import os
 import sys
 import threading
 import time
@@ -36,6 +38,14 @@ def _seconds(value: float) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def _columns(stream: Any) -> int:
+    """The width of the terminal ``stream`` writes to; 0 when none is known."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 0
 
 
 class Display:
@@ -82,13 +92,20 @@ class Display:
         if self._bar is None:
             from tqdm import tqdm
 
+            # a terminal of no size (a pseudo-terminal nobody sized) gets one,
+            # or tqdm draws nothing
+            width: dict[str, Any] = (
+                {"dynamic_ncols": True}
+                if _columns(self.stream)
+                else {"ncols": 100, "nrows": 24}
+            )
             self._bar = tqdm(
                 total=self.total,
                 desc=self.phase,
                 unit="task",
                 file=self.stream,
-                dynamic_ncols=True,
                 leave=True,
+                **width,
             )
         if self._bar.total != self.total:
             self._bar.total = self.total

@@ -113,3 +113,31 @@ def test_distributed_compute_shows_progress_and_names_its_span(capsys):
     assert "progress: failing: stopped after" in err
     assert "distributed.scheduler - ERROR" not in err  # the feed closes cleanly
     assert not CONTROL.search(err)
+
+
+def test_a_terminal_of_no_size_still_gets_a_bar():
+    """A pseudo-terminal nobody sized (0 x 0) draws the bar at 100 columns."""
+    import os
+    import pty
+
+    from dmask.graph.progress import Display
+
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w") as stream:
+        display = Display("fitting tiles", stream=stream)
+        assert display.terminal
+        for done in range(6):
+            display.update(done, 5)
+        display.close()
+    text = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the follower is closed: all read
+            break
+        if not chunk:
+            break
+        text += chunk
+    os.close(leader)
+    assert b"fitting tiles: 100%" in text
+    assert b"5/5" in text
