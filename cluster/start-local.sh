@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Start (or stop) a Dask scheduler and workers on this machine for dmask to use.
 #
-#   cluster/start-local.sh [--workers N] [--threads T] [--memory-limit 4GB]
-#                          [--port 8786] [--dashboard-port 8787] [--host 127.0.0.1]
+#   cluster/start-local.sh [--workers N] [--threads-per-worker T] [--memory-limit 4GB]
+#                          [--scheduler-port 8786] [--dashboard-port 8787] [--host 127.0.0.1]
 #                          [--scheduler-file FILE] [--dir DIR] [--timeout SECONDS]
 #   cluster/start-local.sh status [--dir DIR]
 #   cluster/start-local.sh stop [--dir DIR]
@@ -10,14 +10,16 @@
 # Every process runs in the background in its own process group; its PID and log go
 # to DIR (default: /tmp/dmask-cluster-<uid>), with the scheduler file. Python is the
 # repository's .venv if there is one, else python3 on PATH (DMASK_PYTHON overrides).
-# Everything binds to 127.0.0.1 unless --host says otherwise.
+# Everything binds to 127.0.0.1 unless --host says otherwise. (--threads and --port,
+# the earlier names of --threads-per-worker and --scheduler-port, still work, with a
+# warning.)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROG="cluster/start-local.sh"
 
 usage() {
-    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 die() {
@@ -77,15 +79,23 @@ TIMEOUT=60
 while [ $# -gt 0 ]; do
     case "$1" in
         -h | --help) usage; exit 0 ;;
-        --workers | --threads | --memory-limit | --host | --port | --dashboard-port \
-            | --scheduler-file | --dir | --timeout)
+        --workers | --threads-per-worker | --threads | --memory-limit | --host \
+            | --scheduler-port | --port | --dashboard-port | --scheduler-file | --dir \
+            | --timeout)
             [ $# -ge 2 ] || die "$1 needs a value"
             case "$1" in
+                --threads | --port)
+                    new="--threads-per-worker"
+                    [ "$1" = --port ] && new="--scheduler-port"
+                    echo "$PROG: warning: $1 is deprecated and will be removed: use $new" >&2
+                    ;;
+            esac
+            case "$1" in
                 --workers) WORKERS="$2" ;;
-                --threads) THREADS="$2" ;;
+                --threads-per-worker | --threads) THREADS="$2" ;;
                 --memory-limit) MEMORY_LIMIT="$2" ;;
                 --host) HOST="$2" ;;
-                --port) PORT="$2" ;;
+                --scheduler-port | --port) PORT="$2" ;;
                 --dashboard-port) DASHBOARD_PORT="$2" ;;
                 --scheduler-file) SCHEDULER_FILE="$2" ;;
                 --dir) DIR="$2" ;;
@@ -169,9 +179,9 @@ if [ -z "$THREADS" ]; then
     THREADS=$((CORES / WORKERS))
     [ "$THREADS" -ge 1 ] || THREADS=1
 fi
-positive_int --threads "$THREADS"
+positive_int --threads-per-worker "$THREADS"
 positive_int --timeout "$TIMEOUT"
-port_number --port "$PORT"
+port_number --scheduler-port "$PORT"
 port_number --dashboard-port "$DASHBOARD_PORT"
 [ -n "$HOST" ] || die "--host must not be empty"
 if [ -z "$SCHEDULER_FILE" ]; then

@@ -477,7 +477,8 @@ def _cluster(args: argparse.Namespace, input_bytes: int | None = None) -> Iterat
     _check_writable(args.performance_report)
     with connect(options) as client:
         # a message, not a result: stderr (stdout holds tables and results only)
-        print(f"dashboard: {_dashboard_link(client, options)}", file=sys.stderr)
+        if not args.quiet:
+            print(f"dashboard: {_dashboard_link(client, options)}", file=sys.stderr)
         report: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if args.performance_report:
             from distributed import performance_report

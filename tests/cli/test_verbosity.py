@@ -47,10 +47,11 @@ def test_counts_before_and_after_the_subcommand():
 def test_levels(tmp_path):
     quiet = _synth(tmp_path, "-q")
     assert quiet.returncode == 0 and quiet.stderr == ""
-    plain = _synth(tmp_path)
-    assert plain.returncode == 0 and plain.stderr == ""
+    plain = _synth(tmp_path)  # the dashboard's link, a message: on stderr
+    assert plain.returncode == 0
+    assert re.fullmatch(r"dashboard: http://127\.0\.0\.1:\d+/status\n", plain.stderr)
     one = _synth(tmp_path, "-v")
-    lines = one.stderr.splitlines()
+    lines = [x for x in one.stderr.splitlines() if not x.startswith("dashboard: ")]
     assert one.returncode == 0 and lines
     assert all(LINE.match(line) for line in lines), lines
     assert all(" dmask." in line for line in lines)  # dmask's own only
@@ -61,7 +62,7 @@ def test_levels(tmp_path):
 def test_distributed_logs_in_the_same_format_with_vv(tmp_path, threads):
     run = _synth(tmp_path, "-vv", threads=threads)
     assert run.returncode == 0, run.stderr[-2000:]
-    lines = run.stderr.splitlines()
+    lines = [x for x in run.stderr.splitlines() if not x.startswith("dashboard: ")]
     assert any(" distributed." in line for line in lines)
     assert any(" dmask." in line for line in lines)
     assert [line for line in lines if not LINE.match(line)] == []

@@ -415,11 +415,11 @@ def test_start_local_script_runs_a_cluster_that_fits_exactly(
     started = _run_start(
         "--workers",
         "2",
-        "--threads",
+        "--threads-per-worker",
         "1",
         "--memory-limit",
         "1GB",
-        "--port",
+        "--scheduler-port",
         str(port),
         "--dashboard-port",
         str(dashboard),
@@ -477,7 +477,7 @@ def test_start_local_script_reports_a_taken_port(start_script_tools, tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         started = _run_start(
-            "--workers", "1", "--port", str(port), "--dashboard-port", "0",
+            "--workers", "1", "--scheduler-port", str(port), "--dashboard-port", "0",
             "--dir", str(state),
         )  # fmt: skip
     assert started.returncode == 1, started.stdout + started.stderr
@@ -490,8 +490,16 @@ def test_start_local_script_reports_a_taken_port(start_script_tools, tmp_path):
     ("args", "message"),
     [
         (["--workers", "0"], "--workers must be a positive integer"),
-        (["--threads", "x"], "--threads must be a positive integer"),
-        (["--port", "70000"], "--port must be a port number"),
+        (["--threads-per-worker", "x"], "--threads-per-worker must be a positive"),
+        (["--scheduler-port", "70000"], "--scheduler-port must be a port number"),
+        (
+            ["--threads", "x"],
+            "--threads is deprecated and will be removed: use --threads-per-worker",
+        ),
+        (
+            ["--port", "70000"],
+            "--port is deprecated and will be removed: use --scheduler-port",
+        ),
         (["--memory-limit", "lots"], "--memory-limit must be a size"),
         (["--bogus"], "unknown argument '--bogus'"),
     ],
