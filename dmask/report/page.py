@@ -386,8 +386,7 @@ def write_report(
     if size_rows is not None:
         sections.append(size_section(size_rows))
 
-    links = [("headline", "Headline"), ("model", "Model"), ("dataset", "Dataset")]
-    links.append(("faces", "Held-out faces"))
+    links = [("model", "Model"), ("dataset", "Dataset"), ("faces", "Held-out faces")]
     links.append(("strength", "Expression strength"))
     if entries:
         links.append(("photographs", "Out-of-dataset images"))

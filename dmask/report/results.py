@@ -109,7 +109,7 @@ def _against(mr: Mapping[str, float], other: Mapping[str, float], what: str) -> 
         change = "infinitely larger"
     word = "better" if gain > 0 else "worse" if gain < 0 else "no different"
     return (
-        f"<li>against {what} (MSE {other['mse']:.3g}, PSNR {other['psnr']:.2f} dB): "
+        f"<li>against {what} (MSE {other['mse']:#.3g}, PSNR {other['psnr']:.2f} dB): "
         f"<b>{gain:+.2f} dB</b> ({word}); MR's MSE is {change}</li>"
     )
 
@@ -138,7 +138,7 @@ def headline(
         parts.append(
             f"<p>MR (<b>{html.escape(mr['method'])}</b>, the best of "
             f"{len(mrs)} MR setting{'s' if len(mrs) > 1 else ''} compared): test "
-            f"MSE <b>{mr['mse']:.3g}</b>, PSNR <b>{mr['psnr']:.2f} dB</b> ({over}, "
+            f"MSE <b>{mr['mse']:#.3g}</b>, PSNR <b>{mr['psnr']:.2f} dB</b> ({over}, "
             "from <code>dmask compare</code>).</p><ul>"
         )
         if baselines:
@@ -159,7 +159,7 @@ def headline(
             f"<p>This model on the {held_out.faces} held-out face"
             f"{'s' if held_out.faces > 1 else ''} shown below ({held_out.targets} "
             f"target{'s' if held_out.targets > 1 else ''}): MSE "
-            f"<b>{held_out.mse:.3g}</b>, PSNR <b>{held_out.psnr:.2f} dB</b>.</p><ul>"
+            f"<b>{held_out.mse:#.3g}</b>, PSNR <b>{held_out.psnr:.2f} dB</b>.</p><ul>"
             + _against(mr, same, "the <b>identity</b> (input as is)")
             + "<li>no baselines: give the rows of <code>dmask compare --json</code> "
             "(<code>--comparison</code>) for them</li></ul>"

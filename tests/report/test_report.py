@@ -424,11 +424,11 @@ def test_the_headline_is_rendered_first_in_chromium(report, chromium, tmp_path):
     assert 0 < shown["top"] < 200 and shown["height"] > 40 and shown["width"] > 300
     text = " ".join(shown["text"].split())
     assert "test MSE 0.00123, PSNR 29.10 dB" in text
-    assert "the best baseline, full_ridge (MSE 0.0021, PSNR 26.90 dB): +2.20 dB" in (
+    assert "the best baseline, full_ridge (MSE 0.00210, PSNR 26.90 dB): +2.20 dB" in (
         text
     )
     assert "MR's MSE is 41% lower" in text
-    assert "identity (input as is) (MSE 0.0031, PSNR 25.20 dB): +3.90 dB" in text
+    assert "identity (input as is) (MSE 0.00310, PSNR 25.20 dB): +3.90 dB" in text
     # a page without the headline is noticed
     bare = tmp_path / "bare.html"
     bare.write_text(

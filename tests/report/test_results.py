@@ -181,14 +181,14 @@ def test_headline_mr_against_the_best_baseline_and_the_identity(compared):
     mr, best, same = (means(rows, m) for m in ("mr r=3", "mean_difference", "identity"))
     text = headline_text(compared)
     assert text.startswith("Headline MR (mr r=3, the best of 3 MR settings compared)")
-    assert f"test MSE {mr['mse']:.3g}, PSNR {mr['psnr']:.2f} dB" in text
+    assert f"test MSE {mr['mse']:#.3g}, PSNR {mr['psnr']:.2f} dB" in text
     assert "mean over 6 expressions" in text
     for other, name in ((best, "the best baseline, mean_difference"),
                         (same, "the identity (input as is)")):  # fmt: skip
         gain = mr["psnr"] - other["psnr"]
         ratio = mr["mse"] / other["mse"]
         assert (
-            f"against {name} (MSE {other['mse']:.3g}, PSNR {other['psnr']:.2f} dB): "
+            f"against {name} (MSE {other['mse']:#.3g}, PSNR {other['psnr']:.2f} dB): "
             f"{gain:+.2f} dB (worse); MR's MSE is {ratio:.2f} times as large"
         ) in text
     # the headline comes first, before the navigation and every other section
@@ -205,7 +205,7 @@ def test_headline_when_mr_wins_and_without_an_identity(trained, tmp_path):
     ]
     path = write_report(tmp_path / "r.html", model, ds, comparison=rows)
     text = headline_text(path)
-    assert "kernel_ridge (MSE 0.004, PSNR 24.00 dB): +6.00 dB (better)" in text
+    assert "kernel_ridge (MSE 0.00400, PSNR 24.00 dB): +6.00 dB (better)" in text
     assert "MR's MSE is 75% lower" in text
     assert "the identity was not compared" in text
 
@@ -239,8 +239,8 @@ def test_headline_without_comparison_scores_the_faces_shown(trained, tmp_path):
     path = write_report(tmp_path / "plain.html", model, ds)
     text = headline_text(path)
     assert f"This model on the {held.faces} held-out faces shown below" in text
-    assert f"MSE {held.mse:.3g}, PSNR {held.psnr:.2f} dB" in text
-    assert f"identity (input as is) (MSE {held.identity_mse:.3g}" in text
+    assert f"MSE {held.mse:#.3g}, PSNR {held.psnr:.2f} dB" in text
+    assert f"identity (input as is) (MSE {held.identity_mse:#.3g}" in text
     assert "no baselines: give the rows of dmask compare --json" in text
 
 
