@@ -154,10 +154,11 @@ def tune(
         Per setting, one row per expression and a ``mean`` row: ``field``,
         ``lam``, ``expression``, ``n_train``, ``n_test``, ``mse``, ``psnr``
         and ``best`` (True on the mean row of least MSE; see
-        :func:`best_setting`). A ``"loo"``/``"gcv"`` setting's rows also
-        carry ``lam_median``, the median of the penalties it chose per pixel
-        and channel (over every target on the mean row; with ``folds``, the
-        median of the folds' medians).
+        :func:`best_setting`). When ``lams`` holds ``"loo"``/``"gcv"``,
+        every row also has ``lam_median``: for those settings the median of
+        the penalties chosen per pixel and channel (over every target on the
+        mean row; with ``folds``, the median of the folds' medians), None for
+        the fixed ones.
     """
     ds = dataset_store.opened(dataset)
     names = _target_names(ds, source, targets)
@@ -186,6 +187,9 @@ def tune(
 
 
 def _mark_best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if any("lam_median" in row for row in rows):  # every row the same keys (CSV)
+        for row in rows:
+            row.setdefault("lam_median", None)
     best = best_setting(rows)
     for row in rows:
         row["best"] = row["expression"] == "mean" and (row["field"], row["lam"]) == (

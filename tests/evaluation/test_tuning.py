@@ -249,8 +249,10 @@ def test_tune_covers_the_grid(faces, tmp_path):
     assert len(means) == len(settings)
     for row in rows:
         assert set(row) == {
-            "field", "lam", "expression", "n_train", "n_test", "mse", "psnr", "best"
+            "field", "lam", "expression", "n_train", "n_test", "mse", "psnr", "best",
+            "lam_median",  # the median penalty gcv chose per pixel; None for others
         }  # fmt: skip
+        assert (row["lam_median"] is None) == (row["lam"] != "gcv")
         assert row["n_train"] == 6 and row["n_test"] == 2
         assert math.isfinite(row["mse"]) and row["mse"] > 0
         assert math.isfinite(row["psnr"])

@@ -3,6 +3,7 @@ and the rows ``dmask tune`` writes with ``gcv`` read back by ``dmask report``.""
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import math
@@ -433,12 +434,19 @@ def test_tune_with_gcv_then_report_reads_its_rows(tmp_path):
     rows_file, page = str(tmp_path / "t.json"), tmp_path / "r.html"
     make_synthetic_dataset(data, 8, (24, 20), seed=2)
     tune = ["-q", "tune", data, "--fields", "1", "3", "--lams", "0.4", "gcv"]
-    assert main([*tune, "--targets", "happy", "--json", rows_file, *LOCAL_CLUSTER]) == 0
+    table = str(tmp_path / "t.csv")  # the same rows, one header: every row's keys
+    tune += ["--targets", "happy", "--json", rows_file, "--csv", table]
+    assert main([*tune, *LOCAL_CLUSTER]) == 0
     with open(rows_file) as handle:
         rows = json.load(handle)
     chosen = [r for r in rows if r["lam"] == "gcv"]
     assert len(chosen) == 4 and all(r["lam_median"] > 0 for r in chosen)
-    assert not [r for r in rows if r["lam"] != "gcv" and "lam_median" in r]
+    assert all(r["lam_median"] is None for r in rows if r["lam"] != "gcv")
+    with open(table) as handle:
+        written = list(csv.DictReader(handle))
+    assert [r["lam_median"] for r in written] == [
+        "" if r["lam_median"] is None else str(r["lam_median"]) for r in rows
+    ]
     assert main(["-q", "train", data, "--out", model, "--field", "3", "--lam", "gcv",
                  "--targets", "happy", *LOCAL_CLUSTER]) == 0  # fmt: skip
     assert main(["-q", "report", model, data, "--out", str(page), "--tuning",
