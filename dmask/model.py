@@ -184,7 +184,7 @@ def fit(
     field = int(field)
     landmarks = _landmarks_of(sources, landmarks)
     single = not isinstance(targets, Mapping)
-    named = {SINGLE_TARGET: targets} if single else dict(targets)
+    named = {_target_name(targets): targets} if single else dict(targets)
     if not named:
         raise InputError("targets is an empty mapping")
     src = inputs.as_image_source(sources, "sources", keep_numpy=True)
@@ -307,7 +307,7 @@ def _fit_keeping(
             f"statistics_field {largest} is smaller than the field {field} to train"
         )
     single = not isinstance(targets, Mapping)
-    named = {SINGLE_TARGET: targets} if single else dict(targets)
+    named = {_target_name(targets): targets} if single else dict(targets)
     if not named:
         raise InputError("targets is an empty mapping")
     n = inputs.as_image_source(sources, "sources", keep_numpy=True).shape[0]
@@ -491,6 +491,15 @@ def _trained_from(src: Any, fingerprint: str) -> dict[str, Any] | None:
     if not isinstance(src, dataset_store.StoredImages):
         return None
     return {"dataset": {"path": src.path, "fingerprint": fingerprint}}
+
+
+def _target_name(targets: Any) -> str:
+    """The name of a single target array: a DataArray's one ``expression``."""
+    if isinstance(targets, xr.DataArray) and "expression" in targets.coords:
+        values = np.unique(np.asarray(targets.coords["expression"].values).astype(str))
+        if values.size == 1:
+            return str(values[0])
+    return SINGLE_TARGET
 
 
 def subject_fingerprints(digests: Sequence[Sequence[str]]) -> list[str]:
@@ -875,6 +884,38 @@ class Model:
             f"channels={self.channels}>"
         )
 
+    def _repr_html_(self) -> str:
+        """A table of the model for notebooks, with its store's xarray view."""
+        import html
+
+        rows = [("kind", self.kind), ("targets", ", ".join(self.targets))]
+        if self.kind == "sparse":
+            rows.append(("slots", str(self.slots)))
+        else:
+            rows += [
+                ("field r", str(self.field)),
+                ("lambda", str(self.dataset.attrs["lam"])),
+            ]
+        height, width = self.image_shape
+        rows += [
+            ("normalize", self.normalize),
+            ("image", f"{height} x {width}, {self.channels} channel(s)"),
+            ("tiles", " x ".join(str(v) for v in self.tile_shape)),
+        ]
+        path = self.dataset.encoding.get("dmask_path")
+        if path:
+            rows.append(("store", str(path)))
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in rows
+        )
+        return (
+            f"<div><strong>dmask.Model</strong><table>{cells}</table>"
+            f"<details><summary>store</summary>{self.dataset._repr_html_()}"
+            "</details></div>"
+        )
+
     @property
     def targets(self) -> list[str]:
         """Target names, in store order."""
@@ -1086,17 +1127,32 @@ class Model:
 
         Returns
         -------
-        array or dict of str to array
-            Float64 predictions of the input's shape and kind (numpy computed;
-            dask, xarray and stored images lazy): one array for a model fitted
-            on one target array, else a mapping from target name to array.
+        array, dict of str to array, xarray.DataArray or xarray.Dataset
+            Float64 predictions of the input's shape (numpy computed; dask,
+            xarray and stored images lazy). For numpy and dask input: one
+            array for a model fitted on one target array, else a mapping from
+            target name to array. For xarray input (a DataArray matched by
+            dimension name, or a dataset's ``images``): a DataArray
+            ``(sample, y, x, channel)`` for a model of one target, else a
+            Dataset whose ``images`` have a leading ``target`` dimension;
+            labelled with the target (``expression`` names it where the input
+            had one, ``source_expression`` keeps the input's) and, in the
+            attributes, the ``value_range`` and ``normalize`` of the values.
         """
+        if isinstance(new_sources, xr.Dataset):
+            if "images" not in new_sources.data_vars:
+                raise InputError(
+                    "predict takes a dataset with an 'images' variable (a dmask "
+                    f"dataset store); this one has {sorted(new_sources.data_vars)}"
+                )
+            new_sources = new_sources["images"]
+        if isinstance(new_sources, xr.DataArray):
+            new_sources = inputs.ordered_images(new_sources, "new_sources")
         lazy = self.predict_lazy(new_sources, sample_block, strength=strength)
         if isinstance(new_sources, xr.DataArray):
-            out: dict[str, Any] = {
-                name: new_sources.copy(data=array) for name, array in lazy.items()
-            }
-        elif isinstance(new_sources, (da.Array, dataset_store.StoredImages)):
+            return self._labelled(new_sources, lazy, strength)
+        out: dict[str, Any]
+        if isinstance(new_sources, (da.Array, dataset_store.StoredImages)):
             out = lazy
         else:
             names = list(lazy)
@@ -1105,6 +1161,47 @@ class Model:
         if self.dataset.attrs.get("single_target", False) and len(out) == 1:
             return next(iter(out.values()))
         return out
+
+    def _labelled(
+        self, sources: xr.DataArray, lazy: dict[str, Any], strength: float
+    ) -> xr.DataArray | xr.Dataset:
+        """Predictions of a DataArray, labelled (see :meth:`predict`)."""
+        coords: dict[str, Any] = {  # variables: a coordinate brings no others
+            str(name): coord.variable
+            for name, coord in sources.coords.items()
+            if name not in ("expression", "target")
+        }
+        if "expression" in sources.coords:
+            coords["source_expression"] = sources.coords["expression"].variable
+        if self.normalize == "minmax":
+            value_range: list[float] | None = [0.0, 1.0]
+        elif "value_range" in sources.attrs:
+            value_range = [float(v) for v in sources.attrs["value_range"]]
+        elif np.dtype(sources.dtype) == np.uint8:
+            value_range = [0.0, 255.0]
+        else:
+            value_range = None
+        attrs: dict[str, Any] = {
+            "long_name": "faces synthesised by masked ridge regression",
+            "normalize": self.normalize,
+            "strength": float(strength),
+        }
+        if value_range is not None:
+            attrs["value_range"] = value_range
+        names = list(lazy)
+        if len(self.targets) == 1:
+            (name,) = names
+            labels = dict(coords, target=name)
+            if "expression" in sources.coords:
+                labels["expression"] = ("sample", np.full(sources.shape[0], name))
+            return xr.DataArray(
+                lazy[name], dims=inputs.IMAGE_DIMS, coords=labels, attrs=attrs
+            )
+        stacked = da.stack([lazy[name] for name in names])
+        return xr.Dataset(
+            {"images": (("target", *inputs.IMAGE_DIMS), stacked, attrs)},
+            coords=dict(coords, target=("target", np.asarray(names))),
+        )
 
     def save(
         self,
