@@ -35,9 +35,8 @@ def _identity_model(size=(64, 64), channels=3) -> Model:
         landmarks=alignment.landmarks_attribute(CANONICAL, 1, "drawn"),
     ).to_dict()  # fmt: skip
     ds = model_store.model_dataset(
-        weight, np.zeros((1, height, width, channels)), ["same"], 3,
-        np.ones((1, 1), "u1"), attrs,
-    )  # fmt: skip
+        weight, np.zeros((1, height, width, channels)), ["same"], 3, attrs
+    )
     return Model(ds)
 
 
