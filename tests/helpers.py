@@ -7,6 +7,7 @@ implementation). Fixtures live in ``conftest.py``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,20 @@ LOCAL_CLUSTER = [
 ]  # fmt: skip
 
 
+#: Lines of stderr that are messages, not errors: the dashboard's link and the
+#: plain progress lines (``time progress: phase: ...``).
+_MESSAGE_LINE = re.compile(r"^(dashboard: |\d{4}-\d\d-\d\d [\d:]+ progress: )")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of a command's stderr other than its messages (the dashboard's
+    link, progress): an error is one of them."""
+    return [
+        line for line in stderr.splitlines()
+        if line.strip() and not _MESSAGE_LINE.match(line)
+    ]  # fmt: skip
+
+
 def cli_error(capsys: Any, *argv: Any, code: int = 1, seconds: float = 60.0) -> str:
     """Run ``dmask`` in this process; it must fail with ``code`` and one line.
 
@@ -257,7 +272,7 @@ def cli_error(capsys: Any, *argv: Any, code: int = 1, seconds: float = 60.0) -> 
     started = time.perf_counter()
     got = main([str(a) for a in argv])
     captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
+    lines = error_lines(captured.err)
     assert got == code, captured.err
     assert len(lines) == 1, captured.err
     assert time.perf_counter() - started < seconds
@@ -273,7 +288,7 @@ def usage_error(capsys: Any, *argv: Any) -> str:
 
     got = main([str(a) for a in argv])
     captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
+    lines = error_lines(captured.err)
     assert got == 2, captured.err
     assert lines and lines[0].startswith("usage: dmask"), captured.err
     assert ": error: " in lines[-1], captured.err

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import random_pairs
+from helpers import error_lines, random_pairs
 
 import dmask
 from dmask.cli import main
@@ -26,7 +26,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def assert_one_line_error(code: int, err: str, *words: str) -> None:
     """A failure of the run: exit 1, one line naming ``words``."""
     assert code == 1, err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = error_lines(err)
     assert len(lines) == 1, err
     for word in words:
         assert word in lines[0], lines[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from helpers import error_lines
 from PIL import Image
 
 import dmask
@@ -98,7 +99,7 @@ def test_a_failed_ingest_names_its_report(tmp_path, capsys):
     (root / "train" / "trainB" / "f_1.png").write_text("not an image")
     out = tmp_path / "f.zarr"
     assert main(["ingest", str(root), "--out", str(out), *LOCAL]) == 1
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1
     assert lines[0].startswith("dmask ingest: error: no subject in ")
     assert lines[0].endswith(
