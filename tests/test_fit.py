@@ -102,8 +102,9 @@ def test_dask_and_xarray_inputs(rng):
     )
     out_dask = reference.predict(lazy_src)
     assert isinstance(out_dask, da.Array)
-    out_xr = from_xr.predict(xr_src)["t"]
+    out_xr = from_xr.predict(xr_src)  # one target: a DataArray, labelled
     assert isinstance(out_xr, xr.DataArray) and out_xr.dims == dims
+    assert out_xr.coords["target"].item() == "t"
     np.testing.assert_allclose(out_xr.values, out_dask.compute(), atol=REORDERED)
 
 
@@ -174,17 +175,19 @@ def test_opened_model_computes_nothing_until_asked(rng, tmp_path):
         assert counter.calls == 0
         for array in (weights, bias, lam_map):
             assert isinstance(array.data, da.Array)
-        assert set(from_dask) == set(from_lazy_xr) == set(from_numpy_xr) == {"a", "b"}
+        assert set(from_dask) == {"a", "b"}
+        for out in (from_lazy_xr, from_numpy_xr):  # a Dataset, target by target
+            assert list(out["target"].values) == ["a", "b"]
+            assert out["images"].dims == ("target", *dims)
         for name in ("a", "b"):
             assert isinstance(from_dask[name], da.Array)
-            for out in (from_lazy_xr[name], from_numpy_xr[name]):
-                assert isinstance(out, xr.DataArray) and out.dims == dims
-                assert isinstance(out.data, da.Array)
+            for out in (from_lazy_xr, from_numpy_xr):
+                assert isinstance(out["images"].sel(target=name).data, da.Array)
         assert counter.calls == 0
 
         computed = from_dask["a"].compute()
         assert counter.calls == 1
-        from_lazy_xr["b"].compute()
+        from_lazy_xr["images"].sel(target="b").compute()
         assert counter.calls == 2
         expected = model.predict(sources)  # numpy in, numpy out: computed at once
         assert counter.calls == 3
