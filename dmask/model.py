@@ -74,6 +74,7 @@ def fit(
     statistics: str | os.PathLike | None = None,
     statistics_field: int | None = None,
     channels: str = "independent",
+    weights_dtype: str = "float64",
 ) -> Model:
     """Train masked ridge regression.
 
@@ -138,12 +139,23 @@ def fit(
         :mod:`dmask.core.joint`). Joint models store ``k`` offset-major with an
         ``input_channel`` coordinate and are predicted, tuned and solved like
         the others; the per-channel reference format cannot hold them.
+    weights_dtype : {"float64", "float32"}
+        What ``store`` holds the weights and bias as: float64 (exact, the
+        default) or float32 (half the size, for batch synthesis; predictions
+        within float32 rounding). Solved in float64 either way; a model in
+        memory is float64 (:meth:`Model.save` takes ``dtype`` too).
 
     Returns
     -------
     Model
     """
     check_settings(field, lam, normalize)
+    weights_dtype = model_store.check_weights_dtype(weights_dtype)
+    if weights_dtype != "float64" and store is None:
+        raise InputError(
+            "weights_dtype is for a model written to a store; "
+            "Model.save(path, dtype=...) writes one held in memory"
+        )
     if channels not in model_store.CHANNEL_MODES:
         raise InputError(
             f"channels must be one of {model_store.CHANNEL_MODES}, got {channels!r}"
@@ -234,7 +246,7 @@ def fit(
         "normalize": normalize, "single": single, "fingerprint": fingerprint,
         "source_bounds": source_bounds, "target_bounds": target_bounds,
         "memory_limit": memory_limit, "overwrite": overwrite, "lam_grid": lam_grid,
-        "plan": plan, "landmarks": landmarks,
+        "plan": plan, "landmarks": landmarks, "weights_dtype": weights_dtype,
     }  # fmt: skip
     if store is None:
         return _fit_planned(
@@ -376,6 +388,7 @@ def _fit_planned(
     previous_path: str | None = None,
     plan: FitPlan | None = None,
     landmarks: dict[str, Any] | None = None,
+    weights_dtype: str = "float64",
 ) -> Model:
     """The part of :func:`fit` after inputs and bounds are known.
 
@@ -430,6 +443,7 @@ def _fit_planned(
             written = model_store.create_model_template(
                 store, names, (height, width), channels, field, plan.tile_shape,
                 attrs, overwrite=overwrite, lam_map=bool(lam_grid),
+                weights_dtype=weights_dtype,
             )  # fmt: skip
         tasks = training.fit_tiles(
             src, list(tgts.values()), source_bounds, target_bounds, plan, field, lam,

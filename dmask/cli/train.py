@@ -96,6 +96,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=["independent", "joint"],
         help="each output channel reads its own channel's window, or every channel's",
     )
+    train.add_argument(
+        "--weights-dtype",
+        default="float64",
+        choices=["float64", "float32"],
+        help="what the store holds the weights as: float64 (exact) or float32 (half "
+        "the size, for batch synthesis)",
+    )
     _add_overwrite_option(train)
     train.add_argument(
         "--resume",
@@ -144,6 +151,10 @@ def run(args: argparse.Namespace) -> None:
     if args.keep_statistics:
         if args.resume:
             raise UsageError("--resume is not available with --keep-statistics")
+        if args.weights_dtype != "float64":
+            raise UsageError(
+                "--weights-dtype float32 is not available with --keep-statistics"
+            )
         if same_store(args.keep_statistics, args.out):
             raise DmaskError("--keep-statistics and --out are the same store")
         prepare_output(args.keep_statistics, args.overwrite, inputs=[args.dataset])
@@ -181,6 +192,7 @@ def run(args: argparse.Namespace) -> None:
                 lam_grid=args.lam_grid,
                 landmarks=ds.attrs.get("landmarks"),
                 channels=args.channels,
+                weights_dtype=args.weights_dtype,
             )
         height, width = model.image_shape
         pixels = height * width * model.channels * len(model.targets)

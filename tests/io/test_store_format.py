@@ -417,3 +417,27 @@ def test_a_float32_model_applied_to_a_store(written, tmp_path):
     assert images["long_name"] and images["units"] == "1"
     assert "valid_max" not in images  # predictions may pass white: no valid range
     assert rounded["expression"].values.tolist()[0] == "happy"
+
+
+def test_train_writes_float32_weights_when_asked(written, tmp_path):
+    from helpers import LOCAL_CLUSTER
+
+    from dmask.cli import main
+
+    out = tmp_path / "m32.zarr"
+    argv = ["train", str(written["faces"]), "--out", str(out), "--targets", "happy",
+            "--weights-dtype", "float32", *LOCAL_CLUSTER]  # fmt: skip
+    assert main(argv) == 0
+    small = dmask.open_model(out)
+    assert small.dataset["weight"].dtype == np.float32
+    exact = dmask.fit(
+        *dataset_store.select_pairs(
+            dataset_store.open_dataset(written["faces"]), "neutral", ["happy"]
+        ),
+        field=3,
+    )
+    np.testing.assert_allclose(
+        small.weights("happy"), exact.weights("happy"), rtol=1e-6, atol=1e-6
+    )
+    with pytest.raises(InputError, match="weights_dtype is for a model written"):
+        dmask.fit(np.ones((3, 8, 8, 1)), np.ones((3, 8, 8, 1)), weights_dtype="float32")
