@@ -94,14 +94,19 @@ def run(args: argparse.Namespace) -> None:
         )
         means = [r for r in rows if r["expression"] == "mean"]
         spread = "folds" in means[0]
+        lams = [str(r["lam"]) for r in means]
+        for i, row in enumerate(means):
+            if row.get("lam_median") is not None:  # gcv/loo: the median chosen
+                lams[i] += f" (median {row['lam_median']:.3g})"
+        width = max(8, *(len(lam) for lam in lams))
         print(
-            f"{'r':>3} {'lambda':>8} {'MSE':>10}"
+            f"{'r':>3} {'lambda':>{width}} {'MSE':>10}"
             + (f" {'MSE sd':>9}" if spread else "")
             + f" {'PSNR':>7}"
         )
-        for row in means:
+        for row, lam in zip(means, lams, strict=True):
             print(
-                f"{row['field']:>3} {row['lam']!s:>8} {row['mse']:>10.5f}"
+                f"{row['field']:>3} {lam:>{width}} {row['mse']:>10.5f}"
                 + (f" {row['mse_std']:>9.5f}" if spread else "")
                 + f" {row['psnr']:>7.2f}{'  best' if row.get('best') else ''}"
             )

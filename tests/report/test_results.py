@@ -426,7 +426,7 @@ def test_footer_says_version_command_and_utc_time(compared, trained, tmp_path):
 # ---------------------------------------------------- the README's tune + report
 
 
-def test_tune_with_gcv_then_report_reads_its_rows(tmp_path):
+def test_tune_with_gcv_then_report_reads_its_rows(tmp_path, capsys):
     """The README's ``dmask tune ... --lams ... gcv --json t.json`` and then
     ``dmask report --tuning t.json``: the gcv rows are read, shown in the table
     with the median penalty they chose, and plotted."""
@@ -437,9 +437,12 @@ def test_tune_with_gcv_then_report_reads_its_rows(tmp_path):
     table = str(tmp_path / "t.csv")  # the same rows, one header: every row's keys
     tune += ["--targets", "happy", "--json", rows_file, "--csv", table]
     assert main([*tune, *LOCAL_CLUSTER]) == 0
+    printed = capsys.readouterr().out  # the command's own table: the median too
     with open(rows_file) as handle:
         rows = json.load(handle)
     chosen = [r for r in rows if r["lam"] == "gcv"]
+    for row in (r for r in chosen if r["expression"] == "mean"):
+        assert f"gcv (median {row['lam_median']:.3g})" in printed
     assert len(chosen) == 4 and all(r["lam_median"] > 0 for r in chosen)
     assert all(r["lam_median"] is None for r in rows if r["lam"] != "gcv")
     with open(table) as handle:
