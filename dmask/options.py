@@ -38,7 +38,11 @@ from typing import Any
 
 from dmask.errors import DmaskError
 
-__all__ = ["KEYS", "get", "load_file", "set_options"]
+__all__ = ["LOG_FORMAT", "KEYS", "get", "load_file", "set_options"]
+
+#: The one format of every log line, dmask's and distributed's, and of the
+#: plain progress lines.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _DEFAULTS = os.path.join(os.path.dirname(__file__), "dmask.yaml")
 

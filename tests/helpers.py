@@ -242,8 +242,10 @@ LOCAL_CLUSTER = [
 
 
 #: Lines of stderr that are messages, not errors: the dashboard's link and the
-#: plain progress lines (``time progress: phase: ...``).
-_MESSAGE_LINE = re.compile(r"^(dashboard: |\d{4}-\d\d-\d\d [\d:]+ progress: )")
+#: plain progress lines (``time INFO dmask.progress: phase: ...``).
+_MESSAGE_LINE = re.compile(
+    r"^(dashboard: |\d{4}-\d\d-\d\d [\d:,]+ INFO dmask\.progress: )"
+)
 
 
 def error_lines(stderr: str) -> list[str]:

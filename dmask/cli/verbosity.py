@@ -13,11 +13,12 @@ import argparse
 import logging
 import os
 import sys
+import warnings
+
+from dmask.options import LOG_FORMAT
 
 __all__ = ["LOG_FORMAT", "add_options", "configure", "resolve"]
 
-#: The one format of every log line.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _SUB = "_sub"
 #: Marks the handler :func:`configure` added (replaced by the next call).
@@ -68,6 +69,17 @@ def _levels(verbose: int, quiet: bool) -> tuple[int, int]:
     return dmask, logging.INFO if verbose >= 2 else logging.WARNING
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    text = " ".join(str(message).split())
+    return f"{category.__name__}: {text} ({os.path.basename(filename)}:{lineno})"
+
+
 def configure(verbose: int, quiet: bool) -> None:
     """Set up logging on stderr for a run of the command line."""
     dmask_level, other_level = _levels(verbose, quiet)
@@ -79,6 +91,10 @@ def configure(verbose: int, quiet: bool) -> None:
         setattr(handler, _OURS, True)
         root.addHandler(handler)
     root.setLevel(other_level)
+    # warnings (distributed's "port in use", ...) as log lines in the one
+    # format, each on one line
+    warnings.formatwarning = _one_line_warning
+    logging.captureWarnings(True)
     logging.getLogger("dmask").setLevel(dmask_level)
     # distributed configures its own handler and format when imported: in
     # worker processes from the environment, here also if already imported.

@@ -14,8 +14,10 @@ on a cluster, dask's local callbacks on the threaded scheduler.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as concurrent_futures
 import contextlib
 import io
+import logging
 import os
 import sys
 import threading
@@ -23,10 +25,15 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any
 
+from dmask.options import LOG_FORMAT
+
 __all__ = ["PLAIN_INTERVAL", "Display", "local_progress", "distributed_progress"]
 
 #: Seconds between two plain progress lines of one phase.
 PLAIN_INTERVAL = 10.0
+
+_FORMATTER = logging.Formatter(LOG_FORMAT)
+logger = logging.getLogger(__name__)
 
 
 def _seconds(value: float) -> str:
@@ -77,6 +84,7 @@ class Display:
         self._said_start = False
         self._closed = False
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
 
     def update(self, done: int, total: int) -> None:
         with self._lock:
@@ -112,10 +120,23 @@ class Display:
         self._bar.update(self.done - self._bar.n)
 
     def _write(self, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        """One line in the log format (:data:`dmask.options.LOG_FORMAT`)."""
+        record = logging.LogRecord(
+            "dmask.progress", logging.INFO, __file__, 0,
+            f"{self.phase}: {text}", None, None,
+        )  # fmt: skip
         with contextlib.suppress(ValueError, OSError):  # a closed stream
-            self.stream.write(f"{stamp} progress: {self.phase}: {text}\n")
+            self.stream.write(_FORMATTER.format(record) + "\n")
             self.stream.flush()
+
+    def _tick(self) -> None:
+        """Plain mode: a line every interval even while no task finishes."""
+        while not self._stopped.wait(self.interval):
+            with self._lock:
+                if self._closed:
+                    return
+                if time.monotonic() - self._last_line >= self.interval:
+                    self._say_rate()
 
     def _plain_line(self) -> None:
         now = time.monotonic()
@@ -123,15 +144,23 @@ class Display:
             self._said_start = True
             self._last_line = now
             self._write(f"{self.total} tasks")
+            threading.Thread(
+                target=self._tick, name="dmask-progress", daemon=True
+            ).start()
             return
         if now - self._last_line < self.interval or self.done >= self.total:
             return
+        self._say_rate()
+
+    def _say_rate(self) -> None:
+        now = time.monotonic()
         self._last_line = now
         elapsed = now - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.done) / rate if rate > 0 else None
         text = (
-            f"{self.done}/{self.total} tasks ({100 * self.done / self.total:.0f}%), "
+            f"{self.done}/{self.total} tasks "
+            f"({100 * self.done / max(1, self.total):.0f}%), "
             f"{rate:.1f} tasks/s"
         )
         if left is not None:
@@ -143,6 +172,7 @@ class Display:
             if self._closed:
                 return
             self._closed = True
+            self._stopped.set()
             elapsed = time.monotonic() - self.started
             if self.terminal:
                 if self._bar is not None:
@@ -213,8 +243,16 @@ def distributed_progress(client: Any, futures: list[Any], display: Display):
         # The feed ends by itself once the scheduler says finished or error
         # (within an interval); one still open after that (cancelled futures)
         # is closed from here.
-        with contextlib.suppress(Exception):
+        try:
             listening.result(timeout=2.0)
+        except (
+            TimeoutError,
+            asyncio.CancelledError,
+            concurrent_futures.CancelledError,
+        ):
+            pass  # still open: closed below
+        except Exception as exc:  # no feed (a refused connection, TLS): say so
+            logger.warning("no progress from the scheduler: %s", exc)
         if not listening.done():
             comm = getattr(feed, "comm", None)
             if comm is not None:

@@ -13,6 +13,7 @@ import pytest
 from helpers import ROOT
 
 CONTROL = re.compile(r"[\r\x1b]")
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO dmask\.progress: ")
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +43,11 @@ def test_a_train_logged_to_files_has_plain_named_progress_on_stderr(faces, tmp_p
     out, err, seconds = _train(faces, tmp_path / "m.zarr", "--processes")
     for text in (out, err):
         assert not CONTROL.search(text), "a carriage return or escape in a log file"
-    progress = [line for line in err.splitlines() if " progress: " in line]
-    assert any("progress: reading bounds: " in line for line in progress)
-    assert any("progress: fitting tiles: " in line for line in progress)
-    assert any(line.endswith("done in " + line.rsplit("done in ", 1)[-1])
-               for line in progress if "fitting tiles" in line)  # fmt: skip
+    progress = [line for line in err.splitlines() if " dmask.progress: " in line]
+    assert all(LOG_LINE.match(line) for line in progress), progress  # one format
+    assert any("dmask.progress: reading bounds: " in line for line in progress)
+    fitting = [line for line in progress if "dmask.progress: fitting tiles: " in line]
+    assert fitting and re.search(r"\d+ tasks done in [\d.]+ s$", fitting[-1])
     assert len(progress) < max(20 * seconds / 60, 6), progress
     assert "progress" not in out and "dashboard" not in out
     assert out.splitlines()[-2].startswith("summary: ")
@@ -56,5 +57,5 @@ def test_a_train_logged_to_files_has_plain_named_progress_on_stderr(faces, tmp_p
 @pytest.mark.parametrize("quiet", [["--no-progress"], ["-q"]])
 def test_no_progress_and_quiet_show_none(faces, tmp_path, quiet):
     out, err, _ = _train(faces, tmp_path / "m.zarr", *quiet)
-    assert " progress: " not in err
+    assert "dmask.progress" not in err
     assert "summary: " in out

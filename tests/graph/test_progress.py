@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 import time
+from typing import ClassVar
 
 import dask.array as da
 import numpy as np
@@ -82,7 +84,7 @@ def test_threaded_compute_shows_its_phase_only_when_asked(capsys):
         (total,) = runtime.compute(_slow_array().sum(), phase="adding up")
     assert total == 160
     err = capsys.readouterr().err
-    assert "progress: adding up: " in err
+    assert "INFO dmask.progress: adding up: " in err
     assert "tasks done in" in err
     assert not CONTROL.search(err)
 
@@ -93,6 +95,15 @@ def test_distributed_compute_shows_progress_and_names_its_span(capsys):
     from dmask.graph import runtime
     from dmask.options import set_options
 
+    class Errors(logging.Handler):
+        records: ClassVar[list[logging.LogRecord]] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    scheduler_log = logging.getLogger("distributed.scheduler")
+    errors = Errors(level=logging.ERROR)
+    scheduler_log.addHandler(errors)
     with (
         LocalCluster(
             n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
@@ -109,9 +120,10 @@ def test_distributed_compute_shows_progress_and_names_its_span(capsys):
     assert total == 160
     assert ("adding up",) in names
     err = capsys.readouterr().err
-    assert "progress: adding up: " in err and "tasks done in" in err
+    assert "INFO dmask.progress: adding up: " in err and "tasks done in" in err
     assert "progress: failing: stopped after" in err
-    assert "distributed.scheduler - ERROR" not in err  # the feed closes cleanly
+    scheduler_log.removeHandler(errors)
+    assert not Errors.records, Errors.records  # the feed closes cleanly
     assert not CONTROL.search(err)
 
 
@@ -141,3 +153,19 @@ def test_a_terminal_of_no_size_still_gets_a_bar():
     os.close(leader)
     assert b"fitting tiles: 100%" in text
     assert b"5/5" in text
+
+
+def test_plain_lines_keep_coming_while_no_task_finishes():
+    """One long task: a line every interval all the same (a timer, not callbacks)."""
+    from dmask.graph.progress import Display
+
+    stream = io.StringIO()
+    display = Display("solving", stream=stream, terminal=False, interval=0.05)
+    display.update(0, 1)
+    time.sleep(0.3)
+    display.update(1, 1)
+    display.close()
+    lines = stream.getvalue().splitlines()
+    middle = [line for line in lines if "0/1 tasks (0%)" in line]
+    assert 3 <= len(middle) <= 7, lines
+    assert lines[-1].endswith("1 tasks done in 0.3 s")
