@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import xarray as xr
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from dmask.core import minmax
 from dmask.errors import InputError
+from dmask.graph import inputs
 from dmask.model import Model, fit
 
 __all__ = ["MaskedRidgeRegression"]
@@ -56,6 +58,8 @@ class MaskedRidgeRegression(RegressorMixin, BaseEstimator):
         self.image_shape = image_shape
 
     def _images(self, array: Any, name: str) -> np.ndarray:
+        if isinstance(array, xr.DataArray) and array.ndim != 2:  # by dimension name
+            array = inputs.ordered_images(array, name).values
         array = np.asarray(array)
         if array.ndim == 4:
             return array

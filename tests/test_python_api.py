@@ -180,6 +180,27 @@ def test_the_estimator_fits_in_grid_search_and_pipelines(pairs):
     assert score == pytest.approx(expected, rel=1e-12)
 
 
+def test_the_estimator_reads_dataarrays_by_dimension_name(pairs):
+    sources, targets = pairs
+    estimator = dmask.MaskedRidgeRegression(field=3, lam=0.5)
+    reference = estimator.fit(sources, targets).predict(sources)
+    src = _array(sources).transpose("x", "sample", "channel", "y")
+    tgt = _array(targets).transpose("channel", "y", "x", "sample")
+    again = dmask.MaskedRidgeRegression(field=3, lam=0.5).fit(src, tgt)
+    np.testing.assert_array_equal(again.predict(src), reference)
+
+
+def test_select_pairs_takes_one_name_and_all(tmp_path: Path):
+    from dmask.datasets.synthetic import make_synthetic_dataset
+
+    store = tmp_path / "faces.zarr"
+    make_synthetic_dataset(store, 8, image_shape=(16, 16), seed=1)
+    ds = dmask.open_dataset(store)
+    sources, targets = dmask.select_pairs(ds, "neutral", "happy", split="all")
+    assert list(targets) == ["happy"] and sources.sizes["sample"] == 8
+    assert set(sources["split"].values.tolist()) == {"train", "test"}
+
+
 def test_the_estimator_scores_minmax_in_the_models_scale(pairs):
     sources, targets = pairs
     estimator = dmask.MaskedRidgeRegression(field=3, lam=0.5, normalize="minmax")

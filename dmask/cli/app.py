@@ -113,8 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity.configure(args.verbose, args.quiet)
     for note in getattr(args, DEPRECATIONS, ()):
         logging.getLogger("dmask.cli").warning("%s", note)
+    from dmask.io.stores import recording_command
+
+    line = ["dmask", *(sys.argv[1:] if argv is None else [str(a) for a in argv])]
     try:
-        COMMANDS[args.command](args)
+        with recording_command(line):  # the stores written say how
+            COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"dmask {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from dmask.errors import DmaskError, UsageError
+from dmask.errors import DmaskError
 
 # ------------------------------------------------------------------ vocabulary
 # One spelling for each idea across the commands:
@@ -385,13 +385,14 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="memory limit per local worker, e.g. 4GB (default: the machine's, shared)",
     )
-    group.add_argument(
+    where = group.add_mutually_exclusive_group()
+    where.add_argument(
         "--in-process",
         action="store_true",
         help="run the local workers as threads in this process, not as processes",
     )
     renamed(group, "--threads", "--in-process", "in_process", nargs=0, const=True)
-    group.add_argument(
+    where.add_argument(
         "--processes",
         action="store_true",
         help="run the local workers as processes even for a small job (by default "
@@ -471,8 +472,6 @@ def _cluster(args: argparse.Namespace, input_bytes: int | None = None) -> Iterat
         tls_key=args.tls_key,
         quiet=args.verbose < 2,  # scheduler and worker logs with -vv
     )
-    if args.in_process and args.processes:
-        raise UsageError("give --in-process or --processes, not both")
     options = options.for_job(input_bytes)
     _check_writable(args.performance_report)
     with connect(options) as client:

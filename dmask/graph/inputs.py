@@ -133,7 +133,8 @@ def _dask_images(array: Any, name: str) -> da.Array:
 SCATTER_BYTES = 2**20
 
 
-def _identity(value: Any) -> Any:
+def scattered_chunk(value: Any) -> Any:
+    """Task: a chunk of an in-memory array, scattered to the workers once."""
     return value
 
 
@@ -161,7 +162,7 @@ def held_array(array: np.ndarray, chunks: tuple[int, ...]) -> da.Array:
     blocks = np.empty([len(c) for c in chunks], dtype=object)
     for at, piece, future in zip(grid, pieces, futures, strict=True):
         blocks[at] = da.from_delayed(
-            dask.delayed(_identity)(future), shape=piece.shape, dtype=array.dtype
+            dask.delayed(scattered_chunk)(future), shape=piece.shape, dtype=array.dtype
         )
     return da.block(blocks.tolist())
 

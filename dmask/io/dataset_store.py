@@ -251,9 +251,16 @@ def value_peak(ds: xr.Dataset) -> float:
 
 
 def select_pairs(
-    ds: xr.Dataset, source: str, targets: Sequence[str], split: str | None = "train"
+    ds: xr.Dataset,
+    source: str,
+    targets: str | Sequence[str],
+    split: str | None = "train",
 ) -> tuple[xr.DataArray, dict[str, xr.DataArray]]:
     """Lazy source and target images of the same subjects (see :func:`pair_indices`).
+
+    Each subject's ``source`` face is paired with its ``targets`` faces (one
+    name or several) by the ``subject`` coordinate, among the samples of
+    ``split`` (``"all"`` or None: every split).
 
     Returns
     -------
@@ -262,6 +269,10 @@ def select_pairs(
     targets : dict of str to xarray.DataArray
         Same subjects, same order.
     """
+    if isinstance(targets, str):  # one name, not its letters
+        targets = [targets]
+    if split == "all":  # the command line's word for every split
+        split = None
     src, tgt = pair_indices(ds, source, targets, split)
     images = ds["images"]
     return images.isel(sample=src), {

@@ -201,11 +201,18 @@ def command_line() -> list[str] | None:
 PROVENANCE_PACKAGES = ("dmask", "dask", "distributed", "zarr", "xarray", "numpy")
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """An installed package's version, ``unknown`` when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def utc_now() -> str:
+    """This moment in UTC, ISO 8601 to the second with ``Z``."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def provenance(**extra: Any) -> dict[str, Any]:
@@ -216,11 +223,11 @@ def provenance(**extra: Any) -> dict[str, Any]:
     :func:`command_line`), and ``extra`` entries left as given (None ones left
     out).
     """
-    now = datetime.datetime.now(datetime.UTC)
-    versions = {name: _version(name) for name in PROVENANCE_PACKAGES}
+    versions = {name: package_version(name) for name in PROVENANCE_PACKAGES}
     versions["python"] = ".".join(str(v) for v in sys.version_info[:3])
     out: dict[str, Any] = {
-        "created": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "created": utc_now(),
+        "working_directory": os.getcwd(),
         "versions": versions,
         "command": command_line(),
     }

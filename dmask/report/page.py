@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import html
 import json
 import logging
 import os
 import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from dmask.errors import InputError, StoreError
-from dmask.io import atomic
+from dmask.io import atomic, stores
 from dmask.model import Model
 from dmask.report.html import STYLE, table_html
 from dmask.report.results import (
@@ -238,23 +236,13 @@ def _provenance(recorded: Any) -> list[tuple[str, Any]]:
     return rows
 
 
-def dmask_version() -> str:
-    """The installed dmask's version (``0+unknown`` when not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("dmask")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def _command_text(command: str | Sequence[str] | None) -> str:
-    """The command line that writes the report (``sys.argv`` by default)."""
+    """The command line that writes the report (by default the one running)."""
     if command is None:
-        argv = list(sys.argv)
-        if not argv or not argv[0]:
-            return "(interactive Python)"
-        command = [os.path.basename(argv[0]), *argv[1:]]
+        command = stores.command_line()
+        if command is None:
+            return "(Python API)"
+        command = [os.path.basename(command[0]), *command[1:]]
     if isinstance(command, str):
         return command
     return shlex.join(str(part) for part in command)
@@ -327,7 +315,8 @@ def write_report(
         Replace an existing file.
     command : str or sequence of str, optional
         The command line shown in the page's header and footer; by default
-        this process's (``sys.argv``).
+        the dmask command running (see
+        :func:`dmask.io.stores.command_line`), else "(Python API)".
 
     Returns
     -------
@@ -406,10 +395,10 @@ def write_report(
         else f"r={model.field}, lambda={_lam_text(model).split(' ')[0]}"
     )
     title = f"dmask report: {', '.join(model.targets)} ({described})"
-    now = datetime.datetime.now(datetime.UTC)
-    written = now.isoformat(timespec="seconds").replace("+00:00", "Z")
+    written = stores.utc_now()
     stamp = (
-        f"dmask {html.escape(dmask_version())}, <time datetime='{written}'>"
+        f"dmask {html.escape(stores.package_version('dmask'))}, "
+        f"<time datetime='{written}'>"
         f"{written}</time> (UTC), command <code>"
         f"{html.escape(_command_text(command))}</code>"
     )

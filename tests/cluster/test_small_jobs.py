@@ -81,4 +81,4 @@ def test_in_process_and_processes_together_are_a_usage_error(tmp_path, capsys):
     argv = ["synth", "--out", str(tmp_path / "f.zarr"), "--subjects", "3",
             "--in-process", "--processes"]  # fmt: skip
     assert main(argv) == 2
-    assert "--in-process or --processes" in capsys.readouterr().err
+    assert "not allowed with argument --in-process" in capsys.readouterr().err

@@ -17,8 +17,7 @@ BARE = {"tuple", "list", "dict", "value", "apply", "lambda", "identity", "prepar
 #: dask's own names (xarray and dask.array operations), as cluster/README lists them.
 DASK_OWN = re.compile(
     r"^(open_dataset-.*|getitem|astype|.*-aggregate|.*store-map|finalize-.*|"
-    r"array-finalize-.*|from-value.*|original|shuffle-.*|concatenate.*|"
-    r"normalize_block)$"
+    r"array|array-finalize-.*|from-value.*|original|shuffle-.*|concatenate.*)$"
 )
 
 
@@ -52,6 +51,10 @@ def names(tmp_path_factory):
             ["apply", str(model), str(faces), "--out", str(where / "p.zarr"),
              "--png", str(where / "png")],
             ["evaluate", str(model), str(faces)],
+            ["tune", str(faces), "--fields", "1", "--lams", "0.4", "--targets",
+             "happy"],
+            ["apply", str(model), str(where / "png"), "--out",
+             str(where / "synthesised"), "--crop", "none"],
         ]  # fmt: skip
         for argv in runs:
             assert main(argv + at) == 0, argv

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -430,6 +431,9 @@ def test_train_writes_float32_weights_when_asked(written, tmp_path):
     assert main(argv) == 0
     small = dmask.open_model(out)
     assert small.dataset["weight"].dtype == np.float32
+    recorded = small.dataset.attrs["provenance"]  # main() says what ran it
+    assert recorded["command"] == ["dmask", *argv]
+    assert recorded["working_directory"] == os.getcwd()
     exact = dmask.fit(
         *dataset_store.select_pairs(
             dataset_store.open_dataset(written["faces"]), "neutral", ["happy"]

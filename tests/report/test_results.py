@@ -7,9 +7,7 @@ import csv
 import datetime
 import json
 import math
-import os
 import re
-import sys
 from html.parser import HTMLParser
 from importlib.metadata import version
 from pathlib import Path
@@ -415,10 +413,15 @@ def test_footer_says_version_command_and_utc_time(compared, trained, tmp_path):
     now = datetime.datetime.now(datetime.UTC)
     assert datetime.timedelta(0) <= now - written < datetime.timedelta(minutes=10)
     assert footer in text.split("</h1>", 1)[1].split("</p>", 1)[0]  # header too
-    # by default, this process's command line
+    # by default the dmask command running; from Python, said so
+    from dmask.io.stores import recording_command
+
     ds, model = trained
     path = write_report(tmp_path / "d.html", model, ds)
-    assert f"command <code>{os.path.basename(sys.argv[0])}" in path.read_text(
+    assert "command <code>(Python API)</code>" in path.read_text(encoding="utf-8")
+    with recording_command(["dmask", "report", "m.zarr", "--out", "r.html"]):
+        path = write_report(tmp_path / "e.html", model, ds, overwrite=True)
+    assert "command <code>dmask report m.zarr --out r.html</code>" in path.read_text(
         encoding="utf-8"
     )
 
