@@ -428,6 +428,13 @@ def _fit_planned(
     if store is not None:
         if previous is not None:
             _check_resumable(store, previous, attrs, names)
+            held = model_store.stored_weights_dtype(previous_path or store)
+            if held != weights_dtype:
+                raise InputError(
+                    f"cannot resume {store}: it holds {held} weights, this run "
+                    f"asks for {weights_dtype} (give weights_dtype={held!r}, "
+                    f"--weights-dtype {held})"
+                )
             if previous.complete:
                 logger.info("model store %s is already complete", store)
                 return open_model(store)

@@ -45,6 +45,7 @@ __all__ = [
     "ModelProgress",
     "channel_attrs",
     "check_weights_dtype",
+    "stored_weights_dtype",
     "create_model_template",
     "features",
     "model_dataset",
@@ -110,6 +111,12 @@ DESCRIPTIONS: dict[str, dict[str, Any]] = {
     "offset_x": {"long_name": "window offset in x of each weight", "units": "pixel"},
     "input_channel": {"long_name": "input channel each weight reads"},
 }
+
+
+def stored_weights_dtype(path: str | os.PathLike) -> str:
+    """What a model store holds its weights as (``"float64"``, ``"float32"``)."""
+    with quiet_zarr():
+        return np.dtype(zarr.open_array(str(path), path="weight", mode="r").dtype).name
 
 
 def check_weights_dtype(dtype: Any) -> str:

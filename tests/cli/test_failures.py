@@ -219,3 +219,31 @@ def test_a_configuration_file_with_a_section_that_is_not_a_mapping(
     finally:
         dask.config.refresh()  # the file was merged into this process's config
     assert "dmask.cluster must be a mapping" in message
+
+
+def test_a_resume_keeps_the_weights_dtype_of_its_store(faces, tmp_path, monkeypatch):
+    ds = dataset_store.open_dataset(faces)
+    src, tgt = dataset_store.stored_pairs(ds, "neutral", ["happy"], "train")
+    out = tmp_path / "m32.zarr"
+    real = fit_tasks.write_model_tile
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("interrupted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_tasks, "write_model_tile", flaky)
+    with (
+        dask.config.set(num_workers=1),
+        pytest.raises(RuntimeError, match="interrupted"),
+    ):
+        dmask.fit(src, tgt, store=out, tile_shape=(12, 10), weights_dtype="float32")
+    monkeypatch.undo()
+    with pytest.raises(dmask.InputError, match="holds float32 weights"):
+        dmask.fit(src, tgt, store=out, tile_shape=(12, 10), resume=True)
+    model = dmask.fit(src, tgt, store=out, resume=True, weights_dtype="float32")
+    assert model.dataset["weight"].dtype == np.float32
+    whole = dmask.fit(src, tgt, tile_shape=(12, 10))
+    np.testing.assert_allclose(model.weights(), whole.weights(), rtol=1e-6, atol=1e-6)
