@@ -41,8 +41,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/demo", help="output folder")
     parser.add_argument("--subjects", type=int, default=160)
-    parser.add_argument("--size", type=int, default=128, help="image height")
-    parser.add_argument("--width", type=int, help="image width (default: size)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        default=[128],
+        metavar=("H", "W"),
+        help="image height and width (W: H by default), as dmask synth --size",
+    )
     parser.add_argument("--field", type=int, default=3)
     parser.add_argument("--lam", type=float, default=0.4)
     parser.add_argument("--seed", type=int, default=0)
@@ -50,7 +56,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--memory-limit", default="auto")
     parser.add_argument("--grid-subjects", type=int, default=3)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.size) > 2:
+        parser.error("--size takes H or H W")
+    return args
 
 
 def _normalized(images: np.ndarray) -> np.ndarray:
@@ -92,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         memory_limit=args.memory_limit,
     )
     started = time.perf_counter()
-    # progress bars on a terminal only: a log file gets no carriage-return redraws
+    # progress on stderr: a bar on a terminal, plain lines in a log file
     with connect(options) as client, set_options(progress=True):
         print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
-        shape = (args.size, args.width or args.size)
+        shape = (args.size[0], args.size[-1])
         print(f"[1/7] synthesising {args.subjects} subjects x 7 faces at {shape}")
         t0 = time.perf_counter()
         ds = make_synthetic_dataset(

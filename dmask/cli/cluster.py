@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from dmask.cli.common import _memory_limit, _positive_int, add_command, renamed
@@ -139,9 +140,12 @@ def run(args: argparse.Namespace) -> None:
             with open(args.scheduler_file, "w") as handle:
                 json.dump({"address": address}, handle)
         print(f"scheduler: {address}")
-        print(f"dashboard: {cluster.dashboard_link}")
-        print(f"use it: dmask train DATASET --out MODEL --scheduler {address}")
-        print("Ctrl-C stops the cluster", flush=True)
+        print(f"dashboard: {cluster.dashboard_link}", file=sys.stderr)
+        print(
+            f"use it: dmask train DATASET --out MODEL --scheduler {address}",
+            file=sys.stderr,
+        )
+        print("Ctrl-C stops the cluster", file=sys.stderr, flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         while not stop.wait(1):
