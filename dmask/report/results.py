@@ -91,10 +91,15 @@ def _method_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]
             "method": method,
             "mse": float(np.mean(mse)),
             # PSNR of the mean MSE (peak 1) where the rows give none
-            "psnr": float(np.mean(psnr)) if psnr else -10 * math.log10(np.mean(mse)),
+            "psnr": float(np.mean(psnr)) if psnr else _psnr(float(np.mean(mse))),
             "expressions": len(parts) or None,
         }
     return out
+
+
+def _psnr(mse: float) -> float:
+    """PSNR in dB of an MSE at peak 1 (infinite for a perfect prediction)."""
+    return math.inf if mse <= 0 else -10 * math.log10(mse)
 
 
 def _against(mr: Mapping[str, float], other: Mapping[str, float], what: str) -> str:
