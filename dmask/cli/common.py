@@ -290,56 +290,31 @@ def _add_overwrite_option(parser: argparse.ArgumentParser, text: str = "") -> No
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a positive integer, got {text}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _checked(
+    parse: Callable[[str], Any], ok: Callable[[Any], bool], wanted: str
+) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text, refused unless ``ok`` (``wanted``)."""
+
+    def check(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    return check
 
 
-def _at_least_two(text: str) -> int:
-    value = _positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2, got {text}")
-    return value
-
-
-def _field(text: str) -> int:
-    """An odd receptive field ``r >= 1``."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1 or value % 2 == 0:
-        raise argparse.ArgumentTypeError(f"must be an odd integer >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(
-            f"must be a positive finite number, got {text}"
-        )
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_at_least_two = _checked(int, lambda v: v >= 2, "at least 2")
+#: An odd receptive field ``r >= 1``.
+_field = _checked(int, lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1")
+_positive_float = _checked(
+    float, lambda v: math.isfinite(v) and v > 0, "a positive finite number"
+)
+_fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def _memory_limit(text: str) -> str:

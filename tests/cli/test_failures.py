@@ -164,6 +164,27 @@ def test_pngs_are_never_written_inside_a_store(capsys, model_path, tmp_path):
     assert "inside the Zarr store" in message
 
 
+def _interrupted_fit(monkeypatch, src, tgt, out, **kwargs) -> None:
+    """A fit to ``out`` that fails after writing two of its four tiles."""
+    real = fit_tasks.write_model_tile
+    calls = []
+
+    def flaky(*args, **kw):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("interrupted")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fit_tasks, "write_model_tile", flaky)
+    # one thread: no tile is still being written when the failure comes back
+    with (
+        dask.config.set(num_workers=1),
+        pytest.raises(RuntimeError, match="interrupted"),
+    ):
+        dmask.fit(src, tgt, store=out, tile_shape=(12, 10), **kwargs)
+    monkeypatch.undo()
+
+
 def test_a_resumed_run_counts_the_problems_it_solved(
     capsys, faces, tmp_path, monkeypatch
 ):
@@ -172,23 +193,7 @@ def test_a_resumed_run_counts_the_problems_it_solved(
     ds = dataset_store.open_dataset(faces)
     src, tgt = dataset_store.stored_pairs(ds, "neutral", ["happy"], "train")
     out = tmp_path / "m.zarr"
-    real = fit_tasks.write_model_tile
-    calls = []
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise RuntimeError("interrupted")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit_tasks, "write_model_tile", flaky)
-    # one thread: no tile is still being written when the failure comes back
-    with (
-        dask.config.set(num_workers=1),
-        pytest.raises(RuntimeError, match="interrupted"),
-    ):
-        dmask.fit(src, tgt, store=out, tile_shape=(12, 10))
-    monkeypatch.undo()
+    _interrupted_fit(monkeypatch, src, tgt, out)
     done = int(read_model_progress(out).tile_complete.sum())
     assert 0 < done < 4
     argv = [
@@ -225,22 +230,7 @@ def test_a_resume_keeps_the_weights_dtype_of_its_store(faces, tmp_path, monkeypa
     ds = dataset_store.open_dataset(faces)
     src, tgt = dataset_store.stored_pairs(ds, "neutral", ["happy"], "train")
     out = tmp_path / "m32.zarr"
-    real = fit_tasks.write_model_tile
-    calls = []
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise RuntimeError("interrupted")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit_tasks, "write_model_tile", flaky)
-    with (
-        dask.config.set(num_workers=1),
-        pytest.raises(RuntimeError, match="interrupted"),
-    ):
-        dmask.fit(src, tgt, store=out, tile_shape=(12, 10), weights_dtype="float32")
-    monkeypatch.undo()
+    _interrupted_fit(monkeypatch, src, tgt, out, weights_dtype="float32")
     with pytest.raises(dmask.InputError, match="holds float32 weights"):
         dmask.fit(src, tgt, store=out, tile_shape=(12, 10), resume=True)
     model = dmask.fit(src, tgt, store=out, resume=True, weights_dtype="float32")

@@ -39,42 +39,36 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
-def test_a_small_synth_starts_no_worker_process(tmp_path, caplog, monkeypatch):
-    seen: set[int] = set()
+@pytest.fixture
+def started(monkeypatch) -> set[int]:
+    """The processes this one has started by the time synth draws its faces."""
     from dmask.datasets import synthetic
 
+    before, seen = _children(), set()
     original = synthetic.make_synthetic_dataset
 
     def watched(*args, **kwargs):
-        seen.update(_children())
+        seen.update(_children() - before)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(synthetic, "make_synthetic_dataset", watched)
-    before = _children()
+    return seen
+
+
+def test_a_small_synth_starts_no_worker_process(tmp_path, caplog, started):
     argv = ["synth", "--out", str(tmp_path / "f.zarr"), "--subjects", "3",
             "--size", "16", "--dashboard-address", ":0", "-v"]  # fmt: skip
     assert main(argv) == 0
-    assert not (seen - before), "worker processes started for a small job"
+    assert not started, "worker processes started for a small job"
     assert "a small job" in caplog.text
 
 
-def test_processes_asked_for_start_worker_processes(tmp_path, monkeypatch):
-    seen: set[int] = set()
-    from dmask.datasets import synthetic
-
-    original = synthetic.make_synthetic_dataset
-
-    def watched(*args, **kwargs):
-        seen.update(_children())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(synthetic, "make_synthetic_dataset", watched)
-    before = _children()
+def test_processes_asked_for_start_worker_processes(tmp_path, started):
     argv = ["synth", "--out", str(tmp_path / "f.zarr"), "--subjects", "3",
             "--size", "16", "--dashboard-address", ":0", "--processes",
             "--workers", "1"]  # fmt: skip
     assert main(argv) == 0
-    assert seen - before
+    assert started
 
 
 def test_in_process_and_processes_together_are_a_usage_error(tmp_path, capsys):
