@@ -16,6 +16,7 @@ from dmask.io.locations import store_path
 from dmask.io.stores import (
     DATASET_FORMAT,
     FORMAT_VERSION,
+    SHARED_DESCRIPTIONS,
     channel_names,
     describe,
     open_store,
@@ -50,7 +51,7 @@ DESCRIPTIONS: dict[str, dict[str, Any]] = {
     "subject": {"long_name": "subject (identity) of each face"},
     "expression": {"long_name": "facial expression of each face"},
     "split": {"long_name": "train or test split of each face"},
-    "channel": {"long_name": "colour channel"},
+    "channel": SHARED_DESCRIPTIONS["channel"],
     "person": {"long_name": "person of each face (the split unit)"},
     "file": {"long_name": "image file, relative to the input folder"},
     "taken_by": {"long_name": "how the face was found in its photograph"},

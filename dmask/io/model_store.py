@@ -19,6 +19,7 @@ from dmask.io.locations import is_local, store_path
 from dmask.io.stores import (
     FORMAT_VERSION,
     MODEL_FORMAT,
+    SHARED_DESCRIPTIONS,
     channel_names,
     create_progress,
     describe,
@@ -105,8 +106,7 @@ DESCRIPTIONS: dict[str, dict[str, Any]] = {
         "units": "1",
         "valid_min": -1,
     },
-    "target": {"long_name": "target expression"},
-    "channel": {"long_name": "colour channel"},
+    **SHARED_DESCRIPTIONS,
     "offset_y": {"long_name": "window offset in y of each weight", "units": "pixel"},
     "offset_x": {"long_name": "window offset in x of each weight", "units": "pixel"},
     "input_channel": {"long_name": "input channel each weight reads"},

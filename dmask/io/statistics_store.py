@@ -24,6 +24,7 @@ from dmask.errors import StoreError
 from dmask.io.locations import store_path
 from dmask.io.stores import (
     FORMAT_VERSION,
+    SHARED_DESCRIPTIONS,
     STATISTICS_FORMAT,
     channel_names,
     create_progress,
@@ -70,8 +71,7 @@ DESCRIPTIONS: dict[str, dict[str, Any]] = {
         "units": "1",
         "valid_min": 0,
     },
-    "target": {"long_name": "target expression"},
-    "channel": {"long_name": "colour channel"},
+    **SHARED_DESCRIPTIONS,
     "displacement_y": {"long_name": "displacement in y", "units": "pixel"},
     "displacement_x": {"long_name": "displacement in x", "units": "pixel"},
     "offset_y": {"long_name": "window offset in y", "units": "pixel"},

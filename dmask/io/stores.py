@@ -116,11 +116,17 @@ def text_as_strings(ds: xr.Dataset) -> xr.Dataset:
         for name, variable in ds.variables.items()
         if variable.dtype.kind in "USO" and variable.dtype != strings
     }
+    for variable in changed.values():
+        variable.encoding = {}
+    return _replaced(ds, changed)
+
+
+def _replaced(ds: xr.Dataset, changed: Mapping[str, xr.Variable]) -> xr.Dataset:
+    """A copy of ``ds`` with the ``changed`` variables in place (indexes too)."""
     if not changed:
         return ds
     ds = ds.copy()
     for name, variable in changed.items():
-        variable.encoding = {}
         if name in ds.indexes:
             ds = ds.assign_coords({name: variable})
         else:
@@ -140,15 +146,14 @@ def text_as_fixed_width(ds: xr.Dataset) -> xr.Dataset:
         for name, variable in ds.variables.items()
         if variable.dtype == strings
     }
-    if not changed:
-        return ds
-    ds = ds.copy()
-    for name, variable in changed.items():
-        if name in ds.indexes:
-            ds = ds.assign_coords({name: variable})
-        else:
-            ds[name] = variable
-    return ds
+    return _replaced(ds, changed)
+
+
+#: Descriptions of the coordinates every kind of store has.
+SHARED_DESCRIPTIONS: dict[str, dict[str, Any]] = {
+    "target": {"long_name": "target expression"},
+    "channel": {"long_name": "colour channel"},
+}
 
 
 def describe(ds: xr.Dataset, descriptions: Mapping[str, Mapping[str, Any]]) -> None:
