@@ -26,6 +26,10 @@ key                        meaning
 ``cluster.dashboard-address`` where the local dashboard listens
 ``tls.ca-file``            CA certificate that signed every party's
 ``tls.cert``, ``tls.key``  this client's certificate and private key
+``storage-options``        per protocol, fsspec options for ``scheme://`` URLs
+                           (``{s3: {endpoint_url: ...}}``; :mod:`dmask.io.storage`)
+``lock-expiry``            seconds after which an object-storage lock whose
+                           run stopped refreshing it counts as abandoned
 ========================== ==================================================
 """
 
@@ -114,6 +118,19 @@ def _text(key: str, value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _storage_options(key: str, value: Any) -> dict[str, dict[str, Any]]:
+    from dmask.io.storage import check
+
+    return check(key, value)
+
+
+def _expiry(key: str, value: Any) -> float:
+    number = _seconds(key, value)
+    if not number:
+        raise DmaskError(f"configuration dmask.{key} must be > 0, got {value!r}")
+    return number
+
+
 #: Every key of the ``dmask`` section and how its value is checked.
 KEYS: dict[str, Callable[[str, Any], Any]] = {
     "kernels": _choice("numba", "numpy"),
@@ -131,6 +148,8 @@ KEYS: dict[str, Callable[[str, Any], Any]] = {
     "tls.ca-file": _text,
     "tls.cert": _text,
     "tls.key": _text,
+    "storage-options": _storage_options,
+    "lock-expiry": _expiry,
 }
 
 
@@ -254,6 +273,10 @@ class set_options:
             KEYS[key](key, value)
             values[f"dmask.{key}"] = value
         self._set = dask.config.set(values)
+        if "dmask.storage-options" in values:  # fsspec's defaults, from now on
+            from dmask.io.storage import configure
+
+            configure()
 
     def __enter__(self) -> set_options:
         return self

@@ -23,6 +23,7 @@ from dmask.cli import (
     interop,
     report,
     statistics,
+    storage,
     synth,
     train,
     tune,
@@ -90,11 +91,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dmask {__version__}")
     verbosity.add_options(parser)
+    storage.add_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in PARSERS:
         command.add_parser(sub)
     for each in sub.choices.values():  # -v and -q after the subcommand too
         verbosity.add_options(each, sub=True)
+        storage.add_options(each, sub=True)
     return parser
 
 
@@ -115,8 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("dmask.cli").warning("%s", note)
     from dmask.io.stores import recording_command
 
-    line = ["dmask", *(sys.argv[1:] if argv is None else [str(a) for a in argv])]
+    given = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    line = storage.redacted(["dmask", *given])  # no secret in stores or reports
     try:
+        storage.apply(args, given)
         with recording_command(line):  # the stores written say how
             COMMANDS[args.command](args)
     except UsageError as exc:

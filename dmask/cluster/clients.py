@@ -180,6 +180,13 @@ def bind_address(address: str | None) -> str | None:
     return text
 
 
+def _share_storage_options(client: Any) -> None:
+    """The configured object-storage options, here and on every worker."""
+    from dmask.io import storage
+
+    storage.share_with(client, storage.configure())
+
+
 @contextlib.contextmanager
 def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
     """Yield a distributed Client, starting a LocalCluster if none is named.
@@ -209,6 +216,7 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
             where = options.scheduler or options.scheduler_file
             raise DmaskError(f"cannot reach the scheduler at {where}: {exc}") from exc
         try:
+            _share_storage_options(client)
             yield client
         finally:
             client.close()
@@ -250,6 +258,7 @@ def connect(options: ClusterOptions | None = None) -> Iterator[Any]:
     )
     try:
         with limits, Client(cluster, security=security) as client:
+            _share_storage_options(client)
             yield client
     finally:
         # Closing an in-process cluster cancels the scheduler's periodic feeds,

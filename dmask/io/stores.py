@@ -22,14 +22,7 @@ import zarr
 from dmask.errors import StoreError
 from dmask.io import atomic, integrity
 from dmask.io.locations import is_local, same_store
-from dmask.io.locks import (
-    alive,
-    check_parent,
-    is_self,
-    lock_path,
-    read_lock,
-    refuse_locked,
-)
+from dmask.io.locks import check_parent, check_unlocked
 
 logger = logging.getLogger(__name__)
 
@@ -417,9 +410,7 @@ def prepare_output(
     if is_local(path):
         check_parent(path)
         _remove_old_copies(path)
-        holder = read_lock(lock_path(path))
-        if holder is not None and not is_self(holder) and alive(holder):
-            refuse_locked(path, holder)
+    check_unlocked(path)
     for source in inputs:
         if same_store(path, source):
             raise StoreError(
