@@ -14,6 +14,7 @@ weights span, else as a sparse model (a few slots per output value,
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -32,6 +33,7 @@ from dmask.core import sparse
 from dmask.errors import InputError, check_choice
 from dmask.graph import runtime
 from dmask.io import atomic, model_store
+from dmask.io.locations import is_local
 from dmask.io.reference import (
     CHANNEL_ORDERS,
     EXPORT_FORMAT,
@@ -91,7 +93,7 @@ def export_reference(
     *,
     channel_order: str | None = None,
     naming: str = "dmask",
-) -> list[Path]:
+) -> list[Any]:
     """Write a model as the reference implementation's CSR files.
 
     Parameters
@@ -99,7 +101,8 @@ def export_reference(
     model : Model
         The model (a field or a sparse model, in memory or opened from a store).
     out_dir : str or path
-        New directory: per target a folder of ``.npz`` files, and ``manifest.json``.
+        New directory (or fsspec URL): per target a folder of ``.npz`` files, and
+        ``manifest.json``.
     target : str or sequence of str, optional
         Export this target (or these) only; all targets when omitted.
     overwrite : bool
@@ -116,9 +119,10 @@ def export_reference(
 
     Returns
     -------
-    list of pathlib.Path
+    list of pathlib.Path (or of str, for a URL)
         Absolute paths of the ``.npz`` files (by target, then file order), then
-        of ``manifest.json``.
+        of ``manifest.json``. A URL (``s3://...``) is written in a local
+        temporary folder and uploaded, the manifest last.
 
     Raises
     ------
@@ -128,6 +132,10 @@ def export_reference(
         model: the format is per channel).
     """
     check_choice("naming", naming, NAMINGS)
+    if not is_local(out_dir):
+        return _export_to_url(
+            model, str(out_dir), target, overwrite, channel_order, naming
+        )
     if model.dataset.attrs.get("channel_mode") == "joint" and model.channels > 1:
         raise InputError(
             "a joint colour model reads every input channel for each output channel; "
@@ -205,6 +213,44 @@ def export_reference(
     logger.info("reference weights written to %s", out_dir)
     written = [out_dir / rel for name in names for rel in files[name]]
     return [*written, out_dir / MANIFEST]
+
+
+def _export_to_url(
+    model: Model,
+    url: str,
+    target: str | Sequence[str] | None,
+    overwrite: bool,
+    channel_order: str | None,
+    naming: str,
+) -> list[str]:
+    """:func:`export_reference` to object storage: written in a local temporary
+    folder, uploaded beside ``url`` and then put in place, manifest last."""
+    import tempfile
+
+    import fsspec
+
+    fs, location = fsspec.core.url_to_fs(url)
+    if fs.exists(location) and not overwrite:
+        raise InputError(f"output directory {url} already exists (pass overwrite)")
+    head, _, name = url.rstrip("/").rpartition("/")
+    staged = f"{head}/.{name}.partial-{uuid.uuid4().hex[:12]}"
+    with tempfile.TemporaryDirectory(prefix="dmask-export-") as folder:
+        local = Path(folder) / name
+        written = export_reference(
+            model, local, target, channel_order=channel_order, naming=naming
+        )
+        _, staged_location = fsspec.core.url_to_fs(staged)
+        try:
+            for path in written:
+                relative = path.relative_to(local).as_posix()
+                fs.put_file(str(path), f"{staged_location}/{relative}")
+            atomic.replace_remote(staged, url, last=(MANIFEST,))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.rm(staged_location, recursive=True)
+            raise
+    logger.info("reference weights uploaded to %s", url)
+    return [f"{url.rstrip('/')}/{p.relative_to(local).as_posix()}" for p in written]
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -403,9 +403,14 @@ def _check_arguments(
 
 
 def _check_paths(folder: str | os.PathLike, out: str | os.PathLike) -> None:
-    if not os.path.isdir(folder):
+    if not locations.as_path(folder).is_dir():
         raise InputError(f"input folder {folder} does not exist or is not a folder")
-    if "://" in str(out):
+    if not (locations.is_local(out) and locations.is_local(folder)):
+        if str(out).rstrip("/").startswith(str(folder).rstrip("/") + "/"):
+            raise InputError(
+                f"output store {out} is inside the input folder {folder}; "
+                "choose another"
+            )
         return
     inside = os.path.realpath(out)
     root = os.path.realpath(folder)
@@ -680,8 +685,8 @@ def ingest(
         {
             "origin": "dmask ingest",
             "layout": found.layout,
-            "folder": os.path.abspath(folder),
-            "manifest": None if manifest is None else os.path.abspath(manifest),
+            "folder": locations.absolute(folder),
+            "manifest": None if manifest is None else locations.absolute(manifest),
             "crop": crop,
             "resize": resize,
             "margin": float(margin),

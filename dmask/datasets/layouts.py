@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dmask.errors import InputError, check_choice
+from dmask.io.locations import absolute, as_path, is_local
 from dmask.io.photographs import image_files
 
 __all__ = [
@@ -135,7 +136,11 @@ class Scan:
 
 
 def display(path: str | os.PathLike, folder: str | os.PathLike) -> str:
-    """A path relative to ``folder`` when inside it, else absolute (POSIX form)."""
+    """A path relative to ``folder`` when inside it, else absolute (POSIX form;
+    URLs as they are)."""
+    if not (is_local(path) and is_local(folder)):
+        text, root = str(path), str(folder).rstrip("/") + "/"
+        return text[len(root) :] if text.startswith(root) else text
     path = Path(os.path.abspath(path))
     try:
         return path.relative_to(os.path.abspath(folder)).as_posix()
@@ -168,7 +173,7 @@ def scan_kdef(folder: str | os.PathLike) -> Scan:
             continue
         result.records.append(
             ImageRecord(
-                os.path.abspath(path),
+                absolute(path),
                 f"{session}{sex}{ident}",
                 f"{sex}{ident}",
                 KDEF_EXPRESSIONS[code],
@@ -205,7 +210,7 @@ def scan_rafd(folder: str | os.PathLike) -> Scan:
         subject = f"rafd{ident}"
         result.records.append(
             ImageRecord(
-                os.path.abspath(path), subject, subject, _expression(expression)
+                absolute(path), subject, subject, _expression(expression)
             )
         )
     return result
@@ -226,7 +231,7 @@ def _any_half(root: Path, nested: bool) -> bool:
 
 def has_pair_folders(folder: str | os.PathLike) -> bool:
     """Whether a folder has any pair folder, flat or nested (:func:`scan_pairs`)."""
-    return _any_half(Path(folder), False) or _any_half(Path(folder), True)
+    return _any_half(as_path(folder), False) or _any_half(as_path(folder), True)
 
 
 def pair_folders(folder: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
@@ -238,7 +243,7 @@ def pair_folders(folder: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
         No pair folder, both the flat and the nested form, or a split with
         one half only.
     """
-    root = Path(folder)
+    root = as_path(folder)
     flat, nested = _any_half(root, False), _any_half(root, True)
     if flat and nested:
         raise InputError(
@@ -294,7 +299,7 @@ def scan_pairs(
                 subject = f"{split}{int(match.group(1)):05d}"
                 result.records.append(
                     ImageRecord(
-                        os.path.abspath(path), subject, subject, expression, split
+                        absolute(path), subject, subject, expression, split
                     )
                 )
     return result
@@ -313,10 +318,16 @@ def scan_manifest(manifest: str | os.PathLike) -> Scan:
         The manifest cannot be read, has another header, or has no usable row.
     """
     name = os.fspath(manifest)
-    base = Path(os.path.abspath(name)).parent
+    base = as_path(absolute(name)).parent
     try:
-        with open(name, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+        if is_local(name):
+            with open(name, newline="", encoding="utf-8-sig") as handle:
+                rows = list(csv.reader(handle))
+        else:
+            import fsspec
+
+            with fsspec.open(name, "r", newline="", encoding="utf-8-sig") as handle:
+                rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise InputError(f"cannot read manifest {name}: {reason}") from exc
@@ -334,8 +345,11 @@ def scan_manifest(manifest: str | os.PathLike) -> Scan:
         problem = _manifest_problem(row, header)
         values = [cell.strip() for cell in row]
         if problem is None:
-            path = Path(os.path.expanduser(values[0]))
-            path = path if path.is_absolute() else base / path
+            if not is_local(values[0]):
+                path = as_path(values[0])
+            else:
+                path = Path(os.path.expanduser(values[0]))
+                path = path if path.is_absolute() else base / path
             if not path.is_file():
                 problem = f"file not found: {values[0]}"
         if problem is not None:
@@ -345,7 +359,7 @@ def scan_manifest(manifest: str | os.PathLike) -> Scan:
         split = values[3].lower() if len(values) > 3 and values[3] else None
         result.records.append(
             ImageRecord(
-                os.path.abspath(path),
+                absolute(path),
                 values[1],
                 values[1],
                 _expression(values[2]),

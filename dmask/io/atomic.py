@@ -6,12 +6,18 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from dmask.errors import InputError
 
-__all__ = ["OLD_MARK", "atomic_path", "replace_directory", "write_text"]
+__all__ = [
+    "OLD_MARK",
+    "atomic_path",
+    "replace_directory",
+    "replace_remote",
+    "write_text",
+]
 
 #: In the name of an output moved aside while its replacement goes in.
 OLD_MARK = ".old-"
@@ -78,3 +84,31 @@ def replace_directory(partial: Path, out_dir: Path, overwrite: bool) -> None:
     else:
         out_dir.unlink()
         partial.rename(out_dir)
+
+
+def replace_remote(staged: str, final: str, last: Sequence[str] = ()) -> None:
+    """Put the finished folder at URL ``staged`` at URL ``final``; the old goes first.
+
+    Object stores have no rename: the files are copied. The old folder's
+    ``last`` files (its root metadata, its manifest) are removed first, so
+    that from then on it cannot be opened as complete (never a mix of old and
+    new files), and the new ``last`` files are copied after all the others: a
+    copy that fails half-way leaves nothing at ``final`` that looks complete,
+    while the whole staged folder stays where it is, for another try.
+    """
+    import fsspec
+
+    fs, location = fsspec.core.url_to_fs(final)
+    _, source = fsspec.core.url_to_fs(staged)
+    if fs.exists(location):
+        for name in last:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(f"{location}/{name}")
+        fs.rm(location, recursive=True)
+    files = sorted(fs.find(source))
+    ending = {f"{source}/{name}" for name in last}
+    for name in [f for f in files if f not in ending] + [
+        f for f in files if f in ending
+    ]:
+        fs.copy(name, location + name[len(source) :])
+    fs.rm(source, recursive=True)

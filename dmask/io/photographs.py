@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from dmask.errors import InputError, check_choice
 from dmask.io.atomic import atomic_path
+from dmask.io.locations import as_path
 
 __all__ = [
     "DISPLAY_MODES",
@@ -32,7 +35,7 @@ IMAGE_SUFFIXES = frozenset(
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; hidden ones skipped."""
-    root = Path(folder)
+    root = as_path(folder)
     return sorted(
         p
         for p in root.rglob("*")
@@ -93,8 +96,10 @@ def _png16_rawmode(image: Image.Image) -> str | None:
     return None
 
 
-def _low_bytes(path: str, rawmode: str) -> np.ndarray:
+def _low_bytes(path: str | IO[bytes], rawmode: str) -> np.ndarray:
     """Decode a 16-bit PNG again, keeping each sample's low byte."""
+    if not isinstance(path, str):
+        path.seek(0)
     with Image.open(path) as image:
         _replace_rawmode(image, rawmode.replace(";16B", ";16L"))
         image.load()
@@ -109,7 +114,9 @@ def _composite_white(colour: np.ndarray, alpha: np.ndarray, peak: int) -> np.nda
     return out.astype(colour.dtype)
 
 
-def _as_array(image: Image.Image, path: str, rawmode: str | None = None) -> np.ndarray:
+def _as_array(
+    image: Image.Image, path: str | IO[bytes], rawmode: str | None = None
+) -> np.ndarray:
     """Pixels of a decoded Pillow image as ``(H, W, C)`` uint8 or uint16.
 
     ``rawmode`` names a 16-bit RGB(A) PNG's raw mode (found before decoding).
@@ -156,7 +163,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Parameters
     ----------
     path : str or path
-        Any image Pillow reads (PNG, JPEG, TIFF, BMP, ...).
+        Any image Pillow reads (PNG, JPEG, TIFF, BMP, ...), a local path or an
+        fsspec URL (``s3://bucket/face.jpg``), read whole before decoding.
 
     Returns
     -------
@@ -170,13 +178,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = os.fspath(path)
     try:
-        with Image.open(path) as opened:
+        source: str | IO[bytes] = path
+        if "://" in path:
+            import fsspec
+
+            with fsspec.open(path, "rb") as handle:
+                source = io.BytesIO(handle.read())
+        with Image.open(source) as opened:
             rawmode = _png16_rawmode(opened)
             opened.load()
             if rawmode is not None:
-                return _orient(_as_array(opened, path, rawmode), opened)
+                return _orient(_as_array(opened, source, rawmode), opened)
             image = ImageOps.exif_transpose(opened)
-            return np.ascontiguousarray(_as_array(image, path))
+            return np.ascontiguousarray(_as_array(image, source))
     except ImageReadError:
         raise
     except (

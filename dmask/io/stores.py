@@ -349,25 +349,7 @@ def _swap_in(staged: str, final: str) -> None:
     if is_local(final):
         atomic.replace_directory(Path(staged), Path(final), overwrite=True)
         return
-    # Object stores have no rename: the new store is copied over. The old one's
-    # root metadata goes first, so that from then on it cannot be opened (never
-    # a mix of old and new chunks), and the new root metadata is copied last:
-    # a copy that fails half-way leaves no readable store at ``final`` while
-    # the complete staging store stays where it is, for another try.
-    import fsspec
-
-    fs, location = fsspec.core.url_to_fs(final)
-    _, source = fsspec.core.url_to_fs(staged)
-    if fs.exists(location):
-        root = f"{location}/zarr.json"
-        if fs.exists(root):
-            fs.rm(root)
-        fs.rm(location, recursive=True)
-    files = sorted(fs.find(source))
-    last = {f"{source}/zarr.json", f"{source}/{integrity.MANIFEST}"}
-    for name in [f for f in files if f not in last] + [f for f in files if f in last]:
-        fs.copy(name, location + name[len(source) :])
-    fs.rm(source, recursive=True)
+    atomic.replace_remote(staged, final, last=("zarr.json", integrity.MANIFEST))
 
 
 def prepare_output(
