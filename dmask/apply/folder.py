@@ -5,22 +5,28 @@ training faces have their landmarks (else its face box, else its centre) at
 the model's image size, synthesised into each target expression, pasted back
 into the photograph at full resolution and written as a PNG under
 ``out/<target>/`` with the input's relative path (the crops under
-``out/crops/<target>/`` and ``out/aligned/``). Files
-are processed in blocks, one Dask task per block and a bounded number of blocks
-in flight, so memory stays bounded by the block whatever the folder's size. An
-output file appears only once complete (written under a temporary name, then
-renamed); a re-run skips every file whose outputs all exist. Unreadable files
-and photographs without a detectable face are skipped, one report line each.
+``out/crops/<target>/`` and ``out/aligned/``). The folder
+is listed as it is walked (or a manifest read line by line) and cut into
+batches of files as it goes, one task per batch and a bounded number in flight
+(:mod:`dmask.apply.batches`), so neither the client nor the graph holds the
+collection whatever its size. A local output file appears only once complete
+(written under a temporary name, then renamed). A finished batch leaves a
+record under ``out/.dmask-progress/``; a re-run skips the recorded batches
+after one listing of that folder, and in the others every file whose outputs
+all exist. Unreadable files and photographs without a detectable face are
+skipped, one report line each. Folders and outputs may be fsspec URLs.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +34,12 @@ from typing import Any
 import dask
 import numpy as np
 
+from dmask.apply import batches
 from dmask.checks import check_strength
 from dmask.core import alignment, forward, minmax, sparse
 from dmask.errors import InputError, check_choice
 from dmask.graph import runtime
-from dmask.io import face_crops, locks, model_store, photographs
+from dmask.io import atomic, face_crops, locks, model_store, photographs
 from dmask.model import Model
 
 __all__ = [
@@ -47,8 +54,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Blocks computed at once: bounds the graph for folders of millions of files.
+#: Batches in flight at least (twice the cluster's threads where more): bounds
+#: the client's memory and the graph for folders of millions of files.
 BLOCKS_IN_FLIGHT = 64
+#: Report lines (problems, notes) held in the report object; the report file
+#: has them all (spooled to a temporary file as they come).
+HELD_LINES = 10_000
 #: Name of the run report written in the output folder.
 REPORT_NAME = "report.txt"
 
@@ -66,15 +77,27 @@ class BatchReport:
     written : int
         Files synthesised by this run (one PNG per target each).
     problems : list of str
-        One line per file skipped: unreadable, or no face found.
+        One line per file skipped: unreadable, or no face found (the first
+        :data:`HELD_LINES`; ``report.txt`` has them all).
     notes : list of str
         One line per file written with a remark (face box: no landmarks found;
-        centre crop: no face found).
+        centre crop: no face found); the first :data:`HELD_LINES`.
     methods : dict of str to int
         How many faces this run took each way of
         :data:`dmask.io.face_crops.ALIGN_METHODS`.
     seconds : float
         Wall time of the run.
+    problem_count, note_count : int
+        Files skipped, files noted (all of them, held or not).
+    batches : int
+        Batches of files listed.
+    batches_done : int
+        Batches skipped whole: recorded as done by an earlier run.
+    tasks : int
+        Tasks this run submitted (one per batch not skipped whole).
+    first_task : float or None
+        Seconds from the start of the run to its first task submitted (None:
+        none was).
     """
 
     folder: str
@@ -87,14 +110,21 @@ class BatchReport:
     notes: list[str] = field(default_factory=list)
     methods: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    problem_count: int = 0
+    note_count: int = 0
+    batches: int = 0
+    batches_done: int = 0
+    tasks: int = 0
+    first_task: float | None = None
 
     def summary(self) -> str:
         """One line of counts."""
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        skipped = max(self.problem_count, len(self.problems))
         return (
             f"{self.scanned} image files, {self.already_done} already done, "
             f"{self.written} synthesised ({len(self.targets)} target(s) each), "
-            f"{len(self.problems)} skipped, {self.seconds:.1f} s "
+            f"{skipped} skipped, {self.seconds:.1f} s "
             f"({rate:.1f} images/s)" + self.alignment()
         )
 
@@ -105,13 +135,15 @@ class BatchReport:
 
 
 def scan_images(folder: str | os.PathLike) -> list[str]:
-    """Relative paths (POSIX separators) of the image files under a folder, sorted."""
-    root = Path(folder)
-    return [p.relative_to(root).as_posix() for p in photographs.image_files(root)]
+    """Relative paths (POSIX separators) of the image files under a folder, sorted.
+
+    The whole list (:func:`dmask.apply.batches.walk_images` streams it).
+    """
+    return list(batches.walk_images(folder))
 
 
 def _output_path(out: str, target: str, relative: str) -> str:
-    return os.path.join(out, target, str(Path(relative).with_suffix(".png")))
+    return batches.join(out, target, str(Path(relative).with_suffix(".png")))
 
 
 #: The arrays a model is applied with: weight and bias, and a sparse model's source.
@@ -170,7 +202,52 @@ def _image_channels(image: np.ndarray) -> int:
 
 
 def _store_version(path: str) -> int:
-    return os.stat(os.path.join(path, "zarr.json")).st_mtime_ns
+    """When a model store's metadata last changed (its size and tag on a URL)."""
+    metadata = batches.join(path, "zarr.json")
+    if not batches.is_url(path):
+        return os.stat(metadata).st_mtime_ns
+    fs, where = batches.filesystem(metadata)
+    info = fs.info(where)
+    stamp = [str(info.get(k)) for k in ("size", "ETag", "LastModified", "mtime")]
+    return int(batches.batch_id(stamp)[:15], 16)
+
+
+def _read_photo(folder: str, relative: str) -> np.ndarray:
+    """A photograph under ``folder`` (:func:`dmask.io.photographs.read_image`).
+
+    A URL's file is fetched to a local temporary file first, so that every
+    kind :func:`~dmask.io.photographs.read_image` reads is read the same way.
+    """
+    path = batches.join(folder, relative)
+    if not batches.is_url(folder):
+        return photographs.read_image(path)
+    fs, where = batches.filesystem(path)
+    suffix = os.path.splitext(relative)[1]
+    with tempfile.TemporaryDirectory(prefix="dmask-photo-") as scratch:
+        local = os.path.join(scratch, "photo" + suffix)
+        try:
+            fs.get_file(where, local)
+        except FileNotFoundError:
+            raise _unreadable(path, "no such file") from None
+        except OSError as exc:
+            raise _unreadable(path, photographs.failure_reason(exc)) from None
+        try:
+            return photographs.read_image(local)
+        except photographs.ImageReadError as exc:
+            raise _unreadable(path, exc.reason) from None
+
+
+def _unreadable(path: str, reason: str) -> photographs.ImageReadError:
+    error = photographs.ImageReadError(f"cannot read image {path}: {reason}")
+    error.reason = reason
+    return error
+
+
+def _exists(path: str) -> bool:
+    if batches.is_url(path):
+        fs, where = batches.filesystem(path)
+        return bool(fs.exists(where))
+    return os.path.exists(path)
 
 
 #: What a folder run writes per file: the pasted-back photograph, the crops, or both.
@@ -185,13 +262,13 @@ def _outputs(out: str, names: Sequence[str], relative: str, output: str) -> list
     if output in ("photo", "both"):
         paths += [_output_path(out, name, relative) for name in names]
     if output in ("crop", "both"):
-        paths += [_output_path(os.path.join(out, CROPS), n, relative) for n in names]
+        paths += [_output_path(batches.join(out, CROPS), n, relative) for n in names]
         paths.append(_aligned_path(out, relative))
     return paths
 
 
 def _aligned_path(out: str, relative: str) -> str:
-    return os.path.join(out, ALIGNED, str(Path(relative).with_suffix(".png")))
+    return batches.join(out, ALIGNED, str(Path(relative).with_suffix(".png")))
 
 
 #: Photographs up to this size stay in memory until pasted into; larger ones
@@ -253,7 +330,7 @@ def predict_files(
     faces: list[_Face] = []
     for relative in relatives:
         try:
-            image = photographs.read_image(os.path.join(folder, relative))
+            image = _read_photo(folder, relative)
         except photographs.ImageReadError as exc:
             problems.append((relative, f"unreadable: {exc}"))
             continue
@@ -297,7 +374,7 @@ def predict_files(
             if output in ("crop", "both"):
                 _write_png(_aligned_path(out, face.relative), raw[i], face.peak)
                 for name, values in zip(names, predicted[:, i], strict=True):
-                    crops = os.path.join(out, CROPS)
+                    crops = batches.join(out, CROPS)
                     _write_png(
                         _output_path(crops, name, face.relative), values, peak, display
                     )
@@ -308,7 +385,7 @@ def predict_files(
                 ]
                 photo = face.image
                 if photo is None:
-                    photo = photographs.read_image(os.path.join(folder, face.relative))
+                    photo = _read_photo(folder, face.relative)
                     photo = face_crops.convert_channels(photo, channels)
                 pasted = paste_faces(photo, units, raw[i], face.aligned)
                 for name, result in zip(names, pasted, strict=True):
@@ -347,7 +424,19 @@ def paste_faces(
 def _write_png(
     path: str, values: np.ndarray, peak: float, display: str = "clip"
 ) -> None:
-    photographs.write_png(path, values, peak, display)
+    """A PNG file: atomic locally, one object written whole at a URL."""
+    if not batches.is_url(path):
+        photographs.write_png(path, values, peak, display)
+        return
+    from PIL import Image
+
+    pixels = photographs.to_uint8(values, peak, display)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, format="PNG", compress_level=1)
+    fs, where = batches.filesystem(path)
+    fs.pipe_file(where, encoded.getvalue())
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -356,6 +445,128 @@ def _inside(path: Path, folder: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _places(folder: str | os.PathLike, out: str | os.PathLike) -> tuple[str, str]:
+    """The input and output folders as tasks use them, checked.
+
+    Local ones absolute; URLs as given. The input must be a folder, the output
+    neither inside it nor inside a Zarr store.
+    """
+    given_folder, given_out = os.fspath(folder), os.fspath(out)
+    if not batches.is_url(given_folder):
+        source = Path(given_folder).resolve()
+        if not source.is_dir():
+            raise InputError(f"input folder {folder} does not exist or is not a folder")
+        folder_path = str(source)
+    else:
+        fs, where = batches.filesystem(given_folder)
+        if not fs.isdir(where):
+            raise InputError(f"input folder {folder} does not exist or is not a folder")
+        folder_path = given_folder.rstrip("/")
+    if not batches.is_url(given_out):
+        destination = Path(given_out).resolve()
+        if not batches.is_url(folder_path) and _inside(destination, Path(folder_path)):
+            raise InputError(f"output folder {out} is inside the input folder {folder}")
+        for place in (destination, *destination.parents):
+            if (place / "zarr.json").is_file():
+                raise InputError(
+                    f"output folder {out} is inside the Zarr store {place}"
+                )
+        return folder_path, str(destination)
+    out_path = given_out.rstrip("/")
+    if out_path == folder_path or out_path.startswith(folder_path + "/"):
+        raise InputError(f"output folder {out} is inside the input folder {folder}")
+    fs, where = batches.filesystem(out_path)
+    place = where.rstrip("/")
+    while place:
+        if fs.isfile(f"{place}/zarr.json"):
+            raise InputError(f"output folder {out} is inside the Zarr store {place}")
+        place = place.rpartition("/")[0]
+    return folder_path, out_path
+
+
+class _Lines:
+    """Report lines as they come: the first :data:`HELD_LINES` held, all spooled."""
+
+    def __init__(self, held: list[str]) -> None:
+        self.held = held
+        self.count = 0
+        self.spool = tempfile.TemporaryFile("w+", encoding="utf-8")
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        if len(self.held) < HELD_LINES:
+            self.held.append(line)
+        self.spool.write(line.replace("\n", " ") + "\n")
+
+    def copy_to(self, handle: Any, prefix: str) -> None:
+        self.spool.seek(0)
+        for line in self.spool:
+            handle.write(prefix + line)
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+def _write_report(out: str, problems: _Lines, notes: _Lines, summary: str) -> None:
+    """``report.txt``: every problem and note, then the summary."""
+    path = batches.join(out, REPORT_NAME)
+    if batches.is_url(out):
+        import fsspec
+
+        with fsspec.open(path, "w", encoding="utf-8") as handle:
+            problems.copy_to(handle, "skipped ")
+            notes.copy_to(handle, "note ")
+            handle.write(summary + "\n")
+        return
+    with atomic.atomic_path(path) as partial, open(partial, "x", encoding="utf-8") as f:
+        problems.copy_to(f, "skipped ")
+        notes.copy_to(f, "note ")
+        f.write(summary + "\n")
+
+
+def _run_batch(
+    item: tuple[str | None, list[str]],
+    *,
+    out: str,
+    names: Sequence[str],
+    output: str,
+    resume: bool,
+    **options: Any,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], dict[str, int], int]:
+    """Task: one batch of files (:func:`predict_files`), recorded once all are written.
+
+    ``item`` is the batch's record name (None: keep no record) and its files.
+    With ``resume``, files whose outputs all exist are left out. A batch with a
+    file skipped (unreadable, no face) is not recorded: the next run tries
+    that file again. Returns :func:`predict_files`' three and the count of
+    files left out.
+    """
+    record, relatives = item
+    todo = [
+        r
+        for r in relatives
+        if not (resume and all(_exists(p) for p in _outputs(out, names, r, output)))
+    ]
+    if todo:
+        problems, notes, methods = predict_files(
+            todo, out=out, names=names, output=output, **options
+        )
+    else:
+        problems, notes = [], []
+        methods = dict.fromkeys(face_crops.ALIGN_METHODS, 0)
+    if record is not None and not problems:
+        batches.record_batch(out, record, len(relatives))
+    return problems, notes, methods, len(relatives) - len(todo)
+
+
+def _cluster_threads() -> int:
+    """Threads that run tasks: the cluster's, else dask's ``num_workers`` or cores."""
+    client = runtime.current_client()
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
 @locks.locks_output("out")
@@ -374,20 +585,29 @@ def apply_to_folder(
     display: str = "clip",
     strength: float = 1.0,
     output: str = "both",
+    manifest: str | os.PathLike | None = None,
 ) -> BatchReport:
     """Synthesise every face photograph under a folder into PNG files.
+
+    The folder is listed as it is walked and cut into batches of ``block``
+    files as it goes, submitted a bounded number at a time: neither the
+    client nor the graph ever holds the whole collection.
 
     Parameters
     ----------
     model : Model
         Model to apply, in memory or opened from a store.
     folder : str or path
-        Input folder, searched recursively for image files.
+        Input folder, searched recursively for image files (hidden ones left
+        out), in the order of its sorted listing; a local path or an fsspec
+        URL (``s3://bucket/photos``, ``memory://photos``).
     out : str or path
-        Output folder: the photographs with the synthesised face pasted back
-        at ``out/<target>/<relative path>.png`` (full size), the synthesised
-        crops at ``out/crops/<target>/...`` and the aligned input crops at
-        ``out/aligned/...`` (see ``output``), plus ``report.txt``.
+        Output folder (local or URL): the photographs with the synthesised
+        face pasted back at ``out/<target>/<relative path>.png`` (full size),
+        the synthesised crops at ``out/crops/<target>/...`` and the aligned
+        input crops at ``out/aligned/...`` (see ``output``), plus
+        ``report.txt`` and the records of finished batches in
+        ``out/.dmask-progress/``.
     targets : sequence of str, optional
         Subset of the model's targets.
     crop : {"auto", "align", "detect", "center", "none"}
@@ -401,9 +621,13 @@ def apply_to_folder(
     margin : float
         Margin around a detected face, as a fraction of its side.
     block : int
-        Files per task.
+        Files per task (a batch).
     resume : bool
-        Skip files whose outputs all exist (False redoes everything).
+        Skip the batches an earlier run recorded as done (one listing of
+        ``out/.dmask-progress/``), and in the others the files whose outputs
+        all exist. False redoes everything (and forgets the records). The
+        records trust the outputs: files deleted from ``out`` by hand are not
+        redone unless ``.dmask-progress`` goes too.
     convert_channels : bool
         Turn colour photographs grey for a one-channel model; by default such
         files are skipped, each with a report line (grey photographs given to a
@@ -420,21 +644,24 @@ def apply_to_folder(
     output : {"photo", "crop", "both"}
         Write the pasted-back photographs, the crops (synthesised and
         aligned input), or both.
+    manifest : str or path, optional
+        A file listing the files to do instead of a listing of the folder:
+        paths relative to ``folder``, one per line, or the first column of a
+        CSV file (:func:`dmask.apply.batches.read_manifest`), done in the
+        manifest's order. It is read twice, streamed: once to check every
+        entry before any work, once to run.
 
     Returns
     -------
     BatchReport
+
+    Raises
+    ------
+    InputError
+        A bad folder, option or manifest (one line naming it).
     """
     started = time.perf_counter()
-    source = Path(folder).resolve()
-    destination = Path(out).resolve()
-    if not source.is_dir():
-        raise InputError(f"input folder {folder} does not exist or is not a folder")
-    if _inside(destination, source):
-        raise InputError(f"output folder {out} is inside the input folder {folder}")
-    for place in (destination, *destination.parents):
-        if (place / "zarr.json").is_file():
-            raise InputError(f"output folder {out} is inside the Zarr store {place}")
+    source, destination = _places(folder, out)
     check_choice("crop", crop, face_crops.CROP_MODES)
     check_choice("output", output, OUTPUT_KINDS)
     if block < 1:
@@ -455,21 +682,16 @@ def apply_to_folder(
             f"model {model.dataset.encoding.get('dmask_path', '')} applies to "
             f"{model.channels}-channel images; photographs are grey or RGB"
         )
-    files = scan_images(source)
-    if not files:
-        raise InputError(f"no image files under {folder}")
-    report = BatchReport(str(source), str(destination), names, scanned=len(files))
-    todo = [
-        f
-        for f in files
-        if not (
-            resume
-            and all(
-                os.path.exists(p) for p in _outputs(str(destination), names, f, output)
-            )
+    if manifest is not None:
+        listed = batches.check_manifest(manifest, source)
+        logger.info("manifest %s lists %d files", manifest, listed)
+        files = batches.read_manifest(manifest)
+    else:
+        files = batches.nonempty(
+            batches.walk_images(source),
+            lambda: InputError(f"no image files under {folder}"),
         )
-    ]
-    report.already_done = len(files) - len(todo)
+    report = BatchReport(source, destination, names)
     held = sum(
         model.dataset[name].nbytes // model.dataset.sizes["target"] * len(names)
         for name in MODEL_ARRAYS
@@ -484,58 +706,102 @@ def apply_to_folder(
             "model %s records no landmark positions: faces are taken by their "
             "face box, not aligned", model,
         )  # fmt: skip
-    destination.mkdir(parents=True, exist_ok=True)
+    if batches.is_url(destination):
+        fs, where = batches.filesystem(destination)
+        fs.makedirs(where, exist_ok=True)
+    else:
+        os.makedirs(destination, exist_ok=True)
+    if resume:
+        done = batches.done_batches(destination)
+    else:
+        batches.clear_progress(destination)
+        done = set()
+    batches.prepare_progress(destination)
     stored = model.dataset.encoding.get("dmask_path")
     if stored:
         arrays: Any = str(stored)
     else:
-        loaded = _model_arrays(model.dataset.sel(target=names))
+        arrays = _model_arrays(model.dataset.sel(target=names))
         client = runtime.current_client()
-        if client is not None:  # sent to every worker once, not with each wave
-            arrays = client.scatter([loaded], broadcast=True)[0]
-        else:
-            arrays = dask.delayed(loaded, traverse=False)
-    task = dask.delayed(predict_files, pure=False)
-    blocks = [todo[i : i + block] for i in range(0, len(todo), block)]
+        if client is not None:  # sent to every worker once, not with each task
+            arrays = client.scatter([arrays], broadcast=True)[0]
+    salt = f"{output}:" + ",".join(names)
+    in_flight = max(BLOCKS_IN_FLIGHT, 2 * _cluster_threads())
     logger.info(
-        "%d files, %d already done, %d blocks of %d to synthesise into %s",
-        len(files), report.already_done, len(blocks), block, destination,
+        "synthesising the images %s %s into %s: %d files per task, "
+        "%d tasks in flight, %d batches recorded done",
+        "listed in" if manifest is not None else "under",
+        manifest if manifest is not None else source,
+        destination, block, in_flight, len(done),
     )  # fmt: skip
-    run_block = functools.partial(
-        task,
-        folder=str(source),
-        out=str(destination),
-        names=names,
-        arrays=arrays,
-        field_size=model.field,
-        normalize=model.normalize == "minmax",
-        crop=crop,
-        margin=margin,
-        convert_channels=convert_channels,
-        resize=resize,
-        display=display,
-        strength=strength,
-        canonical=canonical,
-        output=output,
-    )
+
+    def todo() -> Iterator[tuple[str, list[str]]]:
+        for part in batches.batched(files, block):
+            report.scanned += len(part)
+            report.batches += 1
+            name = batches.batch_id(part, salt)
+            if name in done:
+                report.batches_done += 1
+                report.already_done += len(part)
+                continue
+            yield name, part
+
+    problems, notes = _Lines(report.problems), _Lines(report.notes)
     report.methods = dict.fromkeys(face_crops.ALIGN_METHODS, 0)
-    for wave in range(0, len(blocks), BLOCKS_IN_FLIGHT):
-        parts = blocks[wave : wave + BLOCKS_IN_FLIGHT]
-        results = runtime.compute(
-            *[run_block(part) for part in parts], phase="synthesising images"
+
+    def finished(item: tuple[str, list[str]], result: Any) -> None:
+        found, remarks, methods, already = result
+        report.already_done += already
+        report.written += len(item[1]) - already - len(found)
+        for f, why in found:
+            problems.add(f"{f}: {why}")
+        for f, why in remarks:
+            notes.add(f"{f}: {why}")
+        for way, n in methods.items():
+            report.methods[way] += n
+
+    def submitted(count: int) -> None:
+        if count == 1:
+            report.first_task = time.perf_counter() - started
+            logger.info("first task submitted after %.2f s", report.first_task)
+
+    try:
+        report.tasks = batches.run_bounded(
+            _run_batch,
+            todo(),
+            finished,
+            kwargs={
+                "folder": source,
+                "out": destination,
+                "names": names,
+                "arrays": arrays,
+                "field_size": model.field,
+                "normalize": model.normalize == "minmax",
+                "crop": crop,
+                "margin": margin,
+                "convert_channels": convert_channels,
+                "resize": resize,
+                "display": display,
+                "strength": strength,
+                "canonical": canonical,
+                "output": output,
+                "resume": resume,
+            },
+            in_flight=in_flight,
+            name="predict_files",
+            phase="synthesising images",
+            submitted=submitted,
         )
-        for part, (problems, notes, methods) in zip(parts, results, strict=True):
-            report.written += len(part) - len(problems)
-            report.problems.extend(f"{f}: {why}" for f, why in problems)
-            report.notes.extend(f"{f}: {why}" for f, why in notes)
-            for way, n in methods.items():
-                report.methods[way] += n
-    report.seconds = time.perf_counter() - started
-    with open(destination / REPORT_NAME, "w") as handle:
-        lines = [f"skipped {p}" for p in report.problems]
-        lines += [f"note {n}" for n in report.notes]
-        handle.write("\n".join([*lines, report.summary()]) + "\n")
-    logger.info("batch synthesis: %s", report.summary())
+        report.problem_count, report.note_count = problems.count, notes.count
+        report.seconds = time.perf_counter() - started
+        _write_report(destination, problems, notes, report.summary())
+    finally:
+        problems.close()
+        notes.close()
+    logger.info(
+        "batch synthesis: %s; %d batches, %d recorded done before, %d tasks",
+        report.summary(), report.batches, report.batches_done, report.tasks,
+    )  # fmt: skip
     return report
 
 

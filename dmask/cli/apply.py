@@ -110,7 +110,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=_positive_int,
         default=16,
         metavar="N",
-        help="folders: image files per task",
+        help="folders: image files per task (a batch; a finished batch is "
+        "recorded in OUT/.dmask-progress/ and skipped whole by a re-run)",
+    )
+    apply.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="folders: do the files this lists (paths relative to the folder, "
+        "one per line, or the first column of a .csv) instead of listing the "
+        "folder",
     )
     _add_overwrite_option(
         apply, "replace the output store; for folders, redo files already done"
@@ -125,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
     from dmask.io.stores import prepare_output
     from dmask.model import open_model
 
-    if os.path.isdir(args.dataset) and not _is_store(args.dataset):
+    if _is_folder(args.dataset) or args.manifest:
         _run_folder(args)
         return
     _check_output_folder(args.png)
@@ -159,6 +167,17 @@ def run(args: argparse.Namespace) -> None:
     print(f"synthesised faces: {args.out}")
 
 
+def _is_folder(path: str) -> bool:
+    """Whether ``path`` is a folder of photographs (not a Zarr store): local or URL."""
+    if "://" not in path:
+        return os.path.isdir(path) and not _is_store(path)
+    from fsspec.core import url_to_fs
+
+    fs, where = url_to_fs(path)
+    where = where.rstrip("/")
+    return bool(fs.isdir(where)) and not fs.isfile(f"{where}/zarr.json")
+
+
 def _run_folder(args: argparse.Namespace) -> None:
     from dmask.apply.folder import apply_to_folder
     from dmask.model import open_model
@@ -180,6 +199,7 @@ def _run_folder(args: argparse.Namespace) -> None:
             resize=args.resize,
             display=args.display,
             output=args.output,
+            manifest=args.manifest,
         )
         for line in report.problems[:20]:
             print(f"  skipped {line}")
@@ -192,9 +212,9 @@ def _run_folder(args: argparse.Namespace) -> None:
             image_files=report.scanned,
             already_done=report.already_done,
             images_synthesised=report.written,
-            skipped=len(report.problems),
+            skipped=report.problem_count,
             taken_by=report.alignment().removeprefix("; taken by: ") or "-",
             throughput=f"{report.written / max(wall, 1e-9):.1f} images/s",
         )
-    report_file = os.path.join(args.out, "report.txt")
+    report_file = f"{args.out.rstrip('/')}/report.txt"
     print(f"synthesised faces: {args.out} (report: {report_file})")
