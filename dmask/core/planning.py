@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from dmask.core import _engine
 from dmask.core.windows import displacements
@@ -16,6 +16,21 @@ from dmask.errors import InputError
 
 __all__ = [
     "FitPlan",
+    "FitWork",
+    "PENALTY_KINDS",
+    "Rates",
+    "bounds_block",
+    "bounds_tasks",
+    "estimate_seconds",
+    "fit_work",
+    "graph_tasks",
+    "model_bytes",
+    "plan_for_workers",
+    "read_bytes",
+    "solve_flops",
+    "statistics_flops",
+    "task_memory_parts",
+    "tree_tasks",
     "prediction_tile_shape",
     "resolve_method",
     "Tile",
@@ -412,3 +427,525 @@ def check_plan(
             f"a worker thread has {format_bytes(memory_per_task)}: give the "
             "workers more memory, or use smaller tiles, sample blocks or field"
         )
+
+
+# ------------------------------------------------------------------ dry runs
+# What ``dmask train --plan`` prints: the tasks of a fit's graph, the work they
+# do and the time it takes at given rates. Each count mirrors the graph that
+# :func:`dmask.graph.training.fit_tiles` and the bounds pass build (a test
+# compares them with a real run's graph).
+
+#: Bytes of images one bounds task reads (``dmask.graph.inputs``' block).
+BOUNDS_BLOCK_BYTES = 64 * 2**20
+#: Scheduler seconds per task on this kind of machine (design notes, section
+#: 2: 2000 trivial tasks took 4.8 s on a 2-worker LocalCluster).
+TASK_OVERHEAD = 2.4e-3
+
+#: Ways a fit's penalty is set: one fixed value, or chosen per pixel.
+PENALTY_KINDS = ("fixed", "gcv", "loo")
+
+
+def bounds_block(sample_bytes: int) -> int:
+    """Samples one bounds task reads: :data:`BOUNDS_BLOCK_BYTES` of whole images."""
+    return int(max(1, BOUNDS_BLOCK_BYTES // max(1, sample_bytes)))
+
+
+def tree_tasks(parts: int, fan_in: int = COMBINE_FAN_IN) -> int:
+    """``combine`` tasks of a tree that adds ``parts`` results ``fan_in`` at a time."""
+    count = 0
+    while parts > 1:
+        parts = -(-parts // fan_in)
+        count += parts
+    return count
+
+
+def graph_tasks(
+    plan: FitPlan,
+    n_targets: int,
+    penalty: str = "fixed",
+    stored: bool = True,
+    written: bool = True,
+) -> dict[str, int]:
+    """Tasks of a fit's graph by function name (as the dashboard groups them).
+
+    Parameters
+    ----------
+    plan : FitPlan
+        The fit's plan.
+    n_targets : int
+        Targets trained together.
+    penalty : {"fixed", "gcv", "loo"}
+        A fixed penalty, or one chosen per pixel by GCV or leave-one-out.
+    stored : bool
+        Inputs read from a dataset store (one ``read_images`` task per image
+        and sample block of a tile) rather than sliced from dask arrays.
+    written : bool
+        Each tile written to a model store (``write_tile``).
+
+    Returns
+    -------
+    dict of str to int
+        Counts per task name, only names with tasks; ``sample_block_bounds``
+        are the graph's shared per-block values.
+    """
+    if penalty not in PENALTY_KINDS:
+        raise ValueError(f"penalty must be one of {PENALTY_KINDS}, got {penalty!r}")
+    tiles, blocks = len(plan.tiles), len(plan.blocks)
+    reads = (1 + n_targets) * blocks if stored else 0
+    counts = {"sample_block_bounds": blocks, "read_images": tiles * reads}
+    if blocks == 1 and penalty != "loo":
+        counts["statistics_and_solve"] = tiles
+    else:
+        counts["statistics"] = tiles * blocks
+        combines = tree_tasks(blocks)
+        if penalty == "loo":
+            counts["read_images"] += tiles * reads  # the second pass reads afresh
+            counts["factor"] = tiles
+            counts["press"] = tiles * blocks
+            combines += tree_tasks(blocks)
+            counts["select"] = tiles
+        else:
+            counts["solve"] = tiles
+        counts["combine"] = tiles * combines
+    if written:
+        counts["write_tile"] = tiles
+    return {name: count for name, count in counts.items() if count}
+
+
+def bounds_tasks(n_samples: int, sample_bytes: int, n_arrays: int) -> dict[str, int]:
+    """Tasks of the pass that finds every image's minimum and maximum.
+
+    One ``read_bounds`` task per :func:`bounds_block` of samples and one
+    ``concat_bounds`` per image array (the sources and each target).
+    """
+    per_array = -(-n_samples // bounds_block(sample_bytes))
+    return {"read_bounds": n_arrays * per_array, "concat_bounds": n_arrays}
+
+
+def statistics_flops(
+    tile_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    n_targets: int,
+    n_samples: int,
+    method: str = "displacement",
+) -> float:
+    """Floating-point operations of one tile's statistics over ``n_samples``.
+
+    Displacement sums: a multiply and an add per sample, halo pixel, channel
+    and displacement, and per tile pixel, target and window offset (the cross
+    sums). Covariance blocks: the GEMM of each block with its halo and the
+    cross products with the targets. The joint mode is planned as
+    displacement sums over ``C * C`` channel pairs (``channels`` given so).
+    """
+    h, w = tile_shape
+    b2 = 2 * (field // 2)
+    k = field * field
+    if method in ("displacement", "joint"):
+        halo = (h + b2) * (w + b2)
+        per_sample = len(displacements(field)) * halo + n_targets * k * h * w + halo
+        return 2.0 * n_samples * channels * per_sample
+    total = 0.0
+    for y0, y1, x0, x1 in subtiles(h, w, COVARIANCE_SIDE):
+        hb, wb = y1 - y0, x1 - x0
+        m1 = (hb + b2) * (wb + b2) + 1
+        total += 2.0 * n_samples * channels * m1 * (m1 + n_targets * hb * wb)
+    return total
+
+
+def solve_flops(
+    tile_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    n_targets: int,
+    n_lams: int = 0,
+    features: int | None = None,
+) -> float:
+    """Floating-point operations of solving every pixel of a tile.
+
+    A Cholesky factorisation of each ``(k+1) x (k+1)`` Gram matrix and its
+    triangular solves (one pair per target); with ``n_lams`` penalties to
+    choose from, an eigendecomposition (about ``9 n^3``) and the scores of each
+    penalty instead. ``features`` is ``k`` where it is not ``r * r`` (joint).
+    """
+    h, w = tile_shape
+    n = (features if features is not None else field * field) + 1
+    if n_lams:
+        per_pixel = 9.0 * n**3 + 2.0 * n * n * n_targets * (1 + n_lams)
+    else:
+        per_pixel = n**3 / 3.0 + 2.0 * n * n * n_targets
+    return h * w * channels * per_pixel
+
+
+def _touched(start: int, stop: int, chunk: int, size: int) -> int:
+    """Elements of the chunks along one axis that ``[start, stop)`` touches."""
+    if stop <= start:
+        return 0
+    first, last = start // chunk, (stop - 1) // chunk
+    return min(size, (last + 1) * chunk) - first * chunk
+
+
+def _touched_samples(index: Sequence[int], chunk: int, size: int) -> int:
+    """Samples held by the chunks along the sample axis that ``index`` touches."""
+    return sum(
+        min(size, (c + 1) * chunk) - c * chunk for c in {i // chunk for i in index}
+    )
+
+
+def read_bytes(
+    plan: FitPlan,
+    field: int,
+    indices: Sequence[Sequence[int]],
+    store_shape: tuple[int, int, int, int],
+    chunks: tuple[int, int, int, int],
+    itemsize: int,
+    penalty: str = "fixed",
+) -> tuple[int, int]:
+    """Bytes a fit decodes from a dataset store: its tiles' reads, and the bounds'.
+
+    Every read decodes whole chunks, so a tile's window with its halo costs
+    the chunks it touches (a tile smaller than a chunk decodes more than it
+    uses).
+
+    Parameters
+    ----------
+    plan : FitPlan
+        The fit's plan.
+    field : int
+        Receptive field (the source window's halo is ``field // 2``).
+    indices : sequence of sequences of int
+        Store sample indices of the sources, then of each target, in order.
+    store_shape, chunks : tuple of int
+        ``(sample, y, x, channel)`` shape and chunk shape of the store's images.
+    itemsize : int
+        Bytes per pixel value.
+    penalty : {"fixed", "gcv", "loo"}
+        ``loo`` reads every block a second time.
+
+    Returns
+    -------
+    fit, bounds : int
+        Decoded bytes of the fit's reads and of the bounds pass.
+    """
+    n_all, height, width, channels = store_shape
+    cs, cy, cx, cc = chunks
+    depth = _touched(0, channels, cc, channels)
+    halo = field // 2
+    spatial = 0  # touched chunk pixels, summed over tiles, per image read
+    inner_spatial = 0
+    for tile in plan.tiles:
+        rows, cols, _ = tile.halo(halo, plan.image_shape)
+        spatial += _touched(rows.start, rows.stop, cy, height) * _touched(
+            cols.start, cols.stop, cx, width
+        )
+        inner_spatial += _touched(tile.y0, tile.y1, cy, height) * _touched(
+            tile.x0, tile.x1, cx, width
+        )
+    fit = 0
+    for number, index in enumerate(indices):
+        samples = sum(
+            _touched_samples(index[s0:s1], cs, n_all) for s0, s1 in plan.blocks
+        )
+        fit += samples * (spatial if number == 0 else inner_spatial)
+    if penalty == "loo":
+        fit *= 2
+    block = bounds_block(height * width * channels * itemsize)
+    whole = _touched(0, height, cy, height) * _touched(0, width, cx, width)
+    bounds = sum(
+        _touched_samples(index[s0 : s0 + block], cs, n_all) * whole
+        for index in indices
+        for s0 in range(0, len(index), block)
+    )
+    return int(fit * depth * itemsize), int(bounds * depth * itemsize)
+
+
+def model_bytes(
+    image_shape: tuple[int, int],
+    channels: int,
+    features: int,
+    n_targets: int,
+    itemsize: int = 8,
+    lam_map: bool = False,
+) -> int:
+    """Uncompressed bytes of a model store: weights, bias and the penalty map."""
+    height, width = image_shape
+    per_value = n_targets * height * width * channels
+    return per_value * ((features + 1) * itemsize + (8 if lam_map else 0))
+
+
+@dataclass(frozen=True)
+class Rates:
+    """How fast one worker thread works, for estimates.
+
+    Attributes
+    ----------
+    statistics_flops, combine_flops, solve_flops : float
+        Floating-point operations per second of the statistics, of adding
+        statistics together, and of solving.
+    read_bytes : float
+        Bytes per second decoded from a dataset store.
+    write_bytes : float
+        Bytes per second of a model written.
+    task_overhead : float
+        Seconds of the scheduler's time per task (it schedules one at a time).
+    """
+
+    statistics_flops: float
+    combine_flops: float
+    solve_flops: float
+    read_bytes: float
+    write_bytes: float
+    task_overhead: float = TASK_OVERHEAD
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The rates' names."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(
+        cls, values: dict[str, float], fallback: Rates | None = None
+    ) -> Rates:
+        """Rates from a mapping of their names; every value positive and finite.
+
+        Names not in ``values`` are taken from ``fallback`` (``task_overhead``
+        is :data:`TASK_OVERHEAD` without one).
+
+        Raises
+        ------
+        InputError
+            A name unknown, or missing with no fallback, or a value not a
+            positive number.
+        """
+        names = cls.names()
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise InputError(f"unknown rate(s) {unknown}; rates are {names}")
+        out = {}
+        for name in names:
+            if name not in values:
+                if fallback is not None:
+                    out[name] = getattr(fallback, name)
+                    continue
+                if name == "task_overhead":
+                    continue
+                raise InputError(f"rate {name} is missing; rates are {names}")
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"rate {name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(f"rate {name} must be positive, got {value!r}")
+            out[name] = float(value)
+        return cls(**out)
+
+
+@dataclass(frozen=True)
+class FitWork:
+    """What a fit does in all: tasks, operations and bytes, per phase."""
+
+    tasks: dict[str, int]
+    bounds_tasks: dict[str, int]
+    statistics_flops: float
+    combine_flops: float
+    solve_flops: float
+    read_bytes: int
+    bounds_bytes: int
+    write_bytes: int
+
+    @property
+    def task_total(self) -> int:
+        """Every task of the bounds pass and of the fit."""
+        return sum(self.tasks.values()) + sum(self.bounds_tasks.values())
+
+
+def fit_work(
+    plan: FitPlan,
+    channels: int,
+    field: int,
+    n_targets: int,
+    indices: Sequence[Sequence[int]],
+    store_shape: tuple[int, int, int, int],
+    chunks: tuple[int, int, int, int],
+    itemsize: int,
+    penalty: str = "fixed",
+    n_lams: int = 0,
+    weights_itemsize: int = 8,
+) -> FitWork:
+    """Tasks, operations and bytes of a fit from a dataset store to a model store.
+
+    ``plan.method == "joint"`` is the joint colour mode (sums over ``C * C``
+    channel pairs, ``k = r * r * C`` features shared by the ``C`` outputs).
+    """
+    joint = plan.method == "joint"
+    k = field * field * (channels if joint else 1)
+    sum_channels = channels * channels if joint else channels
+    n_samples = plan.blocks[-1][1] if plan.blocks else 0
+    stats_flops = 0.0
+    solve = 0.0
+    combine = 0.0
+    combines = tree_tasks(len(plan.blocks)) * (2 if penalty == "loo" else 1)
+    for tile in plan.tiles:
+        stats_flops += statistics_flops(
+            tile.shape, sum_channels, field, n_targets, n_samples, plan.method
+        )
+        solve += solve_flops(
+            tile.shape, 1 if joint else channels, field,
+            n_targets * (channels if joint else 1), n_lams, k,
+        )  # fmt: skip
+        stats = estimate_statistics_bytes(
+            tile.shape, sum_channels, field, n_targets,
+            "displacement" if joint else plan.method,
+        )  # fmt: skip
+        combine += combines * (COMBINE_FAN_IN - 1) * stats / 8
+    if penalty == "loo":  # the second pass: residuals of every penalty
+        stats_flops *= 1 + n_lams / max(1, len(displacements(field)))
+    fit, bounds = read_bytes(
+        plan, field, indices, store_shape, chunks, itemsize, penalty
+    )
+    _, height, width, _ = store_shape
+    sample_bytes = height * width * channels * itemsize
+    return FitWork(
+        tasks=graph_tasks(plan, n_targets, penalty),
+        bounds_tasks=bounds_tasks(len(indices[0]), sample_bytes, len(indices)),
+        statistics_flops=stats_flops,
+        combine_flops=combine,
+        solve_flops=solve,
+        read_bytes=fit,
+        bounds_bytes=bounds,
+        write_bytes=model_bytes(
+            plan.image_shape,
+            channels,
+            k,
+            n_targets,
+            weights_itemsize,
+            penalty != "fixed",
+        ),
+    )
+
+
+def estimate_seconds(
+    work: FitWork, rates: Rates, workers: int, threads_per_worker: int = 1
+) -> dict[str, float]:
+    """Wall seconds of a fit on ``workers`` x ``threads_per_worker`` threads.
+
+    Each phase's thread-seconds (its work at the rate of one thread) are shared
+    by the threads, or by its tasks where there are fewer of them; the
+    scheduler, which hands out one task at a time, bounds each pass from below
+    (``task_overhead`` per task). Starting the cluster and writing the model's
+    template are left out.
+
+    Returns
+    -------
+    dict of str to float
+        Thread-seconds per phase (``read``, ``statistics``, ``combine``,
+        ``solve``, ``write``, ``bounds``), then the wall seconds of the bounds
+        pass (``bounds_wall``), of the fit (``fit_wall``), of the scheduler
+        alone (``scheduler``) and in all (``total``).
+    """
+    if workers < 1 or threads_per_worker < 1:
+        raise InputError("workers and threads per worker must be at least 1")
+    slots = workers * threads_per_worker
+    phases = {
+        "read": work.read_bytes / rates.read_bytes,
+        "statistics": work.statistics_flops / rates.statistics_flops,
+        "combine": work.combine_flops / rates.combine_flops,
+        "solve": work.solve_flops / rates.solve_flops,
+        "write": work.write_bytes / rates.write_bytes,
+        "bounds": work.bounds_bytes / rates.read_bytes,
+    }
+    parallel = work.tasks.get("statistics", work.tasks.get("statistics_and_solve", 1))
+    fit_tasks = sum(work.tasks.values())
+    bound_tasks = sum(work.bounds_tasks.values())
+    fit_compute = sum(v for k, v in phases.items() if k != "bounds") / min(
+        slots, max(1, parallel)
+    )
+    bounds_compute = phases["bounds"] / min(
+        slots, max(1, work.bounds_tasks.get("read_bounds", 1))
+    )
+    fit_wall = max(fit_compute, fit_tasks * rates.task_overhead)
+    bounds_wall = max(bounds_compute, bound_tasks * rates.task_overhead)
+    return {
+        **phases,
+        "bounds_wall": bounds_wall,
+        "fit_wall": fit_wall,
+        "scheduler": (fit_tasks + bound_tasks) * rates.task_overhead,
+        "total": bounds_wall + fit_wall,
+    }
+
+
+def task_memory_parts(
+    plan: FitPlan,
+    channels: int,
+    field: int,
+    n_targets: int,
+    n_lams: int = 0,
+) -> dict[str, int]:
+    """What one task of a fit holds, in bytes, and the peak of its largest task.
+
+    ``input`` is a sample block's source window with its halo and the targets'
+    tile (float64, with a rearranged copy); ``statistics`` one tile's sums;
+    ``combine`` the sums a combine task holds; ``gram`` one solve batch's Gram
+    matrices; ``weights`` the tile's solved weights and bias (float64); ``peak``
+    the plan's estimate of its largest task (:func:`estimate_fit_task_bytes`).
+    """
+    joint = plan.method == "joint"
+    method = "displacement" if joint else plan.method
+    sum_channels = channels * channels if joint else channels
+    h, w = plan.tile_shape
+    b2 = 2 * (field // 2)
+    k = field * field * (channels if joint else 1)
+    stats = estimate_statistics_bytes(
+        plan.tile_shape, sum_channels, field, n_targets, method
+    )
+    batch = COVARIANCE_SIDE**2 if method == "covariance" else 8 * w * sum_channels
+    halo_pixels = (h + b2) * (w + b2) * sum_channels
+    return {
+        "input": 2 * 8 * plan.sample_block
+        * (halo_pixels + n_targets * h * w * sum_channels),
+        "statistics": stats,
+        "combine": (COMBINE_FAN_IN + 1) * stats if len(plan.blocks) > 1 else 0,
+        "gram": 2 * 8 * batch * ((k + 1) ** 2 + 2 * (k + 1) * n_targets),
+        "weights": 8 * n_targets * h * w * channels * (k + 1),
+        "peak": plan.task_bytes,
+    }  # fmt: skip
+
+
+def plan_for_workers(
+    n_samples: int,
+    image_shape: tuple[int, int],
+    channels: int,
+    field: int,
+    n_targets: int,
+    thread_memory: int,
+    tile_shape: tuple[int, int] | None = None,
+    sample_block: int | None = None,
+    method: str = "auto",
+    n_lams: int = 0,
+    max_tasks: int | None = None,
+) -> FitPlan:
+    """The plan a fit makes on workers whose threads each have ``thread_memory``.
+
+    As :func:`dmask.fit` plans on a cluster: the task budget is 40% of a
+    thread's memory (clamped to 128 MiB .. 2 GiB, and at most 80% of it),
+    ``method="joint"`` is planned as displacement sums of ``C * C`` channel
+    pairs, and the plan is refused (:func:`check_plan`) when it has more than
+    ``max_tasks`` tasks or a task larger than a thread's memory.
+    """
+    joint = method == "joint"
+    plan_channels, plan_method = (
+        (channels * channels, "displacement") if joint else (channels, method)
+    )
+    budget = int(min(2 * 2**30, max(128 * 2**20, int(0.4 * thread_memory))))
+    plan = plan_fit(
+        n_samples, image_shape, plan_channels, field, n_targets,
+        tile_shape=tile_shape, sample_block=sample_block,
+        memory_limit=min(budget, int(0.8 * thread_memory)), method=plan_method,
+        n_lams=n_lams,
+    )  # fmt: skip
+    if max_tasks is not None:
+        check_plan(plan, max_tasks, thread_memory, selecting=bool(n_lams))
+    if joint:
+        from dataclasses import replace
+
+        plan = replace(plan, method="joint")
+    return plan
