@@ -1,6 +1,7 @@
 """Cluster launchers: Kubernetes manifests, the local start script, the SSH launcher.
 
-The manifests are checked structurally (no Kubernetes here). The start script and the
+The manifests are checked structurally here (no Kubernetes here), and against the Dask
+operator's own resource schemas in test_kubernetes.py. The start script and the
 SSH launcher start real schedulers and workers on 127.0.0.1 and must train exactly the
 model a local fit trains. The SSH run needs an OpenSSH server binary and asyncssh; it
 starts its own sshd on a free loopback port with keys made for the test, and skips
