@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import dask
@@ -302,3 +303,47 @@ def test_the_command_line_takes_a_manifest(model_store, photos, tmp_path, capsys
     assert main(argv) == 1
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "none.txt does not exist" in lines[0]
+
+
+@pytest.mark.parametrize("where", ["threads", "cluster"])
+def test_a_generator_is_taken_only_as_tasks_finish(where, request):
+    pulled, finished = [0], []
+    ahead = []
+
+    def items():
+        for i in range(200):
+            pulled[0] += 1
+            ahead.append(pulled[0] - len(finished))
+            yield -i
+
+    def done(item, result):
+        finished.append((item, result))
+
+    run = functools.partial(
+        batches.run_bounded, abs, items(), done, kwargs={}, in_flight=3,
+        name="predict_files", phase="testing",
+    )  # fmt: skip
+    if where == "cluster":
+        with request.getfixturevalue("cluster_client").as_current():
+            count = run()
+    else:
+        count = run()
+    assert count == 200 and max(ahead) <= 4  # 3 in flight and the one taken
+    assert sorted(r for _, r in finished) == list(range(200))
+
+
+def test_a_cluster_records_batches_and_a_rerun_skips_them(
+    model_store, photos, tmp_path, cluster_client
+):
+    model = dmask.open_model(model_store)
+    folder.apply_to_folder(model, photos, tmp_path / "local", **_options())
+    with cluster_client.as_current():
+        first = folder.apply_to_folder(
+            model, photos, tmp_path / "cluster", block=2, **_options()
+        )
+        again = folder.apply_to_folder(
+            model, photos, tmp_path / "cluster", block=2, **_options()
+        )
+    assert first.tasks == 5 and first.written == 9
+    assert again.tasks == 0 and again.already_done == 9
+    assert _tree(tmp_path / "cluster") == _tree(tmp_path / "local")
