@@ -353,3 +353,39 @@ def test_a_remote_store_that_is_not_there_is_named(s3, capsys):
                         f"{s3.url}/m.zarr", *s3.option, *LOCAL_CLUSTER)  # fmt: skip
     assert f"{s3.url}/none.zarr" in message
     assert not s3.fs.exists(f"{s3.bucket}/m.zarr")
+
+
+def test_apply_between_s3_folders_equals_a_local_apply_and_resumes(
+    s3, tmp_path, capsys
+):
+    faces = f"{s3.url}/faces.zarr"
+    model = f"{s3.url}/model.zarr"
+    assert run("synth", "--out", faces, "--subjects", "6", "--size", "20", "16",
+               *s3.option, *LOCAL_CLUSTER) == 0  # fmt: skip
+    assert run("train", faces, "--out", model, "--targets", "happy",
+               *s3.option, *LOCAL_CLUSTER) == 0  # fmt: skip
+    photos = tmp_path / "photos"
+    for i, name in enumerate(["a.png", "b/c.png", "b/d.jpg", "e.png"]):
+        save_image(photos / name, _face(i, "neutral")[:20, :16])
+    s3.fs.put(str(photos), f"{s3.bucket}/photos", recursive=True)
+    common = ["--crop", "none", "--output", "crop", "--files-per-task", "2",
+              *LOCAL_CLUSTER]  # fmt: skip
+    out = f"{s3.url}/synthesised"
+    assert run("apply", model, f"{s3.url}/photos", "--out", out, *common,
+               *s3.option) == 0  # fmt: skip
+    assert "images synthesised 4" in capsys.readouterr().out
+    local = tmp_path / "synthesised"
+    assert run("apply", model, f"{s3.url}/photos", "--out", local, *common,
+               *s3.option) == 0  # fmt: skip
+    written = sorted(p for p in local.rglob("*.png") if ".dmask" not in str(p))
+    assert len(written) >= 4
+    s3.fs.invalidate_cache()
+    for path in written:
+        relative = path.relative_to(local).as_posix()
+        assert s3.fs.cat_file(f"{s3.bucket}/synthesised/{relative}") == (
+            path.read_bytes()
+        ), relative
+    capsys.readouterr()
+    assert run("apply", model, f"{s3.url}/photos", "--out", out, *common,
+               *s3.option) == 0  # fmt: skip
+    assert "images synthesised 0" in capsys.readouterr().out  # all skipped
