@@ -121,8 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else [str(a) for a in argv]
     line = storage.redacted(["dmask", *given])  # no secret in stores or reports
     try:
-        storage.apply(args, given)
-        with recording_command(line):  # the stores written say how
+        with storage.apply(args, given), recording_command(line):  # stores say how
             COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"dmask {args.command}: error: {exc}", file=sys.stderr)

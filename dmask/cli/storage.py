@@ -31,20 +31,31 @@ def add_options(parser: argparse.ArgumentParser, sub: bool = False) -> None:
     )
 
 
-def apply(args: argparse.Namespace, argv: Sequence[Any]) -> None:
-    """Install the configured storage options and the command line's ones.
+def apply(args: argparse.Namespace, argv: Sequence[Any]) -> Any:
+    """The configured storage options with the command line's, for the command.
 
-    The command line's apply to the protocols of the URLs in ``argv``.
+    The command line's apply to the protocols of the URLs in ``argv``. They
+    are installed here at once, and set as ``dmask.storage-options`` for the
+    block of the returned context manager, so that the cluster the command
+    connects to gives them to its workers.
 
     Raises
     ------
     UsageError
         A malformed option, or options given with no URL to apply them to.
     """
+    import contextlib
+
+    import dask.config
+
     texts = [*args.storage_option, *getattr(args, "storage_option" + _SUB, [])]
     args.storage_option = texts
     try:
         extra = storage.options_for(texts, argv)
     except InputError as exc:
         raise UsageError(str(exc)) from None
-    storage.configure(extra)
+    if not extra:
+        storage.configure()
+        return contextlib.nullcontext()
+    merged = storage.configure(extra)
+    return dask.config.set({"dmask.storage-options": merged})

@@ -389,3 +389,12 @@ def test_apply_between_s3_folders_equals_a_local_apply_and_resumes(
     assert run("apply", model, f"{s3.url}/photos", "--out", out, *common,
                *s3.option) == 0  # fmt: skip
     assert "images synthesised 0" in capsys.readouterr().out  # all skipped
+
+
+def test_worker_processes_get_the_command_lines_storage_options(s3):
+    """No AWS_ENDPOINT_URL: the endpoint reaches worker processes by the plugin."""
+    faces = f"{s3.url}/faces.zarr"
+    assert run("synth", "--out", faces, "--subjects", "3", "--size", "16",
+               "--processes", "--workers", "1", "--dashboard-address", ":0",
+               "--no-progress", *s3.option) == 0  # fmt: skip
+    assert dataset_store.open_dataset(faces).sizes["sample"] == 21
