@@ -42,7 +42,7 @@ from typing import Any
 
 from dmask.errors import DmaskError
 
-__all__ = ["LOG_FORMAT", "KEYS", "get", "load_file", "set_options"]
+__all__ = ["LOG_FORMAT", "KEYS", "get", "load_file", "on_set", "set_options"]
 
 #: The one format of every log line, dmask's and distributed's, and of the
 #: plain progress lines.
@@ -119,9 +119,25 @@ def _text(key: str, value: Any) -> str | None:
 
 
 def _storage_options(key: str, value: Any) -> dict[str, dict[str, Any]]:
-    from dmask.io.storage import check
+    """A mapping from protocol (``s3``) to a mapping of fsspec options."""
+    if value is None:
+        return {}
+    if isinstance(value, str):  # DASK_DMASK__STORAGE_OPTIONS as JSON or YAML
+        import yaml
 
-    return check(key, value)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict | type(None))
+        for k, v in value.items()
+    ):
+        raise DmaskError(
+            f"configuration dmask.{key} must map a protocol (s3, gs, ...) to a "
+            f"mapping of fsspec options, got {value!r}"
+        )
+    return {k.lower(): dict(v or {}) for k, v in value.items()}
 
 
 def _expiry(key: str, value: Any) -> float:
@@ -250,6 +266,17 @@ def _packaged(key: str) -> Any:
     return value
 
 
+#: What to call when :class:`set_options` sets a key (layers above register).
+_ON_SET: dict[str, list[Callable[[], Any]]] = {}
+
+
+def on_set(key: str, callback: Callable[[], Any]) -> None:
+    """Call ``callback()`` whenever :class:`set_options` sets ``key``."""
+    callbacks = _ON_SET.setdefault(_canonical(key), [])
+    if callback not in callbacks:
+        callbacks.append(callback)
+
+
 class set_options:
     """Set dmask options, for a ``with`` block or (called plainly) from now on.
 
@@ -273,10 +300,9 @@ class set_options:
             KEYS[key](key, value)
             values[f"dmask.{key}"] = value
         self._set = dask.config.set(values)
-        if "dmask.storage-options" in values:  # fsspec's defaults, from now on
-            from dmask.io.storage import configure
-
-            configure()
+        for key in values:
+            for callback in _ON_SET.get(key[len("dmask.") :], ()):
+                callback()
 
     def __enter__(self) -> set_options:
         return self

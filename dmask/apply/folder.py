@@ -213,34 +213,8 @@ def _store_version(path: str) -> int:
 
 
 def _read_photo(folder: str, relative: str) -> np.ndarray:
-    """A photograph under ``folder`` (:func:`dmask.io.photographs.read_image`).
-
-    A URL's file is fetched to a local temporary file first, so that every
-    kind :func:`~dmask.io.photographs.read_image` reads is read the same way.
-    """
-    path = batches.join(folder, relative)
-    if not batches.is_url(folder):
-        return photographs.read_image(path)
-    fs, where = batches.filesystem(path)
-    suffix = os.path.splitext(relative)[1]
-    with tempfile.TemporaryDirectory(prefix="dmask-photo-") as scratch:
-        local = os.path.join(scratch, "photo" + suffix)
-        try:
-            fs.get_file(where, local)
-        except FileNotFoundError:
-            raise _unreadable(path, "no such file") from None
-        except OSError as exc:
-            raise _unreadable(path, photographs.failure_reason(exc)) from None
-        try:
-            return photographs.read_image(local)
-        except photographs.ImageReadError as exc:
-            raise _unreadable(path, exc.reason) from None
-
-
-def _unreadable(path: str, reason: str) -> photographs.ImageReadError:
-    error = photographs.ImageReadError(f"cannot read image {path}: {reason}")
-    error.reason = reason
-    return error
+    """A photograph under a local folder or a URL (fsspec reads the latter)."""
+    return photographs.read_image(batches.join(folder, relative))
 
 
 def _exists(path: str) -> bool:

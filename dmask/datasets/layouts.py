@@ -209,9 +209,7 @@ def scan_rafd(folder: str | os.PathLike) -> Scan:
             continue
         subject = f"rafd{ident}"
         result.records.append(
-            ImageRecord(
-                absolute(path), subject, subject, _expression(expression)
-            )
+            ImageRecord(absolute(path), subject, subject, _expression(expression))
         )
     return result
 
@@ -298,9 +296,7 @@ def scan_pairs(
                     continue
                 subject = f"{split}{int(match.group(1)):05d}"
                 result.records.append(
-                    ImageRecord(
-                        absolute(path), subject, subject, expression, split
-                    )
+                    ImageRecord(absolute(path), subject, subject, expression, split)
                 )
     return result
 

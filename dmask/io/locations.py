@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dmask.io import storage as _storage  # noqa: F401  (installs storage options)
+
 __all__ = ["absolute", "as_path", "is_local", "same_store", "store_path"]
 
 

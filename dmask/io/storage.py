@@ -35,6 +35,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from dmask import options as _options
 from dmask.errors import DmaskError, InputError
 
 logger = logging.getLogger(__name__)
@@ -128,37 +129,9 @@ def options_for(
     return {name: copy.deepcopy(options) for name in names}
 
 
-def _checked(value: Any) -> dict[str, dict[str, Any]]:
-    if value is None:
-        return {}
-    if isinstance(value, str):  # DASK_DMASK__STORAGE_OPTIONS as JSON or YAML
-        import yaml
-
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            pass
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Mapping | type(None))
-        for k, v in value.items()
-    ):
-        raise DmaskError(
-            "configuration dmask.storage-options must map a protocol (s3, gs, ...) "
-            f"to a mapping of fsspec options, got {value!r}"
-        )
-    return {str(k).lower(): dict(v or {}) for k, v in value.items()}
-
-
-def check(key: str, value: Any) -> dict[str, dict[str, Any]]:
-    """The check of the ``storage-options`` setting (see :mod:`dmask.options`)."""
-    return _checked(value)
-
-
 def configured() -> dict[str, dict[str, Any]]:
     """The per-protocol options of dmask's configuration (``storage-options``)."""
-    from dmask.options import get
-
-    return dict(get("storage-options"))
+    return dict(_options.get("storage-options"))
 
 
 def _merge(target: dict[str, Any], options: Mapping[str, Any]) -> None:
@@ -244,3 +217,13 @@ def redacted(argv: Sequence[str]) -> list[str]:
             expect = True
         out.append(text)
     return out
+
+
+# dmask.set_options(storage_options=...) installs them at once, from then on;
+# what the configuration holds now (YAML files, DASK_DMASK__...) is installed on
+# import, before any URL is opened (dmask.io.locations imports this module).
+_options.on_set("storage-options", configure)
+try:
+    configure()
+except DmaskError as _exc:  # said again, as an error, where a command connects
+    logger.warning("storage options not installed: %s", _exc)
