@@ -480,7 +480,8 @@ def _plan_workers(args: argparse.Namespace, input_bytes: int) -> dict:
 
 def _read_rates(path: str) -> dict:
     """``--plan-rates``: a JSON object of rates (:class:`dmask.core.planning.Rates`),
-    or a plan's JSON (its ``rates``); checked."""
+    a plan's JSON (its ``rates``) or pipelines/bench_large.py's (its
+    ``measured_rates``); checked."""
     import json
 
     from dmask.core.planning import Rates
@@ -492,8 +493,10 @@ def _read_rates(path: str) -> dict:
         raise DmaskError(f"cannot read rates {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise DmaskError(f"rates {path} is not valid JSON: {exc}") from None
-    if isinstance(values, dict) and isinstance(values.get("rates"), dict):
-        values = values["rates"]  # a plan's JSON: its rates
+    for key in ("rates", "measured_rates"):  # a plan's, a benchmark's JSON
+        if isinstance(values, dict) and isinstance(values.get(key), dict):
+            values = values[key]
+            break
     if not isinstance(values, dict):
         raise DmaskError(f"rates {path} must hold a JSON object of rates")
     values = {k: v for k, v in values.items() if k != "from"}

@@ -134,6 +134,12 @@ def test_the_json_holds_what_the_table_shows(faces, tmp_path, capsys):
     again = _plan(faces, tmp_path / "m.zarr", tmp_path, capsys, "--field", "5",
                   "--plan-rates", own, "--tile", "8", "10")  # fmt: skip
     assert again["estimate_seconds"] == seconds
+    # and so does pipelines/bench_large.py's JSON (its measured_rates)
+    bench = tmp_path / "bench-large.json"
+    bench.write_text(json.dumps({"train_s": 373.1, "measured_rates": rates}))
+    third = _plan(faces, tmp_path / "m.zarr", tmp_path, capsys, "--field", "5",
+                  "--plan-rates", str(bench), "--tile", "8", "10")  # fmt: skip
+    assert third["estimate_seconds"] == seconds
 
 
 def test_rates_not_given_are_measured(faces, tmp_path, capsys):
