@@ -219,7 +219,11 @@ def phase_apply(args: argparse.Namespace) -> dict:
         started = time.perf_counter()  # the cluster's start is not the listing's
     if args.apply_seconds:
         import _thread
+        import signal
 
+        # a shell's background job starts with SIGINT ignored: Ctrl-C's handler
+        # back, so that the timer's interrupt is a KeyboardInterrupt here
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Timer(args.apply_seconds, _thread.interrupt_main).start()
     try:
         report = apply_to_folder(
