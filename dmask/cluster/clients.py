@@ -184,7 +184,38 @@ def _share_storage_options(client: Any) -> None:
     """The configured object-storage options, here and on every worker."""
     from dmask.io import storage
 
-    storage.share_with(client, storage.configure())
+    options = storage.configure()
+    if any(options.values()):
+        client.register_plugin(
+            StorageOptionsPlugin(options), name=StorageOptionsPlugin.name
+        )
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
+except ImportError:  # pragma: no cover - distributed is a dependency
+    _WorkerPlugin = object  # type: ignore[assignment,misc]
+
+
+class StorageOptionsPlugin(_WorkerPlugin):  # type: ignore[misc,valid-type]
+    """A worker plugin that installs object-storage options on every worker.
+
+    Parameters
+    ----------
+    options : mapping
+        Per-protocol fsspec options (as :func:`dmask.io.storage.configure`
+        returns).
+    """
+
+    name = "dmask-storage-options"
+
+    def __init__(self, options: dict[str, dict[str, Any]]) -> None:
+        self.options = {k: dict(v) for k, v in options.items()}
+
+    def setup(self, worker: Any) -> None:
+        from dmask.io import storage
+
+        storage.install(self.options)
 
 
 @contextlib.contextmanager

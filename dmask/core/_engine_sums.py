@@ -60,42 +60,159 @@ if AVAILABLE:
                 for s in range(n):
                     out[s] = (m[s] - low[s]) * scale[s]
 
-    @numba.njit(nogil=True, cache=True, fastmath=True)
-    def _dot(a: np.ndarray, b: np.ndarray) -> float:
-        total = 0.0
-        for s in range(a.shape[0]):
-            total += a[s] * b[s]
-        return total
+    # Dot products over samples. Every product a . b is summed the same way in
+    # each of these, four lanes (samples s = l mod 4) then the rest, added in one
+    # fixed order, so that a sum is the same bit for bit whichever of them made it
+    # (a statistics store of field R and a training of r <= R pair their vectors
+    # differently). The lanes are independent sums, which the compiler puts in
+    # vector registers without reassociating anything (no fastmath).
+    @numba.njit(nogil=True, cache=True)
+    def _dot(a, b):
+        # a . b
+        n = a.shape[0]
+        m = n - n % 4
+        t0_0 = t0_1 = t0_2 = t0_3 = 0.0
+        for s in range(0, m, 4):
+            t0_0 += a[s] * b[s]
+            t0_1 += a[s + 1] * b[s + 1]
+            t0_2 += a[s + 2] * b[s + 2]
+            t0_3 += a[s + 3] * b[s + 3]
+        u0 = 0.0
+        for s in range(m, n):
+            u0 += a[s] * b[s]
+        return ((t0_0 + t0_1) + (t0_2 + t0_3)) + u0
 
-    @numba.njit(nogil=True, cache=True, fastmath=True)
+    @numba.njit(nogil=True, cache=True)
     def _dots_2x4(a0, a1, b0, b1, b2, b3, b4):
-        # a0 against b0..b3 and a1 against b1..b4: seven vectors read per eight
-        # products, where separate dot products read sixteen.
-        t00 = t01 = t02 = t03 = t10 = t11 = t12 = t13 = 0.0
-        for s in range(a0.shape[0]):
-            x0, x1, v1, v2, v3 = a0[s], a1[s], b1[s], b2[s], b3[s]
-            t00 += x0 * b0[s]
-            t01 += x0 * v1
-            t02 += x0 * v2
-            t03 += x0 * v3
-            t10 += x1 * v1
-            t11 += x1 * v2
-            t12 += x1 * v3
-            t13 += x1 * b4[s]
-        return t00, t01, t02, t03, t10, t11, t12, t13
+        # a0 against b0..b3 and a1 against b1..b4: seven vectors read per eight products
+        n = a0.shape[0]
+        m = n - n % 4
+        t0_0 = t0_1 = t0_2 = t0_3 = 0.0
+        t1_0 = t1_1 = t1_2 = t1_3 = 0.0
+        t2_0 = t2_1 = t2_2 = t2_3 = 0.0
+        t3_0 = t3_1 = t3_2 = t3_3 = 0.0
+        t4_0 = t4_1 = t4_2 = t4_3 = 0.0
+        t5_0 = t5_1 = t5_2 = t5_3 = 0.0
+        t6_0 = t6_1 = t6_2 = t6_3 = 0.0
+        t7_0 = t7_1 = t7_2 = t7_3 = 0.0
+        for s in range(0, m, 4):
+            t0_0 += a0[s] * b0[s]
+            t1_0 += a0[s] * b1[s]
+            t2_0 += a0[s] * b2[s]
+            t3_0 += a0[s] * b3[s]
+            t4_0 += a1[s] * b1[s]
+            t5_0 += a1[s] * b2[s]
+            t6_0 += a1[s] * b3[s]
+            t7_0 += a1[s] * b4[s]
+            t0_1 += a0[s + 1] * b0[s + 1]
+            t1_1 += a0[s + 1] * b1[s + 1]
+            t2_1 += a0[s + 1] * b2[s + 1]
+            t3_1 += a0[s + 1] * b3[s + 1]
+            t4_1 += a1[s + 1] * b1[s + 1]
+            t5_1 += a1[s + 1] * b2[s + 1]
+            t6_1 += a1[s + 1] * b3[s + 1]
+            t7_1 += a1[s + 1] * b4[s + 1]
+            t0_2 += a0[s + 2] * b0[s + 2]
+            t1_2 += a0[s + 2] * b1[s + 2]
+            t2_2 += a0[s + 2] * b2[s + 2]
+            t3_2 += a0[s + 2] * b3[s + 2]
+            t4_2 += a1[s + 2] * b1[s + 2]
+            t5_2 += a1[s + 2] * b2[s + 2]
+            t6_2 += a1[s + 2] * b3[s + 2]
+            t7_2 += a1[s + 2] * b4[s + 2]
+            t0_3 += a0[s + 3] * b0[s + 3]
+            t1_3 += a0[s + 3] * b1[s + 3]
+            t2_3 += a0[s + 3] * b2[s + 3]
+            t3_3 += a0[s + 3] * b3[s + 3]
+            t4_3 += a1[s + 3] * b1[s + 3]
+            t5_3 += a1[s + 3] * b2[s + 3]
+            t6_3 += a1[s + 3] * b3[s + 3]
+            t7_3 += a1[s + 3] * b4[s + 3]
+        u0 = 0.0
+        u1 = 0.0
+        u2 = 0.0
+        u3 = 0.0
+        u4 = 0.0
+        u5 = 0.0
+        u6 = 0.0
+        u7 = 0.0
+        for s in range(m, n):
+            u0 += a0[s] * b0[s]
+            u1 += a0[s] * b1[s]
+            u2 += a0[s] * b2[s]
+            u3 += a0[s] * b3[s]
+            u4 += a1[s] * b1[s]
+            u5 += a1[s] * b2[s]
+            u6 += a1[s] * b3[s]
+            u7 += a1[s] * b4[s]
+        return (
+            ((t0_0 + t0_1) + (t0_2 + t0_3)) + u0,
+            ((t1_0 + t1_1) + (t1_2 + t1_3)) + u1,
+            ((t2_0 + t2_1) + (t2_2 + t2_3)) + u2,
+            ((t3_0 + t3_1) + (t3_2 + t3_3)) + u3,
+            ((t4_0 + t4_1) + (t4_2 + t4_3)) + u4,
+            ((t5_0 + t5_1) + (t5_2 + t5_3)) + u5,
+            ((t6_0 + t6_1) + (t6_2 + t6_3)) + u6,
+            ((t7_0 + t7_1) + (t7_2 + t7_3)) + u7,
+        )
 
-    @numba.njit(nogil=True, cache=True, fastmath=True)
+    @numba.njit(nogil=True, cache=True)
     def _dots_2x3(a0, a1, b0, b1, b2, b3):
-        t00 = t01 = t02 = t10 = t11 = t12 = 0.0
-        for s in range(a0.shape[0]):
-            x0, x1, v1, v2 = a0[s], a1[s], b1[s], b2[s]
-            t00 += x0 * b0[s]
-            t01 += x0 * v1
-            t02 += x0 * v2
-            t10 += x1 * v1
-            t11 += x1 * v2
-            t12 += x1 * b3[s]
-        return t00, t01, t02, t10, t11, t12
+        # a0 against b0..b2 and a1 against b1..b3
+        n = a0.shape[0]
+        m = n - n % 4
+        t0_0 = t0_1 = t0_2 = t0_3 = 0.0
+        t1_0 = t1_1 = t1_2 = t1_3 = 0.0
+        t2_0 = t2_1 = t2_2 = t2_3 = 0.0
+        t3_0 = t3_1 = t3_2 = t3_3 = 0.0
+        t4_0 = t4_1 = t4_2 = t4_3 = 0.0
+        t5_0 = t5_1 = t5_2 = t5_3 = 0.0
+        for s in range(0, m, 4):
+            t0_0 += a0[s] * b0[s]
+            t1_0 += a0[s] * b1[s]
+            t2_0 += a0[s] * b2[s]
+            t3_0 += a1[s] * b1[s]
+            t4_0 += a1[s] * b2[s]
+            t5_0 += a1[s] * b3[s]
+            t0_1 += a0[s + 1] * b0[s + 1]
+            t1_1 += a0[s + 1] * b1[s + 1]
+            t2_1 += a0[s + 1] * b2[s + 1]
+            t3_1 += a1[s + 1] * b1[s + 1]
+            t4_1 += a1[s + 1] * b2[s + 1]
+            t5_1 += a1[s + 1] * b3[s + 1]
+            t0_2 += a0[s + 2] * b0[s + 2]
+            t1_2 += a0[s + 2] * b1[s + 2]
+            t2_2 += a0[s + 2] * b2[s + 2]
+            t3_2 += a1[s + 2] * b1[s + 2]
+            t4_2 += a1[s + 2] * b2[s + 2]
+            t5_2 += a1[s + 2] * b3[s + 2]
+            t0_3 += a0[s + 3] * b0[s + 3]
+            t1_3 += a0[s + 3] * b1[s + 3]
+            t2_3 += a0[s + 3] * b2[s + 3]
+            t3_3 += a1[s + 3] * b1[s + 3]
+            t4_3 += a1[s + 3] * b2[s + 3]
+            t5_3 += a1[s + 3] * b3[s + 3]
+        u0 = 0.0
+        u1 = 0.0
+        u2 = 0.0
+        u3 = 0.0
+        u4 = 0.0
+        u5 = 0.0
+        for s in range(m, n):
+            u0 += a0[s] * b0[s]
+            u1 += a0[s] * b1[s]
+            u2 += a0[s] * b2[s]
+            u3 += a1[s] * b1[s]
+            u4 += a1[s] * b2[s]
+            u5 += a1[s] * b3[s]
+        return (
+            ((t0_0 + t0_1) + (t0_2 + t0_3)) + u0,
+            ((t1_0 + t1_1) + (t1_2 + t1_3)) + u1,
+            ((t2_0 + t2_1) + (t2_2 + t2_3)) + u2,
+            ((t3_0 + t3_1) + (t3_2 + t3_3)) + u3,
+            ((t4_0 + t4_1) + (t4_2 + t4_3)) + u4,
+            ((t5_0 + t5_1) + (t5_2 + t5_3)) + u5,
+        )
 
     @numba.njit(nogil=True, cache=True, fastmath=True)
     def _band_dots(

@@ -23,8 +23,8 @@ precedence:
 
 The options are installed as fsspec's per-protocol defaults
 (``fsspec.config.conf``), so every filesystem that zarr, xarray and dmask open
-for that protocol uses them; :class:`StorageOptionsPlugin` installs the same on
-the workers of a cluster.
+for that protocol uses them; :func:`dmask.cluster.clients.connect` installs the
+same on the workers of a cluster (a worker plugin).
 """
 
 from __future__ import annotations
@@ -41,13 +41,11 @@ from dmask.errors import DmaskError, InputError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "StorageOptionsPlugin",
     "configure",
     "configured",
     "parse_option",
     "protocols",
     "redacted",
-    "share_with",
 ]
 
 #: Option names whose values are secrets: never logged nor recorded.
@@ -165,39 +163,6 @@ def configure(extra: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str,
         _merge(options.setdefault(protocol, {}), values)
     install(options)
     return options
-
-
-try:
-    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
-except ImportError:  # pragma: no cover - distributed is a dependency
-    _WorkerPlugin = object  # type: ignore[assignment,misc]
-
-
-class StorageOptionsPlugin(_WorkerPlugin):  # type: ignore[misc,valid-type]
-    """A worker plugin that installs storage options on every worker.
-
-    Parameters
-    ----------
-    options : mapping
-        Per-protocol fsspec options (as :func:`configure` returns).
-    """
-
-    name = "dmask-storage-options"
-
-    def __init__(self, options: Mapping[str, Mapping[str, Any]]) -> None:
-        self.options = {k: dict(v) for k, v in options.items()}
-
-    def setup(self, worker: Any) -> None:
-        install(self.options)
-
-
-def share_with(client: Any, options: Mapping[str, Mapping[str, Any]]) -> None:
-    """Install ``options`` on the client's workers (and on workers that join)."""
-    if not any(options.values()):
-        return
-    client.register_plugin(
-        StorageOptionsPlugin(options), name=StorageOptionsPlugin.name
-    )
 
 
 def redacted(argv: Sequence[str]) -> list[str]:
