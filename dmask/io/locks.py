@@ -93,6 +93,40 @@ def refuse_locked(path: str | os.PathLike, holder: dict[str, Any]) -> None:
     )
 
 
+def _take(
+    path: str | os.PathLike,
+    lock: str,
+    create: Callable[[], Any],
+    holder: Callable[[], dict[str, Any] | None],
+    remove: Callable[[], Any],
+) -> bool:
+    """Take a lock by ``create()`` (FileExistsError when it exists): True when
+    taken, False when this process holds it already (a nested block).
+
+    A holder that is gone (:func:`alive`) is removed and the lock taken over;
+    a live one is refused (:func:`refuse_locked`).
+    """
+    for _ in range(3):
+        try:
+            create()
+        except FileExistsError:
+            found = holder()
+            if found is None:
+                continue  # released meanwhile: try again
+            if is_self(found):
+                return False  # nested in this process: the outer block holds it
+            if alive(found):
+                refuse_locked(path, found)
+            logger.warning(
+                "taking over the lock %s of a run that is gone (%s)", lock, found
+            )
+            with contextlib.suppress(FileNotFoundError):
+                remove()
+            continue
+        return True
+    raise StoreError(f"cannot take the lock {lock}")
+
+
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold ``<path>.lock`` while a run writes ``path``; refuse a second run.
@@ -119,28 +153,13 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    owned = False
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_lock(lock)
-            if holder is None:
-                continue  # released meanwhile: try again
-            if is_self(holder):
-                break  # nested in this process: the outer block holds it
-            if alive(holder):
-                refuse_locked(path, holder)
-            logger.warning("taking over the stale lock %s (%s)", lock, holder)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(lock)
-            continue
+
+    def create() -> None:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         with os.fdopen(fd, "w") as handle:
             json.dump(me, handle)
-        owned = True
-        break
-    else:
-        raise StoreError(f"cannot take the lock {lock}")
+
+    owned = _take(path, lock, create, lambda: read_lock(lock), lambda: os.remove(lock))
     try:
         yield
     finally:
@@ -206,26 +225,13 @@ def remote_lock(path: str | os.PathLike) -> Iterator[None]:
         "heartbeat": time.time(),
         "token": secrets.token_hex(8),
     }
-    owned = False
-    for _ in range(3):
-        try:
-            fs.pipe_file(location, json.dumps(me).encode(), mode="create")
-        except FileExistsError:
-            holder = _remote_holder(fs, location)
-            if holder is None:
-                continue  # released meanwhile: try again
-            if is_self(holder):
-                break  # nested in this process: the outer block holds it
-            if alive(holder):
-                refuse_locked(path, holder)
-            logger.warning("taking over the abandoned lock %s (%s)", lock, holder)
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm_file(location)
-            continue
-        owned = True
-        break
-    else:
-        raise StoreError(f"cannot take the lock {lock}")
+    owned = _take(
+        path,
+        lock,
+        lambda: fs.pipe_file(location, json.dumps(me).encode(), mode="create"),
+        lambda: _remote_holder(fs, location),
+        lambda: fs.rm_file(location),
+    )
     stop = threading.Event()
     beat = None
     if owned:

@@ -9,7 +9,7 @@ import dask
 import fsspec
 import numpy as np
 import pytest
-from helpers import error_lines
+from helpers import LOCAL_CLUSTER, error_lines
 from PIL import Image
 
 import dmask
@@ -19,14 +19,7 @@ from dmask.datasets.drawing import render_face, subject_params
 from dmask.errors import InputError
 from dmask.io import photographs
 
-THREADS = [
-    "--workers",
-    "1",
-    "--in-process",
-    "--dashboard-address",
-    ":0",
-    "--no-progress",
-]
+THREADS = LOCAL_CLUSTER
 
 
 def _face(subject: int, expression: str, height: int, width: int) -> np.ndarray:
