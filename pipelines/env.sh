@@ -13,5 +13,20 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
     "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
     echo "$HASH" > "$STAMP"
 fi
+# Compile the numba kernels ahead into their on-disk cache (dmask/core/__pycache__,
+# or NUMBA_CACHE_DIR), so that no first training waits for the compiler: once per
+# install, and again when the kernels' source changes. A failure only warns.
+KERNELS_STAMP="$VENV/.dmask-kernels"
+KERNELS_HASH="$(cat "$ROOT/pyproject.toml" "$ROOT"/dmask/core/_engine*.py \
+    "$ROOT/dmask/cli/warmup.py" | sha256sum | cut -d' ' -f1) $ROOT ${NUMBA_CACHE_DIR:-}"
+if [ "${DMASK_SKIP_WARMUP:-0}" != 1 ] && { [ ! -f "$KERNELS_STAMP" ] \
+    || [ "$(cat "$KERNELS_STAMP")" != "$KERNELS_HASH" ]; }; then
+    if (cd "$ROOT" && timeout 180 "$VENV/bin/python" -m dmask.cli.warmup); then
+        echo "$KERNELS_HASH" > "$KERNELS_STAMP"
+    else
+        echo "warning: compiling dmask's kernels ahead failed;" \
+            "the first training will compile them" >&2
+    fi
+fi
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
