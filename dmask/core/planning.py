@@ -20,6 +20,7 @@ __all__ = [
     "PENALTY_KINDS",
     "Rates",
     "bounds_block",
+    "bounds_groups",
     "bounds_tasks",
     "estimate_seconds",
     "fit_work",
@@ -386,11 +387,12 @@ def check_field(field: int, image_shape: Sequence[int], name: str = "images") ->
 
 
 def task_count(plan: FitPlan, selecting: bool = False) -> int:
-    """About the tasks of a fit's graph, input reads left out.
+    """About the tasks of a fit's graph (the shared per-block bounds left out).
 
-    Per tile: one statistics task per sample block, the sums of their tree, a
-    solve and a write (one task for statistics and solve with one block); with
-    penalties chosen per pixel, a factor and a scoring task per block more.
+    Per tile: one statistics task per sample block (reading its inputs itself),
+    the ``blocks - 1`` sums of their tree, a solve and a write (one task for
+    statistics and solve with one block); with penalties chosen per pixel, a
+    factor and a scoring task per block more.
     """
     blocks = len(plan.blocks)
     per_tile = 2 if blocks == 1 else 2 * blocks + 1
@@ -451,11 +453,15 @@ def bounds_block(sample_bytes: int) -> int:
 
 
 def tree_tasks(parts: int, fan_in: int = COMBINE_FAN_IN) -> int:
-    """``combine`` tasks of a tree that adds ``parts`` results ``fan_in`` at a time."""
+    """``combine`` tasks of a tree that adds ``parts`` results ``fan_in`` at a time.
+
+    At each level a group of one (the rest when the level's count is not a
+    multiple of ``fan_in``) is carried up as it is, with no task.
+    """
     count = 0
     while parts > 1:
+        count += parts // fan_in + (1 if parts % fan_in > 1 else 0)
         parts = -(-parts // fan_in)
-        count += parts
     return count
 
 
@@ -463,10 +469,12 @@ def graph_tasks(
     plan: FitPlan,
     n_targets: int,
     penalty: str = "fixed",
-    stored: bool = True,
     written: bool = True,
 ) -> dict[str, int]:
     """Tasks of a fit's graph by function name (as the dashboard groups them).
+
+    Inputs from a dataset store make no tasks of their own: each statistics
+    (and ``press``) task reads its window of its sample block itself.
 
     Parameters
     ----------
@@ -476,9 +484,6 @@ def graph_tasks(
         Targets trained together.
     penalty : {"fixed", "gcv", "loo"}
         A fixed penalty, or one chosen per pixel by GCV or leave-one-out.
-    stored : bool
-        Inputs read from a dataset store (one ``read_images`` task per image
-        and sample block of a tile) rather than sliced from dask arrays.
     written : bool
         Each tile written to a model store (``write_tile``).
 
@@ -490,16 +495,15 @@ def graph_tasks(
     """
     if penalty not in PENALTY_KINDS:
         raise ValueError(f"penalty must be one of {PENALTY_KINDS}, got {penalty!r}")
+    del n_targets  # every target is read by the same task as the sources
     tiles, blocks = len(plan.tiles), len(plan.blocks)
-    reads = (1 + n_targets) * blocks if stored else 0
-    counts = {"sample_block_bounds": blocks, "read_images": tiles * reads}
+    counts = {"sample_block_bounds": blocks}
     if blocks == 1 and penalty != "loo":
         counts["statistics_and_solve"] = tiles
     else:
         counts["statistics"] = tiles * blocks
         combines = tree_tasks(blocks)
         if penalty == "loo":
-            counts["read_images"] += tiles * reads  # the second pass reads afresh
             counts["factor"] = tiles
             counts["press"] = tiles * blocks
             combines += tree_tasks(blocks)
@@ -512,14 +516,46 @@ def graph_tasks(
     return {name: count for name, count in counts.items() if count}
 
 
-def bounds_tasks(n_samples: int, sample_bytes: int, n_arrays: int) -> dict[str, int]:
+def bounds_groups(
+    index: Sequence[int], sample_chunk: int, sample_bytes: int
+) -> list[tuple[int, int]]:
+    """Which samples each bounds task reads: ``(start, stop)`` positions in ``index``.
+
+    Every read decodes whole chunks, so a task reads whole chunks of the
+    store's sample axis (``sample_chunk`` samples each): as many as make
+    :func:`bounds_block` samples, at least one. ``index`` holds the store's
+    sample indices in the order they are used; a task's samples are
+    consecutive positions of it and lie in chunks no other task reads (when
+    ``index`` is sorted).
+    """
+    chunk = max(1, int(sample_chunk))
+    per_task = max(1, bounds_block(sample_bytes) // chunk)
+    groups: list[tuple[int, int]] = []
+    start, seen = 0, set()
+    for position, sample in enumerate(index):
+        which = int(sample) // chunk
+        if which not in seen and len(seen) == per_task:
+            groups.append((start, position))
+            start, seen = position, set()
+        seen.add(which)
+    if len(index) > start:
+        groups.append((start, len(index)))
+    return groups
+
+
+def bounds_tasks(
+    indices: Sequence[Sequence[int]], sample_chunk: int, sample_bytes: int
+) -> dict[str, int]:
     """Tasks of the pass that finds every image's minimum and maximum.
 
-    One ``read_bounds`` task per :func:`bounds_block` of samples and one
-    ``concat_bounds`` per image array (the sources and each target).
+    One ``read_bounds`` task per group of :func:`bounds_groups` of each image
+    array's ``indices`` (the sources and each target) and one
+    ``concat_bounds`` per array.
     """
-    per_array = -(-n_samples // bounds_block(sample_bytes))
-    return {"read_bounds": n_arrays * per_array, "concat_bounds": n_arrays}
+    reads = sum(
+        len(bounds_groups(index, sample_chunk, sample_bytes)) for index in indices
+    )
+    return {"read_bounds": reads, "concat_bounds": len(indices)}
 
 
 def statistics_flops(
@@ -649,12 +685,12 @@ def read_bytes(
         fit += samples * (spatial if number == 0 else inner_spatial)
     if penalty == "loo":
         fit *= 2
-    block = bounds_block(height * width * channels * itemsize)
+    sample_bytes = height * width * channels * itemsize
     whole = _touched(0, height, cy, height) * _touched(0, width, cx, width)
     bounds = sum(
-        _touched_samples(index[s0 : s0 + block], cs, n_all) * whole
+        _touched_samples(index[s0:s1], cs, n_all) * whole
         for index in indices
-        for s0 in range(0, len(index), block)
+        for s0, s1 in bounds_groups(index, cs, sample_bytes)
     )
     return int(fit * depth * itemsize), int(bounds * depth * itemsize)
 
@@ -806,7 +842,7 @@ def fit_work(
     sample_bytes = height * width * channels * itemsize
     return FitWork(
         tasks=graph_tasks(plan, n_targets, penalty),
-        bounds_tasks=bounds_tasks(len(indices[0]), sample_bytes, len(indices)),
+        bounds_tasks=bounds_tasks(indices, chunks[0], sample_bytes),
         statistics_flops=stats_flops,
         combine_flops=combine,
         solve_flops=solve,

@@ -26,6 +26,7 @@ from dmask.io.stores import replaced_path
 
 __all__ = [
     "BlockBounds",
+    "StoredWindow",
     "combine",
     "factor",
     "place_tile",
@@ -65,6 +66,64 @@ def region(
     return images[s0:s1, rows, cols, :]
 
 
+class StoredWindow:
+    """Where a task reads its input itself: samples and a window of a store.
+
+    A plain object, not a dataclass or tuple, so that dask passes it to the
+    task as it is (without looking inside it for collections).
+    """
+
+    __slots__ = ("cols", "index", "path", "rows", "variable")
+
+    def __init__(
+        self,
+        path: str,
+        index: np.ndarray | slice,
+        rows: slice,
+        cols: slice,
+        variable: str = "images",
+    ) -> None:
+        self.path, self.index, self.variable = path, index, variable
+        self.rows, self.cols = rows, cols
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return StoredWindow, (
+            self.path,
+            self.index,
+            self.rows,
+            self.cols,
+            self.variable,
+        )
+
+    def read(self) -> np.ndarray:
+        """The window's pixels, read from the store."""
+        return read_images(self.path, self.index, self.rows, self.cols, self.variable)
+
+
+def window(
+    images: da.Array | StoredImages | np.ndarray,
+    s0: int,
+    s1: int,
+    rows: slice,
+    cols: slice,
+) -> StoredWindow | da.Array | np.ndarray:
+    """What a task reads: a stored window it reads itself, or a lazy slice (a view).
+
+    Unlike :func:`region`, stored images make no task of their own: the task
+    that uses the window reads it (half the tasks of a tile, and no hand-over
+    of the pixels between tasks).
+    """
+    if isinstance(images, StoredImages):
+        index = compact_index(images.index[s0:s1])
+        return StoredWindow(images.path, index, rows, cols, images.variable)
+    return images[s0:s1, rows, cols, :]
+
+
+def loaded(image: StoredWindow | np.ndarray) -> np.ndarray:
+    """The pixels of a task's input: a stored window read, an array as it is."""
+    return image.read() if isinstance(image, StoredWindow) else image
+
+
 def read_halo(
     block: np.ndarray,
     low: np.ndarray | None,
@@ -95,10 +154,9 @@ BlockBounds = tuple[
 ]
 
 
-@timed_phase("statistics")
 def statistics(
-    source: np.ndarray,
-    targets: Sequence[np.ndarray],
+    source: np.ndarray | StoredWindow,
+    targets: Sequence[np.ndarray | StoredWindow],
     bounds: BlockBounds,
     padding: tuple[tuple[int, int], tuple[int, int]],
     field: int,
@@ -111,10 +169,32 @@ def statistics(
 ):
     """Task: statistics of one tile over one block of samples.
 
-    ``bounds`` holds the block's per-sample ``(min, max)`` of the sources and of
-    each target (None: no normalisation). ``squares`` (displacement method
-    and joint methods) adds the sums of squared targets.
+    ``source`` and ``targets`` are arrays, or windows of a store that the task
+    reads itself (:func:`window`). ``bounds`` holds the block's per-sample
+    ``(min, max)`` of the sources and of each target (None: no normalisation).
+    ``squares`` (displacement method and joint methods) adds the sums of
+    squared targets.
     """
+    source = loaded(source)
+    targets = [loaded(t) for t in targets]
+    return _statistics(source, targets, bounds, padding, field, method, squares)
+
+
+@timed_phase("statistics")
+def _statistics(
+    source: np.ndarray,
+    targets: Sequence[np.ndarray],
+    bounds: BlockBounds,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    field: int,
+    method: str = "covariance",
+    squares: bool = False,
+) -> (
+    displacement.TileStatistics
+    | covariance.CovarianceStatistics
+    | joint.JointStatistics
+):
+    """:func:`statistics` of arrays (its time is the ``statistics`` phase)."""
     source_bounds, target_bounds = bounds
     low, high = source_bounds if source_bounds is not None else (None, None)
     target_params = _target_parameters(targets, target_bounds)
@@ -171,8 +251,8 @@ def solve(
 
 
 def statistics_and_solve(
-    source: np.ndarray,
-    targets: Sequence[np.ndarray],
+    source: np.ndarray | StoredWindow,
+    targets: Sequence[np.ndarray | StoredWindow],
     bounds: BlockBounds,
     padding: tuple[tuple[int, int], tuple[int, int]],
     field: int,
@@ -208,21 +288,28 @@ def factor(
 
 def press(
     factored: tuple[lambdas.SpectralFactors, int],
-    source: np.ndarray,
-    targets: Sequence[np.ndarray],
+    source: np.ndarray | StoredWindow,
+    targets: Sequence[np.ndarray | StoredWindow],
     bounds: BlockBounds,
     padding: tuple[tuple[int, int], tuple[int, int]],
     field: int,
     grid: Sequence[float],
 ) -> np.ndarray:
-    """Task: leave-one-out squared errors of one tile over one block of samples."""
+    """Task: leave-one-out squared errors of one tile over one block of samples.
+
+    ``source`` and ``targets`` as for :func:`statistics` (a second pass reads
+    its windows afresh instead of holding the first pass's in memory).
+    """
     factors, _ = factored
     source_bounds, target_bounds = bounds
     low, high = source_bounds if source_bounds is not None else (None, None)
-    halo = read_halo(source, low, high, padding)
+    halo = read_halo(loaded(source), low, high, padding)
     params = _target_parameters(targets, target_bounds)
     stacked = np.stack(
-        [minmax.normalize_block(t, *p) for t, p in zip(targets, params, strict=True)]
+        [
+            minmax.normalize_block(loaded(t), *p)
+            for t, p in zip(targets, params, strict=True)
+        ]
     )
     if _is_joint(factors, field):
         return joint.press_joint(factors, halo, stacked, field, np.asarray(grid))

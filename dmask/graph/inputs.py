@@ -11,13 +11,16 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
 
 from dmask.core import (
     minmax,
 )
+from dmask.core.planning import bounds_groups
 from dmask.errors import InputError
 from dmask.graph.runtime import compute, current_client
 from dmask.io.dataset_store import StoredImages, compact_index, read_images
+from dmask.io.stores import quiet_zarr
 
 __all__ = [
     "IMAGE_DIMS",
@@ -207,21 +210,36 @@ def _concat_bounds(
     )
 
 
-def _bounds_block(images: StoredImages) -> int:
+def _sample_chunk(images: StoredImages) -> int:
+    """Samples per chunk of the store's images (1 when it cannot be opened here:
+    the tasks that read it then say what is wrong)."""
+    try:
+        with quiet_zarr():
+            array = zarr.open_array(str(images.path), path=images.variable, mode="r")
+        return max(1, int(array.chunks[0]))
+    except Exception:  # any failure: the reading tasks report it
+        return 1
+
+
+def _sample_groups(images: StoredImages) -> list[np.ndarray | slice]:
+    """The sample indices of each bounds (or digests) task: whole chunks of the
+    store's sample axis, about 64 MiB of images each (at least one chunk), as
+    :func:`dmask.core.planning.bounds_groups` plans them."""
     per_sample = int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize
-    return int(max(1, 64 * 2**20 // max(1, per_sample)))
+    groups = bounds_groups(images.index, _sample_chunk(images), per_sample)
+    return [compact_index(images.index[s0:s1]) for s0, s1 in groups]
 
 
 def lazy_sample_bounds(images: da.Array | StoredImages) -> Any:
-    """Lazy ``(low, high)`` per-sample bounds of a dask array or stored images."""
+    """Lazy ``(low, high)`` per-sample bounds of a dask array or stored images.
+
+    Stored images are read by tasks of whole chunks of the store's sample axis
+    (a task of part of a chunk would decode all of it).
+    """
     if not isinstance(images, StoredImages):
         return minmax_bounds(images)
-    block = _bounds_block(images)
     task = dask.delayed(read_bounds, pure=True)
-    parts = [
-        task(images.path, compact_index(images.index[s0 : s0 + block]))
-        for s0 in range(0, images.shape[0], block)
-    ]
+    parts = [task(images.path, index) for index in _sample_groups(images)]
     return dask.delayed(_concat_bounds, pure=True)(parts)
 
 
@@ -285,12 +303,8 @@ def lazy_sample_digests(images: da.Array | StoredImages | np.ndarray) -> Any:
     if isinstance(images, np.ndarray):
         return dask.delayed(_digests, pure=True)(images)
     if isinstance(images, StoredImages):
-        block = _bounds_block(images)
         task = dask.delayed(read_digests, pure=True)
-        parts = [
-            task(images.path, compact_index(images.index[s0 : s0 + block]))
-            for s0 in range(0, images.shape[0], block)
-        ]
+        parts = [task(images.path, index) for index in _sample_groups(images)]
     else:
         whole = images.rechunk({1: -1, 2: -1, 3: -1})
         parts = [

@@ -15,11 +15,11 @@ from dmask.graph.fit_tasks import (
     factor,
     place_tile,
     press,
-    region,
     select,
     solve,
     statistics,
     statistics_and_solve,
+    window,
     write_tile,
 )
 from dmask.graph.runtime import runs_locally
@@ -32,10 +32,17 @@ __all__ = ["finish_tile", "fit_tiles", "tree_sum"]
 def tree_sum(
     parts: list[Any], tasks: TaskMaker, split_every: int = COMBINE_FAN_IN
 ) -> Any:
+    """The sum of ``parts``: ``split_every`` at a time, level by level.
+
+    A group of one part (the last, when a level's count is not a multiple of
+    ``split_every``) is carried up to the next level as it is, not wrapped in a
+    task that adds nothing: the same sums in the same order, fewer tasks.
+    """
     while len(parts) > 1:
+        groups = [parts[i : i + split_every] for i in range(0, len(parts), split_every)]
         parts = [
-            tasks(combine, *parts[i : i + split_every], pure=True)
-            for i in range(0, len(parts), split_every)
+            group[0] if len(group) == 1 else tasks(combine, *group, pure=True)
+            for group in groups
         ]
     return parts[0]
 
@@ -112,10 +119,11 @@ def fit_tiles(
     for tile in plan.tiles:
         rows, cols, padding = tile.halo(halo_width, plan.image_shape)
         inner = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
+        # Stored inputs are read inside the tasks that use them (no read tasks).
         reads = []
         for (s0, s1), bounds in zip(plan.blocks, block_bounds, strict=True):
-            src = region(sources, s0, s1, rows, cols, tasks)
-            tgt = [region(t, s0, s1, *inner, tasks) for t in targets]
+            src = window(sources, s0, s1, rows, cols)
+            tgt = [window(t, s0, s1, *inner) for t in targets]
             reads.append((src, tgt, bounds))
         squares = lam == "gcv"
         if len(reads) == 1 and lam != "loo":  # one task: statistics, then solve
@@ -131,13 +139,11 @@ def fit_tiles(
         ]
         if lam == "loo":
             factors = tasks(factor, tree_sum(parts, tasks), field)
-            press_parts = []
-            for (s0, s1), (_, _, bounds) in zip(plan.blocks, reads, strict=True):
-                src = region(sources, s0, s1, rows, cols, tasks, pure=False)
-                tgt = [region(t, s0, s1, *inner, tasks, pure=False) for t in targets]
-                press_parts.append(
-                    tasks(press, factors, src, tgt, bounds, padding, field, grid)
-                )
+            # the second pass reads its windows afresh (its tasks read them)
+            press_parts = [
+                tasks(press, factors, src, tgt, bounds, padding, field, grid)
+                for src, tgt, bounds in reads
+            ]
             scores = tree_sum(press_parts, tasks)
             solution = tasks(
                 select, factors, scores, tile, plan.image_shape, field, grid

@@ -92,49 +92,68 @@ def test_sample_blocks_cover_every_sample_once_in_order(n, block):
 def test_combine_trees_add_every_block_once(blocks):
     parts, combines = list(range(blocks)), 0
     while len(parts) > 1:  # as dmask.graph.training.tree_sum builds them
-        parts = [
-            sum(parts[i : i + planning.COMBINE_FAN_IN])
+        groups = [
+            parts[i : i + planning.COMBINE_FAN_IN]
             for i in range(0, len(parts), planning.COMBINE_FAN_IN)
         ]
-        combines += len(parts)
+        parts = [sum(group) for group in groups]
+        combines += sum(len(group) > 1 for group in groups)  # one is carried up
+    assert parts == [sum(range(blocks))]
     assert planning.tree_tasks(blocks) == combines
-    if blocks & (blocks - 1) == 0:  # a power of two: a full binary tree
-        assert planning.tree_tasks(blocks) == blocks - 1
+    # every combine adds two parts: one fewer part each
+    assert planning.tree_tasks(blocks) == blocks - 1
 
 
 @pytest.mark.parametrize("sample_block", [None, 7, 50])
 @pytest.mark.parametrize("penalty", ["fixed", "loo"])
-def test_graph_tasks_count_what_task_count_does_plus_reads(sample_block, penalty):
+def test_graph_tasks_count_what_task_count_does(sample_block, penalty):
     plan = planning.plan_fit(
         200, (100, 70), 3, 5, 2, tile_shape=(32, 32), sample_block=sample_block
     )
     tasks = planning.graph_tasks(plan, 2, penalty)
     blocks, tiles = len(plan.blocks), len(plan.tiles)
-    reads = tiles * 3 * blocks * (2 if penalty == "loo" else 1)
-    assert tasks["read_images"] == reads
+    assert "read_images" not in tasks  # statistics and press tasks read
     assert tasks["sample_block_bounds"] == blocks
-    # task_count ("about") takes every tree as full, and a solve in every tile:
-    # exact for a fixed penalty and 1, 2, 4, ... blocks
+    # task_count ("about") counts a solve in every tile: exact for a fixed
+    # penalty
     approximate = planning.task_count(plan, selecting=penalty == "loo")
-    exact = sum(tasks.values()) - reads - blocks
-    if penalty == "fixed" and blocks & (blocks - 1) == 0:
+    exact = sum(tasks.values()) - blocks
+    if penalty == "fixed":
         assert exact == approximate
     else:
-        depth = max(1, (blocks - 1).bit_length())  # levels of the tree
-        assert -tiles <= exact - approximate <= 2 * tiles * depth
+        assert -tiles <= exact - approximate <= tiles
     assert ("statistics_and_solve" in tasks) == (blocks == 1 and penalty == "fixed")
-    unwritten = planning.graph_tasks(plan, 2, penalty, stored=False, written=False)
-    assert "read_images" not in unwritten and "write_tile" not in unwritten
+    unwritten = planning.graph_tasks(plan, 2, penalty, written=False)
+    assert "write_tile" not in unwritten
 
 
-def test_bounds_tasks_read_64_mib_of_images_each():
+def test_bounds_tasks_read_64_mib_of_whole_chunks_each():
     # 2048 x 2048 RGB uint8: 12.6 MB a sample, 5 samples a task
-    assert planning.bounds_block(2048 * 2048 * 3) == 5
-    assert planning.bounds_tasks(200, 2048 * 2048 * 3, 2) == {
+    sample = 2048 * 2048 * 3
+    assert planning.bounds_block(sample) == 5
+    halves = [range(200), range(200, 400)]
+    assert planning.bounds_tasks(halves, 1, sample) == {
         "read_bounds": 80,
         "concat_bounds": 2,
     }
+    # chunks of 25 samples: one chunk a task (not 5 tasks each decoding it all)
+    assert planning.bounds_tasks(halves, 25, sample) == {
+        "read_bounds": 16,
+        "concat_bounds": 2,
+    }
+    assert planning.bounds_groups(range(10, 60), 25, sample) == [
+        (0, 15),
+        (15, 40),
+        (40, 50),
+    ]
+    # small images: as many whole chunks as make 64 MiB
+    assert planning.bounds_groups(range(100), 8, 2**20) == [(0, 64), (64, 100)]
+    # a split's samples: each task's chunks are its own
+    every_other = list(range(0, 100, 2))
+    groups = planning.bounds_groups(every_other, 10, sample)
+    assert groups == [(i, i + 5) for i in range(0, 50, 5)]
     assert planning.bounds_block(2**40) == 1
+    assert planning.bounds_groups([], 4, sample) == []
 
 
 def test_reads_decode_whole_chunks():
