@@ -21,6 +21,12 @@ Each case times three ways of predicting the same neutral faces:
     bias and one matrix product for all images; only where a channel's matrix
     takes less than 4 GB (128 x 128), built one channel at a time.
 
+Roofline of (a): the least time this machine allows (``benchlib``): the stored
+images read and the predictions written once, with the weights, at the memory
+bandwidth, or ``2 (k + 1)`` FLOPs per output value at the GEMM rate, whichever
+is longer, both rates measured at the start of this run; "of roofline" is
+that time over (a)'s.
+
 All three are checked against ``Model.predict`` on a few images (1e-6). Times
 are medians of ``--repeats`` runs; the machine, a table and, with ``--json``,
 a JSON file are written.
@@ -40,12 +46,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import dask
 import numpy as np
 import xarray as xr
-from benchlib import machine
+from benchlib import Limits, machine, machine_limits, predict_work, roofline
 
 import dmask
 import dmask.apply.store
@@ -220,7 +226,9 @@ def max_error(reference: np.ndarray, other: np.ndarray) -> float:
     return float(np.max(np.abs(reference[:count] - other[:count])))
 
 
-def run_case(name: str, faces: Faces, field: int, repeats: int, folder: str) -> dict:
+def run_case(
+    name: str, faces: Faces, field: int, repeats: int, folder: str, limits: Limits
+) -> dict:
     """Train, then time and check (a), (b) and (c) for one case."""
     case = CASES[name]
     size = case["size"]
@@ -230,7 +238,8 @@ def run_case(name: str, faces: Faces, field: int, repeats: int, folder: str) -> 
     out = os.path.join(folder, "predicted.zarr")
 
     times_a = timings(lambda: apply_store(model, faces, out), repeats)
-    stored = dataset_store.open_dataset(out)["images"][:CHECKED_IMAGES].values
+    predicted_store = dataset_store.open_dataset(out)["images"]
+    stored = predicted_store[:CHECKED_IMAGES].values
     error_a = max_error(reference, stored.astype(np.float64))
 
     weight, bias = numpy_weights(model)
@@ -255,6 +264,17 @@ def run_case(name: str, faces: Faces, field: int, repeats: int, folder: str) -> 
         "b_max_error": error_b,
     }
     row["ratio_a_over_b"] = row["a_dmask_images_per_s"] / row["b_numpy_images_per_s"]
+    work = predict_work(
+        n, size, field, faces.raw.shape[-1], faces.raw.dtype.itemsize,
+        predicted_store.dtype.itemsize, model.weights().dtype.itemsize,
+    )  # fmt: skip
+    least = roofline(work, limits)
+    row["a_roofline"] = {
+        "bytes": work.bytes,
+        "flops": work.flops,
+        "seconds": least,
+        "fraction": least / statistics.median(times_a),
+    }
     if dense_bytes(size) < DENSE_LIMIT:
         predicted, times_c, build = dense_predict(
             faces.normalised, weight, bias, repeats
@@ -274,7 +294,8 @@ def print_table(results: list[dict]) -> None:
     """One line per case."""
     print(
         f"{'case':>8} {'N':>4} {'(a) dmask img/s':>16} {'(b) numpy img/s':>16} "
-        f"{'(a)/(b)':>8} {'(c) dense img/s':>18} {'max err':>8} {'ok':>3}"
+        f"{'(a)/(b)':>8} {'roofline s':>10} {'(a) s':>8} {'of roofline':>11} "
+        f"{'(c) dense img/s':>18} {'max err':>8} {'ok':>3}"
     )
     for row in results:
         dense = row.get("c_dense_skipped") or f"{row['c_dense_images_per_s']:.1f}"
@@ -282,7 +303,9 @@ def print_table(results: list[dict]) -> None:
         print(
             f"{row['case']:>8} {row['n_images']:>4} "
             f"{row['a_dmask_images_per_s']:16.1f} {row['b_numpy_images_per_s']:16.1f} "
-            f"{row['ratio_a_over_b']:7.0%} {dense:>18} {error:8.1e} "
+            f"{row['ratio_a_over_b']:7.0%} {row['a_roofline']['seconds']:10.4f} "
+            f"{statistics.median(row['a_dmask_times_s']):8.3f} "
+            f"{row['a_roofline']['fraction']:11.1%} {dense:>18} {error:8.1e} "
             f"{'yes' if row['agree'] else 'NO':>3}"
         )
 
@@ -301,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    limits = machine_limits()
+    print(limits.header())
     print(f"dask: threaded scheduler, {THREADS} threads; (b), (c) in this process")
     results = []
     with (
@@ -316,12 +341,16 @@ def main(argv: list[str] | None = None) -> int:
                 n_images = args.n_images or case["n_images"]
                 faces[size] = make_faces(folder, size, n_images)
             results.append(
-                run_case(name, faces[size], case["field"], args.repeats, folder)
+                run_case(name, faces[size], case["field"], args.repeats, folder, limits)
             )
     print_table(results)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"machine": info, "results": results}, handle, indent=2)
+            json.dump(
+                {"machine": info, "limits": asdict(limits), "results": results},
+                handle,
+                indent=2,
+            )
     return 0 if all(row["agree"] for row in results) else 1
 
 

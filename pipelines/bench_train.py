@@ -24,6 +24,12 @@ right-hand sides, ``(2/3)(k+1)^3 + 2(k+1)^2 T`` for the solve, per pixel and
 channel) divided by dmask's wall time, as a fraction of this machine's measured
 GEMM rate on all cores.
 
+Roofline: the least time this machine allows for the case (``benchlib``: the
+images read once and the weights written once at the memory bandwidth, or
+the FLOPs of dmask's displacement sums and Cholesky solves at the GEMM rate,
+whichever is longer; both rates measured at the start of this run); "of
+roofline" is that time over dmask's wall time.
+
     python pipelines/bench_train.py                     # the issue's target cases
     python pipelines/bench_train.py --suite grid --sizes 64 128 256 --fields 1 3 7
     python pipelines/bench_train.py --json results.json
@@ -46,7 +52,7 @@ import dask
 import numpy as np
 import psutil
 from benchdata import Case, faces
-from benchlib import machine
+from benchlib import machine, machine_limits, roofline, train_work
 from threadpoolctl import threadpool_limits
 
 import dmask
@@ -131,18 +137,6 @@ def straightforward_flops(case: Case) -> dict[str, float]:
     gram = (2 * case.n * k1**2 + 2 * case.n * k1 * case.targets) * systems
     solve = ((2 / 3) * k1**3 + 2 * k1**2 * case.targets) * systems
     return {"gram": gram, "solve": solve, "total": gram + solve}
-
-
-def gemm_rate(threads: int | None = None, size: int = 2000) -> float:
-    """Measured float64 GEMM FLOP/s (best of 3) with ``threads`` BLAS threads."""
-    a = np.random.default_rng(0).random((size, size))
-    best = float("inf")
-    with threadpool_limits(limits=threads, user_api="blas"):
-        for _ in range(3):
-            started = time.perf_counter()
-            a @ a
-            best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
 
 
 def baseline_runs(case: Case, sources, targets, repeats: int, max_s: float) -> int:
@@ -290,12 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write results here")
     args = parser.parse_args(argv)
     info = machine()
-    peak = gemm_rate(None)
+    limits = machine_limits()
+    peak = limits.gemm
     info["gemm_gflops_all_cores"] = round(peak / 1e9, 1)
-    info["gemm_gflops_one_core"] = round(gemm_rate(1) / 1e9, 1)
+    info["gemm_gflops_one_core"] = round(limits.gemm_one_core / 1e9, 1)
+    info["memory_gb_per_s"] = round(limits.bandwidth / 1e9, 1)
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    print(limits.header(), flush=True)
     header = (
-        f"{'case':>34} {'dmask s':>8} {'base s':>8} {'speedup':>8} {'new MiB':>8} "
+        f"{'case':>34} {'dmask s':>8} {'roofline s':>10} {'of roofline':>11} "
+        f"{'base s':>8} {'speedup':>8} {'new MiB':>8} "
         f"{'rise MiB':>8} "
         f"{'GFLOP/s':>8} {'of GEMM':>7} {'stats':>6} {'solve':>6} {'write':>6} "
         f"{'sched':>6} {'Gram/GEMM':>9} {'solve/GEMM':>10}"
@@ -321,13 +319,24 @@ def main(argv: list[str] | None = None) -> int:
             seconds = result["dmask"]["task_seconds"][phase] / args.threads
             phase_rate = flops[name] / seconds if seconds > 0 else float("nan")
             result[f"{phase}_fraction_of_gemm"] = phase_rate / peak
+        work = train_work(
+            case.size, case.n, case.field, case.channels, case.targets,
+            itemsize=sources.dtype.itemsize,
+        )  # fmt: skip
+        least = roofline(work, limits)
+        result["roofline"] = {
+            "bytes": work.bytes,
+            "flops": work.flops,
+            "seconds": least,
+            "fraction": least / wall,
+        }
         base = result["baseline"].get("wall_s")
         result["speedup"] = None if base is None else base / wall
         results.append(result)
         phases = result["dmask"]["task_seconds"]
         busy = args.threads * result["dmask"]["traced_wall_s"]
         print(
-            f"{case.label:>34} {wall:8.3f} "
+            f"{case.label:>34} {wall:8.3f} {least:10.4f} {least / wall:11.1%} "
             f"{'-' if base is None else f'{base:.3f}':>8} "
             f"{'-' if base is None else f'{base / wall:.1f}x':>8} "
             f"{result['dmask']['fresh_peak_mib']:8.0f} "
@@ -342,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     print(
-        "speedup: baseline / dmask wall time; new MiB: peak resident memory of a new"
+        "roofline s: the least time this machine allows (images read and weights"
+        " written once at the measured bandwidth, or the displacement sums' and"
+        " Cholesky solves' FLOPs at the measured GEMM rate, whichever is longer);"
+        " of roofline: roofline s / dmask s;"
+        " speedup: baseline / dmask wall time; new MiB: peak resident memory of a new"
         " process that makes the data and trains it (before training, with the"
         " imports and data of the first case:"
         f" {results[0]['dmask']['before_fit_mib']:.0f} MiB); rise MiB: peak resident"
@@ -356,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"machine": info, "results": results}, handle, indent=2)
+            json.dump(
+                {"machine": info, "limits": asdict(limits), "results": results},
+                handle,
+                indent=2,
+            )
     return 0
 
 
