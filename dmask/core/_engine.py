@@ -21,6 +21,7 @@ __all__ = [
     "AVAILABLE",
     "cholesky_solve",
     "enabled",
+    "lane_system",
     "solve_covariance_block",
     "solve_displacement_tile",
 ]
@@ -35,8 +36,26 @@ SMALL_SYSTEM = 16
 #: Systems up to this size (r <= 5) are solved ``LANES`` at a time, one per
 #: vector lane (measured 2x faster at r = 3 and 1.2x at r = 5 than one at a
 #: time; slower from r = 7 on, where LAPACK's blocked code wins).
+#:
+#: Remeasured for issue 14 (2-core Xeon with AVX-512, shared and loaded;
+#: ``solve_displacement_tile`` on a 16 x 64 tile, N = 150, ``lanes=True``
+#: against ``lanes=False``, 9 interleaved runs, median of the ratios): one at a
+#: time over lanes 1.07x at n = 26 (r = 5), 0.98x at n = 50 (r = 7), 0.57x at
+#: n = 82 (r = 9), 0.43x at n = 122 (r = 11). The lanes' dot-product form does
+#: two loads and a dependent multiply-subtract per lane vector with the
+#: accumulator in memory; numba's LLVM neither keeps a register-blocked form's
+#: accumulators in vector registers (the SLP vectoriser leaves it scalar) nor
+#: gains from a right-looking form (one store per update), and from n = 82 on
+#: the eight systems' ``2 n^2`` doubles leave L2. LAPACK's blocked ``dpotrf``
+#: (OpenBLAS, FMA, one system) stays ahead from r = 7 on, so the threshold
+#: stays where it was.
 LANE_SYSTEM = 26
 LANES = 8
+
+
+def lane_system(n: int) -> bool:
+    """Whether systems of ``n`` unknowns are solved ``LANES`` at a time."""
+    return n <= LANE_SYSTEM
 
 
 def enabled() -> bool:
@@ -148,6 +167,43 @@ if AVAILABLE:
                 for i in range(n):
                     for t in range(n_rhs):
                         b[p, i, t] = columns[t, i]
+
+    @numba.njit(nogil=True, cache=True)
+    def _cholesky_lanes_batch(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> None:
+        # As _cholesky_batch, LANES systems at a time by _solve_lanes; lanes
+        # past the stack's end solve the identity. Only the upper triangle of
+        # each ``a[p]`` is read; ``b[p]`` is written only where ``ok[p]``.
+        pixels, n, _ = a.shape
+        n_rhs = b.shape[2]
+        gram = np.zeros((n, n, LANES))
+        columns = np.zeros((n_rhs, n, LANES))
+        lower = np.empty((n, n, LANES))
+        pivot = np.empty(LANES)
+        good = np.empty(LANES, dtype=np.bool_)
+        for p0 in range(0, pixels, LANES):
+            m = min(LANES, pixels - p0)
+            for q in range(LANES):
+                if q < m:
+                    src = a[p0 + q]
+                    for i in range(n):
+                        for j in range(i, n):
+                            gram[i, j, q] = src[i, j]
+                        for t in range(n_rhs):
+                            columns[t, i, q] = b[p0 + q, i, t]
+                else:
+                    for i in range(n):
+                        for j in range(i, n):
+                            gram[i, j, q] = 1.0 if i == j else 0.0
+                        for t in range(n_rhs):
+                            columns[t, i, q] = 0.0
+            good[:] = True
+            _solve_lanes(gram, columns, lower, pivot, good)
+            for q in range(m):
+                ok[p0 + q] = good[q]
+                if good[q]:
+                    for i in range(n):
+                        for t in range(n_rhs):
+                            b[p0 + q, i, t] = columns[t, i, q]
 
     @numba.njit(nogil=True, cache=True)
     def _solve_covariance_block(
@@ -343,15 +399,22 @@ if AVAILABLE:
                             out[i, j, c, a, t] = columns[t, a]
 
 
-def cholesky_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+def cholesky_solve(
+    gram: np.ndarray, rhs: np.ndarray, lanes: bool | None = None
+) -> np.ndarray:
     """Solve a stack of symmetric positive definite systems in place.
 
     Parameters
     ----------
     gram : numpy.ndarray
-        ``(P, n, n)`` C-contiguous float64; left as it is.
+        ``(P, n, n)`` C-contiguous float64; left as it is (only its upper
+        triangle is read).
     rhs : numpy.ndarray
         ``(P, n, T)`` C-contiguous float64; overwritten by the solutions.
+    lanes : bool, optional
+        Solve ``LANES`` systems at a time, one per vector lane; by default when
+        :func:`lane_system` says so. A system gets the same bits whichever
+        lane, and whichever position in the stack, it is solved in.
 
     Returns
     -------
@@ -360,7 +423,9 @@ def cholesky_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         definite (its right-hand side is then left unsolved).
     """
     ok = np.empty(gram.shape[0], dtype=np.bool_)
-    _cholesky_batch(gram, rhs, ok)
+    if lanes is None:
+        lanes = lane_system(gram.shape[1])
+    (_cholesky_lanes_batch if lanes else _cholesky_batch)(gram, rhs, ok)
     return ok
 
 
@@ -433,7 +498,7 @@ def solve_displacement_tile(
         Ridge penalty added to the diagonal.
     lanes : bool, optional
         Solve ``LANES`` systems at a time, one per vector lane; by default when
-        they have at most ``LANE_SYSTEM`` unknowns.
+        :func:`lane_system` says so for their ``k + 1`` unknowns.
 
     Returns
     -------
@@ -454,7 +519,7 @@ def solve_displacement_tile(
     ]
     sum_index = (offsets[:, 0] * ww + offsets[:, 1]) * channels
     if lanes is None:
-        lanes = k < LANE_SYSTEM
+        lanes = lane_system(k + 1)
     kernel = _solve_displacement_lanes if lanes else _solve_displacement_tile
     kernel(
         np.ascontiguousarray(np.moveaxis(pair_sums, 0, -1), dtype=np.float64).ravel(),

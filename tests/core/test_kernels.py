@@ -215,3 +215,57 @@ def test_lane_solver_equals_one_at_a_time(rng, field):
         np.testing.assert_array_equal(lanes, single)
     _, ok = _engine.solve_displacement_tile(*args, -5.0)
     assert not ok.all()
+
+
+def _spd_stack(rng, count, size, rhs=3):
+    factors = rng.random((count, size, size + 5)) - 0.5
+    gram = factors @ factors.transpose(0, 2, 1) + 0.5 * np.eye(size)
+    return gram, rng.random((count, size, rhs)) - 0.5
+
+
+@pytest.mark.skipif(not _engine.AVAILABLE, reason="numba is not installed")
+@pytest.mark.parametrize("size", [10, 26, 50, 122])
+def test_lane_cholesky_equals_one_system_at_a_time(rng, size):
+    # 11 systems: a full group of lanes and one of three with five idle lanes.
+    gram, rhs = _spd_stack(rng, 11, size)
+    lanes, single = rhs.copy(), rhs.copy()
+    assert _engine.cholesky_solve(gram, lanes, lanes=True).all()
+    assert _engine.cholesky_solve(gram, single, lanes=False).all()
+    scale = np.abs(single).max()
+    np.testing.assert_allclose(lanes, single, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(gram @ lanes, rhs, rtol=0, atol=1e-9)
+    if size <= _engine.SMALL_SYSTEM:  # the inlined Cholesky: the same order
+        np.testing.assert_array_equal(lanes, single)
+
+
+@pytest.mark.skipif(not _engine.AVAILABLE, reason="numba is not installed")
+@pytest.mark.parametrize("size", [10, 50])
+def test_lane_cholesky_bits_do_not_depend_on_the_lane(rng, size):
+    gram, rhs = _spd_stack(rng, _engine.LANES, size, rhs=2)
+    alone = rhs.copy()
+    assert _engine.cholesky_solve(gram, alone, lanes=True).all()
+    for shift in range(1, _engine.LANES + 3):
+        order = np.roll(np.arange(len(gram)), shift)
+        padded = np.concatenate([gram[:1]] * (shift // _engine.LANES) + [gram[order]])
+        moved = np.concatenate([rhs[:1]] * (shift // _engine.LANES) + [rhs[order]])
+        assert _engine.cholesky_solve(padded, moved, lanes=True).all()
+        np.testing.assert_array_equal(moved[len(moved) - len(gram) :], alone[order])
+
+
+@pytest.mark.skipif(not _engine.AVAILABLE, reason="numba is not installed")
+@pytest.mark.parametrize("size", [10, 26, 50])
+def test_lane_cholesky_flags_and_falls_back(rng, size):
+    # One indefinite system among positive definite ones: only its lane is
+    # flagged and left unsolved, and solve_spd still solves it (by LU).
+    gram, rhs = _spd_stack(rng, 9, size)
+    gram[3] -= 100 * np.eye(size)
+    solved = rhs.copy()
+    ok = _engine.cholesky_solve(gram, solved, lanes=True)
+    assert ok.tolist() == [i != 3 for i in range(9)]
+    np.testing.assert_array_equal(solved[3], rhs[3])
+    good = np.arange(9) != 3
+    np.testing.assert_allclose(
+        solved[good], np.linalg.solve(gram[good], rhs[good]), rtol=0, atol=1e-9
+    )
+    full = cholesky.solve_spd(gram, rhs)
+    np.testing.assert_allclose(full, np.linalg.solve(gram, rhs), rtol=1e-9, atol=1e-9)
