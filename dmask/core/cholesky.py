@@ -14,8 +14,12 @@ def solve_spd(gram: np.ndarray, rhs: np.ndarray, overwrite: bool = False) -> np.
 
     With the compiled kernels, a Cholesky factorisation per system, without the
     GIL (n = 10: 0.29 us against 0.89 us for numpy's batched LU; n = 122: 56
-    against 105 us, one core); systems that are not numerically positive
-    definite, and every system without them, go to ``numpy.linalg.solve``.
+    against 105 us, one core); systems of up to ``_engine.LANE_SYSTEM``
+    unknowns are factored eight at a time, one per vector lane (n = 10: 0.30
+    against 0.45 us one at a time, n = 17: 2.9 against 5.6 us, even at 26), a
+    system's bits the same in every lane. Systems that are not numerically
+    positive definite, and every system without the kernels, go to
+    ``numpy.linalg.solve``.
 
     Parameters
     ----------
