@@ -21,7 +21,7 @@ KERNELS_HASH="$(cat "$ROOT/pyproject.toml" "$ROOT"/dmask/core/_engine*.py \
     "$ROOT/dmask/cli/warmup.py" | sha256sum | cut -d' ' -f1) $ROOT ${NUMBA_CACHE_DIR:-}"
 if [ "${DMASK_SKIP_WARMUP:-0}" != 1 ] && { [ ! -f "$KERNELS_STAMP" ] \
     || [ "$(cat "$KERNELS_STAMP")" != "$KERNELS_HASH" ]; }; then
-    if (cd "$ROOT" && timeout 180 "$VENV/bin/python" -m dmask.cli.warmup); then
+    if (cd "$ROOT" && timeout 300 "$VENV/bin/python" -m dmask.cli.warmup); then
         echo "$KERNELS_HASH" > "$KERNELS_STAMP"
     else
         echo "warning: compiling dmask's kernels ahead failed;" \

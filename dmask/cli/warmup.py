@@ -162,7 +162,8 @@ def warm_up(verbose: bool = False) -> dict[str, object]:
             try:
                 run()
             except Exception as error:  # a warm-up never fails its caller
-                failures[label] = f"{type(error).__name__}: {error}"
+                first = str(error).strip().splitlines()[:1] or [""]
+                failures[label] = f"{type(error).__name__}: {first[0][:300]}"
             if verbose:
                 print(f"  {label}: {time.perf_counter() - began:.2f} s", flush=True)
     cache_warnings = sorted(
