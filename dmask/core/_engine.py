@@ -39,23 +39,34 @@ SMALL_SYSTEM = 16
 #:
 #: Remeasured for issue 14 (2-core Xeon with AVX-512, shared and loaded;
 #: ``solve_displacement_tile`` on a 16 x 64 tile, N = 150, ``lanes=True``
-#: against ``lanes=False``, 9 interleaved runs, median of the ratios): one at a
-#: time over lanes 1.07x at n = 26 (r = 5), 0.98x at n = 50 (r = 7), 0.57x at
-#: n = 82 (r = 9), 0.43x at n = 122 (r = 11). The lanes' dot-product form does
-#: two loads and a dependent multiply-subtract per lane vector with the
-#: accumulator in memory; numba's LLVM neither keeps a register-blocked form's
-#: accumulators in vector registers (the SLP vectoriser leaves it scalar) nor
-#: gains from a right-looking form (one store per update), and from n = 82 on
-#: the eight systems' ``2 n^2`` doubles leave L2. LAPACK's blocked ``dpotrf``
-#: (OpenBLAS, FMA, one system) stays ahead from r = 7 on, so the threshold
-#: stays where it was.
+#: against ``lanes=False``, 9 interleaved runs, median of the ratios): these
+#: eight lanes against one system at a time 1.07x at n = 26 (r = 5), 0.98x at
+#: n = 50, 0.57x at n = 82, 0.43x at n = 122. Their dot-product form keeps each
+#: accumulator in memory (a dependent load, multiply, subtract and store per
+#: step); a register-blocked form in scalars compiles to scalar code (numba
+#: leaves LLVM's SLP vectoriser off) and a right-looking form (one store per
+#: update) gained nothing.
 LANE_SYSTEM = 26
 LANES = 8
 
 
+#: Larger systems up to this size are solved ``BLOCK_LANES`` at a time, one
+#: per lane of a 4-double vector, by a factorisation blocked 4 rows x 4
+#: columns with its 16 accumulators in vector registers (explicit vector IR:
+#: :func:`_block_sums`); larger ones one at a time by LAPACK. Measured as
+#: above, one at a time (LAPACK dpotrf + dpotrs) over these lanes: 1.26x at
+#: n = 50 (r = 7), 1.18x at n = 82, 1.14x at n = 122 (r = 11), 1.11x at n = 170
+#: (r = 13); the factorisation alone, 4 systems at a time against dpotrf +
+#: dpotrs one at a time: n = 26 1.6 against 2.9 us a system, n = 50 6.4
+#: against 12.3, n = 122 104 against 106 (the triangular solves stay
+#: unblocked). Sizes above 170 were not measured and stay with LAPACK.
+BLOCK_SYSTEM = 170
+BLOCK_LANES = 4
+
+
 def lane_system(n: int) -> bool:
-    """Whether systems of ``n`` unknowns are solved ``LANES`` at a time."""
-    return n <= LANE_SYSTEM
+    """Whether systems of ``n`` unknowns are solved several at a time in lanes."""
+    return n <= BLOCK_SYSTEM
 
 
 def enabled() -> bool:
@@ -67,6 +78,9 @@ def enabled() -> bool:
 
 if AVAILABLE:
     import llvmlite.binding
+    import llvmlite.ir
+    import numba.extending
+    from numba.core import cgutils
 
     def _lapack(name: str, n_args: int) -> numba.types.ExternalFunction:
         """LAPACK routine ``name`` of scipy's Cython bindings, callable when compiled.
@@ -355,6 +369,247 @@ if AVAILABLE:
                             for t in range(n_targets):
                                 out[i, j0 + q, c, a, t] = columns[t, a, q]
 
+    @numba.extending.intrinsic
+    def _block_sums(typingctx, a_ty, n_ty, i_ty, j_ty):
+        """Rows ``i..i+3`` x columns ``j..j+3`` of an ``(n, n, 4)`` factor.
+
+        ``a[i + r, j + c, :] -= a[i + r, p, :] * a[j + c, p, :]`` for ``p`` from
+        0 to ``j - 1`` in that order, each lane alone: the operations of
+        :func:`_solve_one`'s inlined Cholesky, in 16 accumulators of 4-double
+        vectors that stay in registers (LLVM promotes the stack slots). Written
+        as vector IR because numba leaves LLVM's SLP vectoriser off and its loop
+        vectoriser cannot keep accumulators out of memory.
+        """
+        sig = numba.types.void(
+            a_ty, numba.types.intp, numba.types.intp, numba.types.intp
+        )
+
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            n, i, j = args[1], args[2], args[3]
+            vector = llvmlite.ir.VectorType(llvmlite.ir.DoubleType(), 4)
+            four = llvmlite.ir.Constant(n.type, 4)
+
+            def at(row, col):
+                index = builder.mul(builder.add(builder.mul(row, n), col), four)
+                where = builder.gep(ary.data, [index])
+                return builder.bitcast(where, vector.as_pointer())
+
+            def load(pointer):
+                value = builder.load(pointer)
+                value.align = 8
+                return value
+
+            rows = [builder.add(i, llvmlite.ir.Constant(n.type, r)) for r in range(4)]
+            cols = [builder.add(j, llvmlite.ir.Constant(n.type, c)) for c in range(4)]
+            acc = [[cgutils.alloca_once(builder, vector) for c in cols] for r in rows]
+            for r in range(4):
+                for c in range(4):
+                    builder.store(load(at(rows[r], cols[c])), acc[r][c])
+            with cgutils.for_range(builder, j) as loop:
+                xs = [load(at(row, loop.index)) for row in rows]
+                ys = [load(at(col, loop.index)) for col in cols]
+                for r in range(4):
+                    for c in range(4):
+                        s = builder.load(acc[r][c])
+                        s = builder.fsub(s, builder.fmul(xs[r], ys[c]))
+                        builder.store(s, acc[r][c])
+            for r in range(4):
+                for c in range(4):
+                    stored = builder.store(
+                        builder.load(acc[r][c]), at(rows[r], cols[c])
+                    )
+                    stored.align = 8
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @numba.njit(nogil=True, cache=True)
+    def _columns_one_by_one(
+        a: np.ndarray, ok: np.ndarray, j0: int, j1: int, last: int
+    ) -> None:
+        # Columns j0..j1-1 of rows j0..last-1 of the in-place lower factor,
+        # one element at a time (the order of _solve_one's inlined code).
+        for j in range(j0, j1):
+            rj = a[j]
+            for p in range(j):
+                for q in range(BLOCK_LANES):
+                    rj[j, q] -= rj[p, q] * rj[p, q]
+            for q in range(BLOCK_LANES):
+                if not rj[j, q] > 0.0:
+                    ok[q] = False
+                    rj[j, q] = 1.0
+                rj[j, q] = np.sqrt(rj[j, q])
+            for i in range(j + 1, last):
+                ri = a[i]
+                for p in range(j):
+                    for q in range(BLOCK_LANES):
+                        ri[j, q] -= ri[p, q] * rj[p, q]
+                for q in range(BLOCK_LANES):
+                    ri[j, q] = ri[j, q] / rj[j, q]
+
+    @numba.njit(nogil=True, cache=True)
+    def _solve_block_lanes(a: np.ndarray, columns: np.ndarray, ok: np.ndarray) -> None:
+        """Cholesky-solve ``BLOCK_LANES`` systems side by side, in place.
+
+        ``a`` is ``(n, n, BLOCK_LANES)`` with the lower triangle filled; it is
+        overwritten by the factor. ``columns`` ``(T, n, BLOCK_LANES)`` is
+        overwritten by the solutions. Every element of the factor is computed
+        in the order of :func:`_solve_one`'s inlined code (sums over ``p``
+        ascending, then a division), in 4 x 4 blocks of rows and columns; the
+        backward substitution subtracts in descending order. Each lane does
+        the same operations, so a system gets the same bits in every lane;
+        ``ok[lane]`` turns False where a pivot is not positive.
+        """
+        n = a.shape[0]
+        n_rhs = columns.shape[0]
+        j = 0
+        while j + 4 <= n:
+            _columns_one_by_one(a, ok, j, j + 4, j + 4)
+            i = j + 4
+            while i + 4 <= n:
+                _block_sums(a, n, i, j)
+                for r in range(4):
+                    ri = a[i + r]
+                    for c in range(4):
+                        rc = a[j + c]
+                        for c2 in range(c):
+                            for q in range(BLOCK_LANES):
+                                ri[j + c, q] -= ri[j + c2, q] * rc[j + c2, q]
+                        for q in range(BLOCK_LANES):
+                            ri[j + c, q] = ri[j + c, q] / rc[j + c, q]
+                i += 4
+            for ii in range(i, n):
+                ri = a[ii]
+                for c in range(4):
+                    rc = a[j + c]
+                    for p in range(j + c):
+                        for q in range(BLOCK_LANES):
+                            ri[j + c, q] -= ri[p, q] * rc[p, q]
+                    for q in range(BLOCK_LANES):
+                        ri[j + c, q] = ri[j + c, q] / rc[j + c, q]
+            j += 4
+        _columns_one_by_one(a, ok, j, n, n)
+        # Both substitutions column by column (each step's updates are
+        # independent, where a sum per row would wait on the last); forward:
+        # every y[i] loses its terms in p's order, as the inlined code's;
+        # backward: in descending p.
+        for t in range(n_rhs):
+            y = columns[t]
+            for p in range(n):
+                yp = y[p]
+                rp = a[p]
+                for q in range(BLOCK_LANES):
+                    yp[q] = yp[q] / rp[p, q]
+                for i in range(p + 1, n):
+                    yi = y[i]
+                    ri = a[i]
+                    for q in range(BLOCK_LANES):
+                        yi[q] -= ri[p, q] * yp[q]
+            for p in range(n - 1, -1, -1):
+                yp = y[p]
+                rp = a[p]
+                for q in range(BLOCK_LANES):
+                    yp[q] = yp[q] / rp[p, q]
+                for i in range(p):
+                    yi = y[i]
+                    for q in range(BLOCK_LANES):
+                        yi[q] -= rp[i, q] * yp[q]
+
+    @numba.njit(nogil=True, cache=True)
+    def _cholesky_block_batch(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> None:
+        # As _cholesky_lanes_batch, BLOCK_LANES systems at a time.
+        pixels, n, _ = a.shape
+        n_rhs = b.shape[2]
+        gram = np.zeros((n, n, BLOCK_LANES))
+        columns = np.zeros((n_rhs, n, BLOCK_LANES))
+        good = np.empty(BLOCK_LANES, dtype=np.bool_)
+        for p0 in range(0, pixels, BLOCK_LANES):
+            m = min(BLOCK_LANES, pixels - p0)
+            for q in range(BLOCK_LANES):
+                for i in range(n):
+                    for j in range(i + 1):  # the lower triangle from the upper
+                        if q < m:
+                            gram[i, j, q] = a[p0 + q, j, i]
+                        else:
+                            gram[i, j, q] = 1.0 if i == j else 0.0
+                    for t in range(n_rhs):
+                        columns[t, i, q] = b[p0 + q, i, t] if q < m else 0.0
+            good[:] = True
+            _solve_block_lanes(gram, columns, good)
+            for q in range(m):
+                ok[p0 + q] = good[q]
+                if good[q]:
+                    for i in range(n):
+                        for t in range(n_rhs):
+                            b[p0 + q, i, t] = columns[t, i, q]
+
+    @numba.njit(nogil=True, cache=True)
+    def _solve_displacement_blocks(
+        pair_sums: np.ndarray,
+        sums: np.ndarray,
+        cross_sums: np.ndarray,
+        target_sums: np.ndarray,
+        count: float,
+        pair_index: np.ndarray,
+        sum_index: np.ndarray,
+        lam: float,
+        out: np.ndarray,
+        ok: np.ndarray,
+    ) -> None:
+        # As _solve_displacement_lanes, BLOCK_LANES pixels of a row at a time
+        # by _solve_block_lanes: the lower triangle is filled (entry (a, b) of
+        # the upper triangle at (b, a)), lanes past a row's end get the
+        # identity.
+        n_targets, k, h, w, channels = cross_sums.shape
+        n_deltas = pair_sums.size // sums.size
+        ww = sums.shape[1]
+        flat_sums = sums.ravel()
+        gram = np.zeros((k + 1, k + 1, BLOCK_LANES))
+        columns = np.zeros((n_targets, k + 1, BLOCK_LANES))
+        good = np.empty(BLOCK_LANES, dtype=np.bool_)
+        stride = channels * n_deltas
+        for i in range(h):
+            for c in range(channels):
+                for j0 in range(0, w, BLOCK_LANES):
+                    m = min(BLOCK_LANES, w - j0)
+                    first = (i * ww + j0) * channels + c
+                    for a in range(k):
+                        where = pair_index[a]
+                        for b in range(a, k):
+                            row = gram[b, a]
+                            start = first * n_deltas + where[b]
+                            for q in range(m):
+                                row[q] = pair_sums[start + q * stride]
+                        row = gram[k, a]
+                        start = first + sum_index[a]
+                        for q in range(m):
+                            gram[a, a, q] += lam
+                            row[q] = flat_sums[start + q * channels]
+                        for t in range(n_targets):
+                            row = columns[t, a]
+                            for q in range(m):
+                                row[q] = cross_sums[t, a, i, j0 + q, c]
+                    for q in range(m):
+                        gram[k, k, q] = count + lam
+                    for t in range(n_targets):
+                        row = columns[t, k]
+                        for q in range(m):
+                            row[q] = target_sums[t, i, j0 + q, c]
+                    for q in range(m, BLOCK_LANES):
+                        for a in range(k + 1):
+                            for b in range(a + 1):
+                                gram[a, b, q] = 1.0 if a == b else 0.0
+                            for t in range(n_targets):
+                                columns[t, a, q] = 0.0
+                    good[:] = True
+                    _solve_block_lanes(gram, columns, good)
+                    for q in range(m):
+                        ok[i, j0 + q, c] = good[q]
+                        for a in range(k + 1):
+                            for t in range(n_targets):
+                                out[i, j0 + q, c, a, t] = columns[t, a, q]
+
     @numba.njit(nogil=True, cache=True)
     def _solve_displacement_tile(
         pair_sums: np.ndarray,
@@ -423,9 +678,15 @@ def cholesky_solve(
         definite (its right-hand side is then left unsolved).
     """
     ok = np.empty(gram.shape[0], dtype=np.bool_)
+    n = gram.shape[1]
     if lanes is None:
-        lanes = lane_system(gram.shape[1])
-    (_cholesky_lanes_batch if lanes else _cholesky_batch)(gram, rhs, ok)
+        lanes = lane_system(n)
+    if not lanes:
+        _cholesky_batch(gram, rhs, ok)
+    elif n <= LANE_SYSTEM:
+        _cholesky_lanes_batch(gram, rhs, ok)
+    else:
+        _cholesky_block_batch(gram, rhs, ok)
     return ok
 
 
@@ -520,7 +781,12 @@ def solve_displacement_tile(
     sum_index = (offsets[:, 0] * ww + offsets[:, 1]) * channels
     if lanes is None:
         lanes = lane_system(k + 1)
-    kernel = _solve_displacement_lanes if lanes else _solve_displacement_tile
+    if not lanes:
+        kernel = _solve_displacement_tile
+    elif k + 1 <= LANE_SYSTEM:
+        kernel = _solve_displacement_lanes
+    else:
+        kernel = _solve_displacement_blocks
     kernel(
         np.ascontiguousarray(np.moveaxis(pair_sums, 0, -1), dtype=np.float64).ravel(),
         np.ascontiguousarray(sums, dtype=np.float64),

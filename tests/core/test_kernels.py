@@ -269,3 +269,30 @@ def test_lane_cholesky_flags_and_falls_back(rng, size):
     )
     full = cholesky.solve_spd(gram, rhs)
     np.testing.assert_allclose(full, np.linalg.solve(gram, rhs), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.skipif(not _engine.AVAILABLE, reason="numba is not installed")
+@pytest.mark.parametrize("field", [7, 9])
+def test_block_lane_tile_solver_equals_one_at_a_time(rng, field):
+    # The register-blocked lanes (k + 1 > LANE_SYSTEM) against LAPACK one
+    # system at a time; a row of 7 pixels leaves a group with one idle lane.
+    sources, targets = random_pairs(rng, 120, 3, 7, 2)
+    b = field // 2
+    halo = np.pad(sources, ((0, 0), (b, b), (b, b), (0, 0)))
+    stats = methods.tile_statistics(halo, targets[None], field)
+    args = (
+        stats.pair_sums, stats.sums, stats.cross_sums, stats.target_sums, stats.count,
+        displacement._gram_table(field), windows.window_offsets(field) + b,
+    )  # fmt: skip
+    lanes, ok = _engine.solve_displacement_tile(*args, 0.4, lanes=True)
+    single, ok_single = _engine.solve_displacement_tile(*args, 0.4, lanes=False)
+    assert ok.all() and ok_single.all()
+    scale = np.abs(single).max()
+    np.testing.assert_allclose(lanes, single, rtol=0, atol=1e-12 * scale)
+    # The same pixels one column further on land in other lanes: same bits.
+    shifted_args = (
+        stats.pair_sums[:, :, 1:], stats.sums[:, 1:], stats.cross_sums[..., 1:, :],
+        stats.target_sums[..., 1:, :], stats.count, *args[5:],
+    )  # fmt: skip
+    moved, _ = _engine.solve_displacement_tile(*shifted_args, 0.4, lanes=True)
+    np.testing.assert_array_equal(moved, lanes[:, 1:])
