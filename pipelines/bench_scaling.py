@@ -3,11 +3,14 @@
 A synthetic dataset (``--subjects`` subjects, default 200, of ``--size`` pixels,
 default 256 x 256, RGB) is written to a temporary store; ``dmask.fit`` then
 trains neutral -> happy (r = ``--field``, default 7, lambda 0.4) on the stored
-train split and writes the model to a store, on a LocalCluster of 1 and then 2
-worker processes of one thread each (127.0.0.1, no dashboard). Each cluster
-size runs ``--repeats`` times (default 3) after a warm-up import of dmask on
-the workers; the median wall time gives the speedup ``t1 / t2`` and the
-parallel efficiency ``t1 / (2 t2)``.
+train split and writes the model to a new store (removed after the run, outside
+its time), on a LocalCluster of 1 and then 2
+worker processes of one thread each (127.0.0.1, no dashboard). Both clusters
+are up together; after a warm-up import of dmask on the workers and one
+unmeasured run each, their runs alternate, ``--repeats`` times (default 3), so
+a shared machine's changing load falls on both alike. The median wall time
+gives the speedup ``t1 / t2`` and the parallel efficiency ``t1 / (2 t2)``; the
+load average before and after is printed beside them.
 
 One more run on 2 workers records the task stream and splits the compute time
 by task prefix (``statistics``, ``combine``, ``solve``, ``write_tile``,
@@ -31,6 +34,7 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -67,13 +71,27 @@ def local_client(n_workers: int) -> Iterator[distributed.Client]:
         yield client
 
 
+#: Seconds spent removing each run's model store after it (not in its time).
+REMOVALS: list[float] = []
+
+
 def fit_once(client: distributed.Client, pairs: Pairs, field: int, path: str) -> float:
-    """Train neutral -> happy from the store on ``client``; the wall time."""
+    """Train neutral -> happy from the store on ``client``; the wall time.
+
+    Each run writes a model store of its own (``path`` does not exist yet), then
+    removes it outside its time: with ``overwrite`` into the last run's store,
+    the run's time would include deleting a whole model (hundreds of files),
+    which is not training and does not get faster with workers.
+    """
     sources, targets = pairs
     with client.as_current():
         started = time.perf_counter()
-        dmask.fit(sources, targets, field=field, lam=LAM, store=path, overwrite=True)
-        return time.perf_counter() - started
+        dmask.fit(sources, targets, field=field, lam=LAM, store=path)
+        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    shutil.rmtree(path)
+    REMOVALS.append(time.perf_counter() - started)
+    return wall
 
 
 def key_prefix(key: Any) -> str:
@@ -151,22 +169,38 @@ def profile_fit(
     }
 
 
-def time_cluster(
-    n_workers: int, pairs: Pairs, field: int, repeats: int, folder: str
-) -> dict[str, Any]:
-    """Median wall time of training on ``n_workers``; profile the 2-worker case."""
-    model_path = os.path.join(folder, f"model{n_workers}.zarr")
-    with local_client(n_workers) as client:
-        times = [fit_once(client, pairs, field, model_path) for _ in range(repeats)]
-        profile = (
-            profile_fit(client, pairs, field, model_path) if n_workers == 2 else None
-        )
-    return {
-        "workers": n_workers,
-        "times_s": times,
-        "median_s": statistics.median(times),
-        "profile": profile,
-    }
+def time_clusters(
+    pairs: Pairs, field: int, repeats: int, folder: str
+) -> list[dict[str, Any]]:
+    """Median wall time of training on each cluster size; profile 2 workers.
+
+    Both clusters are up together and their runs alternate (1, 2, 1, 2, ...),
+    so a change in the machine's load meanwhile (other jobs on a shared
+    machine) falls on both sizes alike; an idle cluster costs only heartbeats.
+    """
+    times: dict[int, list[float]] = {n: [] for n in WORKER_COUNTS}
+    with contextlib.ExitStack() as stack:
+        clients = {n: stack.enter_context(local_client(n)) for n in WORKER_COUNTS}
+        runs = iter(range(10**6))
+
+        def path(n: int) -> str:
+            return os.path.join(folder, f"model{n}-{next(runs)}.zarr")
+
+        for n, client in clients.items():  # a first run each: warm caches
+            fit_once(client, pairs, field, path(n))
+        for _ in range(repeats):
+            for n, client in clients.items():
+                times[n].append(fit_once(client, pairs, field, path(n)))
+        profile = profile_fit(clients[2], pairs, field, path(2))
+    return [
+        {
+            "workers": n,
+            "times_s": times[n],
+            "median_s": statistics.median(times[n]),
+            "profile": profile if n == 2 else None,
+        }
+        for n in WORKER_COUNTS
+    ]
 
 
 def print_scaling(rows: list[dict[str, Any]], label: str) -> None:
@@ -221,10 +255,20 @@ def main(argv: list[str] | None = None) -> int:
         pairs = dataset_store.stored_pairs(ds, "neutral", ["happy"], "train")
         n_pairs = pairs[0].shape[0]
         label = f"{args.size}x{args.size} N={n_pairs} r={args.field}"
-        rows = [
-            time_cluster(n, pairs, args.field, args.repeats, folder)
-            for n in WORKER_COUNTS
-        ]
+        load = os.getloadavg()
+        rows = time_clusters(pairs, args.field, args.repeats, folder)
+        load_after = os.getloadavg()
+    print(
+        "load average (1, 5, 15 min) before "
+        + ", ".join(f"{v:.1f}" for v in load)
+        + "; after "
+        + ", ".join(f"{v:.1f}" for v in load_after)
+    )
+    for row in rows:
+        runs = ", ".join(f"{t:.2f}" for t in row["times_s"])
+        print(f"{row['workers']} worker(s), each run (s): {runs}")
+    removal = statistics.median(REMOVALS)
+    print(f"removing a run's model store afterwards (not timed in it): {removal:.2f} s")
     print_scaling(rows, label)
     profile = rows[-1]["profile"]
     print_profile(profile)
@@ -233,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "case": {**vars(args), "train_pairs": n_pairs},
             "results": rows,
+            "load_average": {"before": load, "after": load_after},
+            "store_removal_s": REMOVALS,
             "speedup": rows[0]["median_s"] / rows[1]["median_s"],
         }
         result["efficiency"] = result["speedup"] / rows[1]["workers"]
