@@ -17,8 +17,8 @@ fi
 # or NUMBA_CACHE_DIR), so that no first training waits for the compiler: once per
 # install, and again when the kernels' source changes. A failure only warns.
 KERNELS_STAMP="$VENV/.dmask-kernels"
-KERNELS_HASH="$(cat "$ROOT/pyproject.toml" "$ROOT"/dmask/core/_engine*.py \
-    "$ROOT/dmask/cli/warmup.py" | sha256sum | cut -d' ' -f1) $ROOT ${NUMBA_CACHE_DIR:-}"
+KERNELS_HASH="$(grep -rl --include='*.py' numba "$ROOT/dmask" | LC_ALL=C sort \
+    | xargs cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) $ROOT ${NUMBA_CACHE_DIR:-}"
 if [ "${DMASK_SKIP_WARMUP:-0}" != 1 ] && { [ ! -f "$KERNELS_STAMP" ] \
     || [ "$(cat "$KERNELS_STAMP")" != "$KERNELS_HASH" ]; }; then
     if (cd "$ROOT" && timeout 300 "$VENV/bin/python" -m dmask.cli.warmup); then

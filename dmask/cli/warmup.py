@@ -34,16 +34,21 @@ __all__ = ["cache_counts", "kernels", "main", "warm_up"]
 
 
 def kernels() -> dict[str, object]:
-    """The numba dispatchers of dmask's compiled kernels, by qualified name."""
-    from dmask.core import _engine, _engine_sums
+    """The numba dispatchers of dmask's compiled kernels that are loaded now,
+    by qualified name."""
+    from dmask.core import _engine
 
     if not _engine.AVAILABLE:
         return {}
+    from numba.core.dispatcher import Dispatcher
+
     found = {}
-    for module in (_engine, _engine_sums):
-        for name, value in vars(module).items():
-            if hasattr(value, "stats") and hasattr(value, "signatures"):
-                found[f"{module.__name__}.{name}"] = value
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not module_name.startswith("dmask."):
+            continue
+        for name, value in list(vars(module).items()):
+            if isinstance(value, Dispatcher) and value.__module__ == module_name:
+                found[f"{module_name}.{name}"] = value
     return found
 
 
