@@ -14,10 +14,11 @@ signatures real runs use: sources and targets as uint8, uint16, float32 and
 float64 arrays in memory and uint8 images from a dataset store (with and
 without a statistics store); independent and joint colour modes; fixed, GCV
 and leave-one-out penalties; the displacement and covariance methods; systems
-solved one per vector lane (r <= 5) and by LAPACK (r >= 7). It takes a few
-seconds with a cold cache and well under a second with a warm one, and it
-never fails the caller for a cache it cannot write: it reports what happened
-and returns.
+solved one per vector lane (r <= 5) and the larger systems (r >= 7). With a
+cold cache it takes about 20 s of CPU (2-core machine; 19 signatures), with a
+warm one a few seconds (the imports and the cache loads). It never fails its
+caller: a tiny fit that fails is reported on one line, and a cache numba
+cannot write is numba's to fall back from (its user-wide cache folder).
 """
 
 from __future__ import annotations
