@@ -106,11 +106,6 @@ def test_an_unwritable_numba_cache_dir_falls_back(tmp_path):
     assert done.stdout.strip() == "True"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dmask.core._engine's cache=True raises at import when no cache "
-    "location is writable (numba: 'no locator available'); issue 14",
-)
 def test_no_writable_cache_location_at_all(tmp_path):
     root = read_only_copy(tmp_path)
     (tmp_path / "a-file").write_text("")

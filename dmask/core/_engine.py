@@ -9,6 +9,10 @@ layer. The compiled displacement sums are in :mod:`dmask.core._engine_sums`.
 
 from __future__ import annotations
 
+import functools
+import logging
+from typing import Any
+
 import numpy as np
 
 try:  # numba is a dependency, but a platform without its wheels still works
@@ -94,10 +98,37 @@ if AVAILABLE:
         signature = numba.types.void(*([numba.types.voidptr] * n_args))
         return numba.types.ExternalFunction(symbol, signature)
 
+    def jit(**options: Any) -> Any:
+        """``numba.njit`` with an on-disk cache where numba can write one.
+
+        numba refuses ``cache=True`` at decoration ("no locator available") when
+        neither the package's ``__pycache__``, ``NUMBA_CACHE_DIR`` nor the
+        user's cache folder is writable: the kernels are then compiled in each
+        process instead of failing the import.
+        """
+
+        def decorate(func: Any) -> Any:
+            try:
+                return numba.njit(cache=True, **options)(func)
+            except RuntimeError as exc:
+                if "cannot cache" not in str(exc):
+                    raise
+                _no_cache_warning()
+                return numba.njit(**options)(func)
+
+        return decorate
+
+    @functools.cache
+    def _no_cache_warning() -> None:
+        logging.getLogger(__name__).warning(
+            "numba can write its cache nowhere (set NUMBA_CACHE_DIR to a writable "
+            "folder): dmask's kernels are compiled in every process"
+        )
+
     _dpotrf = _lapack("dpotrf", 5)
     _dpotrs = _lapack("dpotrs", 8)
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _solve_one(
         gram: np.ndarray, columns: np.ndarray, lower: np.ndarray, scalars: np.ndarray
     ) -> bool:
@@ -158,7 +189,7 @@ if AVAILABLE:
                 y[i] = s / lower[i, i]
         return True
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _scratch(n: int, n_rhs: int):
         scalars = np.empty(3, dtype=np.int32)
         scalars[0] = n
@@ -166,7 +197,7 @@ if AVAILABLE:
         scalars[2] = 0
         return np.empty((n, n)), np.empty((n_rhs, n)), np.empty((n, n)), scalars
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _cholesky_batch(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> None:
         pixels, n, _ = a.shape
         n_rhs = b.shape[2]
@@ -182,7 +213,7 @@ if AVAILABLE:
                     for t in range(n_rhs):
                         b[p, i, t] = columns[t, i]
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _cholesky_lanes_batch(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> None:
         # As _cholesky_batch, LANES systems at a time by _solve_lanes; lanes
         # past the stack's end solve the identity. Only the upper triangle of
@@ -219,7 +250,7 @@ if AVAILABLE:
                         for t in range(n_rhs):
                             b[p0 + q, i, t] = columns[t, i, q]
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _solve_covariance_block(
         cov: np.ndarray,
         cross: np.ndarray,
@@ -254,7 +285,7 @@ if AVAILABLE:
                     for t in range(n_rhs):
                         out[p, a, t] = columns[t, a]
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _solve_lanes(
         gram: np.ndarray,
         columns: np.ndarray,
@@ -308,7 +339,7 @@ if AVAILABLE:
                 for q in range(LANES):
                     y[i, q] = y[i, q] / lower[i, i, q]
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _solve_displacement_lanes(
         pair_sums: np.ndarray,
         sums: np.ndarray,
@@ -424,7 +455,7 @@ if AVAILABLE:
 
         return sig, codegen
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _columns_one_by_one(
         a: np.ndarray, ok: np.ndarray, j0: int, j1: int, last: int
     ) -> None:
@@ -448,7 +479,7 @@ if AVAILABLE:
                 for q in range(BLOCK_LANES):
                     ri[j, q] = ri[j, q] / rj[j, q]
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _solve_block_lanes(a: np.ndarray, columns: np.ndarray, ok: np.ndarray) -> None:
         """Cholesky-solve ``BLOCK_LANES`` systems side by side, in place.
 
@@ -516,7 +547,7 @@ if AVAILABLE:
                     for q in range(BLOCK_LANES):
                         yi[q] -= rp[i, q] * yp[q]
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _cholesky_block_batch(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> None:
         # As _cholesky_lanes_batch, BLOCK_LANES systems at a time.
         pixels, n, _ = a.shape
@@ -544,7 +575,7 @@ if AVAILABLE:
                         for t in range(n_rhs):
                             b[p0 + q, i, t] = columns[t, i, q]
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _solve_displacement_blocks(
         pair_sums: np.ndarray,
         sums: np.ndarray,
@@ -610,7 +641,7 @@ if AVAILABLE:
                             for t in range(n_targets):
                                 out[i, j0 + q, c, a, t] = columns[t, a, q]
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _solve_displacement_tile(
         pair_sums: np.ndarray,
         sums: np.ndarray,

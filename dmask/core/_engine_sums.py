@@ -13,14 +13,14 @@ import numpy as np
 from dmask.core._engine import AVAILABLE
 
 if AVAILABLE:
-    import numba
+    from dmask.core._engine import jit
 
 __all__ = ["rolling_displacement_sums"]
 
 
 if AVAILABLE:
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _fill_row(
         raw: np.ndarray,
         low: np.ndarray,
@@ -66,7 +66,7 @@ if AVAILABLE:
     # (a statistics store of field R and a training of r <= R pair their vectors
     # differently). The lanes are independent sums, which the compiler puts in
     # vector registers without reassociating anything (no fastmath).
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _dot(a, b):
         # a . b
         n = a.shape[0]
@@ -82,7 +82,7 @@ if AVAILABLE:
             u0 += a[s] * b[s]
         return ((t0_0 + t0_1) + (t0_2 + t0_3)) + u0
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _dots_2x4(a0, a1, b0, b1, b2, b3, b4):
         # a0 against b0..b3 and a1 against b1..b4: seven vectors read per eight products
         n = a0.shape[0]
@@ -156,7 +156,7 @@ if AVAILABLE:
             ((t7_0 + t7_1) + (t7_2 + t7_3)) + u7,
         )
 
-    @numba.njit(nogil=True, cache=True)
+    @jit(nogil=True)
     def _dots_2x3(a0, a1, b0, b1, b2, b3):
         # a0 against b0..b2 and a1 against b1..b3
         n = a0.shape[0]
@@ -214,7 +214,7 @@ if AVAILABLE:
             ((t5_0 + t5_1) + (t5_2 + t5_3)) + u5,
         )
 
-    @numba.njit(nogil=True, cache=True, fastmath=True)
+    @jit(nogil=True, fastmath=True)
     def _band_dots(
         first: np.ndarray,
         row: np.ndarray,
@@ -268,7 +268,7 @@ if AVAILABLE:
                         out[x, index0 + j] = _dot(a0, row[b, c])
                 x += 1
 
-    @numba.njit(nogil=True, cache=True, fastmath=True)
+    @jit(nogil=True, fastmath=True)
     def _rolling_displacement_sums(
         raw: np.ndarray,
         low: np.ndarray,
