@@ -14,11 +14,13 @@ signatures real runs use: sources and targets as uint8, uint16, float32 and
 float64 arrays in memory and uint8 images from a dataset store (with and
 without a statistics store); independent and joint colour modes; fixed, GCV
 and leave-one-out penalties; the displacement and covariance methods; systems
-solved one per vector lane (r <= 5) and the larger systems (r >= 7). With a
+solved eight per vector register (r <= 5), four per register (r = 7 to 13) and by
+LAPACK (larger). With a
 cold cache it takes about 20 s of CPU (2-core machine; 19 signatures), with a
 warm one a few seconds (the imports and the cache loads). It never fails its
-caller: a tiny fit that fails is reported on one line, and a cache numba
-cannot write is numba's to fall back from (its user-wide cache folder).
+caller: a tiny fit that fails is reported on one line; a cache numba cannot
+write falls back to its user-wide cache folder, and with none writable at all
+the kernels compile in each process (dmask.core._engine.jit).
 """
 
 from __future__ import annotations
