@@ -31,6 +31,7 @@ from typing import Any
 
 from dmask.errors import InputError
 from dmask.io import atomic
+from dmask.io.locations import is_local
 from dmask.io.photographs import IMAGE_SUFFIXES
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "check_manifest",
     "done_batches",
     "clear_progress",
-    "is_url",
     "join",
     "read_manifest",
     "record_batch",
@@ -53,14 +53,9 @@ logger = logging.getLogger(__name__)
 PROGRESS = ".dmask-progress"
 
 
-def is_url(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an fsspec URL (``scheme://...``) rather than local."""
-    return "://" in os.fspath(path)
-
-
 def join(base: str, *parts: str) -> str:
     """``base`` and relative POSIX ``parts``: joined by ``/`` for URLs."""
-    if is_url(base):
+    if not is_local(base):
         return posixpath.join(base, *parts)
     return os.path.join(base, *parts)
 
@@ -129,7 +124,7 @@ def walk_images(folder: str | os.PathLike) -> Iterator[str]:
         One image file's path relative to ``folder``.
     """
     folder = os.fspath(folder)
-    if is_url(folder):
+    if not is_local(folder):
         fs, root = filesystem(folder)
         root = root.rstrip("/")
 
@@ -158,7 +153,7 @@ def walk_images(folder: str | os.PathLike) -> Iterator[str]:
 
 
 def _open_text(path: str) -> Any:
-    if is_url(path):
+    if not is_local(path):
         import fsspec
 
         return fsspec.open(path, "r", encoding="utf-8", newline="").open()
@@ -196,7 +191,7 @@ def _checked_entry(manifest: str, number: int, path: str) -> str:
     """A manifest entry as a relative POSIX path inside the folder, or an error."""
     relative = posixpath.normpath(path.replace("\\", "/"))
     if (
-        is_url(path)
+        not is_local(path)
         or posixpath.isabs(relative)
         or relative == ".."
         or relative.startswith("../")
@@ -246,7 +241,7 @@ def check_manifest(manifest: str | os.PathLike, folder: str | os.PathLike) -> in
     count = 0
     for number, path in _manifest_lines(manifest):
         relative = _checked_entry(manifest, number, path)
-        if not is_url(folder) and not os.path.isfile(os.path.join(folder, relative)):
+        if is_local(folder) and not os.path.isfile(os.path.join(folder, relative)):
             raise InputError(
                 f"manifest {manifest} line {number}: {path} is not a file "
                 f"under {folder}"
@@ -285,7 +280,7 @@ def done_batches(out: str) -> set[str]:
     """The batches recorded under ``out``: one listing of :data:`PROGRESS`."""
     folder = join(out, PROGRESS)
     try:
-        if is_url(out):
+        if not is_local(out):
             fs, path = filesystem(folder)
             names = [
                 posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)
@@ -299,14 +294,14 @@ def done_batches(out: str) -> set[str]:
 
 def prepare_progress(out: str) -> None:
     """Make the :data:`PROGRESS` folder (local outputs; object stores need none)."""
-    if not is_url(out):
+    if is_local(out):
         os.makedirs(os.path.join(out, PROGRESS), exist_ok=True)
 
 
 def clear_progress(out: str) -> None:
     """Forget every recorded batch (a run that redoes everything)."""
     folder = join(out, PROGRESS)
-    if is_url(out):
+    if not is_local(out):
         fs, path = filesystem(folder)
         with contextlib.suppress(FileNotFoundError):
             if fs.exists(path):

@@ -40,6 +40,7 @@ from dmask.core import alignment, forward, minmax, sparse
 from dmask.errors import InputError, check_choice
 from dmask.graph import runtime
 from dmask.io import atomic, face_crops, locks, model_store, photographs
+from dmask.io.locations import is_local
 from dmask.model import Model
 
 __all__ = [
@@ -204,7 +205,7 @@ def _image_channels(image: np.ndarray) -> int:
 def _store_version(path: str) -> int:
     """When a model store's metadata last changed (its size and tag on a URL)."""
     metadata = batches.join(path, "zarr.json")
-    if not batches.is_url(path):
+    if is_local(path):
         return os.stat(metadata).st_mtime_ns
     fs, where = batches.filesystem(metadata)
     info = fs.info(where)
@@ -218,7 +219,7 @@ def _read_photo(folder: str, relative: str) -> np.ndarray:
 
 
 def _exists(path: str) -> bool:
-    if batches.is_url(path):
+    if not is_local(path):
         fs, where = batches.filesystem(path)
         return bool(fs.exists(where))
     return os.path.exists(path)
@@ -399,7 +400,7 @@ def _write_png(
     path: str, values: np.ndarray, peak: float, display: str = "clip"
 ) -> None:
     """A PNG file: atomic locally, one object written whole at a URL."""
-    if not batches.is_url(path):
+    if is_local(path):
         photographs.write_png(path, values, peak, display)
         return
     from PIL import Image
@@ -428,7 +429,7 @@ def _places(folder: str | os.PathLike, out: str | os.PathLike) -> tuple[str, str
     neither inside it nor inside a Zarr store.
     """
     given_folder, given_out = os.fspath(folder), os.fspath(out)
-    if not batches.is_url(given_folder):
+    if is_local(given_folder):
         source = Path(given_folder).resolve()
         if not source.is_dir():
             raise InputError(f"input folder {folder} does not exist or is not a folder")
@@ -438,9 +439,9 @@ def _places(folder: str | os.PathLike, out: str | os.PathLike) -> tuple[str, str
         if not fs.isdir(where):
             raise InputError(f"input folder {folder} does not exist or is not a folder")
         folder_path = given_folder.rstrip("/")
-    if not batches.is_url(given_out):
+    if is_local(given_out):
         destination = Path(given_out).resolve()
-        if not batches.is_url(folder_path) and _inside(destination, Path(folder_path)):
+        if is_local(folder_path) and _inside(destination, Path(folder_path)):
             raise InputError(f"output folder {out} is inside the input folder {folder}")
         for place in (destination, *destination.parents):
             if (place / "zarr.json").is_file():
@@ -486,7 +487,7 @@ class _Lines:
 def _write_report(out: str, problems: _Lines, notes: _Lines, summary: str) -> None:
     """``report.txt``: every problem and note, then the summary."""
     path = batches.join(out, REPORT_NAME)
-    if batches.is_url(out):
+    if not is_local(out):
         import fsspec
 
         with fsspec.open(path, "w", encoding="utf-8") as handle:
@@ -680,7 +681,7 @@ def apply_to_folder(
             "model %s records no landmark positions: faces are taken by their "
             "face box, not aligned", model,
         )  # fmt: skip
-    if batches.is_url(destination):
+    if not is_local(destination):
         fs, where = batches.filesystem(destination)
         fs.makedirs(where, exist_ok=True)
     else:
