@@ -870,6 +870,13 @@ def solve_statistics(
     )  # fmt: skip
 
 
+def _parallel_block(n: int, tiles: int, most: int) -> int:
+    """Samples per prediction task: at most ``most`` (memory), and few enough
+    that the tasks (blocks times ``tiles``) give every thread two."""
+    wanted = -(-2 * runtime.task_threads() // max(1, tiles))
+    return int(max(1, min(n, most, -(-n // wanted))))
+
+
 def _block_budget() -> int:
     """Bytes of images one prediction task may hold: half a task's budget.
 
@@ -1073,7 +1080,7 @@ class Model:
                 * (tw + self.field)
                 * channels
             )
-            sample_block = int(max(1, min(n, _block_budget() // per_sample)))
+            sample_block = _parallel_block(n, len(tiles), _block_budget() // per_sample)
         k = self.slots
         runtime.check_task_memory(
             8 * len(self.targets) * th * tw * channels * (k + 1)

@@ -9,14 +9,15 @@ compiled on first use for the argument types of that use and cached on disk
 training waits several seconds for the compiler (once in every worker process
 that finds the cache empty).
 
-The warm-up runs tiny fits through the public API, so it compiles exactly the
+The warm-up runs tiny fits (and predictions with the models of those in
+memory) through the public API, so it compiles exactly the
 signatures real runs use: sources and targets as uint8, uint16, float32 and
 float64 arrays in memory and uint8 images from a dataset store (with and
 without a statistics store); independent and joint colour modes; fixed, GCV
 and leave-one-out penalties; the displacement and covariance methods; systems
 solved eight per vector register (r <= 5), four per register (r = 7 to 13) and by
 LAPACK (larger). With a
-cold cache it takes about 20 s of CPU (2-core machine; 19 signatures), with a
+cold cache it takes about 25 s of CPU (2-core machine; 26 signatures), with a
 warm one a few seconds (the imports and the cache loads). It never fails its
 caller: a tiny fit that fails is reported on one line; a cache numba cannot
 write falls back to its user-wide cache folder, and with none writable at all
@@ -90,7 +91,8 @@ def _runs(folder: str) -> Iterator[tuple[str, Callable[[], object]]]:
     def memory(dtype: str, channels: int = 1, targets: int = 1, **kwargs):
         sources = _faces(rng, n, size, channels, dtype)
         named = {f"t{i}": _faces(rng, n, size, channels, dtype) for i in range(targets)}
-        return lambda: dmask.fit(sources, named, **_fit_args(kwargs))
+        # each fit predicts its sources too: the forward pass per dtype
+        return lambda: dmask.fit(sources, named, **_fit_args(kwargs)).predict(sources)
 
     for dtype in ("uint8", "uint16", "float32", "float64"):
         for field in (3, 7):

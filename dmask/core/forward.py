@@ -2,11 +2,90 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from dmask.core import _engine, minmax
 from dmask.core.windows import window_offsets
 
-__all__ = ["apply_tile"]
+__all__ = ["apply_tile", "blend", "predict_block"]
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def predict_block(
+    raw: np.ndarray,
+    low: np.ndarray | None,
+    scale: np.ndarray | None,
+    padding: Padding,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    field: int,
+) -> np.ndarray:
+    """Predict one tile of every target from a raw, unpadded input block.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        ``(n, rows, cols, C)`` of any real dtype: the tile's halo as it lies
+        inside the image.
+    low, scale : numpy.ndarray or None
+        ``(n,)`` per-image normalisation ``(raw - low) * scale``
+        (:func:`dmask.core.minmax.minmax_parameters`); None for none.
+    padding : ((int, int), (int, int))
+        Zero rows above and below, columns left and right, that complete the
+        halo to ``(h + 2b, w + 2b)`` (the image's border).
+    weights, bias, field
+        As :func:`apply_tile`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(T, n, h, w, C)`` float64, the values of :func:`apply_tile` on the
+        normalised, zero-padded halo.
+    """
+    joint = weights.shape[-1] != field * field  # joint colour: numpy
+    if joint or not _engine.enabled():
+        halo = minmax.normalize_block(raw, low, scale)
+        (top, bottom), (left, right) = padding
+        if top or bottom or left or right:
+            halo = np.pad(halo, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        return apply_tile(halo, weights, bias, field)
+    return _compiled(raw, low, scale, padding[0][0], padding[1][0], weights, bias)
+
+
+def _compiled(
+    raw: np.ndarray,
+    low: np.ndarray | None,
+    scale: np.ndarray | None,
+    top: int,
+    left: int,
+    weights: np.ndarray,
+    bias: np.ndarray,
+) -> np.ndarray:
+    from dmask.core._engine_forward import forward_rows
+
+    n_targets, h, w, channels, k = weights.shape
+    n, rows, cols, _ = raw.shape
+    field = math.isqrt(k)
+    planes = np.ascontiguousarray(np.moveaxis(weights, -1, 1), dtype=np.float64)
+    if low is None or scale is None:
+        low, scale = np.zeros(n), np.ones(n)
+    out = np.empty((n_targets, n, h, w * channels))
+    forward_rows(
+        np.ascontiguousarray(raw).reshape(n, rows, cols * channels),
+        np.ascontiguousarray(low, dtype=np.float64),
+        np.ascontiguousarray(scale, dtype=np.float64),
+        top,
+        left,
+        planes.reshape(n_targets, k, h, w * channels),
+        np.ascontiguousarray(bias, dtype=np.float64).reshape(n_targets, h, -1),
+        window_offsets(field) + field // 2,
+        channels,
+        out,
+    )
+    return out.reshape(n_targets, n, h, w, channels)
 
 
 def apply_tile(
@@ -32,7 +111,9 @@ def apply_tile(
     numpy.ndarray
         ``(T, n, h, w, C)`` float64.
     """
-    n_targets, h, w, nc, _ = weights.shape
+    n_targets, h, w, nc, k = weights.shape
+    if _engine.enabled() and k == field * field:
+        return _compiled(halo, None, None, 0, 0, weights, bias)
     n = halo.shape[0]
     out = np.empty((n_targets, n, h, w, nc))
     out[:] = np.asarray(bias, dtype=np.float64)[:, None]

@@ -9,7 +9,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from dmask.core import forward, sparse
+from dmask.core import forward, minmax, sparse
 from dmask.core.planning import Tile
 from dmask.errors import InputError
 from dmask.graph.fit_tasks import read_halo, region
@@ -38,8 +38,11 @@ def predict_tile(
     """Task: predict one tile of one sample block for every target."""
     _check_finite(source, start)
     low, high = bounds if bounds is not None else (None, None)
+    scale = None if low is None else minmax.minmax_scale(low, high)
+    predicted = forward.predict_block(source, low, scale, padding, weight, bias, field)
+    if strength == 1:
+        return predicted
     halo = read_halo(source, low, high, padding)
-    predicted = forward.apply_tile(halo, weight, bias, field)
     b = field // 2
     h, w = bias.shape[1:3]
     return forward.blend(predicted, halo[:, b : b + h, b : b + w], strength)

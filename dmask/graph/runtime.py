@@ -28,6 +28,7 @@ __all__ = [
     "memory_per_thread",
     "thread_memory",
     "task_memory_budget",
+    "task_threads",
 ]
 
 
@@ -149,6 +150,17 @@ def _watchdog(client: Any, futures: Any) -> Iterator[Any]:
     finally:
         done.set()
         thread.join(timeout=10)
+
+
+def task_threads() -> int:
+    """Threads that run tasks: the cluster's, else dask's ``num_workers`` or cores."""
+    client = current_client()
+    if client is not None:
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:  # an old or odd scheduler: count this machine's cores
+            pass
+    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
 def thread_memory() -> tuple[int, bool]:
