@@ -20,7 +20,6 @@ skipped, one report line each. Folders and outputs may be fsspec URLs.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import os
 import tempfile
@@ -45,6 +44,7 @@ from dmask.model import Model
 
 __all__ = [
     "OUTPUT_KINDS",
+    "STAGES",
     "BatchReport",
     "Synthesised",
     "apply_to_folder",
@@ -63,6 +63,14 @@ BLOCKS_IN_FLIGHT = 64
 HELD_LINES = 10_000
 #: Name of the run report written in the output folder.
 REPORT_NAME = "report.txt"
+#: What batch tasks spend their CPU time on (:attr:`BatchReport.stages`): reading
+#: the files' bytes, decoding them, taking the faces (detection, alignment,
+#: crop, resize, channels), predicting the block (normalisation included),
+#: pasting faces back into photographs, encoding the PNGs (8-bit pixels and
+#: compression) and writing them (atomically).
+STAGES: tuple[str, ...] = (
+    "read", "decode", "crop", "predict", "paste", "encode", "write"
+)  # fmt: skip
 
 
 @dataclass
@@ -99,6 +107,12 @@ class BatchReport:
     first_task : float or None
         Seconds from the start of the run to its first task submitted (None:
         none was).
+    stages : dict of str to float
+        CPU seconds the run's tasks spent in each of :data:`STAGES` (their
+        threads' user and system time; waits for a core, a disk or a network
+        are not in it), added up over all tasks; the rest of the workers' time
+        went to resume checks, progress records, the workers' own machinery
+        and waits.
     """
 
     folder: str
@@ -117,6 +131,7 @@ class BatchReport:
     batches_done: int = 0
     tasks: int = 0
     first_task: float | None = None
+    stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     def summary(self) -> str:
         """One line of counts."""
@@ -213,9 +228,33 @@ def _store_version(path: str) -> int:
     return int(batches.batch_id(stamp)[:15], 16)
 
 
-def _read_photo(folder: str, relative: str) -> np.ndarray:
+def _read_photo(
+    folder: str, relative: str, stages: _Stages | None = None
+) -> np.ndarray:
     """A photograph under a local folder or a URL (fsspec reads the latter)."""
-    return photographs.read_image(batches.join(folder, relative))
+    path = batches.join(folder, relative)
+    started = _clock()
+    data = photographs.read_file(path)
+    started = _add(stages, "read", started)
+    image = photographs.decode_image(data, path)
+    _add(stages, "decode", started)
+    return image
+
+
+#: Seconds per stage of :data:`STAGES`, added up by a task.
+_Stages = dict[str, float]
+#: The stages' clock: the task thread's CPU time (user and system), so that
+#: a worker made to wait for a core (by other processes, by the scheduler)
+#: or for a disk or a network does not count that wait in a stage.
+_clock = time.thread_time
+
+
+def _add(stages: _Stages | None, stage: str, started: float) -> float:
+    """Add the CPU time since ``started`` (:data:`_clock`) to ``stage``; now."""
+    now = _clock()
+    if stages is not None:
+        stages[stage] += now - started
+    return now
 
 
 def _exists(path: str) -> bool:
@@ -225,8 +264,10 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-#: What a folder run writes per file: the pasted-back photograph, the crops, or both.
-OUTPUT_KINDS: tuple[str, ...] = ("photo", "crop", "both")
+#: What a folder run writes per file: the pasted-back photograph, the crops
+#: (synthesised and aligned input), both, or only the synthesised crops (one
+#: PNG per target: for faces that are aligned crops already).
+OUTPUT_KINDS: tuple[str, ...] = ("photo", "crop", "both", "synthesised")
 #: Where crops go: ``out/crops/<target>/`` (synthesised), ``out/aligned/`` (input).
 CROPS, ALIGNED = "crops", "aligned"
 
@@ -236,8 +277,9 @@ def _outputs(out: str, names: Sequence[str], relative: str, output: str) -> list
     paths = []
     if output in ("photo", "both"):
         paths += [_output_path(out, name, relative) for name in names]
-    if output in ("crop", "both"):
+    if output in ("crop", "both", "synthesised"):
         paths += [_output_path(batches.join(out, CROPS), n, relative) for n in names]
+    if output in ("crop", "both"):
         paths.append(_aligned_path(out, relative))
     return paths
 
@@ -283,6 +325,7 @@ def predict_files(
     strength: float = 1.0,
     canonical: np.ndarray | None = None,
     output: str = "both",
+    stages: dict[str, float] | None = None,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], dict[str, int]]:
     """Task: synthesise a block of files.
 
@@ -294,7 +337,8 @@ def predict_files(
     ``arrays`` is a model store path (loaded once per process) or the arrays
     themselves (:data:`MODEL_ARRAYS`). Images whose channel count is not the
     model's are skipped unless ``convert_channels``. ``resize``, ``display``,
-    ``canonical`` and ``output`` are :func:`apply_to_folder`'s.
+    ``canonical`` and ``output`` are :func:`apply_to_folder`'s. ``stages``,
+    where given, gets the seconds spent in each of :data:`STAGES` added.
     """
     if isinstance(arrays, str):
         arrays = _stored_arrays(arrays, tuple(names), _store_version(arrays))
@@ -305,10 +349,11 @@ def predict_files(
     faces: list[_Face] = []
     for relative in relatives:
         try:
-            image = _read_photo(folder, relative)
+            image = _read_photo(folder, relative, stages)
         except photographs.ImageReadError as exc:
             problems.append((relative, f"unreadable: {exc}"))
             continue
+        started = _clock()
         found = _image_channels(image)
         if found > channels and not convert_channels:
             problems.append(
@@ -329,6 +374,8 @@ def predict_files(
         except (ValueError, np.linalg.LinAlgError) as exc:  # degenerate landmarks
             problems.append((relative, f"cannot take the face: {exc}"))
             continue
+        finally:
+            _add(stages, "crop", started)
         if aligned is None:
             problems.append((relative, "no face found"))
             continue
@@ -337,22 +384,29 @@ def predict_files(
         if remark:
             notes.append((relative, remark))
         peak = photographs.dtype_peak(image.dtype)
-        held = image if output != "crop" and image.nbytes <= HOLD_BYTES else None
+        held = image if output == "photo" or output == "both" else None
+        if held is not None and image.nbytes > HOLD_BYTES:
+            held = None
         faces.append(_Face(relative, held, aligned, peak))
     if faces:  # the block at once: one product for every face
+        started = _clock()
         raw = np.stack([f.aligned.face for f in faces]).astype(np.float64)
         low, scale = minmax.minmax_parameters(raw)
         x = minmax.normalize_block(raw, low, scale) if normalize else raw
         predicted = forward.blend(_predict_faces(x, arrays, field_size), x, strength)
+        _add(stages, "predict", started)
         for i, face in enumerate(faces):
             peak = 1.0 if normalize else face.peak
             if output in ("crop", "both"):
-                _write_png(_aligned_path(out, face.relative), raw[i], face.peak)
+                _write_png(
+                    _aligned_path(out, face.relative), raw[i], face.peak, "clip",
+                    stages,
+                )  # fmt: skip
+            if output in ("crop", "both", "synthesised"):
+                crops = batches.join(out, CROPS)
                 for name, values in zip(names, predicted[:, i], strict=True):
-                    crops = batches.join(out, CROPS)
-                    _write_png(
-                        _output_path(crops, name, face.relative), values, peak, display
-                    )
+                    path = _output_path(crops, name, face.relative)
+                    _write_png(path, values, peak, display, stages)
             if output in ("photo", "both"):
                 units = [
                     _in_units(v, low[i], scale[i]) if normalize else v
@@ -360,12 +414,16 @@ def predict_files(
                 ]
                 photo = face.image
                 if photo is None:
-                    photo = _read_photo(folder, face.relative)
+                    photo = _read_photo(folder, face.relative, stages)
+                    started = _clock()
                     photo = face_crops.convert_channels(photo, channels)
+                    _add(stages, "crop", started)
+                started = _clock()
                 pasted = paste_faces(photo, units, raw[i], face.aligned)
+                _add(stages, "paste", started)
                 for name, result in zip(names, pasted, strict=True):
                     path = _output_path(out, name, face.relative)
-                    _write_png(path, result, face.peak)
+                    _write_png(path, result, face.peak, "clip", stages)
     return problems, notes, methods
 
 
@@ -397,21 +455,22 @@ def paste_faces(
 
 
 def _write_png(
-    path: str, values: np.ndarray, peak: float, display: str = "clip"
+    path: str,
+    values: np.ndarray,
+    peak: float,
+    display: str = "clip",
+    stages: dict[str, float] | None = None,
 ) -> None:
     """A PNG file: atomic locally, one object written whole at a URL."""
+    started = _clock()
+    encoded = photographs.encode_png(values, peak, display)
+    started = _add(stages, "encode", started)
     if is_local(path):
-        photographs.write_png(path, values, peak, display)
-        return
-    from PIL import Image
-
-    pixels = photographs.to_uint8(values, peak, display)
-    if pixels.ndim == 3 and pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]
-    encoded = io.BytesIO()
-    Image.fromarray(pixels).save(encoded, format="PNG", compress_level=1)
-    fs, where = batches.filesystem(path)
-    fs.pipe_file(where, encoded.getvalue())
+        photographs.write_file(path, encoded)
+    else:
+        fs, where = batches.filesystem(path)
+        fs.pipe_file(where, encoded)
+    _add(stages, "write", started)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -501,6 +560,12 @@ def _write_report(out: str, problems: _Lines, notes: _Lines, summary: str) -> No
         f.write(summary + "\n")
 
 
+#: What a batch task returns (:func:`_run_batch`).
+_BatchResult = tuple[
+    list[tuple[str, str]], list[tuple[str, str]], dict[str, int], int, _Stages
+]
+
+
 def _run_batch(
     item: tuple[str | None, list[str]],
     *,
@@ -509,16 +574,17 @@ def _run_batch(
     output: str,
     resume: bool,
     **options: Any,
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]], dict[str, int], int]:
+) -> _BatchResult:
     """Task: one batch of files (:func:`predict_files`), recorded once all are written.
 
     ``item`` is the batch's record name (None: keep no record) and its files.
     With ``resume``, files whose outputs all exist are left out. A batch with a
     file skipped (unreadable, no face) is not recorded: the next run tries
-    that file again. Returns :func:`predict_files`' three and the count of
-    files left out.
+    that file again. Returns :func:`predict_files`' three, the count of
+    files left out, and the seconds spent in each of :data:`STAGES`.
     """
     record, relatives = item
+    stages = dict.fromkeys(STAGES, 0.0)
     todo = [
         r
         for r in relatives
@@ -526,14 +592,14 @@ def _run_batch(
     ]
     if todo:
         problems, notes, methods = predict_files(
-            todo, out=out, names=names, output=output, **options
+            todo, out=out, names=names, output=output, stages=stages, **options
         )
     else:
         problems, notes = [], []
         methods = dict.fromkeys(face_crops.ALIGN_METHODS, 0)
     if record is not None and not problems:
         batches.record_batch(out, record, len(relatives))
-    return problems, notes, methods, len(relatives) - len(todo)
+    return problems, notes, methods, len(relatives) - len(todo), stages
 
 
 def _cluster_threads() -> int:
@@ -616,9 +682,12 @@ def apply_to_folder(
         always clipped (they keep the photograph's own values around the face).
     strength : float
         Expression strength (see :meth:`dmask.Model.predict`).
-    output : {"photo", "crop", "both"}
+    output : {"photo", "crop", "both", "synthesised"}
         Write the pasted-back photographs, the crops (synthesised and
-        aligned input), or both.
+        aligned input), both, or only the synthesised crops (one PNG per
+        target and input file, ``out/crops/<target>/...``: for inputs that
+        are aligned face crops already, whose aligned copy would be the
+        input again).
     manifest : str or path, optional
         A file listing the files to do instead of a listing of the folder:
         paths relative to ``folder``, one per line, or the first column of a
@@ -725,8 +794,10 @@ def apply_to_folder(
     report.methods = dict.fromkeys(face_crops.ALIGN_METHODS, 0)
 
     def finished(item: tuple[str, list[str]], result: Any) -> None:
-        found, remarks, methods, already = result
+        found, remarks, methods, already, stages = result
         report.already_done += already
+        for stage, seconds in stages.items():
+            report.stages[stage] += seconds
         report.written += len(item[1]) - already - len(found)
         for f, why in found:
             problems.add(f"{f}: {why}")

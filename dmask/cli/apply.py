@@ -71,9 +71,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     apply.add_argument(
         "--output",
         default="both",
-        choices=["photo", "crop", "both"],
+        choices=["photo", "crop", "both", "synthesised"],
         help="folders: write the photographs with the face pasted back "
-        "(OUT/<target>/), the crops (OUT/crops/<target>/, OUT/aligned/), or both",
+        "(OUT/<target>/), the crops (OUT/crops/<target>/, OUT/aligned/), both, "
+        "or only the synthesised crops (OUT/crops/<target>/: for inputs that "
+        "are aligned face crops already)",
     )
     apply.add_argument(
         "--margin",

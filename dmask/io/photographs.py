@@ -19,10 +19,14 @@ __all__ = [
     "DISPLAY_MODES",
     "IMAGE_SUFFIXES",
     "ImageReadError",
+    "decode_image",
+    "encode_png",
     "image_files",
+    "read_file",
     "read_image",
     "stretch_uint8",
     "to_uint8",
+    "write_file",
     "write_png",
 ]
 
@@ -96,11 +100,10 @@ def _png16_rawmode(image: Image.Image) -> str | None:
     return None
 
 
-def _low_bytes(path: str | IO[bytes], rawmode: str) -> np.ndarray:
+def _low_bytes(source: IO[bytes], rawmode: str) -> np.ndarray:
     """Decode a 16-bit PNG again, keeping each sample's low byte."""
-    if not isinstance(path, str):
-        path.seek(0)
-    with Image.open(path) as image:
+    source.seek(0)
+    with Image.open(source) as image:
         _replace_rawmode(image, rawmode.replace(";16B", ";16L"))
         image.load()
         return np.asarray(image)
@@ -115,16 +118,20 @@ def _composite_white(colour: np.ndarray, alpha: np.ndarray, peak: int) -> np.nda
 
 
 def _as_array(
-    image: Image.Image, path: str | IO[bytes], rawmode: str | None = None
+    image: Image.Image,
+    source: IO[bytes],
+    rawmode: str | None = None,
+    name: str = "<bytes>",
 ) -> np.ndarray:
     """Pixels of a decoded Pillow image as ``(H, W, C)`` uint8 or uint16.
 
-    ``rawmode`` names a 16-bit RGB(A) PNG's raw mode (found before decoding).
+    ``rawmode`` names a 16-bit RGB(A) PNG's raw mode (found before decoding),
+    whose low bytes are decoded again from ``source``; ``name`` is the file.
     """
     mode = image.mode
     if rawmode is not None:
         high = np.asarray(image).astype(np.uint16)
-        low = _low_bytes(path, rawmode).astype(np.uint16)
+        low = _low_bytes(source, rawmode).astype(np.uint16)
         data = (high << 8) | low
         if data.shape[-1] == 4:
             return _composite_white(data[..., :3], data[..., 3], 65535)
@@ -136,10 +143,10 @@ def _as_array(
     if mode == "I":
         data = np.asarray(image)
         if data.size and (data.min() < 0 or data.max() > 65535):
-            raise _read_error(path, "32-bit pixel values outside 0-65535")
+            raise _read_error(name, "32-bit pixel values outside 0-65535")
         return data.astype(np.uint16)[..., None]
     if mode == "F":
-        raise _read_error(path, "floating-point pixels are not supported")
+        raise _read_error(name, "floating-point pixels are not supported")
     if mode in ("LA", "La", "PA") or (mode == "P" and "transparency" in image.info):
         if mode in ("LA", "La"):
             data = np.asarray(image.convert("LA"))
@@ -176,21 +183,48 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     ImageReadError
         The file is missing, not an image, corrupt or truncated.
     """
+    return decode_image(read_file(path), os.fspath(path))
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """A file's bytes, local or at an fsspec URL.
+
+    Raises
+    ------
+    ImageReadError
+        The file is missing or cannot be read.
+    """
     path = os.fspath(path)
     try:
-        source: str | IO[bytes] = path
         if "://" in path:
             import fsspec
 
             with fsspec.open(path, "rb") as handle:
-                source = io.BytesIO(handle.read())
+                return bytes(handle.read())
+        with open(path, "rb") as handle:
+            return handle.read()
+    except (OSError, ValueError) as exc:
+        raise _read_error(path, failure_reason(exc)) from exc
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """The pixels of an image file's bytes, as :func:`read_image` (``name``
+    is the file, for the error).
+
+    Raises
+    ------
+    ImageReadError
+        The bytes are not an image, corrupt or truncated.
+    """
+    try:
+        source = io.BytesIO(data)
         with Image.open(source) as opened:
             rawmode = _png16_rawmode(opened)
             opened.load()
             if rawmode is not None:
-                return _orient(_as_array(opened, source, rawmode), opened)
+                return _orient(_as_array(opened, source, rawmode, name), opened)
             image = ImageOps.exif_transpose(opened)
-            return np.ascontiguousarray(_as_array(image, source))
+            return np.ascontiguousarray(_as_array(image, source, name=name))
     except ImageReadError:
         raise
     except (
@@ -201,7 +235,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         struct.error,
         Image.DecompressionBombError,
     ) as exc:
-        raise _read_error(path, failure_reason(exc)) from exc
+        raise _read_error(name, failure_reason(exc)) from exc
 
 
 def _orient(data: np.ndarray, image: Image.Image) -> np.ndarray:
@@ -291,10 +325,24 @@ def write_png(
     is written as grey. The file appears whole at ``path`` or not at all (a
     temporary name, then a rename); missing folders are made.
     """
+    write_file(path, encode_png(values, peak, display))
+
+
+def encode_png(values: np.ndarray, peak: float = 1.0, display: str = "clip") -> bytes:
+    """The bytes of an 8-bit PNG of ``(H, W, C)`` values on ``[0, peak]``
+    (:func:`write_png`)."""
     pixels = to_uint8(values, peak, display)
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
+    encoded = io.BytesIO()
+    # Fast zlib level: at the default the encoding took half of each file's time.
+    Image.fromarray(pixels).save(encoded, format="PNG", compress_level=1)
+    return encoded.getvalue()
+
+
+def write_file(path: str | os.PathLike, data: bytes) -> None:
+    """Write a local file atomically: whole at ``path`` or not at all (a
+    temporary name, then a rename); missing folders are made."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_path(path) as partial:
-        # Fast zlib level: at the default the encoding took half of each file's time.
-        Image.fromarray(pixels).save(partial, format="PNG", compress_level=1)
+    with atomic_path(path) as partial, open(partial, "xb") as handle:
+        handle.write(data)

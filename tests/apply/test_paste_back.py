@@ -131,6 +131,56 @@ def test_output_kinds_and_resume(mixed, tmp_path):
         folder.apply_to_folder(model, mixed, tmp_path / "x", output="poster")
 
 
+def test_synthesised_writes_only_the_synthesised_crops(mixed, tmp_path):
+    """One PNG per input and target: the crops ``crop`` writes, no aligned copy."""
+    model = _identity_model((32, 32))
+    crops = tmp_path / "crop"
+    folder.apply_to_folder(model, mixed, crops, output="crop", crop="center")
+    only = tmp_path / "synthesised"
+    report = folder.apply_to_folder(
+        model, mixed, only, output="synthesised", crop="center"
+    )
+    written = sorted(
+        os.path.relpath(os.path.join(d, f), only)
+        for d, _, files in os.walk(only)
+        for f in files
+        if not d.startswith(str(only / ".dmask-progress"))
+    )
+    assert written == sorted(
+        ["report.txt"]
+        + [os.path.join("crops", "same", r) for r in _pngs(crops / "crops" / "same")]
+    )
+    assert len(written) == report.written + 1
+    for relative in _pngs(only / "crops" / "same"):
+        got = photographs.read_image(only / "crops" / "same" / relative)
+        want = photographs.read_image(crops / "crops" / "same" / relative)
+        np.testing.assert_array_equal(got, want)
+    again = folder.apply_to_folder(
+        model, mixed, only, output="synthesised", crop="center"
+    )
+    assert again.written == 0 and again.already_done == again.scanned
+    # the aligned copies are missing: a run asking for them redoes every file
+    more = folder.apply_to_folder(model, mixed, only, output="crop", crop="center")
+    assert more.written == more.scanned
+
+
+def _pngs(root) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, files in os.walk(root)
+        for f in files
+    )
+
+
+def test_a_run_reports_its_stages(mixed, tmp_path):
+    model = _identity_model((32, 32))
+    report = folder.apply_to_folder(model, mixed, tmp_path / "out", crop="center")
+    assert set(report.stages) == set(folder.STAGES)
+    assert all(seconds >= 0 for seconds in report.stages.values())
+    for stage in ("decode", "crop", "predict", "paste", "encode"):
+        assert report.stages[stage] > 0, stage
+
+
 def test_a_model_records_its_training_faces_landmarks(tmp_path):
     ds = make_synthetic_dataset(tmp_path / "faces.zarr", 6, (32, 32))
     recorded = alignment.read_landmarks(ds.attrs)
