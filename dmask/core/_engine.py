@@ -83,6 +83,7 @@ def enabled() -> bool:
 if AVAILABLE:
     import llvmlite.binding
     import llvmlite.ir
+    import numba.core.errors
     import numba.extending
     from numba.core import cgutils
 
@@ -285,6 +286,68 @@ if AVAILABLE:
                     for t in range(n_rhs):
                         out[p, a, t] = columns[t, a]
 
+    def _lane_codegen(width: int, divide: bool):
+        """Code of one vector operation on ``width`` doubles at flat offsets of
+        C-contiguous arrays: ``dst -= x * y`` (a multiplication, then a
+        subtraction) or ``dst /= x``, each lane alone, without fast-math flags.
+
+        The lane loops of the solvers are four or eight iterations long, which
+        LLVM unrolls into scalar code (numba leaves its SLP vectoriser off);
+        these keep them one vector instruction each.
+        """
+
+        def codegen(context, builder, signature, args):
+            vector = llvmlite.ir.VectorType(llvmlite.ir.DoubleType(), width)
+
+            def at(k):
+                ary = context.make_array(signature.args[k])(context, builder, args[k])
+                where = builder.gep(ary.data, [args[k + 1]])
+                return builder.bitcast(where, vector.as_pointer())
+
+            def load(pointer):
+                value = builder.load(pointer)
+                value.align = 8
+                return value
+
+            target = at(0)
+            if divide:
+                value = builder.fdiv(load(target), load(at(2)))
+            else:
+                product = builder.fmul(load(at(2)), load(at(4)))
+                value = builder.fsub(load(target), product)
+            builder.store(value, target).align = 8
+            return context.get_dummy_value()
+
+        return codegen
+
+    def _lane_signature(*types):
+        for ty in types[::2]:
+            if not (isinstance(ty, numba.types.Array) and ty.layout == "C"):
+                raise numba.core.errors.TypingError(
+                    f"lane operations take C-contiguous arrays, not {ty}"
+                )
+        return numba.types.void(*types)
+
+    @numba.extending.intrinsic
+    def _sub_product4(typingctx, dst, d, x, xo, y, yo):
+        """``dst.flat[d:d+4] -= x.flat[xo:xo+4] * y.flat[yo:yo+4]``."""
+        return _lane_signature(dst, d, x, xo, y, yo), _lane_codegen(4, False)
+
+    @numba.extending.intrinsic
+    def _divide4(typingctx, dst, d, x, xo):
+        """``dst.flat[d:d+4] /= x.flat[xo:xo+4]``."""
+        return _lane_signature(dst, d, x, xo), _lane_codegen(4, True)
+
+    @numba.extending.intrinsic
+    def _sub_product8(typingctx, dst, d, x, xo, y, yo):
+        """``dst.flat[d:d+8] -= x.flat[xo:xo+8] * y.flat[yo:yo+8]``."""
+        return _lane_signature(dst, d, x, xo, y, yo), _lane_codegen(8, False)
+
+    @numba.extending.intrinsic
+    def _divide8(typingctx, dst, d, x, xo):
+        """``dst.flat[d:d+8] /= x.flat[xo:xo+8]``."""
+        return _lane_signature(dst, d, x, xo), _lane_codegen(8, True)
+
     @jit(nogil=True)
     def _solve_lanes(
         gram: np.ndarray,
@@ -303,13 +366,14 @@ if AVAILABLE:
         """
         n = gram.shape[0]
         n_rhs = columns.shape[0]
+        L = LANES  # flat offsets: (i, p, lane) at (i * n + p) * L + lane
         for j in range(n):
-            for q in range(LANES):
+            for q in range(L):
                 pivot[q] = gram[j, j, q]
             for p in range(j):
-                for q in range(LANES):
-                    pivot[q] -= lower[j, p, q] * lower[j, p, q]
-            for q in range(LANES):
+                at = (j * n + p) * L
+                _sub_product8(pivot, 0, lower, at, lower, at)
+            for q in range(L):
                 if not pivot[q] > 0.0:
                     ok[q] = False
                     pivot[q] = 1.0
@@ -317,27 +381,30 @@ if AVAILABLE:
                 lower[j, j, q] = pivot[q]
             for i in range(j + 1, n):
                 row = lower[i, j]
-                for q in range(LANES):
+                for q in range(L):
                     row[q] = gram[j, i, q]
+                at = (i * n + j) * L
                 for p in range(j):
-                    for q in range(LANES):
-                        row[q] -= lower[i, p, q] * lower[j, p, q]
-                for q in range(LANES):
-                    row[q] = row[q] / pivot[q]
+                    _sub_product8(
+                        lower, at, lower, (i * n + p) * L, lower, (j * n + p) * L
+                    )
+                _divide8(lower, at, pivot, 0)
         for t in range(n_rhs):
-            y = columns[t]
+            base = t * n * L
             for i in range(n):
+                yi = base + i * L
                 for p in range(i):
-                    for q in range(LANES):
-                        y[i, q] -= lower[i, p, q] * y[p, q]
-                for q in range(LANES):
-                    y[i, q] = y[i, q] / lower[i, i, q]
+                    _sub_product8(
+                        columns, yi, lower, (i * n + p) * L, columns, base + p * L
+                    )
+                _divide8(columns, yi, lower, (i * n + i) * L)
             for i in range(n - 1, -1, -1):
+                yi = base + i * L
                 for p in range(i + 1, n):
-                    for q in range(LANES):
-                        y[i, q] -= lower[p, i, q] * y[p, q]
-                for q in range(LANES):
-                    y[i, q] = y[i, q] / lower[i, i, q]
+                    _sub_product8(
+                        columns, yi, lower, (p * n + i) * L, columns, base + p * L
+                    )
+                _divide8(columns, yi, lower, (i * n + i) * L)
 
     @jit(nogil=True)
     def _solve_displacement_lanes(
@@ -461,23 +528,24 @@ if AVAILABLE:
     ) -> None:
         # Columns j0..j1-1 of rows j0..last-1 of the in-place lower factor,
         # one element at a time (the order of _solve_one's inlined code).
+        n = a.shape[0]
+        L = BLOCK_LANES  # flat offsets: (i, p, lane) at (i * n + p) * L + lane
         for j in range(j0, j1):
             rj = a[j]
+            diagonal = (j * n + j) * L
             for p in range(j):
-                for q in range(BLOCK_LANES):
-                    rj[j, q] -= rj[p, q] * rj[p, q]
-            for q in range(BLOCK_LANES):
+                at = (j * n + p) * L
+                _sub_product4(a, diagonal, a, at, a, at)
+            for q in range(L):
                 if not rj[j, q] > 0.0:
                     ok[q] = False
                     rj[j, q] = 1.0
                 rj[j, q] = np.sqrt(rj[j, q])
             for i in range(j + 1, last):
-                ri = a[i]
+                at = (i * n + j) * L
                 for p in range(j):
-                    for q in range(BLOCK_LANES):
-                        ri[j, q] -= ri[p, q] * rj[p, q]
-                for q in range(BLOCK_LANES):
-                    ri[j, q] = ri[j, q] / rj[j, q]
+                    _sub_product4(a, at, a, (i * n + p) * L, a, (j * n + p) * L)
+                _divide4(a, at, a, diagonal)
 
     @jit(nogil=True)
     def _solve_block_lanes(a: np.ndarray, columns: np.ndarray, ok: np.ndarray) -> None:
@@ -494,6 +562,7 @@ if AVAILABLE:
         """
         n = a.shape[0]
         n_rhs = columns.shape[0]
+        L = BLOCK_LANES  # flat offsets: (i, p, lane) at (i * n + p) * L + lane
         j = 0
         while j + 4 <= n:
             _columns_one_by_one(a, ok, j, j + 4, j + 4)
@@ -501,24 +570,24 @@ if AVAILABLE:
             while i + 4 <= n:
                 _block_sums(a, n, i, j)
                 for r in range(4):
-                    ri = a[i + r]
+                    row = (i + r) * n
                     for c in range(4):
-                        rc = a[j + c]
+                        at = (row + j + c) * L
+                        column = (j + c) * n
                         for c2 in range(c):
-                            for q in range(BLOCK_LANES):
-                                ri[j + c, q] -= ri[j + c2, q] * rc[j + c2, q]
-                        for q in range(BLOCK_LANES):
-                            ri[j + c, q] = ri[j + c, q] / rc[j + c, q]
+                            _sub_product4(
+                                a, at, a, (row + j + c2) * L, a, (column + j + c2) * L
+                            )
+                        _divide4(a, at, a, (column + j + c) * L)
                 i += 4
             for ii in range(i, n):
-                ri = a[ii]
+                row = ii * n
                 for c in range(4):
-                    rc = a[j + c]
+                    at = (row + j + c) * L
+                    column = (j + c) * n
                     for p in range(j + c):
-                        for q in range(BLOCK_LANES):
-                            ri[j + c, q] -= ri[p, q] * rc[p, q]
-                    for q in range(BLOCK_LANES):
-                        ri[j + c, q] = ri[j + c, q] / rc[j + c, q]
+                        _sub_product4(a, at, a, (row + p) * L, a, (column + p) * L)
+                    _divide4(a, at, a, (column + j + c) * L)
             j += 4
         _columns_one_by_one(a, ok, j, n, n)
         # Both substitutions column by column (each step's updates are
@@ -526,26 +595,21 @@ if AVAILABLE:
         # every y[i] loses its terms in p's order, as the inlined code's;
         # backward: in descending p.
         for t in range(n_rhs):
-            y = columns[t]
+            base = t * n * L
             for p in range(n):
-                yp = y[p]
-                rp = a[p]
-                for q in range(BLOCK_LANES):
-                    yp[q] = yp[q] / rp[p, q]
+                yp = base + p * L
+                _divide4(columns, yp, a, (p * n + p) * L)
                 for i in range(p + 1, n):
-                    yi = y[i]
-                    ri = a[i]
-                    for q in range(BLOCK_LANES):
-                        yi[q] -= ri[p, q] * yp[q]
+                    _sub_product4(
+                        columns, base + i * L, a, (i * n + p) * L, columns, yp
+                    )
             for p in range(n - 1, -1, -1):
-                yp = y[p]
-                rp = a[p]
-                for q in range(BLOCK_LANES):
-                    yp[q] = yp[q] / rp[p, q]
+                yp = base + p * L
+                _divide4(columns, yp, a, (p * n + p) * L)
                 for i in range(p):
-                    yi = y[i]
-                    for q in range(BLOCK_LANES):
-                        yi[q] -= rp[i, q] * yp[q]
+                    _sub_product4(
+                        columns, base + i * L, a, (p * n + i) * L, columns, yp
+                    )
 
     @jit(nogil=True)
     def _cholesky_block_batch(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> None:
