@@ -14,9 +14,11 @@ folder of N aligned 128 x 128 RGB faces (default 2000; synthetic faces of 210
 subject-expression pairs, each file with its own sensor noise, half of them
 mirrored), once as JPEG (quality 92) and once as PNG, synthesised by a model of
 one target (r = 3, trained on a small synthetic store) with ``apply_to_folder``
-(``crop="auto"``: each face taken whole; ``--output``, by default
-``synthesised``: one PNG per input) on a LocalCluster of 2 worker processes x
-1 thread. Each timed run writes to a fresh output folder (``resume=False``)
+(``crop="auto"``: each face taken whole; ``--outputs``, by default
+``synthesised``: one PNG per input; ``--blocks`` files per task, by default
+``apply_to_folder``'s) on a LocalCluster of 2 worker processes x 1 thread.
+Several outputs or blocks are compared in the same cluster, their runs taken
+in turn. Each timed run writes to a fresh output folder (``resume=False``)
 after one untimed run over the first files (the workers load the model and
 compile their kernels once). Printed: images/s (median of ``--repeats``), and
 where the workers' time went: the stages the tasks time themselves
@@ -27,7 +29,7 @@ progress records, the client's listing).
 
     python pipelines/bench_batch.py [--sizes 128 512] [--subjects 40] [--json F]
     python pipelines/bench_batch.py --throughput [2000] [--formats jpeg png]
-        [--output synthesised] [--block 16] [--repeats 3] [--json F]
+        [--outputs synthesised ...] [--blocks N ...] [--repeats 3] [--json F]
 """
 
 from __future__ import annotations
@@ -205,9 +207,14 @@ def _cpu(processes: list[psutil.Process]) -> float:
 
 
 def run_throughput(
-    count: int, formats: list[str], output: str, block: int, repeats: int, work: str
+    count: int,
+    formats: list[str],
+    cases: list[tuple[str, int | None]],
+    repeats: int,
+    work: str,
 ) -> list[dict]:
-    """The throughput case (see the module's docstring), one result per format."""
+    """The throughput case (see the module's docstring): one result per format
+    and case ``(output, block)``, the cases' runs taken in turn."""
     folders = {
         fmt: (
             os.path.join(work, fmt),
@@ -230,49 +237,58 @@ def run_throughput(
             if p.pid not in {w.pid for w in workers}
         ]
         for fmt, (folder, files) in folders.items():
-            first = sorted(os.listdir(folder))[: 4 * block * cores]
+            first = sorted(os.listdir(folder))[: 4 * 64 * cores]
             manifest = os.path.join(work, f"warm-{fmt}.txt")
             with open(manifest, "w") as handle:
                 handle.write("\n".join(first) + "\n")
-            apply_to_folder(
-                model, folder, os.path.join(work, "warm"), output=output,
-                block=block, resume=False, manifest=manifest,
-            )  # fmt: skip
-            runs = []
+            for output, block in cases:
+                apply_to_folder(
+                    model, folder, os.path.join(work, "warm"), output=output,
+                    resume=False, manifest=manifest, **_block(block),
+                )  # fmt: skip
+            runs: dict[tuple[str, int | None], list] = {case: [] for case in cases}
             for k in range(repeats):
-                out = os.path.join(work, f"out-{fmt}-{k}")
-                cpu = _cpu(workers), _cpu(others)
-                report = apply_to_folder(
-                    model, folder, out, output=output, block=block, resume=False
+                for output, block in cases:
+                    out = os.path.join(work, f"out-{fmt}-{k}")
+                    cpu = _cpu(workers), _cpu(others)
+                    report = apply_to_folder(
+                        model, folder, out, output=output, resume=False,
+                        **_block(block),
+                    )  # fmt: skip
+                    cpu = _cpu(workers) - cpu[0], _cpu(others) - cpu[1]
+                    assert report.written == files, report.summary()
+                    runs[output, block].append((report, cpu))
+                    shutil.rmtree(out, ignore_errors=True)
+            for (output, block), done in runs.items():
+                walls = [r.seconds for r, _ in done]
+                report, (worker_cpu, other_cpu) = sorted(
+                    done, key=lambda r: r[0].seconds
+                )[len(done) // 2]
+                available = cores * report.seconds
+                split = dict(getattr(report, "stages", {}))
+                split["worker other"] = worker_cpu - sum(split.values())
+                split["client"] = other_cpu
+                split["idle"] = available - worker_cpu - other_cpu
+                results.append(
+                    {
+                        "format": fmt,
+                        "files": files,
+                        "output": output,
+                        "block": block,
+                        "cores": cores,
+                        "input_kib": _mean_kib(folder),
+                        "wall_s": walls,
+                        "images_per_s": files / statistics.median(walls),
+                        "s_per_1000": {k: v * 1000 / files for k, v in split.items()},
+                        "fraction": {k: v / available for k, v in split.items()},
+                    }
                 )
-                cpu = _cpu(workers) - cpu[0], _cpu(others) - cpu[1]
-                assert report.written == files, report.summary()
-                runs.append((report, cpu))
-                shutil.rmtree(out, ignore_errors=True)
-            walls = [r.seconds for r, _ in runs]
-            report, (worker_cpu, other_cpu) = sorted(runs, key=lambda r: r[0].seconds)[
-                len(runs) // 2
-            ]
-            available = cores * report.seconds
-            split = dict(getattr(report, "stages", {}))
-            split["worker other"] = worker_cpu - sum(split.values())
-            split["client"] = other_cpu
-            split["idle"] = available - worker_cpu - other_cpu
-            results.append(
-                {
-                    "format": fmt,
-                    "files": files,
-                    "output": output,
-                    "block": block,
-                    "cores": cores,
-                    "input_kib": _mean_kib(folder),
-                    "wall_s": walls,
-                    "images_per_s": files / statistics.median(walls),
-                    "s_per_1000": {k: v * 1000 / files for k, v in split.items()},
-                    "fraction": {k: v / available for k, v in split.items()},
-                }
-            )
     return results
+
+
+def _block(block: int | None) -> dict[str, int]:
+    """``apply_to_folder``'s block argument: its default where None."""
+    return {} if block is None else {"block": block}
 
 
 def _mean_kib(folder: str) -> float:
@@ -281,34 +297,37 @@ def _mean_kib(folder: str) -> float:
     return total / len(names) / 1024
 
 
+def _case(r: dict) -> str:
+    block = "default" if r["block"] is None else r["block"]
+    return f"{r['format']} {r['output']} block {block}"
+
+
 def print_throughput(results: list[dict]) -> None:
-    """Images/s, and where the cores' time went, per format."""
-    print(
-        "".join(
-            f"{r['format']:>12} {r['files']} files {r['input_kib']:.1f} KiB: "
+    """Images/s, and where the cores' time went, per format and case."""
+    for r in results:
+        print(
+            f"{_case(r)}: {r['files']} files of {r['input_kib']:.1f} KiB, "
             f"{r['images_per_s']:.1f} img/s, 1 M images in "
             f"{1e6 / r['images_per_s'] / 3600:.2f} h (runs: "
             + ", ".join(f"{w:.2f}" for w in r["wall_s"])
-            + " s)\n"
-            for r in results
-        ),
-        end="",
-    )
-    print(
-        f"{'CPU s per 1000 images':<22}"
-        + "".join(f"{r['format']:>10} {'share':>6}" for r in results)
-    )
+            + " s)"
+        )
+    width = max(len(_case(r)) for r in results) + 1
+    print(f"{'CPU s per 1000 images':<22}" + "".join(
+        f"{_case(r):>{width}} {'share':>6}" for r in results
+    ))  # fmt: skip
     for key in results[0]["s_per_1000"]:
         print(
             f"{key:<22}"
             + "".join(
-                f"{r['s_per_1000'][key]:>10.3f} {r['fraction'][key]:>6.1%}"
+                f"{r['s_per_1000'][key]:>{width}.3f} {r['fraction'][key]:>6.1%}"
                 for r in results
             )
         )
     total = [r["cores"] * 1000 / r["images_per_s"] for r in results]
     print(
-        f"{'all (cores x wall)':<22}" + "".join(f"{t:>10.3f} {1:>6.0%}" for t in total)
+        f"{'all (cores x wall)':<22}"
+        + "".join(f"{t:>{width}.3f} {1:>6.0%}" for t in total)
     )
     print(
         "stages: the tasks' CPU time in each (their threads' user + system), summed "
@@ -338,26 +357,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", nargs="+", default=["jpeg", "png"],
                         choices=sorted(SUFFIXES))  # fmt: skip
     parser.add_argument(
-        "--output", default="synthesised", choices=batch_folder.OUTPUT_KINDS
+        "--outputs",
+        nargs="+",
+        default=["synthesised"],
+        choices=batch_folder.OUTPUT_KINDS,
+        help="throughput: output kinds to compare (runs taken in turn)",
     )
-    parser.add_argument("--block", type=int, default=16, help="files per task")
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="throughput: files per task to compare (default: apply's)",
+    )
     args = parser.parse_args(argv)
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     if args.throughput:
+        cases = [(o, b) for o in args.outputs for b in args.blocks]
         print(
             f"throughput: {args.throughput} aligned 128 x 128 RGB faces, 1 target "
-            f"(r = 3), crop auto, output {args.output}, {args.block} files per task, "
-            "2 worker processes x 1 thread, medians of "
+            "(r = 3), crop auto, 2 worker processes x 1 thread; cases (output, "
+            f"files per task) {cases}, their runs in turn, medians of "
             f"{args.repeats} runs",
             flush=True,
         )
         work = tempfile.mkdtemp(prefix="dmask-bench-throughput-")
         try:
             results = run_throughput(
-                args.throughput, args.formats, args.output, args.block,
-                args.repeats, work,
-            )  # fmt: skip
+                args.throughput, args.formats, cases, args.repeats, work
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print_throughput(results)

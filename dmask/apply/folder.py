@@ -48,6 +48,7 @@ __all__ = [
     "BatchReport",
     "Synthesised",
     "apply_to_folder",
+    "default_block",
     "paste_faces",
     "read_synthesised",
     "scan_images",
@@ -203,14 +204,32 @@ def _stored_arrays(path: str, names: tuple[str, ...], version: int) -> dict[str,
 
 
 def _predict_faces(
-    x: np.ndarray, arrays: dict[str, np.ndarray], field_size: int
-) -> np.ndarray:
-    """``(T, N, H, W, C)`` predictions of normalised faces ``(N, H, W, C)``."""
+    faces: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    field_size: int,
+    low: np.ndarray | None,
+    scale: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(T, N, H, W, C)`` predictions of faces ``(N, H, W, C)`` as read, and
+    the faces as the model sees them (float64, normalised with ``low`` and
+    ``scale`` where given, as :func:`dmask.core.minmax.normalize_block`).
+
+    The faces are normalised straight into the middle of the zero-padded
+    block the forward pass reads (no padded copy of a normalised copy).
+    """
+    b = 0 if "matrix" in arrays else field_size // 2
+    n, height, width, channels = faces.shape
+    halo = np.zeros((n, height + 2 * b, width + 2 * b, channels))
+    x = halo[:, b : b + height, b : b + width]
+    if low is None or scale is None:
+        x[...] = faces
+    else:
+        np.subtract(faces, low.reshape(-1, 1, 1, 1), out=x)
+        x *= scale.reshape(-1, 1, 1, 1)
     if "matrix" in arrays:
-        return sparse.apply_matrix(x, arrays["matrix"], arrays["bias"])
-    b = field_size // 2
-    halo = np.pad(x, ((0, 0), (b, b), (b, b), (0, 0)))
-    return forward.apply_tile(halo, arrays["weight"], arrays["bias"], field_size)
+        return sparse.apply_matrix(x, arrays["matrix"], arrays["bias"]), x
+    weight, bias = arrays["weight"], arrays["bias"]
+    return forward.apply_tile(halo, weight, bias, field_size), x
 
 
 def _image_channels(image: np.ndarray) -> int:
@@ -291,6 +310,33 @@ def _aligned_path(out: str, relative: str) -> str:
 #: Photographs up to this size stay in memory until pasted into; larger ones
 #: are read again then (a block of large photographs is not held at once).
 HOLD_BYTES = 8 * 2**20
+#: Files per task by default (:func:`default_block`): as many as make about
+#: this many bytes of faces and predictions in float64 ...
+BLOCK_BYTES = 64 * 2**20
+#: ... but at least this many (and at most this many where photographs are
+#: written: a task may hold each of them, up to :data:`HOLD_BYTES`) ...
+MIN_BLOCK = 16
+#: ... and at most this many.
+MAX_BLOCK = 256
+
+
+def default_block(
+    shape: Sequence[int], channels: int, targets: int, output: str
+) -> int:
+    """Files per task where :func:`apply_to_folder` is given none.
+
+    Larger tasks spread the cost of each (scheduling, transfers, a progress
+    record) over more files: tasks of 64 files of 128 x 128 RGB faces and one
+    target took about a quarter less CPU time per image than tasks of 16
+    (``pipelines/bench_batch.py --throughput``). So a task takes as many faces of the
+    model's ``shape`` and ``channels`` as make :data:`BLOCK_BYTES` of float64
+    inputs and predictions for ``targets``, between :data:`MIN_BLOCK` and
+    :data:`MAX_BLOCK`; :data:`MIN_BLOCK` where ``output`` writes photographs.
+    """
+    if output in ("photo", "both"):
+        return MIN_BLOCK
+    face = int(np.prod(shape)) * channels * 8 * (1 + targets)
+    return max(MIN_BLOCK, min(MAX_BLOCK, BLOCK_BYTES // face))
 
 
 @dataclass
@@ -390,10 +436,13 @@ def predict_files(
         faces.append(_Face(relative, held, aligned, peak))
     if faces:  # the block at once: one product for every face
         started = _clock()
-        raw = np.stack([f.aligned.face for f in faces]).astype(np.float64)
+        raw = np.stack([f.aligned.face for f in faces])  # as read: integers
         low, scale = minmax.minmax_parameters(raw)
-        x = minmax.normalize_block(raw, low, scale) if normalize else raw
-        predicted = forward.blend(_predict_faces(x, arrays, field_size), x, strength)
+        if normalize:
+            predicted, x = _predict_faces(raw, arrays, field_size, low, scale)
+        else:
+            predicted, x = _predict_faces(raw, arrays, field_size, None, None)
+        predicted = forward.blend(predicted, x, strength)
         _add(stages, "predict", started)
         for i, face in enumerate(faces):
             peak = 1.0 if normalize else face.peak
@@ -419,7 +468,8 @@ def predict_files(
                     photo = face_crops.convert_channels(photo, channels)
                     _add(stages, "crop", started)
                 started = _clock()
-                pasted = paste_faces(photo, units, raw[i], face.aligned)
+                original = raw[i].astype(np.float64)
+                pasted = paste_faces(photo, units, original, face.aligned)
                 _add(stages, "paste", started)
                 for name, result in zip(names, pasted, strict=True):
                     path = _output_path(out, name, face.relative)
@@ -619,7 +669,7 @@ def apply_to_folder(
     targets: Sequence[str] | None = None,
     crop: str = "auto",
     margin: float = 0.25,
-    block: int = 16,
+    block: int | None = None,
     resume: bool = True,
     convert_channels: bool = False,
     resize: str = "lanczos",
@@ -661,8 +711,10 @@ def apply_to_folder(
         :func:`dmask.io.face_crops.is_face_crop`) whole and aligns the others.
     margin : float
         Margin around a detected face, as a fraction of its side.
-    block : int
-        Files per task (a batch).
+    block : int, optional
+        Files per task (a batch); by default :func:`default_block`'s (85
+        for 128 x 128 RGB faces and one target, 16 where photographs are
+        written).
     resume : bool
         Skip the batches an earlier run recorded as done (one listing of
         ``out/.dmask-progress/``), and in the others the files whose outputs
@@ -708,7 +760,7 @@ def apply_to_folder(
     source, destination = _places(folder, out)
     check_choice("crop", crop, face_crops.CROP_MODES)
     check_choice("output", output, OUTPUT_KINDS)
-    if block < 1:
+    if block is not None and block < 1:
         raise InputError(f"block must be a positive number of files, got {block}")
     strength = check_strength(strength)
     face_crops.check_resize(resize)
@@ -721,6 +773,8 @@ def apply_to_folder(
                 f"target {name!r} would share its output folder with the "
                 f"{name} folder of {out}; rename the target"
             )
+    if block is None:
+        block = default_block(model.image_shape, model.channels, len(names), output)
     if model.channels not in (1, 3):
         raise InputError(
             f"model {model.dataset.encoding.get('dmask_path', '')} applies to "

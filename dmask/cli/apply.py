@@ -110,10 +110,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     apply.add_argument(
         "--files-per-task",
         type=_positive_int,
-        default=16,
+        default=None,
         metavar="N",
         help="folders: image files per task (a batch; a finished batch is "
-        "recorded in OUT/.dmask-progress/ and skipped whole by a re-run)",
+        "recorded in OUT/.dmask-progress/ and skipped whole by a re-run); "
+        "default: about 64 MiB of faces in float64, 16 to 256 files (16 where "
+        "photographs are written)",
     )
     apply.add_argument(
         "--manifest",

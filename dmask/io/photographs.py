@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +24,7 @@ __all__ = [
     "ImageReadError",
     "decode_image",
     "encode_png",
+    "png_bytes",
     "image_files",
     "read_file",
     "read_image",
@@ -304,9 +308,12 @@ def to_uint8(
         return values
     if values.dtype == np.uint16 and peak == 65535:  # rint(v / 257), exactly
         return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    scaled = np.asarray(values, dtype=np.float64) / peak
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+    scaled = np.divide(values, peak, dtype=np.float64)
+    # clipped to [0, 1] in place, NaN to 0 (fmax and fmin drop NaN; inf clips)
+    np.fmax(scaled, 0.0, out=scaled)
+    np.fmin(scaled, 1.0, out=scaled)
+    np.multiply(scaled, 255.0, out=scaled)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def check_display(display: str) -> str:
@@ -331,18 +338,93 @@ def write_png(
 def encode_png(values: np.ndarray, peak: float = 1.0, display: str = "clip") -> bytes:
     """The bytes of an 8-bit PNG of ``(H, W, C)`` values on ``[0, peak]``
     (:func:`write_png`)."""
-    pixels = to_uint8(values, peak, display)
-    if pixels.ndim == 3 and pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]
-    encoded = io.BytesIO()
-    # Fast zlib level: at the default the encoding took half of each file's time.
-    Image.fromarray(pixels).save(encoded, format="PNG", compress_level=1)
-    return encoded.getvalue()
+    return png_bytes(to_uint8(values, peak, display))
+
+
+#: PNG colour types by channels: grey, grey and alpha, RGB, RGBA.
+_PNG_COLOUR = {1: 0, 2: 4, 3: 2, 4: 6}
+#: Bytes of compressed data per IDAT chunk (a chunk holds fewer than 2**31).
+_IDAT_BYTES = 2**30
+
+
+def _zlib_deflate(data: bytes) -> bytes:
+    """A zlib stream: level 1, run-length matches only (as fast as zlib goes
+    on filtered image rows, and smaller than its level 1's default)."""
+    stream = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    return stream.compress(data) + stream.flush()
+
+
+def _compressor() -> tuple[str, Callable[[bytes], bytes]]:
+    """The fastest zlib stream compressor at hand: ISA-L's level 1 (``isal``,
+    a dependency: 3 times as fast as :func:`_zlib_deflate`, about as small),
+    else :func:`_zlib_deflate`."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # a platform without isal's wheels
+        return "zlib", _zlib_deflate
+    return "isal", functools.partial(isal_zlib.compress, level=1)
+
+
+_DEFLATE_NAME, _deflate = _compressor()
+
+
+def _chunk(kind: bytes, body: bytes | memoryview) -> bytes:
+    crc = zlib.crc32(body, zlib.crc32(kind))
+    return struct.pack(">I", len(body)) + kind + bytes(body) + struct.pack(">I", crc)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An 8-bit PNG file of ``(H, W)`` or ``(H, W, C)`` uint8 pixels, C 1 to 4.
+
+    Every row is stored with PNG's ``Up`` filter (its difference from the row
+    above), compressed by ISA-L at level 1: 7 times as fast as Pillow's
+    encoder at its fastest level (``compress_level=1``, adaptive filters) on
+    128 x 128 RGB faces, and about as small. Any PNG reader gives back the
+    same pixels.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise InputError(f"PNG pixels must be uint8, got {pixels.dtype}")
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[2] not in _PNG_COLOUR:
+        raise InputError(f"PNG pixels must be (H, W[, 1-4]), got {pixels.shape}")
+    height, width, channels = pixels.shape
+    rows = pixels.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), np.uint8)
+    filtered[:, 0] = 2  # Up: each byte less the one above it, modulo 256
+    filtered[:1, 1:] = rows[:1]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    data = _deflate(filtered.tobytes())
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR[channels], 0, 0, 0)
+    view = memoryview(data)
+    idat = [
+        _chunk(b"IDAT", view[i : i + _IDAT_BYTES])
+        for i in range(0, max(len(data), 1), _IDAT_BYTES)
+    ]
+    return b"".join(
+        [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), *idat, _chunk(b"IEND", b"")]
+    )
+
+
+#: How :func:`write_file` creates its temporary file: new, for writing (and,
+#: as every descriptor Python opens, not inherited by child processes).
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 def write_file(path: str | os.PathLike, data: bytes) -> None:
     """Write a local file atomically: whole at ``path`` or not at all (a
     temporary name, then a rename); missing folders are made."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_path(path) as partial, open(partial, "xb") as handle:
-        handle.write(data)
+    path = os.fspath(path)
+    with atomic_path(path) as partial:
+        try:
+            handle = os.open(partial, _CREATE, 0o666)
+        except FileNotFoundError:  # the folder is not there yet
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            handle = os.open(partial, _CREATE, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(handle, view) :]
+        finally:
+            os.close(handle)

@@ -235,3 +235,13 @@ def test_a_run_of_some_targets_is_read_back(model_store, photo_folder, tmp_path)
         assert list(entry.crops) == ["sad"] and list(entry.photos) == ["sad"]
         assert entry.photo.shape[:2] == entry.photos["sad"].shape[:2]
         assert entry.crop.shape == entry.crops["sad"].shape == (24, 20, 3)
+
+
+def test_default_block_spreads_task_costs_over_small_faces():
+    """About 64 MiB of float64 faces and predictions per task, 16 to 256 files."""
+    assert folder.default_block((128, 128), 3, 1, "synthesised") == 85
+    assert folder.default_block((128, 128), 3, 2, "crop") == 56
+    assert folder.default_block((16, 16), 1, 1, "crop") == folder.MAX_BLOCK
+    assert folder.default_block((1024, 1024), 3, 1, "crop") == folder.MIN_BLOCK
+    # photographs are held by their task: as many as before
+    assert folder.default_block((128, 128), 3, 1, "both") == folder.MIN_BLOCK

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 import zlib
 
@@ -335,6 +337,83 @@ def test_display_modes(tmp_path, rng):
     np.testing.assert_array_equal(photographs.read_image(tmp_path / "s.png"), stretched)
     with pytest.raises(InputError, match="display must be one of clip, stretch"):
         photographs.to_uint8(values, display="normalize")
+
+
+def test_clip_keeps_the_old_formula(rng):
+    """to_uint8's in-place clip: NaN black, infinities clipped, as before."""
+    values = np.concatenate(
+        [
+            rng.normal(0.5, 0.6, 5000),
+            np.arange(-1, 257) / 255,  # every level, and the halves between
+            (np.arange(0, 256) + 0.5) / 255,
+            [np.nan, np.inf, -np.inf, 1e308, -1e308, 0.0, 1.0],
+        ]
+    )
+    for peak in (1.0, 0.7, 255.0, 65535.0):
+        with np.errstate(over="ignore"):
+            given = values * peak  # 1e308 * 255: inf
+        scaled = np.asarray(given, dtype=np.float64) / peak
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0)
+        old = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+        np.testing.assert_array_equal(photographs.to_uint8(given, peak), old)
+
+
+@pytest.mark.parametrize("deflate", ["fast", "zlib"])
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (1, 1, 3), (7, 5, 3), (3, 9, 1), (16, 16, 4), (5, 4, 2)]
+)
+def test_png_bytes_decode_to_the_same_pixels(rng, monkeypatch, deflate, shape):
+    """Any reader gives the pixels back: Pillow, and OpenCV (in BGR order)."""
+    import cv2
+
+    if deflate == "zlib":  # the fallback where isal is not installed
+        monkeypatch.setattr(photographs, "_deflate", photographs._zlib_deflate)
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    if pixels.ndim == 3 and pixels.shape[2] >= 3:
+        pixels[0, 0, :3] = (255, 0, 0)  # red: OpenCV gives it last
+    data = photographs.png_bytes(pixels)
+    flat = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        np.testing.assert_array_equal(np.asarray(image), flat)
+    if pixels.ndim == 3 and pixels.shape[2] == 2:
+        return  # OpenCV reads grey and alpha as BGRA
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels.ndim == 3 and pixels.shape[2] >= 3:
+        assert decoded[0, 0, 2] == 255 and decoded[0, 0, 0] == 0  # red, as BGR
+        decoded = decoded[..., [2, 1, 0, 3][: pixels.shape[2]]]
+    np.testing.assert_array_equal(decoded, flat)
+
+
+def test_png_bytes_of_a_photograph_match_pillows_file(photos, tmp_path):
+    """The same pixels as Pillow's own PNG, about as small (Pillow's fastest)."""
+    photo = photos["astronaut"] if "astronaut" in photos else photos["grace_hopper"]
+    for pixels in (photo, photo[..., 1]):
+        data = photographs.png_bytes(pixels)
+        Image.fromarray(pixels).save(tmp_path / "p.png", compress_level=1)
+        with Image.open(io.BytesIO(data)) as ours:
+            np.testing.assert_array_equal(np.asarray(ours), pixels)
+        assert len(data) < 1.1 * (tmp_path / "p.png").stat().st_size
+    with pytest.raises(InputError, match="uint8"):
+        photographs.png_bytes(photo.astype(np.uint16))
+    with pytest.raises(InputError, match="must be"):
+        photographs.png_bytes(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_write_file_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "new" / "deeper" / "f.png"
+    photographs.write_file(path, b"first")
+    photographs.write_file(path, b"second")
+    assert path.read_bytes() == b"second"
+
+    def failing_write(handle, data):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="full"):
+        patched.setattr(os, "write", failing_write)
+        photographs.write_file(path, b"third")
+    assert path.read_bytes() == b"second"
+    assert os.listdir(path.parent) == ["f.png"]  # no partial file left
 
 
 # -------------------------------------------------------------------- misc
