@@ -124,6 +124,49 @@ def test_read_jpeg_and_exif_orientation(tmp_path):
     np.testing.assert_allclose(turned, np.rot90(out, -1), atol=JPEG_LEVELS)
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+def test_fast_jpeg_decoding_gives_pillows_pixels(
+    photos, rng, monkeypatch, subsampling, progressive
+):
+    """simplejpeg (libjpeg-turbo's TurboJPEG API) decodes what Pillow would."""
+    assert photographs._decode_jpeg is not None  # installed: a dependency
+    images = [
+        photos["grace_hopper"],
+        rng.integers(0, 256, (33, 47, 3), dtype=np.uint8),
+        rng.integers(0, 256, (9, 5), dtype=np.uint8),  # grey
+    ]
+    for pixels in images:
+        encoded = io.BytesIO()
+        options = {"subsampling": subsampling} if pixels.ndim == 3 else {}
+        Image.fromarray(pixels).save(
+            encoded, format="JPEG", quality=90, progressive=progressive, **options
+        )
+        data = encoded.getvalue()
+        with Image.open(io.BytesIO(data)) as opened:
+            fast = photographs._decode_fast(data, opened)
+        assert fast is not None
+        with monkeypatch.context() as patched:
+            patched.setattr(photographs, "_decode_jpeg", None)  # Pillow alone
+            slow = photographs.decode_image(data)
+        assert fast.dtype == np.uint8 and fast.flags.c_contiguous
+        np.testing.assert_array_equal(fast, slow)
+        np.testing.assert_array_equal(photographs.decode_image(data), slow)
+    # what it leaves to Pillow: turned, CMYK, truncated, other formats
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for image, options in [
+        (Image.fromarray(images[0]), {"exif": exif}),
+        (Image.fromarray(images[0]).convert("CMYK"), {}),
+    ]:
+        encoded = io.BytesIO()
+        image.save(encoded, format="JPEG", **options)
+        with Image.open(encoded) as opened:
+            assert photographs._decode_fast(encoded.getvalue(), opened) is None
+    with pytest.raises(ImageReadError, match=r"(?i)half\.jpg: .*truncated"):
+        photographs.decode_image(data[: len(data) // 2], "half.jpg")
+
+
 @pytest.mark.parametrize("kind", ["truncated", "text", "missing", "empty"])
 def test_unreadable_files_name_the_file(tmp_path, rng, kind):
     path = tmp_path / f"bad_{kind}.png"
