@@ -21,11 +21,13 @@ Several outputs or blocks are compared in the same cluster, their runs taken
 in turn. Each timed run writes to a fresh output folder (``resume=False``)
 after one untimed run over the first files (the workers load the model and
 compile their kernels once). Printed: images/s (median of ``--repeats``), and
-where the workers' time went: the stages the tasks time themselves
-(:data:`dmask.apply.folder.STAGES`, the run's :attr:`BatchReport.stages`) in
-worker-seconds per 1000 images and as fractions of the workers' time (2 x the
-wall time); "other" is the rest (scheduling, task transfer, resume checks,
-progress records, the client's listing).
+where the cores' time went in the median run, in CPU seconds per 1000 images
+and as shares of 2 cores x the wall time: the stages the tasks time
+themselves (:data:`dmask.apply.folder.STAGES`, the run's
+:attr:`BatchReport.stages`: their threads' CPU time), the rest of the workers'
+CPU time ("worker other": task transfer, progress records, resume checks),
+the client's with the scheduler and the nannies ("client"), and "idle" (the
+cores waiting, or taken by other programs on the machine).
 
     python pipelines/bench_batch.py [--sizes 128 512] [--subjects 40] [--json F]
     python pipelines/bench_batch.py --throughput [2000] [--formats jpeg png]
