@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dmask.errors import InputError
+from dmask.graph import runtime
 from dmask.io import atomic
 from dmask.io.locations import is_local
 from dmask.io.photographs import IMAGE_SUFFIXES
@@ -411,10 +412,9 @@ def _run_threads(
 ) -> None:
     import concurrent.futures as cf
 
-    import dask
     from threadpoolctl import threadpool_limits
 
-    threads = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    threads = runtime.local_threads()
     pending: dict[cf.Future[Any], Any] = {}
 
     def collect() -> None:

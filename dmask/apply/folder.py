@@ -652,14 +652,6 @@ def _run_batch(
     return problems, notes, methods, len(relatives) - len(todo), stages
 
 
-def _cluster_threads() -> int:
-    """Threads that run tasks: the cluster's, else dask's ``num_workers`` or cores."""
-    client = runtime.current_client()
-    if client is not None:
-        return max(1, sum(client.nthreads().values()))
-    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
-
-
 @locks.locks_output("out")
 def apply_to_folder(
     model: Model,
@@ -824,7 +816,7 @@ def apply_to_folder(
         if client is not None:  # sent to every worker once, not with each task
             arrays = client.scatter([arrays], broadcast=True)[0]
     salt = f"{output}:" + ",".join(names)
-    in_flight = max(BLOCKS_IN_FLIGHT, 2 * _cluster_threads())
+    in_flight = max(BLOCKS_IN_FLIGHT, 2 * runtime.task_threads())
     logger.info(
         "synthesising the images %s %s into %s: %d files per task, "
         "%d tasks in flight, %d batches recorded done",

@@ -28,6 +28,7 @@ __all__ = [
     "memory_per_thread",
     "thread_memory",
     "task_memory_budget",
+    "local_threads",
     "task_threads",
 ]
 
@@ -160,6 +161,11 @@ def task_threads() -> int:
             return max(1, sum(client.nthreads().values()))
         except Exception:  # an old or odd scheduler: count this machine's cores
             pass
+    return local_threads()
+
+
+def local_threads() -> int:
+    """Threads of this process's task pools: dask's ``num_workers``, else cores."""
     return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 

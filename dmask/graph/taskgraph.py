@@ -8,7 +8,7 @@ from typing import Any
 
 import dask
 
-from dmask.graph.runtime import compute, task_threads, threaded_run
+from dmask.graph.runtime import compute, local_threads, threaded_run
 
 __all__ = ["LocalTasks", "run"]
 
@@ -86,7 +86,7 @@ def run(tasks: list[Any] | LocalTasks, phase: str = "computing") -> tuple[Any, .
         return compute(*tasks, phase=phase)
     import dask.threaded
 
-    workers = task_threads()
+    workers = local_threads()
     # Tasks go to threads two at a time once there are enough of them: fewer
     # hand-overs through the scheduler's thread, which for jobs of a few
     # milliseconds per task measured 6% of the wall time.
