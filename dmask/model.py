@@ -1051,10 +1051,12 @@ class Model:
         sample_block: int | None = None,
         name: str = "new_sources",
         strength: float = 1.0,
+        dtype: Any = np.float64,
     ) -> dict[str, da.Array]:
         """Lazy predictions, one dask array ``(N, H, W, C)`` per target.
 
-        ``strength`` as in :meth:`predict`.
+        ``strength`` as in :meth:`predict`; ``dtype`` of the values (summed in
+        float64, rounded once).
         """
         _check_positive("sample_block", sample_block)
         strength = check_strength(strength)
@@ -1067,7 +1069,8 @@ class Model:
                 f"applies to {h}x{w}x{self.channels}"
             )
         if self.kind == "sparse":
-            return self._predict_sparse(src, sample_block, strength)
+            lazy = self._predict_sparse(src, sample_block, strength)
+            return {name_: a.astype(dtype) for name_, a in lazy.items()}
         th, tw = prediction_tile_shape(self.image_shape, self.tile_shape)
         tiles = plan_tiles(self.image_shape, (th, tw))
         rows, _ = tile_grid(self.image_shape, (th, tw))
@@ -1103,6 +1106,7 @@ class Model:
             self.field,
             self.normalize == "minmax",
             strength,
+            dtype,
         )
         return {name_: full[i] for i, name_ in enumerate(self.targets)}
 

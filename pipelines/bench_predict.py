@@ -10,7 +10,8 @@ Each case times three ways of predicting the same neutral faces:
 
 (a) dmask zarr->zarr
     ``dmask.apply.store.apply_to_store`` from the dataset store to a new
-    prediction store, on dask's threaded scheduler with two threads.
+    prediction store (each run a new one: the last is removed untimed), on
+    dask's threaded scheduler with two threads.
 (b) vectorised numpy in memory
     the images already min-max normalised as float64 in memory and the weights
     as numpy planes ``(r * r, H, W, C)``; the sum over the ``r * r`` window
@@ -42,6 +43,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -115,13 +117,17 @@ def train(faces: Faces, field: int, folder: str) -> dmask.Model:
     )
 
 
-def timings(fn: Callable[[], object], repeats: int) -> list[float]:
-    """Wall times of ``repeats`` calls."""
+def timings(
+    fn: Callable[[], object], repeats: int, after: Callable[[], object] | None = None
+) -> list[float]:
+    """Wall times of ``repeats`` calls; ``after`` runs after each, untimed."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
+        if after is not None:
+            after()
     return times
 
 
@@ -244,7 +250,13 @@ def run_case(
     reference = model.predict(faces.raw[:CHECKED_IMAGES])["happy"]
     out = os.path.join(folder, "predicted.zarr")
 
-    times_a = timings(lambda: apply_store(model, faces, out), repeats)
+    # each run writes a new store: the previous one is removed outside the time
+    times_a = timings(
+        lambda: apply_store(model, faces, out),
+        repeats,
+        after=lambda: shutil.rmtree(out),
+    )
+    apply_store(model, faces, out)
     predicted_store = dataset_store.open_dataset(out)["images"]
     stored = predicted_store[:CHECKED_IMAGES].values
     error_a = max_error(reference, stored.astype(np.float64))

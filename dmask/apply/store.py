@@ -97,13 +97,15 @@ def apply_to_store(
         sources: Any = dataset_store.stored_images(dataset, index)
     else:
         sources = dataset["images"].isel(sample=index)
-    lazy = model.predict_lazy(sources, sample_block, name="images", strength=strength)
+    lazy = model.predict_lazy(
+        sources, sample_block, name="images", strength=strength, dtype=np.float32
+    )
 
     channels = model.channels
     first = lazy[names[0]]
     th, tw = first.chunks[1][0], first.chunks[2][0]
     block = first.chunks[0][0]
-    images = da.concatenate([lazy[n].astype(np.float32) for n in names], axis=0)
+    images = da.concatenate([lazy[n] for n in names], axis=0)
     images = images.rechunk((block, th, tw, channels))
     subjects = np.asarray(dataset["subject"].values).astype(str)[index]
     splits = (

@@ -43,7 +43,8 @@ if AVAILABLE:
         channels: int,
         out: np.ndarray,
     ) -> None:
-        """Fill ``out`` ``(T, n, h, w * C)`` with the predictions of ``raw``.
+        """Fill ``out`` ``(T, n, h, w * C)`` with the predictions of ``raw``
+        (summed in float64, stored in ``out``'s dtype).
 
         ``raw`` is ``(n, rows, cols * C)`` (any real dtype, C-contiguous),
         the block of input the tile reads without its zero padding: output
@@ -58,11 +59,11 @@ if AVAILABLE:
         n, rows, raw_wc = raw.shape
         width = wc // channels
         cols = raw_wc // channels
+        row = np.empty(wc)  # one output row in float64, then stored as out's dtype
         for t in range(n_targets):
             for y in range(h):
                 plane_bias = bias[t, y]
                 for s in range(n):
-                    row = out[t, s, y]
                     row[:] = plane_bias
                     lo = low[s]
                     sc = scale[s]
@@ -85,3 +86,6 @@ if AVAILABLE:
                         source = raw[s, ry, j0 + shift : j1 + shift]
                         for i in range(part.shape[0]):
                             part[i] += weight[i] * ((source[i] - lo) * sc)
+                    target = out[t, s, y]
+                    for j in range(wc):
+                        target[j] = row[j]

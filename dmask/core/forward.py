@@ -22,6 +22,7 @@ def predict_block(
     weights: np.ndarray,
     bias: np.ndarray,
     field: int,
+    dtype: type | np.dtype = np.float64,
 ) -> np.ndarray:
     """Predict one tile of every target from a raw, unpadded input block.
 
@@ -38,11 +39,13 @@ def predict_block(
         halo to ``(h + 2b, w + 2b)`` (the image's border).
     weights, bias, field
         As :func:`apply_tile`.
+    dtype : numpy dtype
+        Of the result: summed in float64, then rounded once to it.
 
     Returns
     -------
     numpy.ndarray
-        ``(T, n, h, w, C)`` float64, the values of :func:`apply_tile` on the
+        ``(T, n, h, w, C)``, the values of :func:`apply_tile` on the
         normalised, zero-padded halo.
     """
     joint = weights.shape[-1] != field * field  # joint colour: numpy
@@ -51,8 +54,9 @@ def predict_block(
         (top, bottom), (left, right) = padding
         if top or bottom or left or right:
             halo = np.pad(halo, ((0, 0), (top, bottom), (left, right), (0, 0)))
-        return apply_tile(halo, weights, bias, field)
-    return _compiled(raw, low, scale, padding[0][0], padding[1][0], weights, bias)
+        return apply_tile(halo, weights, bias, field).astype(dtype, copy=False)
+    top, left = padding[0][0], padding[1][0]
+    return _compiled(raw, low, scale, top, left, weights, bias, dtype)
 
 
 def _compiled(
@@ -63,6 +67,7 @@ def _compiled(
     left: int,
     weights: np.ndarray,
     bias: np.ndarray,
+    dtype: type | np.dtype = np.float64,
 ) -> np.ndarray:
     from dmask.core._engine_forward import forward_rows
 
@@ -72,7 +77,7 @@ def _compiled(
     planes = np.ascontiguousarray(np.moveaxis(weights, -1, 1), dtype=np.float64)
     if low is None or scale is None:
         low, scale = np.zeros(n), np.ones(n)
-    out = np.empty((n_targets, n, h, w * channels))
+    out = np.empty((n_targets, n, h, w * channels), dtype=dtype)
     forward_rows(
         np.ascontiguousarray(raw).reshape(n, rows, cols * channels),
         np.ascontiguousarray(low, dtype=np.float64),

@@ -25,27 +25,38 @@ __all__ = [
 ]
 
 
+#: A prediction task's ``bounds`` when its block holds whole images: it takes
+#: each image's minimum and maximum itself (no pass over the images before).
+OWN_BOUNDS = "own"
+
+
 def predict_tile(
     source: np.ndarray,
-    bounds: tuple[np.ndarray, np.ndarray] | None,
+    bounds: tuple[np.ndarray, np.ndarray] | str | None,
     padding: tuple[tuple[int, int], tuple[int, int]],
     weight: np.ndarray,
     bias: np.ndarray,
     field: int,
     start: int,
     strength: float = 1.0,
+    dtype: type | np.dtype = np.float64,
 ) -> np.ndarray:
-    """Task: predict one tile of one sample block for every target."""
+    """Task: predict one tile of one sample block for every target, as ``dtype``."""
     _check_finite(source, start)
+    if isinstance(bounds, str) and bounds == OWN_BOUNDS:  # the block is whole images
+        bounds = minmax.sample_bounds(source)
     low, high = bounds if bounds is not None else (None, None)
     scale = None if low is None else minmax.minmax_scale(low, high)
-    predicted = forward.predict_block(source, low, scale, padding, weight, bias, field)
     if strength == 1:
-        return predicted
+        return forward.predict_block(
+            source, low, scale, padding, weight, bias, field, dtype
+        )
+    predicted = forward.predict_block(source, low, scale, padding, weight, bias, field)
     halo = read_halo(source, low, high, padding)
     b = field // 2
     h, w = bias.shape[1:3]
-    return forward.blend(predicted, halo[:, b : b + h, b : b + w], strength)
+    blended = forward.blend(predicted, halo[:, b : b + h, b : b + w], strength)
+    return blended.astype(dtype, copy=False)
 
 
 def _check_finite(source: np.ndarray, start: int) -> None:
@@ -149,8 +160,9 @@ def predict_tiles(
     field: int,
     normalize: bool,
     strength: float = 1.0,
+    dtype: type | np.dtype = np.float64,
 ) -> da.Array:
-    """Lazy prediction ``(T, N, H, W, C)`` float64, one task per block and tile.
+    """Lazy prediction ``(T, N, H, W, C)`` of ``dtype``, one task per block and tile.
 
     Parameters
     ----------
@@ -168,17 +180,23 @@ def predict_tiles(
         Apply per-image min-max normalisation to the sources.
     strength : float
         Expression strength (:func:`dmask.core.forward.blend`).
+    dtype : numpy dtype
+        Of the predictions (summed in float64, rounded once).
     """
     n, height, width, _ = sources.shape
     n_targets = weight.shape[0]
     channels = weight.shape[3]
-    stored, low, high = _block_bounds(sources, normalize)
+    whole = len(tiles) == 1 and len(tiles[0]) == 1  # each task reads whole images
+    stored, low, high = _block_bounds(sources, normalize and not whole)
     apply_task = dask.delayed(predict_tile, pure=True)
     halo_width = field // 2
     grid = []
     for s0 in range(0, n, sample_block):
         s1 = min(n, s0 + sample_block)
-        bounds = _bounds_of(sources, normalize, stored, low, high, s0, s1)
+        if normalize and whole:
+            bounds: Any = OWN_BOUNDS
+        else:
+            bounds = _bounds_of(sources, normalize, stored, low, high, s0, s1)
         rows_out = []
         for row in tiles:
             cols_out = []
@@ -193,12 +211,15 @@ def predict_tiles(
                     field,
                     s0,
                     strength,
+                    dtype,
                 )
                 h, w = tile.shape
                 cols_out.append(
                     [
                         da.from_delayed(
-                            part, shape=(n_targets, s1 - s0, h, w, channels), dtype="f8"
+                            part,
+                            shape=(n_targets, s1 - s0, h, w, channels),
+                            dtype=np.dtype(dtype),
                         )
                     ]
                 )
