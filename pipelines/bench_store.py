@@ -54,6 +54,12 @@ def codecs(itemsize: int) -> dict[str, Callable[[], list[Any] | None]]:
         "blosc lz4, shuffle": lambda: [
             BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=itemsize)
         ],
+        "blosc lz4 level 1, shuffle": lambda: [
+            BloscCodec(cname="lz4", clevel=1, shuffle="shuffle", typesize=itemsize)
+        ],
+        "blosc zstd level 1, shuffle": lambda: [
+            BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=itemsize)
+        ],
     }
 
 
