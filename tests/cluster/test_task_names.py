@@ -17,7 +17,8 @@ BARE = {"tuple", "list", "dict", "value", "apply", "lambda", "identity", "prepar
 #: dask's own names (xarray and dask.array operations), as cluster/README lists them.
 DASK_OWN = re.compile(
     r"^(open_dataset-.*|getitem|astype|.*-aggregate|.*store-map|finalize-.*|"
-    r"array|array-finalize-.*|from-value.*|original|shuffle-.*|concatenate.*)$"
+    r"array|array-finalize-.*|from-value.*|original|shuffle-.*|concatenate.*|"
+    r".*_chunk|rechunk-.*)$"
 )
 
 
