@@ -218,7 +218,8 @@ if AVAILABLE:
     def _cholesky_lanes_batch(a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> None:
         # As _cholesky_batch, LANES systems at a time by _solve_lanes; lanes
         # past the stack's end solve the identity. Only the upper triangle of
-        # each ``a[p]`` is read; ``b[p]`` is written only where ``ok[p]``.
+        # each ``a[p]`` is read (into the lower of ``gram``); ``b[p]`` is
+        # written only where ``ok[p]``.
         pixels, n, _ = a.shape
         n_rhs = b.shape[2]
         gram = np.zeros((n, n, LANES))
@@ -232,13 +233,13 @@ if AVAILABLE:
                 if q < m:
                     src = a[p0 + q]
                     for i in range(n):
-                        for j in range(i, n):
-                            gram[i, j, q] = src[i, j]
+                        for j in range(i + 1):  # the lower triangle from the upper
+                            gram[i, j, q] = src[j, i]
                         for t in range(n_rhs):
                             columns[t, i, q] = b[p0 + q, i, t]
                 else:
                     for i in range(n):
-                        for j in range(i, n):
+                        for j in range(i + 1):
                             gram[i, j, q] = 1.0 if i == j else 0.0
                         for t in range(n_rhs):
                             columns[t, i, q] = 0.0
@@ -358,7 +359,7 @@ if AVAILABLE:
     ) -> None:
         """Cholesky-solve ``LANES`` systems side by side, one per vector lane.
 
-        ``gram`` is ``(n, n, LANES)`` (upper triangle read), ``columns``
+        ``gram`` is ``(n, n, LANES)`` (lower triangle read), ``columns``
         ``(T, n, LANES)`` is overwritten by the solutions. Each lane does the
         operations of :func:`_solve_one` in the same order, so its result is
         the same to the bit; ``ok[lane]`` turns False where a pivot is not
@@ -382,7 +383,7 @@ if AVAILABLE:
             for i in range(j + 1, n):
                 row = lower[i, j]
                 for q in range(L):
-                    row[q] = gram[j, i, q]
+                    row[q] = gram[i, j, q]
                 at = (i * n + j) * L
                 for p in range(j):
                     _sub_product8(
@@ -405,67 +406,6 @@ if AVAILABLE:
                         columns, yi, lower, (p * n + i) * L, columns, base + p * L
                     )
                 _divide8(columns, yi, lower, (i * n + i) * L)
-
-    @jit(nogil=True)
-    def _solve_displacement_lanes(
-        pair_sums: np.ndarray,
-        sums: np.ndarray,
-        cross_sums: np.ndarray,
-        target_sums: np.ndarray,
-        count: float,
-        pair_index: np.ndarray,
-        sum_index: np.ndarray,
-        lam: float,
-        out: np.ndarray,
-        ok: np.ndarray,
-    ) -> None:
-        # As _solve_displacement_tile, LANES pixels of a row at a time.
-        n_targets, k, h, w, channels = cross_sums.shape
-        n_deltas = pair_sums.size // sums.size
-        ww = sums.shape[1]
-        flat_sums = sums.ravel()
-        gram = np.zeros((k + 1, k + 1, LANES))
-        for a in range(k + 1):
-            gram[a, a] = 1.0  # lanes past a row's end solve the identity
-        columns = np.zeros((n_targets, k + 1, LANES))
-        lower = np.empty((k + 1, k + 1, LANES))
-        pivot = np.empty(LANES)
-        good = np.empty(LANES, dtype=np.bool_)
-        stride = channels * n_deltas  # between neighbouring pixels' pair sums
-        for i in range(h):
-            for c in range(channels):
-                for j0 in range(0, w, LANES):
-                    m = min(LANES, w - j0)
-                    first = (i * ww + j0) * channels + c
-                    for a in range(k):
-                        where = pair_index[a]
-                        for b in range(a, k):
-                            row = gram[a, b]
-                            start = first * n_deltas + where[b]
-                            for q in range(m):
-                                row[q] = pair_sums[start + q * stride]
-                        row = gram[a, k]
-                        start = first + sum_index[a]
-                        for q in range(m):
-                            gram[a, a, q] += lam
-                            row[q] = flat_sums[start + q * channels]
-                        for t in range(n_targets):
-                            row = columns[t, a]
-                            for q in range(m):
-                                row[q] = cross_sums[t, a, i, j0 + q, c]
-                    for q in range(m):
-                        gram[k, k, q] = count + lam
-                    for t in range(n_targets):
-                        row = columns[t, k]
-                        for q in range(m):
-                            row[q] = target_sums[t, i, j0 + q, c]
-                    good[:] = True
-                    _solve_lanes(gram, columns, lower, pivot, good)
-                    for q in range(m):
-                        ok[i, j0 + q, c] = good[q]
-                        for a in range(k + 1):
-                            for t in range(n_targets):
-                                out[i, j0 + q, c, a, t] = columns[t, a, q]
 
     @numba.extending.intrinsic
     def _block_sums(typingctx, a_ty, n_ty, i_ty, j_ty):
@@ -640,7 +580,64 @@ if AVAILABLE:
                             b[p0 + q, i, t] = columns[t, i, q]
 
     @jit(nogil=True)
-    def _solve_displacement_blocks(
+    def _gather_lanes(
+        pair_sums: np.ndarray,
+        flat_sums: np.ndarray,
+        ww: int,
+        cross_sums: np.ndarray,
+        target_sums: np.ndarray,
+        count: float,
+        pair_index: np.ndarray,
+        sum_index: np.ndarray,
+        lam: float,
+        i: int,
+        c: int,
+        j0: int,
+        gram: np.ndarray,
+        columns: np.ndarray,
+    ) -> int:
+        # The systems of pixels (i, j0 + q, c) of a row, one per lane of
+        # ``gram`` (its lower triangle: entry (a, b) of the upper at (b, a))
+        # and ``columns``; lanes past the row's end get the identity. Returns
+        # how many lanes hold pixels. Offsets as in _solve_displacement_tile.
+        lanes = gram.shape[2]
+        n_targets, k, _, w, channels = cross_sums.shape
+        n_deltas = pair_sums.size // flat_sums.size
+        stride = channels * n_deltas  # between neighbouring pixels' pair sums
+        m = min(lanes, w - j0)
+        first = (i * ww + j0) * channels + c
+        for a in range(k):
+            where = pair_index[a]
+            for b in range(a, k):
+                row = gram[b, a]
+                start = first * n_deltas + where[b]
+                for q in range(m):
+                    row[q] = pair_sums[start + q * stride]
+            row = gram[k, a]
+            start = first + sum_index[a]
+            for q in range(m):
+                gram[a, a, q] += lam
+                row[q] = flat_sums[start + q * channels]
+            for t in range(n_targets):
+                row = columns[t, a]
+                for q in range(m):
+                    row[q] = cross_sums[t, a, i, j0 + q, c]
+        for q in range(m):
+            gram[k, k, q] = count + lam
+        for t in range(n_targets):
+            row = columns[t, k]
+            for q in range(m):
+                row[q] = target_sums[t, i, j0 + q, c]
+        for q in range(m, lanes):
+            for a in range(k + 1):
+                for b in range(a + 1):
+                    gram[a, b, q] = 1.0 if a == b else 0.0
+                for t in range(n_targets):
+                    columns[t, a, q] = 0.0
+        return m
+
+    @jit(nogil=True)
+    def _solve_displacement_lanes(
         pair_sums: np.ndarray,
         sums: np.ndarray,
         cross_sums: np.ndarray,
@@ -651,54 +648,32 @@ if AVAILABLE:
         lam: float,
         out: np.ndarray,
         ok: np.ndarray,
+        blocked: bool,
     ) -> None:
-        # As _solve_displacement_lanes, BLOCK_LANES pixels of a row at a time
-        # by _solve_block_lanes: the lower triangle is filled (entry (a, b) of
-        # the upper triangle at (b, a)), lanes past a row's end get the
-        # identity.
+        # As _solve_displacement_tile, the pixels of a row several at a time:
+        # BLOCK_LANES by _solve_block_lanes where ``blocked``, else LANES by
+        # _solve_lanes.
         n_targets, k, h, w, channels = cross_sums.shape
-        n_deltas = pair_sums.size // sums.size
-        ww = sums.shape[1]
+        lanes = BLOCK_LANES if blocked else LANES
+        gram = np.zeros((k + 1, k + 1, lanes))
+        columns = np.zeros((n_targets, k + 1, lanes))
+        lower = np.empty((k + 1, k + 1, lanes))  # _solve_lanes' factor
+        pivot = np.empty(lanes)
+        good = np.empty(lanes, dtype=np.bool_)
         flat_sums = sums.ravel()
-        gram = np.zeros((k + 1, k + 1, BLOCK_LANES))
-        columns = np.zeros((n_targets, k + 1, BLOCK_LANES))
-        good = np.empty(BLOCK_LANES, dtype=np.bool_)
-        stride = channels * n_deltas
+        ww = sums.shape[1]
         for i in range(h):
             for c in range(channels):
-                for j0 in range(0, w, BLOCK_LANES):
-                    m = min(BLOCK_LANES, w - j0)
-                    first = (i * ww + j0) * channels + c
-                    for a in range(k):
-                        where = pair_index[a]
-                        for b in range(a, k):
-                            row = gram[b, a]
-                            start = first * n_deltas + where[b]
-                            for q in range(m):
-                                row[q] = pair_sums[start + q * stride]
-                        row = gram[k, a]
-                        start = first + sum_index[a]
-                        for q in range(m):
-                            gram[a, a, q] += lam
-                            row[q] = flat_sums[start + q * channels]
-                        for t in range(n_targets):
-                            row = columns[t, a]
-                            for q in range(m):
-                                row[q] = cross_sums[t, a, i, j0 + q, c]
-                    for q in range(m):
-                        gram[k, k, q] = count + lam
-                    for t in range(n_targets):
-                        row = columns[t, k]
-                        for q in range(m):
-                            row[q] = target_sums[t, i, j0 + q, c]
-                    for q in range(m, BLOCK_LANES):
-                        for a in range(k + 1):
-                            for b in range(a + 1):
-                                gram[a, b, q] = 1.0 if a == b else 0.0
-                            for t in range(n_targets):
-                                columns[t, a, q] = 0.0
+                for j0 in range(0, w, lanes):
+                    m = _gather_lanes(
+                        pair_sums, flat_sums, ww, cross_sums, target_sums, count,
+                        pair_index, sum_index, lam, i, c, j0, gram, columns,
+                    )  # fmt: skip
                     good[:] = True
-                    _solve_block_lanes(gram, columns, good)
+                    if blocked:
+                        _solve_block_lanes(gram, columns, good)
+                    else:
+                        _solve_lanes(gram, columns, lower, pivot, good)
                     for q in range(m):
                         ok[i, j0 + q, c] = good[q]
                         for a in range(k + 1):
@@ -876,12 +851,12 @@ def solve_displacement_tile(
     sum_index = (offsets[:, 0] * ww + offsets[:, 1]) * channels
     if lanes is None:
         lanes = lane_system(k + 1)
+    extra: tuple[bool, ...] = ()
     if not lanes:
         kernel = _solve_displacement_tile
-    elif k + 1 <= LANE_SYSTEM:
-        kernel = _solve_displacement_lanes
     else:
-        kernel = _solve_displacement_blocks
+        kernel = _solve_displacement_lanes
+        extra = (k + 1 > LANE_SYSTEM,)
     kernel(
         np.ascontiguousarray(np.moveaxis(pair_sums, 0, -1), dtype=np.float64).ravel(),
         np.ascontiguousarray(sums, dtype=np.float64),
@@ -893,5 +868,6 @@ def solve_displacement_tile(
         float(lam),
         out,
         ok,
+        *extra,
     )
     return out, ok

@@ -9,7 +9,7 @@ import numpy as np
 from dmask.core import _engine, minmax
 from dmask.core.windows import window_offsets
 
-__all__ = ["apply_tile", "blend", "predict_block"]
+__all__ = ["apply_tile", "blend", "normalised_halo", "predict_block"]
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -50,13 +50,21 @@ def predict_block(
     """
     joint = weights.shape[-1] != field * field  # joint colour: numpy
     if joint or not _engine.enabled():
-        halo = minmax.normalize_block(raw, low, scale)
-        (top, bottom), (left, right) = padding
-        if top or bottom or left or right:
-            halo = np.pad(halo, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        halo = normalised_halo(raw, low, scale, padding)
         return apply_tile(halo, weights, bias, field).astype(dtype, copy=False)
     top, left = padding[0][0], padding[1][0]
     return _compiled(raw, low, scale, top, left, weights, bias, dtype)
+
+
+def normalised_halo(
+    raw: np.ndarray, low: np.ndarray | None, scale: np.ndarray | None, padding: Padding
+) -> np.ndarray:
+    """A raw block normalised (float64) and completed by its zero ``padding``."""
+    halo = minmax.normalize_block(raw, low, scale)
+    (top, bottom), (left, right) = padding
+    if top or bottom or left or right:
+        halo = np.pad(halo, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    return halo
 
 
 def _compiled(

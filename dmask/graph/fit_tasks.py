@@ -11,6 +11,7 @@ import numpy as np
 from dmask.core import (
     covariance,
     displacement,
+    forward,
     joint,
     lambdas,
     methods,
@@ -130,13 +131,8 @@ def read_halo(
     high: np.ndarray | None,
     padding: tuple[tuple[int, int], tuple[int, int]],
 ) -> np.ndarray:
-    data = minmax.normalize_block(
-        block, low, None if low is None else minmax.minmax_scale(low, high)
-    )
-    (top, bottom), (left, right) = padding
-    if top or bottom or left or right:
-        data = np.pad(data, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    return data
+    scale = None if low is None else minmax.minmax_scale(low, high)
+    return forward.normalised_halo(block, low, scale, padding)
 
 
 def _target_parameters(

@@ -194,20 +194,26 @@ def test_raw_displacement_statistics_match_loops(rng, field, shape, padding, bac
     assert stats.count == n
 
 
+def _tile_solver_args(rng, field, n, height, width):
+    """``solve_displacement_tile``'s arguments (up to lambda) for random pairs
+    of ``n`` two-channel images of ``height x width``."""
+    sources, targets = random_pairs(rng, n, height, width, 2)
+    b = field // 2
+    halo = np.pad(sources, ((0, 0), (b, b), (b, b), (0, 0)))
+    stats = methods.tile_statistics(halo, targets[None], field)
+    return (
+        stats.pair_sums, stats.sums, stats.cross_sums, stats.target_sums, stats.count,
+        displacement._gram_table(field), windows.window_offsets(field) + b,
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(not _engine.AVAILABLE, reason="numba is not installed")
 @pytest.mark.parametrize("field", [3, 5])
 def test_lane_solver_equals_one_at_a_time(rng, field):
     # Systems solved eight at a time, one per vector lane, give the bits of the
     # one-at-a-time Cholesky (r = 3) and flag lanes whose pivot is not
     # positive; a row of 13 pixels leaves five lanes of the second group idle.
-    sources, targets = random_pairs(rng, 30, 6, 13, 2)
-    b = field // 2
-    halo = np.pad(sources, ((0, 0), (b, b), (b, b), (0, 0)))
-    stats = methods.tile_statistics(halo, targets[None], field)
-    args = (
-        stats.pair_sums, stats.sums, stats.cross_sums, stats.target_sums, stats.count,
-        displacement._gram_table(field), windows.window_offsets(field) + b,
-    )  # fmt: skip
+    args = _tile_solver_args(rng, field, 30, 6, 13)
     lanes, ok = _engine.solve_displacement_tile(*args, 0.4)
     assert ok.all()
     if field == 3:
@@ -276,14 +282,7 @@ def test_lane_cholesky_flags_and_falls_back(rng, size):
 def test_block_lane_tile_solver_equals_one_at_a_time(rng, field):
     # The register-blocked lanes (k + 1 > LANE_SYSTEM) against LAPACK one
     # system at a time; a row of 7 pixels leaves a group with one idle lane.
-    sources, targets = random_pairs(rng, 120, 3, 7, 2)
-    b = field // 2
-    halo = np.pad(sources, ((0, 0), (b, b), (b, b), (0, 0)))
-    stats = methods.tile_statistics(halo, targets[None], field)
-    args = (
-        stats.pair_sums, stats.sums, stats.cross_sums, stats.target_sums, stats.count,
-        displacement._gram_table(field), windows.window_offsets(field) + b,
-    )  # fmt: skip
+    args = _tile_solver_args(rng, field, 120, 3, 7)
     lanes, ok = _engine.solve_displacement_tile(*args, 0.4, lanes=True)
     single, ok_single = _engine.solve_displacement_tile(*args, 0.4, lanes=False)
     assert ok.all() and ok_single.all()
@@ -291,8 +290,8 @@ def test_block_lane_tile_solver_equals_one_at_a_time(rng, field):
     np.testing.assert_allclose(lanes, single, rtol=0, atol=1e-12 * scale)
     # The same pixels one column further on land in other lanes: same bits.
     shifted_args = (
-        stats.pair_sums[:, :, 1:], stats.sums[:, 1:], stats.cross_sums[..., 1:, :],
-        stats.target_sums[..., 1:, :], stats.count, *args[5:],
+        args[0][:, :, 1:], args[1][:, 1:], args[2][..., 1:, :],
+        args[3][..., 1:, :], args[4], *args[5:],
     )  # fmt: skip
     moved, _ = _engine.solve_displacement_tile(*shifted_args, 0.4, lanes=True)
     np.testing.assert_array_equal(moved, lanes[:, 1:])
